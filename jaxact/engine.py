@@ -1,0 +1,447 @@
+"""The vmapped training engine: every cell x seed of one task in ONE jitted program.
+
+A *member* is one (cell, seed). All members of a task share the network's
+shapes (the output width C is the task's), so their parameters and AdamW
+states are stacked along a leading member axis and trained by `jax.vmap` of
+one model. Members are grouped by cell (contiguous, static slices); the
+forward and backward passes run over all members at once, and only the
+tiny head + loss differ per group, so no `lax.switch` (whose `select` would
+run every branch for every member) is needed.
+
+One epoch is one call of a jitted function: a `lax.scan` over the batches
+with the data resident on the device, then a batched pass over the valid
+set and the early-stopping update. The host loop only fetches a few (M,)
+vectors per epoch for progress and stops when no member is training.
+
+Per member (PROTOCOL section 3):
+- its own initialisation and shuffle order, both from `jax.random.key(seed)`
+  (so member k equals a single run with seed k, whatever else is in the grid);
+- early stopping on the valid metric with strict improvement, stop when
+  `epoch - best_epoch >= patience`; a stopped member is frozen (its
+  parameters and optimizer state no longer change) and its best-epoch
+  weights give the test metric;
+- a member whose loss receives inputs outside the loss's domain (bce on raw
+  outputs) is marked invalid before any update of that batch, as PyTorch
+  raised there; a member whose loss or parameters go non-finite is marked
+  with the epoch and frozen at its last finite state. Neither affects the
+  others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+
+from jaxact import losses as losses_lib
+from jaxact import model as model_lib
+from jaxact import tasks as tasks_lib
+from jaxact.studies import Cell
+
+
+class Status(enum.IntEnum):
+  TRAINING = 0
+  OK = 1          # early-stopped normally
+  INVALID = 2     # the loss refused its input (PyTorch raised)
+  NONFINITE = 3   # loss or parameters became NaN/inf
+  HIT_CAP = 4     # still improving when --max_epochs was reached
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Training hyper-parameters (PROTOCOL section 3 by default).
+
+  Attributes:
+    max_epochs: epoch cap (the original had none); members still training
+      when it is reached get status HIT_CAP.
+    patience: early-stopping rounds.
+    batch_size: training batch size; the last partial batch is kept (masked).
+    learning_rate, b1, b2, eps, weight_decay: AdamW, decoupled weight decay on
+      every parameter, multiplied by the learning rate as in PyTorch.
+    eval_examples: about how many (member x example) rows one evaluation chunk
+      holds; bounds the memory of the valid/test passes.
+    init: parameter initialisation, one of model.INITS.
+    hidden_activation, dense_layers: the network's hidden dense part.
+  """
+  max_epochs: int = 200
+  patience: int = 10
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  eval_examples: int = 4096
+  init: str = "torch"
+  hidden_activation: str = "sigmoid"
+  dense_layers: int = 1
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """One task's data, resident on the device.
+
+  x_*: (N, 28, 28, 1) float32 pixels in [-1, 1]; t_*: (N, C) float32 dense
+  targets in original units (tasks.make_targets). target_mean / target_std:
+  the TRAIN targets' mean and population std (regression standardisation).
+  """
+  x_train: jax.Array
+  t_train: jax.Array
+  x_valid: jax.Array
+  t_valid: jax.Array
+  x_test: jax.Array
+  t_test: jax.Array
+  target_mean: float
+  target_std: float
+
+  @classmethod
+  def from_split(cls, split, task: str) -> "TaskData":
+    t_train = tasks_lib.make_targets(task, split.y_train)
+    return cls(
+        x_train=jnp.asarray(split.x_train), t_train=jnp.asarray(t_train),
+        x_valid=jnp.asarray(split.x_valid),
+        t_valid=jnp.asarray(tasks_lib.make_targets(task, split.y_valid)),
+        x_test=jnp.asarray(split.x_test),
+        t_test=jnp.asarray(tasks_lib.make_targets(task, split.y_test)),
+        target_mean=float(np.mean(t_train)), target_std=float(np.std(t_train)))
+
+
+@dataclasses.dataclass
+class MemberResult:
+  """What one member produced (host side, plain Python / numpy)."""
+  cell: Cell
+  seed: int
+  best_valid: float
+  test: float
+  best_epoch: int
+  epochs_trained: int
+  status: str
+  status_reason: str | None
+  status_epoch: int | None
+  train_loss: list[float]
+  valid_metric: list[float]
+  n_infinite_valid: int
+  n_infinite_test: int
+
+
+# ---------------------------------------------------------------------------
+# Per-cell target transforms (regression standardisation, sigmoid method).
+
+
+def train_targets(cell: Cell, t: jax.Array, mean: float, std: float) -> jax.Array:
+  """Targets in the space the loss sees: standardised and/or squashed by a sigmoid."""
+  if cell.norm:
+    t = (t - mean) / std
+  if cell.sigmoid_method:
+    t = jax.nn.sigmoid(t)
+  return t
+
+
+def predictions(cell: Cell, z: jax.Array, mean: float, std: float) -> jax.Array:
+  """The head's output mapped back to original target units, (..., C).
+
+  For the sigmoid method, logit(sigmoid(z)) is computed from the float32
+  sigmoid output as the original method prescribes: outputs that round to
+  exactly 0 or 1 give -inf / +inf predictions (counted, not hidden).
+  """
+  out = losses_lib.apply_head(cell.head, z)
+  if cell.sigmoid_method:
+    out = jnp.log(out) - jnp.log1p(-out)
+  if cell.norm:
+    out = out * std + mean
+  return out
+
+
+# ---------------------------------------------------------------------------
+
+
+def _where_members(mask: jax.Array, new, old):
+  """Per member: new where mask[m] else old, for pytrees stacked on axis 0."""
+  def pick(a, b):
+    return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+  return jax.tree_util.tree_map(pick, new, old)
+
+
+def _all_finite_per_member(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.stack([jnp.all(jnp.isfinite(l.reshape(l.shape[0], -1)), axis=1)
+                    for l in leaves]).all(axis=0)
+
+
+class Engine:
+  """Trains members (cell, seed) of ONE task together.
+
+  Usage:
+    engine = Engine(task, members, config)
+    results = engine.run(data)
+
+  `engine.traces` counts how often the epoch function was traced (one
+  compilation per task: it stays 1 however many epochs run).
+  """
+
+  def __init__(self, task: str, members: Sequence[tuple[Cell, int]],
+               config: EngineConfig = EngineConfig(),
+               progress: Callable[[str], None] | None = None):
+    self.task = tasks_lib.get_task(task)
+    if not members:
+      raise ValueError("no members to train")
+    for cell, _ in members:
+      if cell.task != self.task.name:
+        raise ValueError(f"member cell {cell.key} is not of task {task!r}")
+    # Group members by cell, keeping the cells' first-appearance order.
+    order = list(dict.fromkeys(c for c, _ in members))
+    self.members = [(c, s) for c0 in order for c, s in members if c == c0]
+    self.groups = []
+    start = 0
+    for c in order:
+      n = sum(1 for m in self.members if m[0] == c)
+      self.groups.append((c, start, start + n))
+      start += n
+    self.config = config
+    self.progress = progress or logging.info
+    self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
+    self.tx = optax.adamw(config.learning_rate, b1=config.b1, b2=config.b2,
+                          eps=config.eps, weight_decay=config.weight_decay)
+    abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0)))
+    self.graphdef, _ = nnx.split(abstract)
+    self.traces = 0
+    self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))
+    self._test_fn = jax.jit(self._evaluate)
+
+  @property
+  def num_members(self) -> int:
+    return len(self.members)
+
+  def _make_model(self, key) -> model_lib.CNN:
+    return model_lib.CNN(self.task.num_outputs, init=self.config.init,
+                         hidden_activation=self.config.hidden_activation,
+                         dense_layers=self.config.dense_layers,
+                         rngs=nnx.Rngs(params=key))
+
+  def _apply(self, params, x):
+    return nnx.merge(self.graphdef, params)(x)
+
+  # -- state ---------------------------------------------------------------
+
+  def init_state(self) -> dict[str, Any]:
+    """The stacked training state; member m's keys come from its seed alone."""
+    seeds = jnp.asarray([s for _, s in self.members], jnp.uint32)
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
+    init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
+    params = jax.vmap(lambda k: nnx.split(self._make_model(k))[1])(init_keys)
+    params = jax.tree_util.tree_map(jnp.asarray, nnx.to_pure_dict(params))
+    m = self.num_members
+    return dict(
+        params=params,
+        opt_state=jax.vmap(self.tx.init)(params),
+        best_params=jax.tree_util.tree_map(jnp.copy, params),
+        best_score=jnp.full((m,), -jnp.inf, jnp.float32),
+        best_epoch=jnp.full((m,), -1, jnp.int32),
+        active=jnp.ones((m,), bool),
+        status=jnp.full((m,), Status.TRAINING, jnp.int32),
+        status_epoch=jnp.full((m,), -1, jnp.int32),
+        epochs_trained=jnp.zeros((m,), jnp.int32),
+        shuffle_keys=shuffle_keys,
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+  # -- the pure, jitted parts ------------------------------------------------
+
+  def _member_losses(self, params, x, t, mask, mean, std):
+    """Per-member batch losses (M,) and input validity (M,) for x (M, B, ...)."""
+    z = jax.vmap(self._apply)(params, x)
+    losses, valid = [], []
+    for cell, a, b in self.groups:
+      fn = self.loss_fns[cell]
+      tt = train_targets(cell, t[a:b], mean, std)
+      pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
+      mean_pe = jnp.sum(pe * mask[a:b], axis=1) / jnp.sum(mask[a:b], axis=1)
+      losses.append(jax.vmap(fn.finalize)(mean_pe))
+      if fn.valid_input is None:
+        valid.append(jnp.ones((b - a,), bool))
+      else:
+        ok = jax.vmap(fn.valid_input)(z[a:b])                          # (S, B)
+        valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
+    return jnp.concatenate(losses), jnp.concatenate(valid)
+
+  def _epoch(self, state, data: TaskData):
+    self.traces += 1
+    cfg = self.config
+    n = data.x_train.shape[0]
+    nb = -(-n // cfg.batch_size)
+    epoch = state["epoch"]
+    perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
+        state["shuffle_keys"])                                          # (M, N)
+    pad = nb * cfg.batch_size - n
+    perms = jnp.pad(perms, ((0, 0), (0, pad)))
+    masks = jnp.pad(jnp.ones((self.num_members, n), jnp.float32), ((0, 0), (0, pad)))
+    perms = perms.reshape(self.num_members, nb, cfg.batch_size).swapaxes(0, 1)
+    masks = masks.reshape(self.num_members, nb, cfg.batch_size).swapaxes(0, 1)
+    mean, std = data.target_mean, data.target_std
+
+    def grad_fn(params, x, t, mask):
+      def total(p):
+        l, v = self._member_losses(p, x, t, mask, mean, std)
+        return jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0)), (l, v)
+      return jax.grad(total, has_aux=True)(params)
+
+    def step(carry, batch):
+      params, opt_state, active, status, status_epoch, loss_sum = carry
+      idx, mask = batch
+      x, t = data.x_train[idx], data.t_train[idx]
+      grads, (loss, valid) = grad_fn(params, x, t, mask)
+      updates, new_opt = jax.vmap(self.tx.update)(grads, opt_state, params)
+      new_params = optax.apply_updates(params, updates)
+      finite = jnp.isfinite(loss) & _all_finite_per_member(new_params)
+      invalid_now = active & ~valid
+      nonfinite_now = active & valid & ~finite
+      apply = active & valid & finite
+      params = _where_members(apply, new_params, params)
+      opt_state = _where_members(apply, new_opt, opt_state)
+      status = jnp.where(invalid_now, Status.INVALID, status)
+      status = jnp.where(nonfinite_now, Status.NONFINITE, status)
+      status_epoch = jnp.where(invalid_now | nonfinite_now, epoch, status_epoch)
+      loss_sum = loss_sum + jnp.where(apply, loss, 0.0)
+      return (params, opt_state, apply, status, status_epoch, loss_sum), None
+
+    carry = (state["params"], state["opt_state"], state["active"], state["status"],
+             state["status_epoch"], jnp.zeros((self.num_members,), jnp.float32))
+    carry, _ = jax.lax.scan(step, carry, (perms, masks))
+    params, opt_state, still, status, status_epoch, loss_sum = carry
+    train_loss = loss_sum / nb
+
+    valid_metric, n_inf = self._evaluate(params, data.x_valid, data.t_valid, mean, std)
+    score = valid_metric if self.task.higher_is_better else -valid_metric
+    score = jnp.where(jnp.isnan(score), -jnp.inf, score)
+    improved = still & (score > state["best_score"])
+    best_score = jnp.where(improved, score, state["best_score"])
+    best_epoch = jnp.where(improved, epoch, state["best_epoch"])
+    best_params = _where_members(improved, params, state["best_params"])
+    stop = still & (epoch - best_epoch >= cfg.patience)
+    status = jnp.where(stop, Status.OK, status)
+    status_epoch = jnp.where(stop, epoch, status_epoch)
+    epochs_trained = jnp.where(still, epoch + 1, state["epochs_trained"])
+    new_state = dict(
+        params=params, opt_state=opt_state, best_params=best_params,
+        best_score=best_score, best_epoch=best_epoch, active=still & ~stop,
+        status=status, status_epoch=status_epoch, epochs_trained=epochs_trained,
+        shuffle_keys=state["shuffle_keys"], epoch=epoch + 1)
+    metrics = dict(train_loss=train_loss, valid_metric=valid_metric, n_infinite=n_inf,
+                   trained=still)
+    return new_state, metrics
+
+  def _evaluate(self, params, x, t, mean, std):
+    """Metric (M,) and count of non-finite predictions (M,) of every member on (x, t).
+
+    Runs in chunks of examples (`lax.map`) so memory stays bounded; the last
+    chunk is padded and masked.
+    """
+    n = x.shape[0]
+    chunk = int(max(8, min(n, self.config.eval_examples // self.num_members)))
+    nc = -(-n // chunk)
+    pad = nc * chunk - n
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((nc, chunk) + x.shape[1:])
+    ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
+    ms = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad)).reshape(nc, chunk)
+
+    def one(args):
+      xc, tc, mc = args
+      z = jax.vmap(self._apply, in_axes=(0, None))(params, xc)         # (M, chunk, C)
+      scores, infs = [], []
+      for cell, a, b in self.groups:
+        pred = predictions(cell, z[a:b], mean, std)
+        s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
+        scores.append(jnp.sum(s * mc, axis=1))
+        bad = jnp.any(~jnp.isfinite(pred), axis=-1)
+        infs.append(jnp.sum(bad * mc, axis=1))
+      return jnp.concatenate(scores), jnp.concatenate(infs)
+
+    sums, infs = jax.lax.map(one, (xs, ts, ms))
+    return sums.sum(0) / n, infs.sum(0).astype(jnp.int32)
+
+  # -- the host loop -------------------------------------------------------
+
+  def run(self, data: TaskData) -> list[MemberResult]:
+    """Trains every member to its early stop (or the cap); returns per-member results."""
+    cfg = self.config
+    m = self.num_members
+    state = self.init_state()
+    hist_loss = np.full((cfg.max_epochs, m), np.nan, np.float32)
+    hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
+    hist_trained = np.zeros((cfg.max_epochs, m), bool)
+    hist_inf = np.zeros((cfg.max_epochs, m), np.int64)
+    start = time.perf_counter()
+    epoch = 0
+    while epoch < cfg.max_epochs:
+      state, metrics = self._epoch_fn(state, data)
+      host = jax.device_get(dict(metrics, active=state["active"], best=state["best_score"]))
+      hist_loss[epoch] = host["train_loss"]
+      hist_valid[epoch] = host["valid_metric"]
+      hist_trained[epoch] = host["trained"]
+      hist_inf[epoch] = host["n_infinite"]
+      epoch += 1
+      self.progress(self._progress_line(epoch, host, time.perf_counter() - start))
+      if not host["active"].any():
+        break
+    state = dict(state)
+    state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
+    self.final_state = state
+    test_metric, test_inf = self._test_fn(state["best_params"], data.x_test, data.t_test,
+                                          data.target_mean, data.target_std)
+    return self._collect(jax.device_get(state), np.asarray(test_metric),
+                         np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
+                         epoch)
+
+  def _progress_line(self, epoch: int, host: dict, elapsed: float) -> str:
+    sign = 1.0 if self.task.higher_is_better else -1.0
+    parts = []
+    for cell, a, b in self.groups:
+      best = sign * np.max(host["best"][a:b])
+      parts.append(f"{cell.label}: {best:.4g}")
+    return (f"{self.task.name} epoch {epoch}: {int(host['active'].sum())}/{self.num_members} "
+            f"training, {elapsed:.1f}s; best valid {self.task.metric_name} | "
+            + " | ".join(parts))
+
+  def _collect(self, state, test_metric, test_inf, hist_loss, hist_valid, hist_trained,
+               hist_inf, epochs_run) -> list[MemberResult]:
+    sign = 1.0 if self.task.higher_is_better else -1.0
+    results = []
+    for i, (cell, seed) in enumerate(self.members):
+      status = Status(int(state["status"][i]))
+      best_epoch = int(state["best_epoch"][i])
+      trained = hist_trained[:epochs_run, i]
+      reason = None
+      status_epoch = int(state["status_epoch"][i])
+      if status == Status.INVALID:
+        reason = self.loss_fns[cell].invalid_reason
+      elif status == Status.NONFINITE:
+        reason = f"loss or parameters became non-finite in epoch {status_epoch}"
+      elif status == Status.HIT_CAP:
+        reason = f"still improving at the epoch cap ({self.config.max_epochs})"
+        status_epoch = epochs_run - 1
+      n_inf_valid = int(hist_inf[best_epoch, i]) if best_epoch >= 0 else 0
+      results.append(MemberResult(
+          cell=cell, seed=seed,
+          best_valid=float(sign * state["best_score"][i]) if best_epoch >= 0 else float("nan"),
+          test=float(test_metric[i]) if best_epoch >= 0 else float("nan"),
+          best_epoch=best_epoch,
+          epochs_trained=int(state["epochs_trained"][i]),
+          status={Status.OK: "ok", Status.INVALID: "invalid", Status.NONFINITE: "nonfinite",
+                  Status.HIT_CAP: "hit_cap", Status.TRAINING: "hit_cap"}[status],
+          status_reason=reason,
+          status_epoch=status_epoch if status_epoch >= 0 else None,
+          train_loss=[float(v) for v in hist_loss[:epochs_run, i][trained]],
+          valid_metric=[float(v) for v in hist_valid[:epochs_run, i][trained]],
+          n_infinite_valid=n_inf_valid,
+          n_infinite_test=int(test_inf[i]) if best_epoch >= 0 else 0,
+      ))
+    return results

@@ -1,0 +1,90 @@
+r"""jaxact command line: train a study's cells over many seeds and report.
+
+Examples:
+  python -m jaxact.main --task=binary --head=sigmoid --data_dir=../shared/data/mnist
+  python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
+  python -m jaxact.report --workdir=/tmp/jaxact      # rebuild the report only
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxact import data as data_lib
+from jaxact import engine as engine_lib
+from jaxact import model as model_lib
+from jaxact import studies
+from jaxact import tasks as tasks_lib
+from jaxact import train
+
+_TRISTATE = {"": None, "on": True, "off": False}
+
+_STUDY = flags.DEFINE_string(
+    "study", "activation", "activation (seed 000), loss (seed 001) or all.")
+_TASK = flags.DEFINE_string("task", None, f"One of {', '.join(tasks_lib.TASKS)}; default all.")
+_HEAD = flags.DEFINE_string("head", None, f"Only cells with this head ({', '.join(studies.HEADS)}).")
+_LOSS = flags.DEFINE_string("loss", None, f"Only cells with this loss ({', '.join(studies.LOSSES)}).")
+_NORM = flags.DEFINE_string(
+    "norm", "", "Regression: 'on' standardised targets only, 'off' raw targets only, '' both.")
+_SIGMOID_METHOD = flags.DEFINE_string(
+    "sigmoid_method", "", "Regression: 'on' the sigmoid method only, 'off' without it, '' both.")
+_CONVENTION = flags.DEFINE_string(
+    "convention", "torch", "Loss convention: torch (the original's), logits, or both.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell (members per cell).")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first member seed.")
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the shared 2,000/3,000 split.")
+_INIT = flags.DEFINE_string("init", "torch", f"Initialisation: {', '.join(model_lib.INITS)}.")
+_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
+_PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where results, report and plots go.")
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
+    "$JAXACT_DATA_DIR, else tensorflow-datasets downloads MNIST.")
+_TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "Where tensorflow-datasets keeps prepared data.")
+
+
+def _tristate(name: str, value: str):
+  if value not in _TRISTATE:
+    raise train.UserError(f"--{name} takes 'on', 'off' or '' (both), not {value!r}.")
+  return _TRISTATE[value]
+
+
+def config_from_flags() -> train.RunConfig:
+  conv = _CONVENTION.value
+  conventions = tuple(studies.CONVENTIONS) if conv == "both" else (conv,)
+  study = _STUDY.value
+  if study not in studies.STUDIES + ("all",):
+    raise train.UserError(f"unknown --study {study!r}: choose one of "
+                          f"{', '.join(studies.STUDIES)} or all.")
+  if _TASK.value is not None and _TASK.value not in tasks_lib.TASKS:
+    raise train.UserError(f"unknown --task {_TASK.value!r}: choose one of "
+                          f"{', '.join(tasks_lib.TASKS)}.")
+  return train.RunConfig(
+      study=study, task=_TASK.value, head=_HEAD.value, loss=_LOSS.value,
+      norm=_tristate("norm", _NORM.value),
+      sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
+      conventions=conventions, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
+      split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
+      engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
+                                     init=_INIT.value))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  try:
+    config = config_from_flags()
+    train.plan(config)  # validate everything before touching data or disk
+    results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv)
+  except (train.UserError, data_lib.DataError) as err:
+    sys.stderr.write(f"jaxact: error: {err}\n")
+    sys.exit(2)
+  print(train.format_results_table(results))
+  print(f"\nreport: {_WORKDIR.value}/report.md")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,153 @@
+"""The CNN of PROTOCOL section 2, in Flax NNX, and its initialisations.
+
+| layer                                              | output (H x W x C) |
+|----------------------------------------------------|--------------------|
+| conv 3x3, 1 -> 32, padding 1 (same), ReLU          | 28 x 28 x 32       |
+| max-pool 2x2 stride 2                              | 14 x 14 x 32       |
+| conv 3x3, 32 -> 64, valid, ReLU                    | 12 x 12 x 64       |
+| max-pool 2x2 stride 2                              | 6 x 6 x 64         |
+| conv 3x3, 64 -> 64, valid, ReLU                    | 4 x 4 x 64         |
+| flatten                                            | 1024               |
+| dense 1024 -> 64, hidden activation (sigmoid)      | 64                 |
+| dense 64 -> C (pre-activation logits z)            | C                  |
+
+The model returns the pre-activation z; the head (final activation) belongs
+to the cell and is applied by the loss and the metric (jaxact.losses).
+
+The convolutions are written as im2col (the nine shifted 3x3 slices
+concatenated along channels, then one matmul with the (3, 3, Cin, Cout)
+kernel reshaped to (9 Cin, Cout)). It computes the same function as
+`nnx.Conv` (tests check it against `lax.conv_general_dilated`) but avoids
+XLA:CPU's 10-20x slowdown of convolution gradients inside `lax.scan`
+(jax-ml/jax#12868, see BUILD_NOTES.md), and under `vmap` over members it
+becomes one batched matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+INITS = ("torch", "flax", "he", "xavier")
+
+HIDDEN_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,  # negative slope 0.01, as torch.nn.LeakyReLU
+    "elu": jax.nn.elu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU default
+    "silu": jax.nn.silu,
+    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+}
+
+
+def initializers(init: str, fan_in: int):
+  """(kernel_init, bias_init) for a layer with the given fan-in.
+
+  - torch: PyTorch's default for Conv2d / Linear: weight AND bias drawn from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (kaiming_uniform with a = sqrt(5)).
+  - flax: Flax's default: lecun_normal weights, zero biases.
+  - he: He (Kaiming) normal weights, variance 2 / fan_in, zero biases.
+  - xavier: Glorot uniform weights, zero biases.
+  """
+  if init == "torch":
+    bound = 1.0 / math.sqrt(fan_in)
+    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+        key, shape, dtype, -bound, bound)
+    return uniform, uniform
+  zeros = nnx.initializers.zeros_init()
+  if init == "flax":
+    return nnx.initializers.lecun_normal(), zeros
+  if init == "he":
+    return nnx.initializers.variance_scaling(2.0, "fan_in", "normal"), zeros
+  if init == "xavier":
+    return nnx.initializers.glorot_uniform(), zeros
+  raise ValueError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+
+
+class Conv3x3(nnx.Module):
+  """3x3 convolution, stride 1, as im2col + matmul.
+
+  Parameters match `nnx.Conv`: kernel (3, 3, Cin, Cout), bias (Cout,).
+  Input (B, H, W, Cin) -> output (B, H', W', Cout), H' = H for padding
+  "SAME", H - 2 for "VALID".
+  """
+
+  def __init__(self, in_features: int, out_features: int, padding: str, *,
+               init: str, rngs: nnx.Rngs):
+    if padding not in ("SAME", "VALID"):
+      raise ValueError(f"padding must be SAME or VALID, got {padding!r}")
+    kernel_init, bias_init = initializers(init, 9 * in_features)
+    self.padding = padding
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (3, 3, in_features, out_features)))
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.padding == "SAME":
+      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = x.shape[1] - 2, x.shape[2] - 2
+    patches = jnp.concatenate(
+        [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    kernel = self.kernel[...]
+    return patches @ kernel.reshape(-1, kernel.shape[-1]) + self.bias[...]
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, on (B, H, W, C) with even H and W."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class CNN(nnx.Module):
+  """PROTOCOL's network; returns the pre-activation outputs z of shape (B, C).
+
+  Args:
+    num_outputs: C (regression 1, probability 1, binary 2, multiclass 10, multilabel 4).
+    init: one of INITS (PyTorch's default by default).
+    hidden_activation: activation of the dense hidden layer(s), one of
+      HIDDEN_ACTIVATIONS (the original: sigmoid).
+    dense_layers: number of dense hidden layers of `hidden_width` units
+      (the original: 1).
+    hidden_width: units per dense hidden layer (the original: 64).
+    rngs: NNX rngs with a `params` stream.
+  """
+
+  def __init__(self, num_outputs: int, *, init: str = "torch",
+               hidden_activation: str = "sigmoid", dense_layers: int = 1,
+               hidden_width: int = 64, rngs: nnx.Rngs):
+    if hidden_activation not in HIDDEN_ACTIVATIONS:
+      raise ValueError(f"unknown hidden activation {hidden_activation!r}: choose one of "
+                       f"{', '.join(HIDDEN_ACTIVATIONS)}")
+    self.hidden_activation = hidden_activation
+    self.conv1 = Conv3x3(1, 32, "SAME", init=init, rngs=rngs)
+    self.conv2 = Conv3x3(32, 64, "VALID", init=init, rngs=rngs)
+    self.conv3 = Conv3x3(64, 64, "VALID", init=init, rngs=rngs)
+    widths = [4 * 4 * 64] + [hidden_width] * dense_layers
+    self.hidden = nnx.List([_dense(a, b, init, rngs) for a, b in zip(widths[:-1], widths[1:])])
+    self.out = _dense(widths[-1], num_outputs, init, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, 28, 28, 1) pixels in [-1, 1] -> z: (B, C)."""
+    x = max_pool_2x2(jax.nn.relu(self.conv1(x)))
+    x = max_pool_2x2(jax.nn.relu(self.conv2(x)))
+    x = jax.nn.relu(self.conv3(x))
+    x = x.reshape(x.shape[0], -1)
+    act = HIDDEN_ACTIVATIONS[self.hidden_activation]
+    for layer in self.hidden:
+      x = act(layer(x))
+    return self.out(x)
+
+
+def _dense(fan_in: int, fan_out: int, init: str, rngs: nnx.Rngs) -> nnx.Linear:
+  kernel_init, bias_init = initializers(init, fan_in)
+  return nnx.Linear(fan_in, fan_out, kernel_init=kernel_init, bias_init=bias_init, rngs=rngs)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter pytree (unstacked)."""
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))

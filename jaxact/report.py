@@ -1,0 +1,687 @@
+"""Builds a Markdown report and validation-curve figures from a run's saved results.
+
+A training run writes a workdir:
+
+  WORKDIR/run.json             how the run was made (command, machine, times, flags);
+  WORKDIR/results/<task>.json  every member (cell x seed) trained for that task.
+
+This module turns them into `WORKDIR/report.md`, with one table per study, task
+and loss convention laid out like the seed documents (PROTOCOL section 8), and
+one figure of validation curves per task, `WORKDIR/curves_<task>.png`. It never
+trains anything, so a report can be rebuilt from saved results:
+
+  python -m jaxact.report --workdir=DIR
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+import textwrap
+import uuid
+import warnings
+from typing import Any, Iterable, Sequence
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from jaxact import studies
+from jaxact import tasks as tasks_lib
+
+Cell = studies.Cell
+
+# The seed documents' own single-run numbers, shown in an extra "original (seed
+# doc)" column for the rows that have one. Key: (study, Cell.key of the row,
+# convention included, so entries only match torch-convention rows unless a
+# key says otherwise); value: (valid, test) in the units of the results files
+# (accuracy as a fraction in [0, 1], MSE in original units), either may be
+# None; a str value is printed as it is.
+ORIGINAL_NUMBERS: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+# Split sizes of PROTOCOL section 1, the denominators of the infinite-prediction
+# counts; a results file may override them with "n_valid" / "n_test".
+N_VALID = 3000
+N_TEST = 10000
+
+MARK_RECOMMENDED = "✅"
+MARK_MISUSED = "❌"
+
+_STUDY_TITLES = {
+    "activation": "final-activation study (seed 000)",
+    "loss": "loss study (seed 001)",
+}
+_STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
+_STATUS_TEXT = {"ok": "ok", "hit_cap": "hit cap", "nonfinite": "nonfinite",
+                "invalid": "invalid"}
+_COMMAND_CHARS = 100
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def load_run_info(workdir: str) -> dict:
+  """Returns WORKDIR/run.json parsed, or {} when it is missing or unreadable."""
+  path = os.path.join(workdir, "run.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      info = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return info if isinstance(info, dict) else {}
+
+
+def load_results(workdir: str) -> dict[str, dict]:
+  """Reads every WORKDIR/results/<task>.json.
+
+  Args:
+    workdir: the directory a training run wrote.
+
+  Returns:
+    task -> the parsed results file, in tasks.TASKS order (unknown tasks last,
+    sorted by name).
+
+  Raises:
+    FileNotFoundError: the workdir, its results/ directory or any results file
+      in it is missing.
+    ValueError: a results file is not valid JSON.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir!r} does not exist or is not a directory")
+  results_dir = os.path.join(workdir, "results")
+  names = sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []
+  names = [n for n in names if n.endswith(".json") and not n.startswith(".")]
+  if not names:
+    raise FileNotFoundError(
+        f"no results in {results_dir!r}: expected results/<task>.json files written by "
+        "`python -m jaxact.main --workdir=...`")
+  out = {}
+  for name in names:
+    path = os.path.join(results_dir, name)
+    with open(path, encoding="utf-8") as f:
+      try:
+        data = json.load(f)
+      except ValueError as e:
+        raise ValueError(f"results file {path!r} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+      raise ValueError(f"results file {path!r} does not hold a JSON object")
+    out[str(data.get("task") or name[:-len(".json")])] = data
+  return {t: out[t] for t in _ordered_tasks(out)}
+
+
+def _ordered_tasks(tasks: Iterable[str]) -> list[str]:
+  tasks = list(tasks)
+  known = [t for t in tasks_lib.TASKS if t in tasks]
+  return known + sorted(t for t in tasks if t not in tasks_lib.TASKS)
+
+
+def _cell_of(member: dict) -> Cell:
+  """The member's Cell; keys a newer writer may add are ignored."""
+  d = dict(member["cell"])
+  try:
+    return Cell.from_dict(d)
+  except TypeError:
+    names = {f.name for f in dataclasses.fields(Cell)}
+    return Cell.from_dict({k: v for k, v in d.items() if k in names})
+
+
+def _group_members(result: dict) -> dict[Cell, list[dict]]:
+  """Cell -> its members sorted by seed, cells in order of first appearance."""
+  groups: dict[Cell, list[dict]] = collections.OrderedDict()
+  for m in result.get("members") or []:
+    groups.setdefault(_cell_of(m), []).append(m)
+  for ms in groups.values():
+    ms.sort(key=lambda m: (m.get("seed") is None, m.get("seed") or 0))
+  return groups
+
+
+# ---------------------------------------------------------------------------
+# Statistics and formatting.
+
+
+def _as_float(v: Any) -> float:
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float("nan")
+
+
+def summarize(values: Sequence[float]) -> dict:
+  """Mean, population std (ddof 0), min and max over the finite values.
+
+  Args:
+    values: numbers; NaN, +-inf and None count as non-finite.
+
+  Returns:
+    {"mean", "std", "min", "max"} (floats, NaN when no value is finite),
+    "n" (number of finite values) and "n_nonfinite".
+  """
+  arr = np.array([_as_float(v) for v in values], dtype=np.float64)
+  finite = arr[np.isfinite(arr)]
+  n_nonfinite = int(arr.size - finite.size)
+  if finite.size == 0:
+    nan = float("nan")
+    return dict(mean=nan, std=nan, min=nan, max=nan, n=0, n_nonfinite=n_nonfinite)
+  return dict(mean=float(np.mean(finite)), std=float(np.std(finite)),
+              min=float(np.min(finite)), max=float(np.max(finite)),
+              n=int(finite.size), n_nonfinite=n_nonfinite)
+
+
+def _is_accuracy(result: dict, task: str) -> bool:
+  name = result.get("metric_name")
+  if name is None:
+    try:
+      name = tasks_lib.get_task(task).metric_name
+    except ValueError:
+      name = "mse" if task == "regression" else "accuracy"
+  return str(name).lower() != "mse"
+
+
+def _higher_is_better(result: dict, task: str) -> bool:
+  if "higher_is_better" in result:
+    return bool(result["higher_is_better"])
+  return _is_accuracy(result, task)
+
+
+def _fmt(v: Any, accuracy: bool) -> str:
+  """Accuracy as a percentage with 2 decimals, MSE with 4 significant digits."""
+  if isinstance(v, str):
+    return v
+  v = _as_float(v)
+  if math.isnan(v):
+    return "nan"
+  if math.isinf(v):
+    return "inf" if v > 0 else "-inf"
+  return f"{100.0 * v:.2f}" if accuracy else f"{v:#.4g}"
+
+
+def _metric_title(result: dict, task: str) -> str:
+  if _is_accuracy(result, task):
+    return "accuracy, higher is better"
+  if str(result.get("metric_name", "mse")).lower() == "mse":
+    return "MSE in original units, lower is better"
+  better = "higher" if _higher_is_better(result, task) else "lower"
+  return f"{result.get('metric_name')}, {better} is better"
+
+
+def _nonfinite_kinds(members: list[dict], field: str) -> str:
+  """E.g. '1 invalid, 2 inf' for the members whose `field` is not finite."""
+  counts: collections.Counter = collections.Counter()
+  for m in members:
+    v = _as_float(m.get(field))
+    if math.isfinite(v):
+      continue
+    if math.isnan(v) and m.get("status") == "invalid":
+      counts["invalid"] += 1
+    elif math.isinf(v):
+      counts["inf" if v > 0 else "-inf"] += 1
+    else:
+      counts["NaN"] += 1
+  return ", ".join(f"{k} {kind}" for kind, k in counts.items())
+
+
+def _metric_cells(members: list[dict], field: str, accuracy: bool) -> tuple[str, str]:
+  """The (mean ± std, [min – max]) cells of one metric of one row."""
+  s = summarize([m.get(field) for m in members])
+  extra = _nonfinite_kinds(members, field)
+  if s["n"] == 0:
+    return f"no finite value ({extra})", ""
+  mean = f"{_fmt(s['mean'], accuracy)} ± {_fmt(s['std'], accuracy)}"
+  if extra:
+    mean += f" (+{extra})"
+  return mean, f"[{_fmt(s['min'], accuracy)} – {_fmt(s['max'], accuracy)}]"
+
+
+def _status_counts(members: list[dict]) -> str:
+  counts = collections.Counter(str(m.get("status") or "unknown") for m in members)
+  order = [s for s in _STATUS_ORDER if s in counts]
+  order += sorted(s for s in counts if s not in _STATUS_ORDER)
+  return ", ".join(f"{counts[s]} {_STATUS_TEXT.get(s, s)}" for s in order)
+
+
+def _mean_text(values: list[float]) -> str:
+  s = summarize(values)
+  return "–" if s["n"] == 0 else f"{s['mean']:.1f}"
+
+
+def _seeds_text(members: list[dict]) -> str:
+  """E.g. 'seed 1' or 'seeds 0, 2'."""
+  word = "seed" if len(members) == 1 else "seeds"
+  return f"{word} " + ", ".join(str(m.get("seed", "?")) for m in members)
+
+
+def _plural(n: int, word: str) -> str:
+  return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _epoch_1based(epoch: Any) -> str:
+  return str(epoch + 1) if isinstance(epoch, int) and epoch >= 0 else "?"
+
+
+def _escape(text: Any) -> str:
+  """Makes free text safe inside a Markdown table cell."""
+  return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _invalid_reason(members: list[dict]) -> str:
+  reasons = []
+  for m in members:
+    r = m.get("status_reason") or "reason not recorded"
+    if r not in reasons:
+      reasons.append(r)
+  return _escape("; ".join(reasons))
+
+
+def _row_notes(members: list[dict], result: dict) -> str:
+  """Infinite predictions, non-finite epochs and partial invalidity of one row."""
+  notes = []
+  n_test = result.get("n_test", N_TEST)
+  n_valid = result.get("n_valid", N_VALID)
+  for field, n, what in (("n_infinite_test", n_test, "test predictions infinite"),
+                         ("n_infinite_valid", n_valid,
+                          "valid predictions infinite at the best epoch")):
+    hit = [m for m in members if (m.get(field) or 0) > 0]
+    if hit:
+      counts = ", ".join(f"{int(m[field])}/{n}" for m in hit)
+      notes.append(f"{counts} {what} ({_seeds_text(hit)})")
+  nonfinite = [m for m in members if m.get("status") == "nonfinite"]
+  if nonfinite:
+    parts = ", ".join(f"seed {m.get('seed', '?')} at epoch {_epoch_1based(m.get('status_epoch'))}"
+                      for m in nonfinite)
+    notes.append(f"non-finite: {parts}")
+  invalid = [m for m in members if m.get("status") == "invalid"]
+  if invalid and len(invalid) < len(members):
+    notes.append(f"invalid ({_seeds_text(invalid)}): {_invalid_reason(invalid)}")
+  return "; ".join(_escape(n) for n in notes)
+
+
+def _original_text(study: str | None, cell: Cell, accuracy: bool) -> str | None:
+  if study is None:
+    return None
+  entry = ORIGINAL_NUMBERS.get((study, cell.key))
+  if entry is None:
+    return None
+  valid, test = entry
+  show = lambda v: "–" if v is None else _fmt(v, accuracy)
+  return f"{show(valid)} / {show(test)}"
+
+
+# ---------------------------------------------------------------------------
+# Markdown.
+
+
+def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: dict,
+           study: str | None) -> list[str]:
+  """One Markdown table; `rows` are (cell, recommended or None, members)."""
+  accuracy = _is_accuracy(result, task)
+  unit = "accuracy %" if accuracy else "MSE"
+  with_marker = any(r is not None for _, r, _ in rows)
+  body = []
+  for cell, recommended, members in rows:
+    if all(m.get("status") == "invalid" for m in members):
+      text = f"invalid: {_invalid_reason(members)}"
+      valid, valid_range, test, test_range = text, "", text, ""
+    else:
+      valid, valid_range = _metric_cells(members, "best_valid", accuracy)
+      test, test_range = _metric_cells(members, "test", accuracy)
+    best = [m["best_epoch"] + 1 for m in members
+            if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
+    cols = [_escape(cell.label), valid, valid_range, test, test_range,
+            _mean_text(best), _mean_text([m.get("epochs_trained") for m in members]),
+            _status_counts(members), str(len(members))]
+    if with_marker:
+      mark = "" if recommended is None else (
+          MARK_RECOMMENDED if recommended else MARK_MISUSED)
+      cols.insert(0, mark)
+    body.append((cols, _row_notes(members, result),
+                 _original_text(study, cell, accuracy)))
+  header = ["variant", f"best valid {unit} (mean ± std)", "[min – max]",
+            f"test {unit} at best epoch (mean ± std)", "[min – max]",
+            "best epoch (1-based, mean)", "epochs trained (mean)", "status", "n seeds"]
+  if with_marker:
+    header.insert(0, " ")
+  any_note = any(note for _, note, _ in body)
+  any_original = any(orig is not None for _, _, orig in body)
+  if any_note:
+    header.append("note")
+  if any_original:
+    header.append("original (seed doc)")
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for cols, note, orig in body:
+    cols = list(cols)
+    if any_note:
+      cols.append(note)
+    if any_original:
+      cols.append(orig or "")
+    lines.append("| " + " | ".join(cols) + " |")
+  return lines
+
+
+def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
+  present = {c.convention for c in groups}
+  return ([c for c in studies.CONVENTIONS if c in present]
+          + sorted(c for c in present if c not in studies.CONVENTIONS))
+
+
+def _study_tables(task: str, groups: dict[Cell, list[dict]]):
+  """Yields (study, convention, [(cell, recommended, members)]) for every table of a task."""
+  for study in studies.STUDIES:
+    rows = studies.grid(study).get(task, [])
+    for conv in _conventions(groups):
+      present = []
+      for row in rows:
+        cell = studies.with_convention(row.cell, conv)
+        if cell in groups:
+          present.append((cell, row.recommended, groups[cell]))
+      if present:
+        yield study, conv, present
+
+
+def _other_cells(task: str, groups: dict[Cell, list[dict]]) -> list[Cell]:
+  on_grid = set()
+  for study in studies.STUDIES:
+    for row in studies.grid(study).get(task, []):
+      for conv in _conventions(groups):
+        on_grid.add(studies.with_convention(row.cell, conv))
+  return [c for c in groups if c not in on_grid]
+
+
+def _code(text: str) -> str:
+  fence = "``" if "`" in text else "`"
+  pad = " " if "`" in text else ""
+  return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _common(results: dict[str, dict], key: str) -> Any:
+  values = {json.dumps(r.get(key)) for r in results.values()}
+  return next(iter(results.values())).get(key) if len(values) == 1 else None
+
+
+def _how_to_read(results: dict[str, dict]) -> list[str]:
+  patience = _common(results, "patience")
+  max_epochs = _common(results, "max_epochs")
+  patience = f"{patience}" if patience is not None else "`patience`"
+  cap = f"--max_epochs ({max_epochs})" if max_epochs is not None else "--max_epochs"
+  return [
+      "## How to read",
+      "",
+      "Each row is one cell (final activation, loss, target treatment, loss convention) "
+      "trained once per seed; all seeds share one data split. Numbers are the mean ± std "
+      "over seeds (population std, ddof 0) and the [min – max] over seeds, computed over "
+      "the finite values only (non-finite ones are counted next to the mean). Accuracies "
+      "are percentages; MSE is in the targets' original units. The test metric is measured "
+      "with each seed's best-valid-epoch weights, not its last epoch's. Epochs are "
+      "1-based everywhere in this report (epoch 1 is the first pass over the training "
+      "data), so an ok member trained best epoch + patience epochs. "
+      f"{MARK_RECOMMENDED} marks what the seed documents recommend, {MARK_MISUSED} a misuse. "
+      "The torch convention feeds every loss the head's output, as the original PyTorch "
+      "code did; the logits convention computes each loss from the pre-activation logits.",
+      "",
+      "Status: **ok**: early-stopped after "
+      f"{patience} epochs without strict improvement of the valid metric; "
+      f"**hit cap**: still improving at {cap}; "
+      "**invalid**: the loss refused its input (as PyTorch raised an error), the reason "
+      "is given; **nonfinite**: the loss or the parameters became NaN/inf at epoch k "
+      "(see the note), the member was frozen at its last finite state.",
+  ]
+
+
+def render_markdown(workdir: str) -> str:
+  """The report for the run in `workdir`, as Markdown text (nothing is written).
+
+  Raises:
+    FileNotFoundError, ValueError: as load_results.
+  """
+  results = load_results(workdir)
+  info = load_run_info(workdir)
+  command = info.get("command") or (" ".join(map(str, info["argv"])) if info.get("argv")
+                                    else None)
+  lines = [
+      "# jaxact report: final-activation and loss misuse on MNIST",
+      "",
+      f"Made by: {_code(command) if command else 'unknown'}",
+      "",
+      f"Machine: {_escape(info.get('machine') or 'unknown')}",
+      "",
+      f"Started: {info.get('started') or 'unknown'}; finished: "
+      + (info.get("finished") or ("not recorded (interrupted or still running)"
+                                  if info else "unknown")),
+      "",
+  ]
+  if info.get("jaxact_version"):
+    lines += [f"jaxact version: {info['jaxact_version']}", ""]
+  if isinstance(info.get("config"), dict) and info["config"]:
+    cfg = ", ".join(f"{k}={v}" for k, v in sorted(info["config"].items()))
+    lines += [f"Flags: {_code(cfg)}", ""]
+  lines += [
+      "Rebuild this report from the saved results, without training: "
+      f"{_code(f'python -m jaxact.report --workdir={workdir}')}",
+      "",
+  ]
+  for task, result in results.items():
+    groups = _group_members(result)
+    lines += [f"## {task}: {_metric_title(result, task)}", ""]
+    facts = []
+    for key, name in (("init", "init"), ("split_seed", "split seed"),
+                      ("split_fingerprint", "split fingerprint"),
+                      ("max_epochs", "max epochs"), ("patience", "patience")):
+      if result.get(key) is not None:
+        facts.append(f"{name} {result[key]}")
+    if isinstance(result.get("wall_time_s"), (int, float)):
+      facts.append(f"wall time {result['wall_time_s']:.1f} s")
+    n_members = sum(len(ms) for ms in groups.values())
+    facts.append(f"{_plural(n_members, 'member')} in {_plural(len(groups), 'cell')}")
+    lines += ["; ".join(facts) + ".", ""]
+    for study, conv, rows in _study_tables(task, groups):
+      title = _STUDY_TITLES.get(study, f"{study} study")
+      lines += [f"### {task}: {title}, {conv} convention", ""]
+      lines += _table(rows, task, result, study) + [""]
+    others = _other_cells(task, groups)
+    if others:
+      lines += [f"### {task}: Other cells (in no study grid)", ""]
+      lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
+    lines += [f"![valid curves](curves_{task}.png)", ""]
+  lines += _how_to_read(results)
+  return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Figures.
+
+
+def _plot_cells(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[Cell, bool | None]]:
+  """Every cell of the task once, in table order, with its recommendation (or None)."""
+  out: list[tuple[Cell, bool | None]] = []
+  seen = set()
+  for _, _, rows in _study_tables(task, groups):
+    for cell, recommended, _ in rows:
+      if cell not in seen:
+        seen.add(cell)
+        out.append((cell, recommended))
+  return out + [(c, None) for c in _other_cells(task, groups)]
+
+
+def _truncate(text: str, n: int = _COMMAND_CHARS) -> str:
+  return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _curve_matrix(members: list[dict], scale: float) -> np.ndarray:
+  """(members, max epochs) valid metric, NaN past a member's end."""
+  length = max((len(m.get("valid_metric") or []) for m in members), default=0)
+  mat = np.full((len(members), length), np.nan)
+  for i, m in enumerate(members):
+    v = np.array([_as_float(x) for x in (m.get("valid_metric") or [])], np.float64)
+    mat[i, :v.size] = v * scale
+  return mat
+
+
+def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
+               accuracy: bool) -> None:
+  """Draws one cell's valid curves (every seed, mean, min–max band) on `ax`."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  mark = {True: " (recommended)", False: " (misused)", None: ""}[recommended]
+  ax.set_title(f"{cell.label}{mark}", fontsize=9)
+  ax.set_xlabel("epoch", fontsize=8)
+  ax.set_ylabel("valid accuracy (%)" if accuracy else "valid MSE", fontsize=8)
+  ax.tick_params(labelsize=7)
+  mat = _curve_matrix(members, 100.0 if accuracy else 1.0)
+  notes = []
+  n_empty = sum(1 for m in members if not m.get("valid_metric"))
+  if mat.shape[1] == 0 or n_empty == len(members):
+    ax.text(0.5, 0.55, "invalid", ha="center", va="center", transform=ax.transAxes,
+            fontsize=12, color="tab:red")
+    reasons = sorted({str(m.get("status_reason")) for m in members if m.get("status_reason")})
+    if reasons:
+      ax.text(0.5, 0.35, textwrap.fill(_truncate("; ".join(reasons), 160), 45), ha="center",
+              va="top", transform=ax.transAxes, fontsize=7)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return
+  if n_empty:
+    notes.append(f"{_plural(n_empty, 'seed')} invalid")
+  n_bad = sum(1 for m in members if m.get("status") == "nonfinite" or not all(
+      math.isfinite(_as_float(x)) for x in (m.get("valid_metric") or [])))
+  if n_bad:
+    notes.append(f"{_plural(n_bad, 'seed')} non-finite")
+  finite = np.where(np.isfinite(mat), mat, np.nan)
+  epochs = np.arange(1, mat.shape[1] + 1)
+  for row in finite:
+    ax.plot(epochs, row, color="tab:blue", alpha=0.25, linewidth=0.7)
+  with warnings.catch_warnings(), np.errstate(all="ignore"):
+    warnings.simplefilter("ignore", RuntimeWarning)
+    mean = np.nanmean(finite, axis=0)
+    lo = np.nanmin(finite, axis=0)
+    hi = np.nanmax(finite, axis=0)
+  ax.fill_between(epochs, lo, hi, color="tab:blue", alpha=0.2, linewidth=0,
+                  label="min–max")
+  ax.plot(epochs, mean, color="tab:blue", linewidth=1.5, label="mean")
+  for m in members:
+    b = m.get("best_epoch")
+    if isinstance(b, (int, float)) and b >= 0:
+      ax.axvline(b + 1, color="gray", linestyle=":", linewidth=0.8, alpha=0.6)
+  vals = finite[np.isfinite(finite)]
+  if not accuracy:
+    pos = vals[vals > 0]
+    if pos.size and pos.max() / pos.min() > 100.0:
+      ax.set_yscale("log")
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  if notes:
+    # In the corner the curves move away from: accuracy rises, MSE falls.
+    y, va = (0.02, "bottom") if accuracy else (0.98, "top")
+    ax.text(0.98, y, "; ".join(notes), ha="right", va=va, transform=ax.transAxes, fontsize=8,
+            color="tab:red", bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+
+
+def plot_curves(workdir: str) -> list[str]:
+  """Writes WORKDIR/curves_<task>.png, one per task: valid metric per epoch per cell.
+
+  Each subplot is one cell: every seed drawn faintly, the mean over the seeds
+  still training at each epoch (non-finite values skipped) as a line, with a
+  min–max band and each seed's best epoch dotted.
+
+  Returns:
+    The paths written, in task order.
+
+  Raises:
+    FileNotFoundError, ValueError: as load_results.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  results = load_results(workdir)
+  info = load_run_info(workdir)
+  command = info.get("command") or "unknown command (no run.json)"
+  paths = []
+  for task, result in results.items():
+    groups = _group_members(result)
+    cells = _plot_cells(task, groups)
+    accuracy = _is_accuracy(result, task)
+    n = max(len(cells), 1)
+    ncols = min(4, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 1.0),
+                             squeeze=False)
+    try:
+      flat = axes.ravel()
+      for ax, (cell, recommended) in zip(flat, cells):
+        _draw_cell(ax, cell, recommended, groups[cell], accuracy)
+      for ax in flat[len(cells):]:
+        ax.axis("off")
+      if not cells:
+        flat[0].text(0.5, 0.5, "no members", ha="center", va="center")
+      metric = "accuracy (%)" if accuracy else "MSE (original units)"
+      fig.suptitle(f"{task}: valid {metric} per epoch, mean over seeds with min–max band\n"
+                   f"made by: {_truncate(command)}", fontsize=10)
+      fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 / nrows))
+      path = os.path.join(workdir, f"curves_{task}.png")
+      _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+    finally:
+      plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+# ---------------------------------------------------------------------------
+# Writing and the command line.
+
+
+def _atomic_write(path: str, write, binary: bool = False) -> None:
+  """Calls write(file) on a temporary file next to `path`, then renames it onto `path`.
+
+  The temporary file is opened normally (not with tempfile.mkstemp) so that the
+  result gets the usual permissions of the process's umask.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+  try:
+    if binary:
+      with open(tmp, "xb") as f:
+        write(f)
+    else:
+      with open(tmp, "x", encoding="utf-8") as f:
+        write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_report(workdir: str) -> str:
+  """Writes WORKDIR/report.md (atomically) and the curve PNGs; returns the report's path."""
+  text = render_markdown(workdir)
+  plot_curves(workdir)
+  path = os.path.join(workdir, "report.md")
+  _atomic_write(path, lambda f: f.write(text))
+  return path
+
+
+def _define_flags() -> None:
+  if "workdir" not in flags.FLAGS:
+    flags.DEFINE_string("workdir", None,
+                        "The directory a training run wrote (run.json, results/).")
+  flags.mark_flag_as_required("workdir")
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m jaxact.report --workdir=DIR`: rebuilds DIR/report.md without training."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workdir = flags.FLAGS.workdir
+  try:
+    path = write_report(workdir)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"jaxact.report: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,242 @@
+"""The study grids of PROTOCOL section 8, and the cells a user's flags select.
+
+A *cell* is one trainable configuration (task, head, loss, regression target
+treatment, loss convention). A *member* of the engine is a cell trained with
+one seed. A study is an ordered list of rows per task; each row names a cell
+and whether the seed documents recommend it or call it a misuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+from jaxact import tasks as tasks_lib
+
+STUDIES = ("activation", "loss")
+HEADS = ("none", "relu", "sigmoid", "softmax")
+LOSSES = ("cce", "bce", "bce_logits", "mse", "mae", "rmse")
+CONVENTIONS = ("torch", "logits")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Cell:
+  """One configuration of the final layer, the loss and the targets.
+
+  Attributes:
+    task: one of tasks.TASKS.
+    head: final activation, one of HEADS.
+    loss: loss name, one of LOSSES.
+    norm: regression only: targets standardised with the train mean/std.
+    sigmoid_method: regression only: the "sigmoid method" of seed 000 (sigmoid
+      on targets and on the output, logit of the output to predict).
+    convention: "torch" (PROTOCOL section 6) or "logits".
+  """
+  task: str
+  head: str
+  loss: str
+  norm: bool = False
+  sigmoid_method: bool = False
+  convention: str = "torch"
+
+  @property
+  def key(self) -> str:
+    """A stable string id, e.g. 'binary/sigmoid+bce' or 'regression/none+mse/norm'."""
+    parts = [self.task, f"{self.head}+{self.loss}"]
+    if self.task == "regression":
+      parts.append("norm" if self.norm else "raw")
+      if self.sigmoid_method:
+        parts.append("sigmoid_method")
+    if self.convention != "torch":
+      parts.append(self.convention)
+    return "/".join(parts)
+
+  @property
+  def label(self) -> str:
+    """A human label for tables, e.g. 'sigmoid + bce' or 'sigmoid method (standardised)'."""
+    if self.sigmoid_method:
+      text = f"sigmoid method + {self.loss}"
+    else:
+      text = f"{self.head} + {self.loss}"
+    if self.task == "regression":
+      text += ", standardised" if self.norm else ", raw targets"
+    if self.convention != "torch":
+      text += f" [{self.convention}]"
+    return text
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "Cell":
+    return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  cell: Cell
+  recommended: bool
+
+
+def _rows(task: str, recommended: Iterable[tuple], misused: Iterable[tuple]) -> list[Row]:
+  out = []
+  for flag, specs in ((True, recommended), (False, misused)):
+    for spec in specs:
+      head, loss, *rest = spec
+      kw = dict(zip(("norm", "sigmoid_method"), rest))
+      out.append(Row(Cell(task, head, loss, **kw), flag))
+  return out
+
+
+def activation_grid() -> dict[str, list[Row]]:
+  """Seed 000's grid (PROTOCOL section 8); regression always uses MSE."""
+  return {
+      "regression": _rows(
+          "regression",
+          [("none", "mse", True), ("none", "mse", False),
+           ("relu", "mse", True), ("relu", "mse", False)],
+          [("sigmoid", "mse", True, True), ("sigmoid", "mse", False, True)]),
+      "probability": _rows("probability", [("sigmoid", "bce")],
+                           [("softmax", "bce"), ("softmax", "cce")]),
+      "binary": _rows("binary", [("softmax", "cce")],
+                      [("sigmoid", "bce"), ("sigmoid", "cce")]),
+      "multiclass": _rows("multiclass", [("softmax", "cce")],
+                          [("sigmoid", "bce"), ("sigmoid", "cce")]),
+      "multilabel": _rows("multilabel", [("sigmoid", "bce")],
+                          [("softmax", "bce"), ("softmax", "cce")]),
+  }
+
+
+def loss_grid() -> dict[str, list[Row]]:
+  """Seed 001's final grid (PROTOCOL section 8); regression is standardised, head none."""
+  return {
+      "regression": _rows(
+          "regression",
+          [("none", "mse", True), ("none", "mae", True), ("none", "rmse", True)],
+          [("none", "bce", True), ("none", "bce_logits", True)]),
+      "probability": _rows(
+          "probability", [("sigmoid", "bce")],
+          [("none", "mse"), ("sigmoid", "mse"), ("none", "mae"), ("sigmoid", "mae"),
+           ("none", "rmse"), ("sigmoid", "rmse"), ("softmax", "cce")]),
+      "binary": _rows(
+          "binary", [("softmax", "cce")],
+          [("softmax", "bce"), ("sigmoid", "bce"), ("softmax", "bce_logits"),
+           ("softmax", "mse"), ("sigmoid", "mse")]),
+      "multiclass": _rows(
+          "multiclass", [("softmax", "cce")],
+          [("softmax", "bce"), ("sigmoid", "bce"), ("softmax", "bce_logits"),
+           ("softmax", "mse"), ("sigmoid", "mse")]),
+      "multilabel": _rows(
+          "multilabel", [("sigmoid", "bce")],
+          [("softmax", "mse"), ("sigmoid", "mse"), ("softmax", "cce")]),
+  }
+
+
+def grid(study: str) -> dict[str, list[Row]]:
+  if study == "activation":
+    return activation_grid()
+  if study == "loss":
+    return loss_grid()
+  raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}, or 'all'")
+
+
+def with_convention(cell: Cell, convention: str) -> Cell:
+  return dataclasses.replace(cell, convention=convention)
+
+
+def recommended_cell(task: str) -> Cell:
+  """The task's recommended cell in the activation study (the reference of a filtered run)."""
+  return next(r.cell for r in activation_grid()[task] if r.recommended)
+
+
+def check_cell(cell: Cell) -> None:
+  """Raises ValueError, naming the problem and the fix, for a cell that cannot be run.
+
+  Allowed: any head with any loss for any task, except
+  - cce on regression (a continuous target is neither a class nor a distribution);
+  - norm / sigmoid_method outside regression;
+  - the sigmoid method with a head other than sigmoid.
+  A cell that can run but fails (bce on raw outputs) is allowed: the engine
+  reports it as invalid, as PyTorch refused it.
+  """
+  tasks_lib.get_task(cell.task)
+  if cell.head not in HEADS:
+    raise ValueError(f"unknown head {cell.head!r}: choose one of {', '.join(HEADS)}")
+  if cell.loss not in LOSSES:
+    raise ValueError(f"unknown loss {cell.loss!r}: choose one of {', '.join(LOSSES)}")
+  if cell.convention not in CONVENTIONS:
+    raise ValueError(
+        f"unknown convention {cell.convention!r}: choose one of {', '.join(CONVENTIONS)}")
+  if cell.task == "regression" and cell.loss == "cce":
+    raise ValueError(
+        "loss cce cannot be used for the regression task: its target is a continuous "
+        "value, neither a class index nor a distribution over classes. Use mse, mae or "
+        "rmse (or bce / bce_logits to see them fail).")
+  if cell.task != "regression" and (cell.norm or cell.sigmoid_method):
+    raise ValueError(
+        f"--norm and --sigmoid_method apply to the regression task only, not {cell.task!r}: "
+        "drop them or use --task=regression.")
+  if cell.sigmoid_method and cell.head != "sigmoid":
+    raise ValueError(
+        f"the sigmoid method puts a sigmoid on the output, so it needs --head=sigmoid, "
+        f"not {cell.head!r}.")
+
+
+def select_cells(study: str | None, task: str | None, head: str | None = None,
+                 loss: str | None = None, norm: bool | None = None,
+                 sigmoid_method: bool | None = None,
+                 conventions: Sequence[str] = ("torch",)) -> dict[str, list[Cell]]:
+  """The cells to train, per task, for a user's flags.
+
+  With no head/loss/norm/sigmoid_method filter: every cell of the study (or of
+  both studies when study is None or "all"), once each. With filters: the
+  grid's cells that match them plus the task's recommended cell as reference;
+  if head AND loss are both given and no grid cell matches, that off-grid cell
+  is run (after check_cell) with the reference.
+
+  Returns:
+    task -> cells, in grid order, each cell once, for every convention given.
+  """
+  studies = STUDIES if study in (None, "all") else (study,)
+  for s in studies:
+    grid(s)  # validates the name
+  wanted_tasks = tasks_lib.TASKS if task is None else (tasks_lib.get_task(task).name,)
+  filtered = any(v is not None for v in (head, loss, norm, sigmoid_method))
+  if head is not None and head not in HEADS:
+    raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+  if loss is not None and loss not in LOSSES:
+    raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+  out: dict[str, list[Cell]] = {}
+  for t in wanted_tasks:
+    cells: list[Cell] = []
+    for s in studies:
+      for row in grid(s)[t]:
+        c = row.cell
+        if filtered and not ((head is None or c.head == head) and (loss is None or c.loss == loss)
+                             and (norm is None or c.norm == norm)
+                             and (sigmoid_method is None or c.sigmoid_method == sigmoid_method)):
+          continue
+        if c not in cells:
+          cells.append(c)
+    if filtered and not cells:
+      if head is None or loss is None:
+        raise ValueError(
+            f"no cell of the {'/'.join(studies)} grid for task {t!r} matches "
+            f"head={head} loss={loss}: give both --head and --loss to run an off-grid cell.")
+      off = Cell(t, head, loss, bool(norm) if t == "regression" else False,
+                 bool(sigmoid_method) if t == "regression" else False)
+      check_cell(off)
+      cells.append(off)
+    if filtered:
+      ref = recommended_cell(t)
+      if ref not in cells:
+        cells.insert(0, ref)
+    out[t] = [with_convention(c, conv) for conv in conventions for c in cells]
+    for c in out[t]:
+      check_cell(c)
+  return out
+
+
+def rows_for(study: str, task: str) -> list[Row]:
+  """The ordered table rows of `study` for `task`."""
+  return grid(study)[task]

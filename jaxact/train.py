@@ -1,0 +1,242 @@
+"""`train_and_evaluate`: train the selected cells of a study and write everything to a workdir.
+
+Layout of a workdir:
+  run.json               the command, the machine, the configuration, start/finish times
+  results/<task>.json    one record per member (cell x seed), written as soon as the task ends
+  report.md              the tables (jaxact.report), rebuilt after every task
+  curves_<task>.png      valid-metric curves per cell
+
+Only this module and jaxact.report do I/O; the engine is pure JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+import jax
+from absl import logging
+
+from jaxact import data as data_lib
+from jaxact import engine as engine_lib
+from jaxact import model as model_lib
+from jaxact import studies
+from jaxact import tasks as tasks_lib
+
+__version__ = "0.1.0"
+
+
+class UserError(Exception):
+  """A problem with the user's request; str() names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What to train.
+
+  Attributes:
+    study: "activation" (seed 000), "loss" (seed 001) or "all".
+    task: a single task, or None for every task.
+    head, loss, norm, sigmoid_method: optional filters on the grid (see
+      studies.select_cells); None means "any".
+    conventions: loss conventions to train, e.g. ("torch",) or ("torch", "logits").
+    seeds: number of seeds per cell; the seeds are first_seed .. first_seed + seeds - 1.
+    split_seed: the seed of the shared 2,000 / 3,000 split.
+    data_dir: directory with the four MNIST IDX files, or None for the tfds download.
+    tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
+    engine: training hyper-parameters.
+  """
+  study: str = "activation"
+  task: str | None = None
+  head: str | None = None
+  loss: str | None = None
+  norm: bool | None = None
+  sigmoid_method: bool | None = None
+  conventions: tuple[str, ...] = ("torch",)
+  seeds: int = 3
+  first_seed: int = 0
+  split_seed: int = 0
+  data_dir: str | None = None
+  tfds_dir: str | None = None
+  engine: engine_lib.EngineConfig = engine_lib.EngineConfig()
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
+  """The members (cell, seed) to train, per task. Raises UserError for bad requests."""
+  if config.seeds < 1:
+    raise UserError(f"--seeds must be a positive number of seeds per cell, got {config.seeds}.")
+  if config.first_seed < 0 or config.split_seed < 0:
+    raise UserError("--first_seed and --split_seed must be non-negative integers.")
+  e = config.engine
+  if e.max_epochs < 1:
+    raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
+  if e.patience < 1:
+    raise UserError(f"--patience must be positive, got {e.patience}.")
+  if e.init not in model_lib.INITS:
+    raise UserError(f"unknown --init {e.init!r}: choose one of {', '.join(model_lib.INITS)}.")
+  if e.hidden_activation not in model_lib.HIDDEN_ACTIVATIONS:
+    raise UserError(f"unknown hidden activation {e.hidden_activation!r}: choose one of "
+                    f"{', '.join(model_lib.HIDDEN_ACTIVATIONS)}.")
+  for conv in config.conventions:
+    if conv not in studies.CONVENTIONS:
+      raise UserError(f"unknown convention {conv!r}: choose one of "
+                      f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
+  try:
+    cells = studies.select_cells(config.study, config.task, config.head, config.loss,
+                                 config.norm, config.sigmoid_method, config.conventions)
+  except ValueError as err:
+    raise UserError(str(err)) from None
+  seeds = range(config.first_seed, config.first_seed + config.seeds)
+  return {t: [(c, s) for c in cs for s in seeds] for t, cs in cells.items()}
+
+
+def machine_description() -> str:
+  """One line: OS, CPU model and count, JAX backend and devices."""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs; "
+          f"jax {jax.__version__} on {jax.default_backend()} "
+          f"({len(devices)} x {', '.join(kinds)})")
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
+  directory = os.path.dirname(path) or "."
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Creates the workdir and checks that it can be written; UserError otherwise."""
+  try:
+    os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+    probe = os.path.join(workdir, ".write-probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.unlink(probe)
+  except OSError as err:
+    raise UserError(f"cannot write to the workdir {workdir!r} ({err.strerror or err}): "
+                    "choose a writable directory with --workdir.") from None
+
+
+def member_record(result: engine_lib.MemberResult) -> dict:
+  d = dataclasses.asdict(result)
+  d["cell"] = result.cell.to_dict()
+  d["key"] = result.cell.key
+  d["label"] = result.cell.label
+  return d
+
+
+def train_and_evaluate(config: RunConfig, workdir: str,
+                       command: Sequence[str] | None = None) -> dict[str, list[engine_lib.MemberResult]]:
+  """Trains every planned member, task by task, writing results as each task ends.
+
+  Args:
+    config: what to train.
+    workdir: where everything is written (created if needed).
+    command: the command line to record (default: sys.argv).
+
+  Returns:
+    task -> list of MemberResult.
+  """
+  from jaxact import report as report_lib  # matplotlib is imported lazily
+
+  members = plan(config)
+  prepare_workdir(workdir)
+  run_info = {
+      "command": " ".join(["python -m jaxact.main"] + list((command or sys.argv)[1:])),
+      "argv": list(command or sys.argv),
+      "machine": machine_description(),
+      "jaxact_version": __version__,
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      "finished": None,
+      "config": config.to_dict(),
+  }
+  run_path = os.path.join(workdir, "run.json")
+  write_json_atomic(run_path, run_info)
+  logging.info("jaxact: %s", run_info["machine"])
+
+  split = data_lib.load_split(data_lib.resolve_data_dir(config.data_dir), config.split_seed,
+                              tfds_dir=config.tfds_dir)
+  logging.info("data: %d train / %d valid / %d test from a pool of %d (%s), split seed %d",
+               len(split.y_train), len(split.y_valid), len(split.y_test),
+               split.train_pool_size, split.source, config.split_seed)
+
+  out = {}
+  for task, task_members in members.items():
+    cells = list(dict.fromkeys(c for c, _ in task_members))
+    logging.info("task %s: %d cells x %d seeds = %d members in one program",
+                 task, len(cells), config.seeds, len(task_members))
+    start = time.perf_counter()
+    engine = engine_lib.Engine(task, task_members, config.engine)
+    results = engine.run(engine_lib.TaskData.from_split(split, task))
+    wall = time.perf_counter() - start
+    t = tasks_lib.get_task(task)
+    write_json_atomic(os.path.join(workdir, "results", f"{task}.json"), {
+        "task": task, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
+        "init": config.engine.init, "split_seed": config.split_seed,
+        "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
+        "patience": config.engine.patience, "wall_time_s": round(wall, 2),
+        "compilations": engine.traces,
+        "members": [member_record(r) for r in results],
+    })
+    logging.info("task %s done in %.1f s", task, wall)
+    report_lib.write_report(workdir)
+    out[task] = results
+
+  run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+  write_json_atomic(run_path, run_info)
+  path = report_lib.write_report(workdir)
+  logging.info("report: %s", path)
+  return out
+
+
+def format_results_table(results: dict[str, list[engine_lib.MemberResult]]) -> str:
+  """A compact plain-text table of mean best-valid / test metric per cell, for the console."""
+  lines = []
+  for task, rs in results.items():
+    t = tasks_lib.get_task(task)
+    scale, unit = (100.0, "%") if t.higher_is_better else (1.0, "")
+    lines.append(f"{task} ({t.metric_name})")
+    for cell in dict.fromkeys(r.cell for r in rs):
+      mine = [r for r in rs if r.cell == cell]
+      finite = [r for r in mine if math.isfinite(r.best_valid)]
+      statuses = sorted({r.status for r in mine})
+      if finite:
+        v = sum(r.best_valid for r in finite) / len(finite) * scale
+        te = sum(r.test for r in finite if math.isfinite(r.test)) / max(
+            1, sum(math.isfinite(r.test) for r in finite)) * scale
+        lines.append(f"  {cell.label:<40} valid {v:8.4g}{unit}  test {te:8.4g}{unit}  "
+                     f"[{len(mine)} seeds: {', '.join(statuses)}]")
+      else:
+        lines.append(f"  {cell.label:<40} {', '.join(statuses)}: {mine[0].status_reason}")
+  return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""The vmapped engine: member independence, early stopping, statuses, one compilation."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxact import engine
+from jaxact import losses
+from jaxact import studies
+from jaxact import tasks
+from jaxact.studies import Cell
+
+
+def _synthetic(task, n_train=160, n_valid=64, n_test=80, seed=0):
+  """Noisy images with a bright 7x7 block whose position encodes the digit: learnable fast."""
+  rng = np.random.default_rng(seed)
+
+  def make(n):
+    y = rng.integers(0, 10, n)
+    x = rng.uniform(-1, -0.8, (n, 28, 28, 1)).astype(np.float32)
+    for i, d in enumerate(y):
+      r, c = divmod(int(d), 4)
+      x[i, 7 * r:7 * r + 7, 7 * c:7 * c + 7, 0] = 1.0
+    return x, y
+
+  (xtr, ytr), (xv, yv), (xte, yte) = make(n_train), make(n_valid), make(n_test)
+  ttr = tasks.make_targets(task, ytr)
+  return engine.TaskData(
+      jnp.asarray(xtr), jnp.asarray(ttr), jnp.asarray(xv),
+      jnp.asarray(tasks.make_targets(task, yv)), jnp.asarray(xte),
+      jnp.asarray(tasks.make_targets(task, yte)), float(ttr.mean()), float(ttr.std()))
+
+
+CFG = engine.EngineConfig(max_epochs=3, patience=2, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def multiclass_grid():
+  data = _synthetic("multiclass")
+  cells = studies.select_cells("activation", "multiclass")["multiclass"]
+  members = [(c, s) for c in cells for s in (0, 1, 2)]
+  eng = engine.Engine("multiclass", members, CFG, progress=lambda _: None)
+  return data, eng, eng.run(data)
+
+
+def _by(results, cell, seed):
+  return next(r for r in results if r.cell == cell and r.seed == seed)
+
+
+def test_member_k_equals_single_run_with_seed_k(multiclass_grid):
+  data, eng, results = multiclass_grid
+  cell = studies.recommended_cell("multiclass")
+  single = engine.Engine("multiclass", [(cell, 1)], CFG, progress=lambda _: None)
+  (alone,) = single.run(data)
+  grid_member = _by(results, cell, 1)
+  chex.assert_trees_all_close(
+      (alone.train_loss, alone.valid_metric, alone.test),
+      (grid_member.train_loss, grid_member.valid_metric, grid_member.test),
+      rtol=1e-5, atol=1e-6)
+  assert alone.best_epoch == grid_member.best_epoch
+  # Same for the parameters themselves.
+  i = eng.members.index((cell, 1))
+  chex.assert_trees_all_close(
+      jax.tree_util.tree_map(lambda a: a[0], single.final_state["params"]),
+      jax.tree_util.tree_map(lambda a: a[i], eng.final_state["params"]),
+      rtol=1e-3, atol=1e-4)  # Adam's normalisation amplifies float rounding of batched matmuls
+
+
+def test_one_compilation_per_task(multiclass_grid):
+  _, eng, results = multiclass_grid
+  assert max(r.epochs_trained for r in results) >= 2
+  assert eng.traces == 1
+
+
+def test_seeds_differ_and_cells_share_initialisation(multiclass_grid):
+  _, eng, _ = multiclass_grid
+  p = eng.init_state()["params"]
+  kernels = p["out"]["kernel"]
+  # Members 0..2 are seeds 0..2 of the first cell; member 3 is seed 0 of the second.
+  assert not np.allclose(kernels[0], kernels[1])
+  np.testing.assert_array_equal(kernels[0], kernels[3])
+
+
+def test_results_are_finite_and_learn(multiclass_grid):
+  _, _, results = multiclass_grid
+  ref = [r for r in results if r.cell == studies.recommended_cell("multiclass")]
+  for r in results:
+    chex.assert_tree_all_finite((r.train_loss, r.valid_metric, r.best_valid, r.test))
+    assert 0.0 <= r.best_valid <= 1.0 and 0.0 <= r.test <= 1.0
+  # The digit is written in the pixels: the recommended cell beats chance (10%) clearly.
+  assert min(r.best_valid for r in ref) > 0.3
+
+
+def test_early_stopping_bookkeeping(multiclass_grid):
+  _, _, results = multiclass_grid
+  for r in results:
+    hist = np.asarray(r.valid_metric)
+    assert len(hist) == r.epochs_trained == len(r.train_loss)
+    # Strict improvement: the best epoch is the FIRST epoch reaching the maximum.
+    assert r.best_epoch == int(np.argmax(hist))
+    assert r.best_valid == pytest.approx(float(hist.max()))
+    if r.status == "ok":
+      assert r.epochs_trained - 1 - r.best_epoch == CFG.patience
+    else:
+      assert r.status == "hit_cap" and r.epochs_trained == CFG.max_epochs
+      assert "epoch cap" in r.status_reason
+
+
+def test_best_weights_give_the_best_valid_metric(multiclass_grid):
+  data, eng, results = multiclass_grid
+  metric, _ = eng._test_fn(eng.final_state["best_params"], data.x_valid, data.t_valid,
+                           data.target_mean, data.target_std)
+  for i, r in enumerate(results):
+    assert float(metric[i]) == pytest.approx(r.best_valid, abs=1e-6)
+
+
+def test_stopped_member_is_frozen():
+  data = _synthetic("binary")
+  cell = studies.recommended_cell("binary")
+  short = engine.Engine("binary", [(cell, 0)], dataclasses.replace(CFG, patience=1, max_epochs=8),
+                        progress=lambda _: None)
+  (r,) = short.run(data)
+  assert r.status == "ok"
+  # Patience 1: stops one epoch after its best; the engine ran no epoch for it afterwards.
+  assert r.epochs_trained == r.best_epoch + 2
+
+
+def test_invalid_member_is_reported_and_others_unaffected():
+  data = _synthetic("regression")
+  good = Cell("regression", "none", "mse", norm=True)
+  bad = Cell("regression", "none", "bce", norm=True)
+  both = engine.Engine("regression", [(good, 0), (bad, 0)], CFG, progress=lambda _: None)
+  res = both.run(data)
+  alone = engine.Engine("regression", [(good, 0)], CFG, progress=lambda _: None).run(data)
+  r_bad = _by(res, bad, 0)
+  assert r_bad.status == "invalid" and r_bad.status_epoch == 0
+  assert "[0, 1]" in r_bad.status_reason
+  assert r_bad.epochs_trained == 0 and np.isnan(r_bad.best_valid)
+  chex.assert_trees_all_close(_by(res, good, 0).train_loss, alone[0].train_loss, rtol=1e-5)
+
+
+def test_nonfinite_member_is_frozen_and_others_unaffected(monkeypatch):
+  data = _synthetic("binary")
+  good = Cell("binary", "softmax", "cce")
+  poisoned = Cell("binary", "relu", "mae")
+  real_get_loss = losses.get_loss
+
+  def get_loss(head, loss, convention="torch"):
+    fn = real_get_loss(head, loss, convention)
+    if (head, loss) == ("relu", "mae"):
+      # Finite for the first few batches, then NaN: log of a negative number.
+      return dataclasses.replace(
+          fn, per_example=lambda z, t: jnp.log(jnp.mean(z, -1) * 0 + 1.0)
+          + jnp.log(-jnp.ones(z.shape[0])))
+    return fn
+
+  monkeypatch.setattr(losses, "get_loss", get_loss)
+  eng = engine.Engine("binary", [(good, 0), (poisoned, 0)], CFG, progress=lambda _: None)
+  res = eng.run(data)
+  monkeypatch.setattr(losses, "get_loss", real_get_loss)
+  alone = engine.Engine("binary", [(good, 0)], CFG, progress=lambda _: None).run(data)
+  r = _by(res, poisoned, 0)
+  assert r.status == "nonfinite" and r.status_epoch == 0
+  assert "non-finite" in r.status_reason
+  chex.assert_tree_all_finite(eng.final_state["params"])  # frozen at its last finite state
+  chex.assert_trees_all_close(_by(res, good, 0).train_loss, alone[0].train_loss, rtol=1e-5)
+
+
+def test_sigmoid_method_predictions_and_infinities():
+  cell = Cell("regression", "sigmoid", "mse", norm=False, sigmoid_method=True)
+  t = jnp.asarray([[1.0], [6.0]])
+  # Targets are squashed for the loss and recovered exactly by the inverse.
+  st = engine.train_targets(cell, t, 0.0, 1.0)
+  np.testing.assert_allclose(st, jax.nn.sigmoid(t))
+  z = jnp.asarray([[2.0], [100.0], [-200.0]])
+  pred = engine.predictions(cell, z, 0.0, 1.0)
+  np.testing.assert_allclose(pred[0], 2.0, rtol=1e-5)
+  assert pred[1, 0] == np.inf and pred[2, 0] == -np.inf
+  norm = dataclasses.replace(cell, norm=True)
+  np.testing.assert_allclose(engine.predictions(norm, z[:1], 3.0, 2.0)[0], 2.0 * 2.0 + 3.0, rtol=1e-5)
+
+
+def test_epoch_cap_is_reported():
+  data = _synthetic("multiclass")
+  cfg = dataclasses.replace(CFG, max_epochs=1, patience=5)
+  (r,) = engine.Engine("multiclass", [(studies.recommended_cell("multiclass"), 0)], cfg,
+                       progress=lambda _: None).run(data)
+  assert r.status == "hit_cap" and r.epochs_trained == 1 and r.status_epoch == 0
+
+
+def test_chex_trace_budget():
+  """The epoch function traces once across epochs (chex's own trace counter)."""
+  data = _synthetic("probability", n_train=40, n_valid=20, n_test=20)
+  eng = engine.Engine("probability", [(studies.recommended_cell("probability"), 0)],
+                      dataclasses.replace(CFG, max_epochs=3, patience=5), progress=lambda _: None)
+  eng._epoch_fn = jax.jit(chex.assert_max_traces(eng._epoch, n=1), donate_argnums=(0,))
+  (r,) = eng.run(data)
+  assert r.epochs_trained == 3

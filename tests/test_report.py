@@ -1,0 +1,265 @@
+"""Tests for jaxact.report on hand-written workdirs (no training, no JAX compute)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxact import report
+from jaxact import studies
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMAND = "python -m jaxact.main --workdir=/tmp/w --study=all --seeds=3"
+
+
+def _member(task, head, loss, seed, valid, test, *, norm=False, sigmoid_method=False,
+            convention="torch", status="ok", reason=None, status_epoch=None,
+            curve=None, best_epoch=None, n_inf_test=0):
+  cell = studies.Cell(task, head, loss, norm, sigmoid_method, convention)
+  curve = [valid - 0.01, valid, valid - 0.005] if curve is None else curve
+  if best_epoch is None:
+    best_epoch = 1 if curve else -1
+  return {
+      "cell": cell.to_dict(), "key": cell.key, "label": cell.label, "seed": seed,
+      "best_valid": valid, "test": test, "best_epoch": best_epoch,
+      "epochs_trained": len(curve), "status": status, "status_reason": reason,
+      "status_epoch": status_epoch, "train_loss": [0.5] * len(curve),
+      "valid_metric": curve, "n_infinite_valid": 0, "n_infinite_test": n_inf_test,
+  }
+
+
+def _write_results(workdir, task, members, metric="accuracy", higher=True):
+  os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+  data = {"task": task, "metric_name": metric, "higher_is_better": higher, "init": "torch",
+          "split_seed": 0, "split_fingerprint": "ab12cd", "max_epochs": 200,
+          "patience": 10, "wall_time_s": 12.5, "members": members}
+  with open(os.path.join(workdir, "results", f"{task}.json"), "w") as f:
+    json.dump(data, f)  # NaN is written as the bare token NaN, as the trainer does.
+
+
+def _write_run(workdir):
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump({"argv": COMMAND.split()[2:], "command": COMMAND,
+               "machine": "Linux x86_64, cpu, jax cpu:0", "started": "2025-01-01T00:00:00",
+               "finished": "2025-01-01T01:00:00", "jaxact_version": "0.1.0",
+               "config": {"seeds": 3}}, f)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  """A workdir with binary (torch + logits), multilabel and regression results."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  _write_run(wd)
+  nan = float("nan")
+  binary = []
+  for seed, (v, t) in enumerate([(0.97, 0.96), (0.98, 0.97), (0.99, 0.98)]):
+    binary.append(_member("binary", "softmax", "cce", seed, v, t))  # recommended
+  for seed, v in enumerate([0.90, 0.91, 0.92]):
+    binary.append(_member("binary", "sigmoid", "bce", seed, v, v,
+                          status="hit_cap" if seed == 2 else "ok"))
+  for seed in range(3):  # all invalid, no epoch finished
+    binary.append(_member("binary", "sigmoid", "cce", seed, nan, nan, status="invalid",
+                          reason="all-invalid-reason-xyz", status_epoch=0, curve=[]))
+  binary.append(_member("binary", "relu", "mae", 0, 0.5, 0.5))  # off every grid
+  for seed, v in enumerate([0.95, 0.96]):
+    binary.append(_member("binary", "softmax", "cce", seed, v, v, convention="logits"))
+  _write_results(wd, "binary", binary)
+  multilabel = [_member("multilabel", "sigmoid", "bce", 0, 0.9, 0.9,
+                        curve=[0.8, float("inf"), 0.9], status="nonfinite", status_epoch=1)]
+  _write_results(wd, "multilabel", multilabel)
+  regression = [
+      _member("regression", "sigmoid", "mse", s, 0.5 + s, float("inf") if s == 1 else 0.6,
+              norm=True, sigmoid_method=True, curve=[100.0, 1.0, 0.5 + s],
+              n_inf_test=7 if s == 1 else 0)
+      for s in range(2)]
+  _write_results(wd, "regression", regression, metric="mse", higher=False)
+  return wd
+
+
+def _table_rows(text, heading):
+  """The table lines under the first heading containing `heading`."""
+  lines = text.splitlines()
+  start = next(i for i, l in enumerate(lines) if l.startswith("#") and heading in l)
+  rows = []
+  for line in lines[start + 1:]:
+    if line.startswith("#"):
+      break
+    if line.startswith("|"):
+      rows.append([c.strip() for c in line.strip("|").split(" | ")])
+  return rows
+
+
+def test_summarize_known_values():
+  s = report.summarize([1.0, 2.0, 3.0, 4.0])
+  assert s["mean"] == pytest.approx(2.5)
+  assert s["std"] == pytest.approx(math.sqrt(1.25))  # population std
+  assert (s["min"], s["max"], s["n"], s["n_nonfinite"]) == (1.0, 4.0, 4, 0)
+
+
+def test_summarize_skips_nonfinite():
+  s = report.summarize([float("nan"), 2.0, float("inf"), 4.0, None])
+  assert s["mean"] == pytest.approx(3.0)
+  assert s["std"] == pytest.approx(1.0)
+  assert (s["min"], s["max"], s["n"], s["n_nonfinite"]) == (2.0, 4.0, 2, 3)
+
+
+def test_summarize_nothing_finite():
+  s = report.summarize([float("nan")])
+  assert s["n"] == 0 and s["n_nonfinite"] == 1 and math.isnan(s["mean"])
+  assert report.summarize([])["n"] == 0
+
+
+def test_load_results_order_and_errors(workdir, tmp_path):
+  assert list(report.load_results(workdir)) == ["regression", "binary", "multilabel"]
+  with pytest.raises(FileNotFoundError, match="no results"):
+    report.load_results(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    report.load_results(str(tmp_path / "missing"))
+
+
+def test_header(workdir):
+  text = report.render_markdown(workdir)
+  assert f"Made by: `{COMMAND}`" in text
+  assert "Machine: Linux x86_64, cpu, jax cpu:0" in text
+  assert "2025-01-01T01:00:00" in text
+  assert f"python -m jaxact.report --workdir={workdir}" in text
+  assert "## How to read" in text
+
+
+def test_header_without_run_json(workdir):
+  os.remove(os.path.join(workdir, "run.json"))
+  text = report.render_markdown(workdir)
+  assert "Made by: unknown" in text and "Machine: unknown" in text
+
+
+def test_activation_table_numbers_markers_and_status(workdir):
+  text = report.render_markdown(workdir)
+  assert "## binary: accuracy, higher is better" in text
+  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  header, body = rows[0], rows[2:]
+  assert "n seeds" in header
+  # Grid order: softmax + cce (recommended), sigmoid + bce, sigmoid + cce (misused).
+  assert [(r[0], r[1]) for r in body] == [
+      ("✅", "softmax + cce"), ("❌", "sigmoid + bce"), ("❌", "sigmoid + cce")]
+  rec = body[0]
+  assert rec[2] == "98.00 ± 0.82"
+  assert rec[3] == "[97.00 – 99.00]"
+  assert rec[4] == "97.00 ± 0.82"
+  assert rec[5] == "[96.00 – 98.00]"
+  assert rec[6] == "2.0"  # best_epoch 1 (0-based) shown 1-based
+  assert rec[7] == "3.0"
+  assert rec[8] == "3 ok" and rec[9] == "3"
+  assert body[1][8] == "2 ok, 1 hit cap"
+  invalid = body[2]
+  assert invalid[2] == "invalid: all-invalid-reason-xyz"
+  assert invalid[4] == "invalid: all-invalid-reason-xyz"
+  assert invalid[8] == "3 invalid"
+
+
+def test_loss_study_table_and_other_cells(workdir):
+  text = report.render_markdown(workdir)
+  rows = _table_rows(text, "binary: loss study (seed 001), torch convention")
+  assert [(r[0], r[1]) for r in rows[2:]] == [("✅", "softmax + cce"), ("❌", "sigmoid + bce")]
+  other = _table_rows(text, "binary: Other cells")
+  assert other[0][0] == "variant"  # no ✅/❌ column
+  assert [r[0] for r in other[2:]] == ["relu + mae"]
+  assert "✅" not in "".join(other[2][0]) and "❌" not in other[2][0]
+
+
+def test_conventions_get_separate_tables(workdir):
+  text = report.render_markdown(workdir)
+  torch_rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  logits_rows = _table_rows(text, "binary: final-activation study (seed 000), logits convention")
+  assert len(torch_rows) == 5
+  assert [(r[0], r[1], r[2]) for r in logits_rows[2:]] == [
+      ("✅", "softmax + cce [logits]", "95.50 ± 0.50")]
+  # Only torch cells in the multilabel results: no logits table there.
+  assert "multilabel: final-activation study (seed 000), logits" not in text
+
+
+def test_regression_mse_infinite_predictions(workdir):
+  text = report.render_markdown(workdir)
+  assert "## regression: MSE in original units, lower is better" in text
+  rows = _table_rows(text, "regression: final-activation study (seed 000), torch convention")
+  assert rows[0][-1] == "note"
+  row = rows[2]
+  assert row[0] == "❌" and row[1] == "sigmoid method + mse, standardised"
+  assert row[2] == "1.000 ± 0.5000"  # MSE values 0.5 and 1.5, 4 significant digits
+  assert row[3] == "[0.5000 – 1.500]"
+  assert row[4] == "0.6000 ± 0.000 (+1 inf)"
+  assert "7/10000 test predictions infinite (seed 1)" in row[-1]
+
+
+def test_original_numbers_column(workdir, monkeypatch):
+  cell = studies.Cell("binary", "softmax", "cce")
+  monkeypatch.setitem(report.ORIGINAL_NUMBERS, ("activation", cell.key), (0.9707, 0.9757))
+  text = report.render_markdown(workdir)
+  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  assert rows[0][-1] == "original (seed doc)"
+  assert rows[2][-1] == "97.07 / 97.57"
+  assert rows[3][-1] == ""
+  loss_rows = _table_rows(text, "binary: loss study (seed 001), torch convention")
+  assert "original (seed doc)" not in loss_rows[0]
+
+
+def test_image_links(workdir):
+  text = report.render_markdown(workdir)
+  for task in ("regression", "binary", "multilabel"):
+    assert f"![valid curves](curves_{task}.png)" in text
+
+
+def test_plot_curves_writes_pngs(workdir):
+  paths = report.plot_curves(workdir)
+  assert sorted(os.path.basename(p) for p in paths) == [
+      "curves_binary.png", "curves_multilabel.png", "curves_regression.png"]
+  for p in paths:
+    with open(p, "rb") as f:
+      data = f.read()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+
+
+def test_plot_curves_single_invalid_member(tmp_path):
+  wd = str(tmp_path)
+  _write_results(wd, "probability", [
+      _member("probability", "softmax", "bce", 0, float("nan"), float("nan"),
+              status="invalid", reason="r", curve=[])])
+  (path,) = report.plot_curves(wd)
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+
+
+def test_write_report(workdir):
+  path = report.write_report(workdir)
+  assert path == os.path.join(workdir, "report.md")
+  with open(path, encoding="utf-8") as f:
+    assert f.read() == report.render_markdown(workdir)
+  assert os.path.exists(os.path.join(workdir, "curves_binary.png"))
+  assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "jaxact.report", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_cli_rebuilds_report(workdir):
+  proc = _cli(f"--workdir={workdir}")
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
+    assert "98.00 ± 0.82" in f.read()
+
+
+def test_cli_missing_workdir(tmp_path):
+  proc = _cli(f"--workdir={tmp_path / 'nope'}")
+  assert proc.returncode != 0
+  assert "nope" in proc.stderr and "does not exist" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  empty = _cli(f"--workdir={tmp_path}")
+  assert empty.returncode != 0 and "no results" in empty.stderr
+  assert "Traceback" not in empty.stderr
