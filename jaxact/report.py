@@ -477,6 +477,11 @@ def render_markdown(workdir: str) -> str:
     n_members = sum(len(ms) for ms in groups.values())
     facts.append(f"{_plural(n_members, 'member')} in {_plural(len(groups), 'cell')}")
     lines += ["; ".join(facts) + ".", ""]
+    # A task trained by another command than run.json's (e.g. tasks run as
+    # parallel processes into one workdir) says which command and machine made it.
+    for key, name in (("command", "Made by"), ("machine", "Machine")):
+      if result.get(key) and result.get(key) != info.get(key):
+        lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
     for study, conv, rows in _study_tables(task, groups):
       title = _STUDY_TITLES.get(study, f"{study} study")
       lines += [f"### {task}: {title}, {conv} convention", ""]

@@ -31,7 +31,7 @@ from jaxact import model as model_lib
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
-__version__ = "0.1.0"
+from jaxact import __version__
 
 
 class UserError(Exception):
@@ -207,6 +207,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience, "wall_time_s": round(wall, 2),
         "compilations": engine.traces,
+        "command": run_info["command"], "machine": run_info["machine"],
         "members": [member_record(r) for r in results],
     })
     logging.info("task %s done in %.1f s", task, wall)
