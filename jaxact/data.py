@@ -430,6 +430,7 @@ def _load_from_idx_dir(
     _remove_stale_build(root / builder_cls.name / str(builder_cls.VERSION))
     builder = builder_cls(data_dir=os.fspath(root), file_format="array_record")
     if not _is_prepared(builder):
+      tfds.disable_progress_bar()  # one build of ~3 s; its bars only clutter the log
       builder.download_and_prepare(
           download_config=tfds.download.DownloadConfig(
               manual_dir=os.path.abspath(os.path.expanduser(data_dir))))

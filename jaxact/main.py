@@ -23,7 +23,8 @@ _TRISTATE = {"": None, "on": True, "off": False}
 
 _STUDY = flags.DEFINE_string(
     "study", "activation", "activation (seed 000), loss (seed 001) or all.")
-_TASK = flags.DEFINE_string("task", None, f"One of {', '.join(tasks_lib.TASKS)}; default all.")
+_TASK = flags.DEFINE_list(
+    "task", None, f"One or more (comma-separated) of {', '.join(tasks_lib.TASKS)}; default all.")
 _HEAD = flags.DEFINE_string("head", None, f"Only cells with this head ({', '.join(studies.HEADS)}).")
 _LOSS = flags.DEFINE_string("loss", None, f"Only cells with this loss ({', '.join(studies.LOSSES)}).")
 _NORM = flags.DEFINE_string(
@@ -58,11 +59,12 @@ def config_from_flags() -> train.RunConfig:
   if study not in studies.STUDIES + ("all",):
     raise train.UserError(f"unknown --study {study!r}: choose one of "
                           f"{', '.join(studies.STUDIES)} or all.")
-  if _TASK.value is not None and _TASK.value not in tasks_lib.TASKS:
-    raise train.UserError(f"unknown --task {_TASK.value!r}: choose one of "
-                          f"{', '.join(tasks_lib.TASKS)}.")
+  for task in _TASK.value or ():
+    if task not in tasks_lib.TASKS:
+      raise train.UserError(f"unknown --task {task!r}: choose one of "
+                            f"{', '.join(tasks_lib.TASKS)}.")
   return train.RunConfig(
-      study=study, task=_TASK.value, head=_HEAD.value, loss=_LOSS.value,
+      study=study, task=tuple(_TASK.value) if _TASK.value else None, head=_HEAD.value, loss=_LOSS.value,
       norm=_tristate("norm", _NORM.value),
       sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
       conventions=conventions, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,

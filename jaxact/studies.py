@@ -182,7 +182,7 @@ def check_cell(cell: Cell) -> None:
         f"not {cell.head!r}.")
 
 
-def select_cells(study: str | None, task: str | None, head: str | None = None,
+def select_cells(study: str | None, task: str | Sequence[str] | None, head: str | None = None,
                  loss: str | None = None, norm: bool | None = None,
                  sigmoid_method: bool | None = None,
                  conventions: Sequence[str] = ("torch",)) -> dict[str, list[Cell]]:
@@ -200,7 +200,11 @@ def select_cells(study: str | None, task: str | None, head: str | None = None,
   studies = STUDIES if study in (None, "all") else (study,)
   for s in studies:
     grid(s)  # validates the name
-  wanted_tasks = tasks_lib.TASKS if task is None else (tasks_lib.get_task(task).name,)
+  if task is None:
+    wanted_tasks = tasks_lib.TASKS
+  else:
+    names = (task,) if isinstance(task, str) else tuple(task)
+    wanted_tasks = tuple(tasks_lib.get_task(t).name for t in names)
   filtered = any(v is not None for v in (head, loss, norm, sigmoid_method))
   if head is not None and head not in HEADS:
     raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")

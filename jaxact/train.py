@@ -44,7 +44,7 @@ class RunConfig:
 
   Attributes:
     study: "activation" (seed 000), "loss" (seed 001) or "all".
-    task: a single task, or None for every task.
+    task: a task, a tuple of tasks, or None for every task.
     head, loss, norm, sigmoid_method: optional filters on the grid (see
       studies.select_cells); None means "any".
     conventions: loss conventions to train, e.g. ("torch",) or ("torch", "logits").
@@ -55,7 +55,7 @@ class RunConfig:
     engine: training hyper-parameters.
   """
   study: str = "activation"
-  task: str | None = None
+  task: str | tuple[str, ...] | None = None
   head: str | None = None
   loss: str | None = None
   norm: bool | None = None
@@ -119,6 +119,20 @@ def machine_description() -> str:
           f"({len(devices)} x {', '.join(kinds)})")
 
 
+def git_revision() -> str | None:
+  """The checkout's commit (with '+dirty' if modified), or None outside a git checkout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return rev + ("+dirty" if dirty else "")
+
+
 def write_json_atomic(path: str, obj) -> None:
   """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
   directory = os.path.dirname(path) or "."
@@ -177,6 +191,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       "argv": list(command or sys.argv),
       "machine": machine_description(),
       "jaxact_version": __version__,
+      "git_revision": git_revision(),
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
       "finished": None,
       "config": config.to_dict(),
