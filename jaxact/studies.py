@@ -205,6 +205,13 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
   else:
     names = (task,) if isinstance(task, str) else tuple(task)
     wanted_tasks = tuple(tasks_lib.get_task(t).name for t in names)
+  if norm is not None or sigmoid_method is not None:
+    if task is None:
+      wanted_tasks = ("regression",)
+    elif any(t != "regression" for t in wanted_tasks):
+      raise ValueError(
+          "--norm and --sigmoid_method apply to the regression task only: drop them or "
+          "use --task=regression.")
   filtered = any(v is not None for v in (head, loss, norm, sigmoid_method))
   if head is not None and head not in HEADS:
     raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")

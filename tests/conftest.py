@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real MNIST IDX files are, and a private tfds cache."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+def real_mnist_dir() -> Path | None:
+  """../shared/data/mnist, or $JAXACT_DATA_DIR, if it holds the files."""
+  for candidate in (os.environ.get("JAXACT_DATA_DIR"), SHARED_MNIST):
+    if candidate and Path(candidate, "t10k-labels-idx1-ubyte.gz").exists():
+      return Path(candidate)
+  return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+  d = real_mnist_dir()
+  if d is None:
+    pytest.skip("real MNIST IDX files absent: put ../shared/data/mnist beside the checkout "
+                "or set JAXACT_DATA_DIR")
+  return d
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> Path:
+  """One prepared copy of MNIST shared by the tests that need it."""
+  return tmp_path_factory.mktemp("tfds")
