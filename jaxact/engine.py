@@ -13,6 +13,13 @@ with the data resident on the device, then a batched pass over the valid
 set and the early-stopping update. The host loop only fetches a few (M,)
 vectors per epoch for progress and stops when no member is training.
 
+Stopped members are frozen but still computed until the last member stops.
+With `EngineConfig.compact`, the host loop instead drops them from the
+stacked state whenever at most half of the stacked members are still
+training, and switches to an epoch function compiled for the remaining
+members (a *layout*); finished members keep their results in a full-size
+copy of the state. At most about log2(M) extra compilations per task.
+
 Per member (PROTOCOL section 3):
 - its own initialisation and shuffle order, both from `jax.random.key(seed)`
   (so member k equals a single run with seed k, whatever else is in the grid);
@@ -31,6 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import itertools
 import time
 from typing import Any, Callable, Sequence
 
@@ -70,6 +79,11 @@ class EngineConfig:
       holds; bounds the memory of the valid/test passes.
     init: parameter initialisation, one of model.INITS.
     hidden_activation, dense_layers: the network's hidden dense part.
+    compact: drop finished members from the stacked state once at most half
+      of it is still training, so later epochs compute only the members
+      still training (one extra compilation per compaction, at most about
+      log2(M)). Results are those of the uncompacted run up to float
+      rounding of the batched matmuls.
   """
   max_epochs: int = 200
   patience: int = 10
@@ -83,6 +97,7 @@ class EngineConfig:
   init: str = "torch"
   hidden_activation: str = "sigmoid"
   dense_layers: int = 1
+  compact: bool = False
 
 
 @jax.tree_util.register_dataclass
@@ -177,6 +192,19 @@ def _all_finite_per_member(tree) -> jax.Array:
                     for l in leaves]).all(axis=0)
 
 
+def _take_members(state: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+  """The training state of the stacked members at positions `idx` (the epoch is shared)."""
+  return {k: v if k == "epoch" else jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), v)
+          for k, v in state.items()}
+
+
+def _put_members(full: dict[str, Any], part: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
+  """`full` with its members at positions `idx` replaced by the stacked `part`."""
+  return {k: part[k] if k == "epoch" else
+          jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), full[k], part[k])
+          for k in full}
+
+
 class Engine:
   """Trains members (cell, seed) of ONE task together.
 
@@ -184,8 +212,9 @@ class Engine:
     engine = Engine(task, members, config)
     results = engine.run(data)
 
-  `engine.traces` counts how often the epoch function was traced (one
-  compilation per task: it stays 1 however many epochs run).
+  `engine.traces` counts how often the epoch function was traced, over all
+  layouts: one compilation per task (it stays 1 however many epochs run),
+  plus one per compaction with `config.compact`.
   """
 
   def __init__(self, task: str, members: Sequence[tuple[Cell, int]],
@@ -200,12 +229,7 @@ class Engine:
     # Group members by cell, keeping the cells' first-appearance order.
     order = list(dict.fromkeys(c for c, _ in members))
     self.members = [(c, s) for c0 in order for c, s in members if c == c0]
-    self.groups = []
-    start = 0
-    for c in order:
-      n = sum(1 for m in self.members if m[0] == c)
-      self.groups.append((c, start, start + n))
-      start += n
+    self.groups = self._layout_groups(range(len(self.members)))
     self.config = config
     self.progress = progress or logging.info
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
@@ -214,12 +238,34 @@ class Engine:
     abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0)))
     self.graphdef, _ = nnx.split(abstract)
     self.traces = 0
-    self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))
+    self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))   # all members
+    self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
     self._test_fn = jax.jit(self._evaluate)
 
   @property
   def num_members(self) -> int:
     return len(self.members)
+
+  def _layout_groups(self, indices: Sequence[int]) -> tuple[tuple[Cell, int, int], ...]:
+    """Static per-cell slices (cell, start, stop) of the stacked members `indices`.
+
+    `indices` are increasing positions in `self.members` (which is grouped by
+    cell), so each cell's members are contiguous; cells without a member in
+    `indices` have no slice.
+    """
+    groups, start = [], 0
+    for cell, same in itertools.groupby(self.members[i][0] for i in indices):
+      n = len(list(same))
+      groups.append((cell, start, start + n))
+      start += n
+    return tuple(groups)
+
+  def _layout_epoch_fn(self, groups: tuple[tuple[Cell, int, int], ...]) -> Callable:
+    """The jitted epoch function of a compacted layout, cached per layout."""
+    if groups not in self._layout_epoch_fns:
+      self._layout_epoch_fns[groups] = jax.jit(
+          functools.partial(self._epoch, groups=groups), donate_argnums=(0,))
+    return self._layout_epoch_fns[groups]
 
   def _make_model(self, key) -> model_lib.CNN:
     return model_lib.CNN(self.task.num_outputs, init=self.config.init,
@@ -256,11 +302,11 @@ class Engine:
 
   # -- the pure, jitted parts ------------------------------------------------
 
-  def _member_losses(self, params, x, t, mask, mean, std):
+  def _member_losses(self, params, x, t, mask, mean, std, groups):
     """Per-member batch losses (M,) and input validity (M,) for x (M, B, ...)."""
     z = jax.vmap(self._apply)(params, x)
     losses, valid = [], []
-    for cell, a, b in self.groups:
+    for cell, a, b in groups:
       fn = self.loss_fns[cell]
       tt = train_targets(cell, t[a:b], mean, std)
       pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
@@ -273,9 +319,16 @@ class Engine:
         valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
     return jnp.concatenate(losses), jnp.concatenate(valid)
 
-  def _epoch(self, state, data: TaskData):
+  def _epoch(self, state, data: TaskData, groups=None):
+    """One epoch of every stacked member: (new state, per-member metrics).
+
+    `groups` are the static per-cell slices of the stacked members (a
+    compacted layout); None means all members (`self.groups`).
+    """
     self.traces += 1
     cfg = self.config
+    groups = self.groups if groups is None else groups
+    m = state["best_score"].shape[0]
     n = data.x_train.shape[0]
     nb = -(-n // cfg.batch_size)
     epoch = state["epoch"]
@@ -283,14 +336,14 @@ class Engine:
         state["shuffle_keys"])                                          # (M, N)
     pad = nb * cfg.batch_size - n
     perms = jnp.pad(perms, ((0, 0), (0, pad)))
-    masks = jnp.pad(jnp.ones((self.num_members, n), jnp.float32), ((0, 0), (0, pad)))
-    perms = perms.reshape(self.num_members, nb, cfg.batch_size).swapaxes(0, 1)
-    masks = masks.reshape(self.num_members, nb, cfg.batch_size).swapaxes(0, 1)
+    masks = jnp.pad(jnp.ones((m, n), jnp.float32), ((0, 0), (0, pad)))
+    perms = perms.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
+    masks = masks.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
     mean, std = data.target_mean, data.target_std
 
     def grad_fn(params, x, t, mask):
       def total(p):
-        l, v = self._member_losses(p, x, t, mask, mean, std)
+        l, v = self._member_losses(p, x, t, mask, mean, std, groups)
         return jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0)), (l, v)
       return jax.grad(total, has_aux=True)(params)
 
@@ -314,12 +367,12 @@ class Engine:
       return (params, opt_state, apply, status, status_epoch, loss_sum), None
 
     carry = (state["params"], state["opt_state"], state["active"], state["status"],
-             state["status_epoch"], jnp.zeros((self.num_members,), jnp.float32))
+             state["status_epoch"], jnp.zeros((m,), jnp.float32))
     carry, _ = jax.lax.scan(step, carry, (perms, masks))
     params, opt_state, still, status, status_epoch, loss_sum = carry
     train_loss = loss_sum / nb
 
-    valid_metric, n_inf = self._evaluate(params, data.x_valid, data.t_valid, mean, std)
+    valid_metric, n_inf = self._evaluate(params, data.x_valid, data.t_valid, mean, std, groups)
     score = valid_metric if self.task.higher_is_better else -valid_metric
     score = jnp.where(jnp.isnan(score), -jnp.inf, score)
     improved = still & (score > state["best_score"])
@@ -339,14 +392,16 @@ class Engine:
                    trained=still)
     return new_state, metrics
 
-  def _evaluate(self, params, x, t, mean, std):
+  def _evaluate(self, params, x, t, mean, std, groups=None):
     """Metric (M,) and count of non-finite predictions (M,) of every member on (x, t).
 
     Runs in chunks of examples (`lax.map`) so memory stays bounded; the last
-    chunk is padded and masked.
+    chunk is padded and masked. `groups` as in `_epoch` (None: all members).
     """
+    groups = self.groups if groups is None else groups
+    m = jax.tree_util.tree_leaves(params)[0].shape[0]
     n = x.shape[0]
-    chunk = int(max(8, min(n, self.config.eval_examples // self.num_members)))
+    chunk = int(max(8, min(n, self.config.eval_examples // m)))
     nc = -(-n // chunk)
     pad = nc * chunk - n
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((nc, chunk) + x.shape[1:])
@@ -357,7 +412,7 @@ class Engine:
       xc, tc, mc = args
       z = jax.vmap(self._apply, in_axes=(0, None))(params, xc)         # (M, chunk, C)
       scores, infs = [], []
-      for cell, a, b in self.groups:
+      for cell, a, b in groups:
         pred = predictions(cell, z[a:b], mean, std)
         s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
         scores.append(jnp.sum(s * mc, axis=1))
@@ -371,10 +426,22 @@ class Engine:
   # -- the host loop -------------------------------------------------------
 
   def run(self, data: TaskData) -> list[MemberResult]:
-    """Trains every member to its early stop (or the cap); returns per-member results."""
+    """Trains every member to its early stop (or the cap); returns per-member results.
+
+    With `config.compact`, after an epoch in which at most half of the
+    stacked members are still training, the state is cut down to those
+    members (`layout` maps stacked position -> index in `self.members`) and
+    the others' final state is kept in `full`, the full-size state in the
+    original member order, which the test pass and `final_state` use.
+    """
     cfg = self.config
     m = self.num_members
     state = self.init_state()
+    full = None                      # full-size state, from the first compaction on
+    layout = np.arange(m)
+    epoch_fn = self._epoch_fn
+    active = np.ones((m,), bool)     # host copies over all members, for progress
+    best = np.full((m,), -np.inf, np.float32)
     hist_loss = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_trained = np.zeros((cfg.max_epochs, m), bool)
@@ -382,17 +449,27 @@ class Engine:
     start = time.perf_counter()
     epoch = 0
     while epoch < cfg.max_epochs:
-      state, metrics = self._epoch_fn(state, data)
+      state, metrics = epoch_fn(state, data)
       host = jax.device_get(dict(metrics, active=state["active"], best=state["best_score"]))
-      hist_loss[epoch] = host["train_loss"]
-      hist_valid[epoch] = host["valid_metric"]
-      hist_trained[epoch] = host["trained"]
-      hist_inf[epoch] = host["n_infinite"]
+      hist_loss[epoch, layout] = host["train_loss"]
+      hist_valid[epoch, layout] = host["valid_metric"]
+      hist_trained[epoch, layout] = host["trained"]
+      hist_inf[epoch, layout] = host["n_infinite"]
+      active[layout] = host["active"]
+      best[layout] = host["best"]
       epoch += 1
-      self.progress(self._progress_line(epoch, host, time.perf_counter() - start))
-      if not host["active"].any():
+      self.progress(self._progress_line(epoch, dict(active=active, best=best),
+                                        time.perf_counter() - start))
+      n_active = int(host["active"].sum())
+      if not n_active:
         break
-    state = dict(state)
+      if cfg.compact and 2 * n_active <= len(layout) and epoch < cfg.max_epochs:
+        full = state if full is None else _put_members(full, state, layout)
+        keep = np.flatnonzero(host["active"])
+        state = _take_members(state, keep)
+        layout = layout[keep]
+        epoch_fn = self._layout_epoch_fn(self._layout_groups(layout))
+    state = dict(state) if full is None else _put_members(full, state, layout)
     state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
     self.final_state = state
     test_metric, test_inf = self._test_fn(state["best_params"], data.x_test, data.t_test,

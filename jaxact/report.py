@@ -41,7 +41,18 @@ Cell = studies.Cell
 # key says otherwise); value: (valid, test) in the units of the results files
 # (accuracy as a fraction in [0, 1], MSE in original units), either may be
 # None; a str value is printed as it is.
-ORIGINAL_NUMBERS: dict[tuple[str, str], tuple[Any, Any]] = {}
+#
+# Seed 001 (loss study, section 3) printed single-run accuracies for six
+# cells; its final layer was a softmax unless the row names a sigmoid, so its
+# binary "Binary Cross-Entropy" row is softmax + bce. Seed 000 printed none.
+ORIGINAL_NUMBERS: dict[tuple[str, str], tuple[Any, Any]] = {
+    ("loss", "binary/softmax+bce"): (0.9660, 0.9728),
+    ("loss", "binary/softmax+mse"): (0.9733, 0.9785),
+    ("loss", "binary/sigmoid+mse"): (0.9693, 0.9767),
+    ("loss", "multiclass/softmax+cce"): (0.9707, 0.9757),
+    ("loss", "multiclass/softmax+mse"): (0.9687, 0.9730),
+    ("loss", "multiclass/sigmoid+mse"): (0.1097, 0.1028),
+}
 
 # Split sizes of PROTOCOL section 1, the denominators of the infinite-prediction
 # counts; a results file may override them with "n_valid" / "n_test".

@@ -263,3 +263,12 @@ def test_cli_missing_workdir(tmp_path):
   empty = _cli(f"--workdir={tmp_path}")
   assert empty.returncode != 0 and "no results" in empty.stderr
   assert "Traceback" not in empty.stderr
+
+
+def test_original_numbers_name_cells_of_their_study():
+  """Every number transcribed from the seed documents belongs to a real grid row."""
+  assert report.ORIGINAL_NUMBERS
+  for (study, key), (valid, test) in report.ORIGINAL_NUMBERS.items():
+    keys = {row.cell.key for rows in studies.grid(study).values() for row in rows}
+    assert key in keys
+    assert 0.0 < valid < 1.0 and 0.0 < test < 1.0
