@@ -39,6 +39,9 @@ _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the shared 2,000/3,
 _INIT = flags.DEFINE_string("init", "torch", f"Initialisation: {', '.join(model_lib.INITS)}.")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
+_COMPACT = flags.DEFINE_bool(
+    "compact", False, "Drop early-stopped members from the stacked state between epochs (fewer "
+    "FLOPs once half the members have stopped; costs a recompilation each time).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where results, report and plots go.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
@@ -70,7 +73,7 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     init=_INIT.value))
+                                     init=_INIT.value, compact=_COMPACT.value))
 
 
 def main(argv):

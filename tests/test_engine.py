@@ -1,6 +1,8 @@
 """The vmapped engine: member independence, early stopping, statuses, one compilation."""
 
 import dataclasses
+import math
+import re
 
 import chex
 import jax
@@ -129,18 +131,26 @@ def test_stopped_member_is_frozen():
   assert r.epochs_trained == r.best_epoch + 2
 
 
-def test_invalid_member_is_reported_and_others_unaffected():
+_GOOD = Cell("regression", "none", "mse", norm=True)
+_BAD = Cell("regression", "none", "bce", norm=True)  # invalid in its first batch
+
+
+@pytest.fixture(scope="module")
+def regression_runs():
+  """Data, the single run of `_GOOD` seed 0, and the engine and results of it with `_BAD` seed 0."""
   data = _synthetic("regression")
-  good = Cell("regression", "none", "mse", norm=True)
-  bad = Cell("regression", "none", "bce", norm=True)
-  both = engine.Engine("regression", [(good, 0), (bad, 0)], CFG, progress=lambda _: None)
-  res = both.run(data)
-  alone = engine.Engine("regression", [(good, 0)], CFG, progress=lambda _: None).run(data)
-  r_bad = _by(res, bad, 0)
+  (alone,) = engine.Engine("regression", [(_GOOD, 0)], CFG, progress=lambda _: None).run(data)
+  both = engine.Engine("regression", [(_GOOD, 0), (_BAD, 0)], CFG, progress=lambda _: None)
+  return data, alone, both, both.run(data)
+
+
+def test_invalid_member_is_reported_and_others_unaffected(regression_runs):
+  _, alone, _, res = regression_runs
+  r_bad = _by(res, _BAD, 0)
   assert r_bad.status == "invalid" and r_bad.status_epoch == 0
   assert "[0, 1]" in r_bad.status_reason
   assert r_bad.epochs_trained == 0 and np.isnan(r_bad.best_valid)
-  chex.assert_trees_all_close(_by(res, good, 0).train_loss, alone[0].train_loss, rtol=1e-5)
+  chex.assert_trees_all_close(_by(res, _GOOD, 0).train_loss, alone.train_loss, rtol=1e-5)
 
 
 def test_nonfinite_member_is_frozen_and_others_unaffected(monkeypatch):
@@ -200,3 +210,83 @@ def test_chex_trace_budget():
   eng._epoch_fn = jax.jit(chex.assert_max_traces(eng._epoch, n=1), donate_argnums=(0,))
   (r,) = eng.run(data)
   assert r.epochs_trained == 3
+
+
+# -- compaction of finished members (EngineConfig.compact) -------------------
+
+
+def _expected_compactions(results, cfg) -> int:
+  """How many times the compaction rule fires, replayed from an uncompacted run."""
+  trained = np.asarray([r.epochs_trained for r in results])
+  size, count = len(results), 0
+  for epoch in range(1, cfg.max_epochs):
+    active = int(np.sum(trained > epoch))  # still training after `epoch` epochs
+    if active and 2 * active <= size:
+      size, count = active, count + 1
+  return count
+
+
+def test_compaction_matches_the_uncompacted_run():
+  data = _synthetic("multiclass")
+  cells = studies.select_cells("activation", "multiclass")["multiclass"]
+  cells = [cells[0], cells[2]]  # softmax + cce stops early; sigmoid + cce seeds at 2, 5, 6 epochs
+  members = [(c, s) for c in cells for s in (0, 1, 2)]
+  cfg = dataclasses.replace(CFG, max_epochs=6, patience=1)
+  runs = {}
+  for compact in (False, True):
+    lines = []
+    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, compact=compact),
+                        progress=lines.append)
+    runs[compact] = eng, eng.run(data), [re.sub(r"[\d.]+s;", "", l) for l in lines]
+  (full, ref, ref_lines), (compact, res, lines) = runs[False], runs[True]
+  assert full.traces == 1
+  n = _expected_compactions(ref, cfg)
+  assert n >= 1, [r.epochs_trained for r in ref]  # the grid does exercise compaction
+  assert compact.traces == 1 + n <= 1 + math.ceil(math.log2(len(members)))
+  assert compact.members == full.members
+  for a, b in zip(ref, res):
+    assert (a.cell, a.seed, a.best_epoch, a.epochs_trained, a.status, a.status_epoch) == (
+        b.cell, b.seed, b.best_epoch, b.epochs_trained, b.status, b.status_epoch)
+    chex.assert_trees_all_close((a.best_valid, a.test, a.train_loss, a.valid_metric),
+                                (b.best_valid, b.test, b.train_loss, b.valid_metric),
+                                rtol=1e-4, atol=1e-5)
+  # The progress lines report every member, finished or not, in both runs.
+  assert lines == ref_lines
+  # The final state is full-size, in the original member order.
+  for key in ("params", "best_params"):
+    chex.assert_trees_all_close(full.final_state[key], compact.final_state[key],
+                                rtol=1e-3, atol=1e-4)
+  for key in ("best_epoch", "status", "status_epoch", "epochs_trained", "epoch"):
+    np.testing.assert_array_equal(full.final_state[key], compact.final_state[key])
+
+
+def test_compaction_down_to_one_member(regression_runs):
+  data, alone, both, _ = regression_runs
+  members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]
+  eng = engine.Engine("regression", members, dataclasses.replace(CFG, compact=True),
+                      progress=lambda _: None)
+  res = eng.run(data)
+  # Three members are invalid in epoch 0: from epoch 1 on only the good one is computed,
+  # and its cell's slice is the whole (1-member) layout.
+  assert eng.traces == 2
+  assert list(eng._layout_epoch_fns) == [((_GOOD, 0, 1),)]
+  assert [(r.cell, r.seed) for r in res] == members
+  for r in res[:3]:
+    assert r.status == "invalid" and r.status_epoch == 0 and r.epochs_trained == 0
+    assert np.isnan(r.best_valid) and r.train_loss == [] and r.valid_metric == []
+  good = res[3]
+  assert (good.best_epoch, good.epochs_trained, good.status) == (
+      alone.best_epoch, alone.epochs_trained, alone.status)
+  chex.assert_trees_all_close((good.train_loss, good.valid_metric, good.test),
+                              (alone.train_loss, alone.valid_metric, alone.test),
+                              rtol=1e-5, atol=1e-6)
+  # Finished members kept their state in the full-size final state: best weights never
+  # set (still the initial ones), parameters frozen where they went invalid.
+  first3 = lambda tree: jax.tree_util.tree_map(lambda a: a[:3], tree)
+  chex.assert_trees_all_equal(first3(eng.final_state["best_params"]),
+                              first3(eng.init_state()["params"]))
+  chex.assert_trees_all_close(
+      jax.tree_util.tree_map(lambda a: a[0], eng.final_state["params"]),
+      jax.tree_util.tree_map(lambda a: a[both.members.index((_BAD, 0))],
+                             both.final_state["params"]), rtol=1e-3, atol=1e-4)
+  assert int(eng.final_state["epoch"]) == CFG.max_epochs
