@@ -504,6 +504,19 @@ def _in_unit_interval(head_fn, z):
   return jnp.all((out >= 0.0) & (out <= 1.0), axis=-1)
 
 
+def convention_matters(head: str, loss: str) -> bool:
+  """True where the logits convention computes a different loss from the torch one.
+
+  The conventions agree for the regression losses (mse, mae, rmse act on the
+  head's output in both) and for heads without probabilities (none, relu),
+  so such a cell is trained once and reported in both conventions' tables.
+  """
+  _get_head(head)
+  if loss not in LOSSES:
+    raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+  return head in ("sigmoid", "softmax") and loss in ("cce", "bce", "bce_logits")
+
+
 def get_loss(head: str, loss: str, convention: str = "torch") -> LossFn:
   """Returns the loss `loss` after the final activation `head`.
 

@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jaxact import losses as losses_lib
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -389,6 +390,13 @@ def _study_tables(task: str, groups: dict[Cell, list[dict]]):
         cell = studies.with_convention(row.cell, conv)
         if cell in groups:
           present.append((cell, row.recommended, groups[cell]))
+          continue
+        # Trained once under another convention because the loss is the same in both.
+        if not losses_lib.convention_matters(cell.head, cell.loss):
+          twin = next((c for c in groups if c.convention != conv
+                       and studies.with_convention(c, conv) == cell), None)
+          if twin is not None:
+            present.append((twin, row.recommended, groups[twin]))
       if present:
         yield study, conv, present
 
@@ -397,7 +405,7 @@ def _other_cells(task: str, groups: dict[Cell, list[dict]]) -> list[Cell]:
   on_grid = set()
   for study in studies.STUDIES:
     for row in studies.grid(study).get(task, []):
-      for conv in _conventions(groups):
+      for conv in set(_conventions(groups)) | set(studies.CONVENTIONS):
         on_grid.add(studies.with_convention(row.cell, conv))
   return [c for c in groups if c not in on_grid]
 
@@ -431,7 +439,10 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "data), so an ok member trained best epoch + patience epochs. "
       f"{MARK_RECOMMENDED} marks what the seed documents recommend, {MARK_MISUSED} a misuse. "
       "The torch convention feeds every loss the head's output, as the original PyTorch "
-      "code did; the logits convention computes each loss from the pre-activation logits.",
+      "code did; the logits convention computes each loss from the pre-activation logits. "
+      "Where both conventions compute the same loss (mse, mae and rmse; heads none and "
+      "relu), the cell is trained once and its row, without the [logits] tag, appears in "
+      "both conventions' tables.",
       "",
       "Status: **ok**: early-stopped after "
       f"{patience} epochs without strict improvement of the valid metric; "

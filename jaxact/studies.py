@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+from jaxact import losses as losses_lib
 from jaxact import tasks as tasks_lib
 
 STUDIES = ("activation", "loss")
@@ -242,7 +243,10 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
       ref = recommended_cell(t)
       if ref not in cells:
         cells.insert(0, ref)
-    out[t] = [with_convention(c, conv) for conv in conventions for c in cells]
+    # A cell whose loss is the same in both conventions is trained once, under
+    # the first convention asked for, and reported in every convention's table.
+    out[t] = [with_convention(c, conv) for i, conv in enumerate(conventions) for c in cells
+              if i == 0 or losses_lib.convention_matters(c.head, c.loss)]
     for c in out[t]:
       check_cell(c)
   return out

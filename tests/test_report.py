@@ -272,3 +272,19 @@ def test_original_numbers_name_cells_of_their_study():
     keys = {row.cell.key for rows in studies.grid(study).values() for row in rows}
     assert key in keys
     assert 0.0 < valid < 1.0 and 0.0 < test < 1.0
+
+
+def test_cell_shared_by_both_conventions_appears_in_both_tables(tmp_path):
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  members = [_member("probability", "sigmoid", "bce", 0, 0.97, 0.96),
+             _member("probability", "sigmoid", "bce", 0, 0.95, 0.94, convention="logits"),
+             _member("probability", "sigmoid", "mse", 0, 0.93, 0.92)]
+  _write_results(wd, "probability", members)
+  text = report.render_markdown(wd)
+  torch_rows = _table_rows(text, "probability: loss study (seed 001), torch convention")
+  logits_rows = _table_rows(text, "probability: loss study (seed 001), logits convention")
+  assert [r[1] for r in torch_rows[2:]] == ["sigmoid + bce", "sigmoid + mse"]
+  assert [r[1] for r in logits_rows[2:]] == ["sigmoid + bce [logits]", "sigmoid + mse"]
+  assert logits_rows[3][2].startswith("93.00")
+  assert "Other cells" not in text

@@ -127,3 +127,12 @@ def test_cell_keys_are_unique_and_stable():
   assert "regression/sigmoid+mse/norm/sigmoid_method" in keys
   assert Cell("binary", "softmax", "cce", convention="logits").key == "binary/softmax+cce/logits"
   assert Cell.from_dict(Cell("binary", "sigmoid", "bce").to_dict()) == Cell("binary", "sigmoid", "bce")
+
+
+def test_cells_identical_in_both_conventions_are_trained_once():
+  cells = studies.select_cells("loss", "probability", conventions=("torch", "logits"))
+  logits = [c for c in cells["probability"] if c.convention == "logits"]
+  # mse / mae / rmse and head "none" compute the same loss in both conventions.
+  assert [(c.head, c.loss) for c in logits] == [("sigmoid", "bce"), ("softmax", "cce")]
+  only_logits = studies.select_cells("loss", "probability", conventions=("logits",))
+  assert len(only_logits["probability"]) == 8
