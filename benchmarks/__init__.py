@@ -1,0 +1,1 @@
+"""Benchmarks of jaxact against a plain PyTorch reference (see benchmarks/README.md)."""

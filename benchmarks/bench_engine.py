@@ -1,0 +1,437 @@
+r"""Throughput, scaling, memory and FLOP efficiency of jaxact's engine against PyTorch.
+
+Measured side by side in one run on one machine (every measurement in its own
+subprocess, one after the other, so peaks of memory do not mix and compile
+caches are cold each time):
+
+  * the PyTorch reference (benchmarks/torch_reference.py): one model, batch 32,
+    `--epochs` epochs without early stopping, torch threads = the CPU count;
+  * jaxact's Engine at M members (`--members`, default 1,2,4,8,16,32; on a GPU
+    pass e.g. 1,8,64,256,1024): M seeds of multiclass softmax + cce, `--epochs`
+    epochs without early stopping (patience > max_epochs). The first epoch
+    includes tracing and compilation; the steady epoch time is the median of
+    the later ones, and compile time ~ first - steady.
+
+One model-epoch = 2,000 training examples (batch 32, last batch of 16 kept)
++ the 3,000-example valid pass. Throughput = model-epochs per second (M per
+engine epoch). FLOPs of a model-epoch are computed from the layer shapes
+(benchmarks/common.py) and compared with a large float32 matmul measured with
+jax on the same machine. Every number is a median over `--repeats`
+subprocesses.
+
+Usage (from the repository root):
+  python -m benchmarks.bench_engine --data_dir=../shared/data/mnist
+  python -m benchmarks.bench_engine --synthetic --members=1,8,64,256,1024   # a GPU
+  python -m benchmarks.bench_engine --data_dir=... --full_table --seeds=3   # long
+
+The markdown report goes to stdout and to `--out`
+(default benchmarks/results_<hostname>.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MARK = "BENCH_JSON "
+TASK = "multiclass"  # C = 10, softmax + cce: the network of the FLOP count
+
+
+# ---------------------------------------------------------------------------
+# Measurements (each runs inside a worker process; importable for tests).
+
+
+def matmul_peak(n: int = 0, repeats: int = 10) -> dict:
+  """Median time and GFLOP/s of an (n, n) @ (n, n) float32 matmul with jax.
+
+  n = 0 picks 2048 on CPU and 8192 on an accelerator.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  if not n:
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  s = common.median(times)
+  return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9)
+
+
+def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str = TASK) -> dict:
+  """Trains `members` seeds of the task's recommended cell for `epochs` epochs with Engine.run."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact import studies  # pylint: disable=g-import-not-at-top
+
+  cell = studies.recommended_cell(task)
+  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
+  marks = []
+  eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
+                          progress=lambda _: marks.append(time.perf_counter()))
+  data = jax.block_until_ready(engine_lib.TaskData.from_split(arrays, task))
+  device_before = common.device_memory_stats()
+  rss_before = common.rss_bytes()
+  reset = common.reset_peak_rss()
+  t0 = time.perf_counter()
+  results = eng.run(data)
+  wall = time.perf_counter() - t0
+  peak = common.peak_rss_bytes()
+  device_after = common.device_memory_stats()
+  epoch_s = [b - a for a, b in zip([t0] + marks[:-1], marks)]
+  steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else float("nan")
+  out = dict(
+      kind="engine", members=members, epochs=epochs, task=task, cell=cell.key,
+      epoch_s=epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
+      compile_s=epoch_s[0] - steady, compilations=eng.traces, wall_s=wall,
+      statuses=sorted({r.status for r in results}),
+      valid_metric=common.median([r.valid_metric[-1] for r in results]),
+      rss_before=rss_before, peak_rss=peak if reset else None,
+      peak_rss_growth=(peak - rss_before) if (reset and peak and rss_before) else None,
+      backend=jax.default_backend())
+  if device_after and "peak_bytes_in_use" in device_after:
+    base = (device_before or {}).get("bytes_in_use", 0)
+    out["device_peak"] = device_after["peak_bytes_in_use"]
+    out["device_peak_growth"] = device_after["peak_bytes_in_use"] - base
+  return out
+
+
+def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = TASK) -> dict:
+  """Trains one model of the task's recommended cell for `epochs` epochs with the reference."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  from jaxact import studies  # pylint: disable=g-import-not-at-top
+
+  cell = studies.recommended_cell(task)
+  torch.set_num_threads(threads)
+  data = ref.TorchTaskData.from_split(arrays, task)
+  rss_before = common.rss_bytes()
+  reset = common.reset_peak_rss()
+  r = ref.train_cell(cell, 0, data, max_epochs=epochs, patience=epochs + 1)
+  peak = common.peak_rss_bytes()
+  epoch_s = r.model_epoch_s
+  steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
+  return dict(
+      kind="torch", members=1, epochs=epochs, task=task, cell=cell.key, threads=threads,
+      torch_version=torch.__version__, epoch_s=epoch_s, train_epoch_s=r.train_epoch_s,
+      valid_epoch_s=r.valid_epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
+      wall_s=r.wall_s, statuses=[r.status], valid_metric=r.valid_metric[-1],
+      rss_before=rss_before, peak_rss=peak if reset else None,
+      peak_rss_growth=(peak - rss_before) if (reset and peak and rss_before) else None)
+
+
+def measure_full_table(args) -> dict:
+  """Wall time of jaxact.train.train_and_evaluate over the whole grid, early stopping included."""
+  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact import train  # pylint: disable=g-import-not-at-top
+
+  conventions = tuple(studies.CONVENTIONS) if args.conventions == "both" else (args.conventions,)
+  config = train.RunConfig(
+      study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
+      data_dir=args.data_dir,
+      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact))
+  workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    # train_and_evaluate would resume from / reuse what is there: not a timing.
+    raise ValueError(f"--full_table_workdir {workdir!r} is not empty: give a new directory")
+  t0 = time.perf_counter()
+  results = train.train_and_evaluate(config, workdir, command=["bench_engine", "--full_table"])
+  wall = time.perf_counter() - t0
+  per_task = {}
+  for task, rs in results.items():
+    per_task[task] = dict(members=len(rs), useful=sum(r.epochs_trained for r in rs),
+                          epochs_run=max(r.epochs_trained for r in rs))
+  return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
+              max_epochs=args.max_epochs, compact=args.compact, wall_s=wall, workdir=workdir,
+              members=sum(v["members"] for v in per_task.values()),
+              useful_model_epochs=sum(v["useful"] for v in per_task.values()),
+              computed_model_epochs_upper=sum(v["members"] * v["epochs_run"]
+                                              for v in per_task.values()),
+              per_task=per_task)
+
+
+def machine_info(matmul_n: int, repeats: int) -> dict:
+  from jaxact import train  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  return dict(kind="machine", description=train.machine_description(),
+              git_revision=train.git_revision(), backend=jax.default_backend(),
+              jax_version=jax.__version__, matmul=matmul_peak(matmul_n, max(repeats, 5)))
+
+
+def _worker(args) -> dict:
+  if args.worker == "machine":
+    return machine_info(args.matmul_n, args.repeats)
+  if args.worker == "full_table":
+    return measure_full_table(args)
+  if args.synthetic and (args.n_train or args.n_valid):
+    arrays = common.synthetic_arrays(args.n_train or 2000, args.n_valid or 3000, n_test=64)
+  else:
+    arrays = common.load_arrays(args.data_dir, args.split_seed, args.synthetic, n_test=256)
+  if args.worker == "torch":
+    return measure_torch(arrays, args.epochs, args.torch_threads or common.cpu_count())
+  if args.worker == "engine":
+    return measure_engine(arrays, int(args.members), args.epochs)
+  raise ValueError(f"unknown worker {args.worker!r}")
+
+
+# ---------------------------------------------------------------------------
+# The driver.
+
+
+def _forwarded(args) -> list[str]:
+  out = ["--epochs", str(args.epochs), "--repeats", str(args.repeats),
+         "--split_seed", str(args.split_seed), "--matmul_n", str(args.matmul_n),
+         "--seeds", str(args.seeds), "--study", args.study, "--conventions", args.conventions,
+         "--max_epochs", str(args.max_epochs)]
+  if args.torch_threads:
+    out += ["--torch_threads", str(args.torch_threads)]
+  if args.data_dir:
+    out += ["--data_dir", args.data_dir]
+  if args.synthetic:
+    out.append("--synthetic")
+  if args.n_train or args.n_valid:
+    out += ["--n_train", str(args.n_train), "--n_valid", str(args.n_valid)]
+  if args.compact:
+    out.append("--compact")
+  if args.full_table_workdir:
+    out += ["--full_table_workdir", args.full_table_workdir]
+  return out
+
+
+def _log(msg: str) -> None:
+  print(msg, file=sys.stderr, flush=True)
+
+
+def run_worker(kind: str, args, members: int | None = None) -> dict:
+  """Runs one measurement in a fresh Python process and returns its JSON result."""
+  cmd = [sys.executable, "-m", "benchmarks.bench_engine", "--worker", kind] + _forwarded(args)
+  if members is not None:
+    cmd += ["--members", str(members)]
+  t0 = time.perf_counter()
+  proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(_MARK)]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"benchmark worker failed ({' '.join(cmd[2:])}), exit {proc.returncode}:\n"
+                       + proc.stderr[-3000:])
+  result = json.loads(lines[-1][len(_MARK):])
+  _log(f"  {kind}{'' if members is None else f' M={members}'}: done in "
+       f"{time.perf_counter() - t0:.1f} s")
+  return result
+
+
+def summarise(runs: list[dict]) -> dict:
+  """Medians over repeats of one configuration."""
+  def med(key):
+    return common.median([r.get(key) for r in runs if r.get(key) is not None])
+  first = runs[0]
+  return dict(kind=first["kind"], members=first["members"], repeats=len(runs),
+              steady_epoch_s=med("steady_epoch_s"), first_epoch_s=med("first_epoch_s"),
+              compile_s=med("compile_s") if first["kind"] == "engine" else None,
+              compilations=first.get("compilations"),
+              peak_rss_growth=med("peak_rss_growth"), device_peak_growth=med("device_peak_growth"),
+              valid_metric=med("valid_metric"),
+              statuses=sorted({s for r in runs for s in r["statuses"]}),
+              threads=first.get("threads"), torch_version=first.get("torch_version"),
+              backend=first.get("backend"))
+
+
+def format_report(machine: dict, torch_summary: dict | None, engine_summaries: list[dict],
+                  full_table: dict | None, command: str, date: str, args) -> str:
+  """The markdown report."""
+  flops = common.model_epoch_flops(10, args.n_train or 2000, args.n_valid or 3000)
+  peak = machine["matmul"]["gflops"]
+  lines = [
+      "# jaxact engine benchmark",
+      "",
+      f"- date: {date}",
+      f"- machine: {machine['description']}",
+      f"- host: {platform.node()}, python {platform.python_version()}, git "
+      f"{machine.get('git_revision') or '-'}",
+      f"- command: `{command}`",
+      f"- workload: task {TASK}, cell softmax + cce (C = 10), batch 32, {args.epochs} epochs per "
+      f"run without early stopping, data {'synthetic' if args.synthetic else 'the real split'}; "
+      f"every number is the median over {args.repeats} runs, each in a fresh process",
+      f"- one model-epoch = {args.n_train or 2000:,} training examples + the "
+      f"{args.n_valid or 3000:,}-example valid pass = "
+      f"{flops.total / 1e9:.1f} GFLOP ({flops.train / 1e9:.1f} train at 3 x forward, "
+      f"{flops.valid / 1e9:.1f} valid forward; {flops.forward_per_example / 1e6:.2f} MFLOP "
+      "forward per example)",
+      f"- float32 matmul peak (jax, {machine['matmul']['n']}^3, median of "
+      f"{machine['matmul']['repeats']}): {peak:.1f} GFLOP/s",
+      "",
+  ]
+  if args.n_train or args.n_valid:
+    lines += [f"WARNING: smoke-test sizes ({args.n_train} train / {args.n_valid} valid): the "
+              "epochs below are not the protocol's model-epochs (FLOPs are counted for these sizes).", ""]
+  torch_rate = None
+  header = ["implementation", "M", "s / epoch", "model-epochs / s", "x PyTorch",
+            "first epoch s", "compile s", "GFLOP/s", "% matmul peak", "peak mem MiB",
+            "MiB / member", "marginal MiB / member", f"valid acc @ {args.epochs} ep"]
+  rows = []
+
+  def mem(s):
+    return s.get("device_peak_growth") if s.get("device_peak_growth") is not None \
+        and s.get("backend") not in (None, "cpu") else s.get("peak_rss_growth")
+
+  if torch_summary:
+    s = torch_summary
+    torch_rate = 1.0 / s["steady_epoch_s"]
+    gf = flops.total * torch_rate / 1e9
+    rows.append([f"PyTorch {s['torch_version']} reference, {s['threads']} threads", "1",
+                 common.fmt(s["steady_epoch_s"]), common.fmt(torch_rate), "1",
+                 common.fmt(s["first_epoch_s"]), "-", common.fmt(gf),
+                 common.fmt(100 * gf / peak, ".0f"), common.mib(mem(s)), common.mib(mem(s)), "-",
+                 common.fmt(100 * s["valid_metric"], ".1f")])
+  prev = None
+  for s in engine_summaries:
+    m = s["members"]
+    rate = m / s["steady_epoch_s"]
+    gf = flops.total * rate / 1e9
+    mm = mem(s)
+    marginal = "-"
+    if prev is not None and mm is not None and mem(prev) is not None:
+      marginal = common.mib((mm - mem(prev)) / (m - prev["members"]))
+    rows.append([f"jaxact Engine ({s['backend']})", str(m), common.fmt(s["steady_epoch_s"]),
+                 common.fmt(rate), common.fmt(rate / torch_rate) if torch_rate else "-",
+                 common.fmt(s["first_epoch_s"]), common.fmt(s["compile_s"]), common.fmt(gf),
+                 common.fmt(100 * gf / peak, ".0f"), common.mib(mm),
+                 common.mib(None if mm is None else mm / m), marginal,
+                 common.fmt(100 * s["valid_metric"], ".1f")])
+    prev = s
+  lines += ["## Throughput and scaling", "", common.markdown_table(header, rows), ""]
+  lines += [
+      "How to read it: *s / epoch* is the steady time of one epoch of all M members (median of "
+      "the epochs after the first); *model-epochs / s* = M / (s / epoch); *x PyTorch* divides it "
+      "by the reference's. *compile s* = first epoch - steady epoch (tracing + XLA compilation, "
+      "paid once per task). *GFLOP/s* counts only the useful FLOPs above. *peak mem* is the "
+      "growth of the peak resident set (CPU) or of jax's peak_bytes_in_use (GPU) during the run, "
+      "data excluded, compilation included; *marginal* is its slope between consecutive M. "
+      "*valid acc* is a sanity check that the workload trains.",
+      ""]
+  for s in [torch_summary] + engine_summaries:
+    if s and s["statuses"] != ["hit_cap"]:
+      lines.append(f"WARNING: unexpected statuses {s['statuses']} for {s['kind']} M={s['members']}")
+    if s and s.get("compilations") not in (None, 1):
+      lines.append(f"WARNING: {s['compilations']} compilations for M={s['members']}")
+  lines.append("")
+  lines += ["## FLOPs of one forward pass (one example)", "",
+            common.markdown_table(["layer", "MACs", "MFLOP"],
+                                  [[name, f"{m:,}", f"{2 * m / 1e6:.3f}"]
+                                   for name, m in common.layer_macs(10)]), ""]
+  if full_table:
+    f = full_table
+    lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
+              f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
+              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}: "
+              f"{f['members']} members",
+              f"- wall time: **{f['wall_s']:.0f} s** ({f['wall_s'] / 60:.1f} min), workdir "
+              f"`{f['workdir']}`",
+              f"- model-epochs trained (sum of members' epochs): {f['useful_model_epochs']}; "
+              f"computed without compaction (members x epochs run, per task): "
+              f"{f['computed_model_epochs_upper']}"]
+    if torch_rate:
+      est = f["useful_model_epochs"] / torch_rate
+      lines.append(f"- the PyTorch reference would need about {est:.0f} s ({est / 3600:.1f} h) "
+                   "for the same model-epochs one model at a time (an estimate: steady epoch time "
+                   "x model-epochs; each torch run would stop at its own epoch)")
+    lines += ["", common.markdown_table(
+        ["task", "members", "epochs run", "member-epochs"],
+        [[t, str(v["members"]), str(v["epochs_run"]), str(v["useful"])]
+         for t, v in f["per_task"].items()]), ""]
+  return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--members", default="1,2,4,8,16,32",
+                 help="comma-separated member counts M for the scaling curve")
+  p.add_argument("--epochs", type=int, default=4,
+                 help="epochs per run (the first includes compilation; >= 2)")
+  p.add_argument("--repeats", type=int, default=3, help="runs per configuration (median)")
+  p.add_argument("--data_dir", default=None, help="MNIST IDX files (default: as jaxact)")
+  p.add_argument("--synthetic", action="store_true",
+                 help="random data of the real shapes instead of MNIST (same speed)")
+  p.add_argument("--split_seed", type=int, default=0)
+  p.add_argument("--torch_threads", type=int, default=0, help="default: the CPU count")
+  p.add_argument("--skip_torch", action="store_true", help="do not measure the reference")
+  p.add_argument("--matmul_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
+  p.add_argument("--out", default=None, help="markdown file (default "
+                 "benchmarks/results_<hostname>.md; '-' for stdout only)")
+  p.add_argument("--full_table", action="store_true",
+                 help="also time train_and_evaluate over the whole grid (long)")
+  p.add_argument("--study", default="all", help="--full_table: activation, loss or all")
+  p.add_argument("--seeds", type=int, default=3, help="--full_table: seeds per cell")
+  p.add_argument("--conventions", default="torch", help="--full_table: torch, logits or both")
+  p.add_argument("--max_epochs", type=int, default=100, help="--full_table: epoch cap")
+  p.add_argument("--compact", action="store_true", help="--full_table: EngineConfig.compact")
+  p.add_argument("--full_table_workdir", default=None, help="--full_table: keep results here")
+  p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  # Smaller synthetic sets, for smoke tests only (the FLOP count assumes 2,000 / 3,000).
+  p.add_argument("--n_train", type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument("--n_valid", type=int, default=0, help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.epochs < 2:
+    p.error("--epochs must be >= 2 (the first epoch includes compilation)")
+  if args.repeats < 1:
+    p.error("--repeats must be >= 1")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    print(_MARK + json.dumps(_worker(args)), flush=True)
+    return 0
+  command = "python -m benchmarks.bench_engine " + " ".join(
+      shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+  date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+  members = [int(m) for m in args.members.split(",") if m.strip()]
+  _log("benchmark: machine and matmul peak; then PyTorch, then the engine at M = "
+       + ", ".join(map(str, members)))
+  machine = run_worker("machine", args)
+  torch_summary = None
+  if not args.skip_torch:
+    if importlib.util.find_spec("torch") is None:
+      _log("torch is not installed (pip install -e '.[bench]'); skipping the reference")
+    else:
+      torch_summary = summarise([run_worker("torch", args)
+                                 for _ in range(args.repeats)])
+  engine_summaries = [summarise([run_worker("engine", args, m)
+                                 for _ in range(args.repeats)]) for m in members]
+  full = run_worker("full_table", args) if args.full_table else None
+  report = format_report(machine, torch_summary, engine_summaries, full, command, date, args)
+  print(report)
+  out = args.out or os.path.join(REPO_ROOT, "benchmarks",
+                                 f"results_{platform.node() or 'host'}.md")
+  if out != "-":
+    with open(out, "w") as f:
+      f.write(report)
+    _log(f"written to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
