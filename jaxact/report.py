@@ -521,6 +521,33 @@ def render_markdown(workdir: str) -> str:
 # Figures.
 
 
+def render_summary(workdir: str, study: str = "activation", convention: str = "torch") -> str:
+  """One compact table over all tasks of one study: variant, valid and test (mean ± std), status.
+
+  Made for README files; the full tables are in report.md.
+  """
+  results = load_results(workdir)
+  lines = ["| task | | variant | best valid (mean ± std) | test at best epoch (mean ± std) "
+           "| status |", "|---|---|---|---|---|---|"]
+  for task, result in results.items():
+    groups = _group_members(result)
+    accuracy = _is_accuracy(result, task)
+    unit = "%" if accuracy else " MSE"
+    for s, conv, rows in _study_tables(task, groups):
+      if s != study or conv != convention:
+        continue
+      for cell, recommended, members in rows:
+        if all(m.get("status") == "invalid" for m in members):
+          valid = test = f"invalid: {_invalid_reason(members)}"
+        else:
+          valid = _metric_cells(members, "best_valid", accuracy)[0] + unit
+          test = _metric_cells(members, "test", accuracy)[0] + unit
+        mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
+        lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {valid} | {test} | "
+                     f"{_status_counts(members)} |")
+  return "\n".join(lines) + "\n"
+
+
 def _plot_cells(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[Cell, bool | None]]:
   """Every cell of the task once, in table order, with its recommendation (or None)."""
   out: list[tuple[Cell, bool | None]] = []

@@ -288,3 +288,10 @@ def test_cell_shared_by_both_conventions_appears_in_both_tables(tmp_path):
   assert [r[1] for r in logits_rows[2:]] == ["sigmoid + bce [logits]", "sigmoid + mse"]
   assert logits_rows[3][2].startswith("93.00")
   assert "Other cells" not in text
+
+
+def test_render_summary_one_row_per_cell(workdir):
+  text = report.render_summary(workdir, study="activation")
+  rows = [line for line in text.splitlines() if line.startswith("| binary |")]
+  assert rows and rows[0].startswith("| binary | ✅ | softmax + cce | 98.00 ± 0.82%")
+  assert all("[logits]" not in r for r in rows)
