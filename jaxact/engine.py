@@ -148,6 +148,72 @@ class MemberResult:
   n_infinite_test: int
 
 
+@dataclasses.dataclass
+class Snapshot:
+  """Everything `Engine.run` needs to go on with a task after `epoch` epochs.
+
+  Built on the host (numpy) between epochs by `Engine.run` for its
+  `on_epoch_end` hook; `Engine.run(data, restore=snapshot)` continues from it
+  with bitwise the same state (see checkpoint.py for the files).
+
+  Attributes:
+    epoch: epochs completed.
+    state: the full-size training state in the original member order, as
+      numpy arrays; PRNG key arrays are replaced by their raw key data
+      (`jax.random.key_data`).
+    stacked: (M,) bool, the members stacked in the current layout (all of
+      them without compaction).
+    compactions: compactions so far (each one compiled a layout).
+    hist_loss, hist_valid, hist_trained, hist_inf: (max_epochs, M) per-epoch
+      histories of every member (train loss, valid metric, trained in that
+      epoch, non-finite valid predictions).
+  """
+  epoch: int
+  state: dict[str, Any]
+  stacked: np.ndarray
+  compactions: int
+  hist_loss: np.ndarray
+  hist_valid: np.ndarray
+  hist_trained: np.ndarray
+  hist_inf: np.ndarray
+
+
+def _is_key(a) -> bool:
+  return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+
+
+def state_to_host(state: dict[str, Any]) -> dict[str, Any]:
+  """A host copy of a training state: numpy arrays, PRNG keys as their key data."""
+  raw = jax.tree_util.tree_map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state)
+  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(raw))
+
+
+def state_from_host(host: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
+  """The device state of `state_to_host`'s output, with the avals of `template`.
+
+  Keys are wrapped back with the template's key implementation; weakly typed
+  leaves stay weakly typed (so the epoch function is not traced again).
+  Raises ValueError if the structure, a shape or a dtype differs.
+  """
+  t_leaves, treedef = jax.tree_util.tree_flatten(template)
+  h_leaves, h_def = jax.tree_util.tree_flatten(host)
+  if h_def != treedef:
+    raise ValueError(f"state structure differs: {h_def} vs {treedef}")
+
+  def one(h, t):
+    h = np.asarray(h)
+    if _is_key(t):
+      want = jax.random.key_data(t)
+      if h.shape != want.shape or h.dtype != want.dtype:
+        raise ValueError(f"key data {h.shape} {h.dtype}, expected {want.shape} {want.dtype}")
+      return jax.random.wrap_key_data(jnp.asarray(h), impl=jax.random.key_impl(t))
+    if h.shape != t.shape or h.dtype != t.dtype:
+      raise ValueError(f"array {h.shape} {h.dtype}, expected {t.shape} {t.dtype}")
+    return t.at[...].set(h) if t.weak_type else jnp.asarray(h)
+
+  return treedef.unflatten([one(h, t) for h, t in zip(h_leaves, t_leaves)])
+
+
 # ---------------------------------------------------------------------------
 # Per-cell target transforms (regression standardisation, sigmoid method).
 
@@ -211,6 +277,7 @@ class Engine:
   Usage:
     engine = Engine(task, members, config)
     results = engine.run(data)
+    # resumable: engine.run(data, restore=snapshot, on_epoch_end=hook), see `run`
 
   `engine.traces` counts how often the epoch function was traced, over all
   layouts: one compilation per task (it stays 1 however many epochs run),
@@ -238,6 +305,7 @@ class Engine:
     abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0)))
     self.graphdef, _ = nnx.split(abstract)
     self.traces = 0
+    self.compactions = 0             # in the task's whole history, restored runs included
     self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))   # all members
     self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
     self._test_fn = jax.jit(self._evaluate)
@@ -425,7 +493,9 @@ class Engine:
 
   # -- the host loop -------------------------------------------------------
 
-  def run(self, data: TaskData) -> list[MemberResult]:
+  def run(self, data: TaskData, restore: Snapshot | None = None,
+          on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
+          ) -> list[MemberResult]:
     """Trains every member to its early stop (or the cap); returns per-member results.
 
     With `config.compact`, after an epoch in which at most half of the
@@ -433,6 +503,15 @@ class Engine:
     members (`layout` maps stacked position -> index in `self.members`) and
     the others' final state is kept in `full`, the full-size state in the
     original member order, which the test pass and `final_state` use.
+
+    Args:
+      data: the task's data.
+      restore: a `Snapshot` to continue from instead of starting at epoch 0
+        (its compacted layout, if any, is rebuilt and compiled again).
+      on_epoch_end: called on the host after every epoch that does not end the
+        run, as `on_epoch_end(epochs_done, snapshot)`, after any compaction;
+        `snapshot()` builds the `Snapshot` of that moment (a host copy; call it
+        only when you need it). The engine does no file I/O itself.
     """
     cfg = self.config
     m = self.num_members
@@ -446,8 +525,41 @@ class Engine:
     hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_trained = np.zeros((cfg.max_epochs, m), bool)
     hist_inf = np.zeros((cfg.max_epochs, m), np.int64)
-    start = time.perf_counter()
     epoch = 0
+    self.compactions = 0
+    if restore is not None:
+      for name, h in (("hist_loss", hist_loss), ("hist_valid", hist_valid),
+                      ("hist_trained", hist_trained), ("hist_inf", hist_inf)):
+        saved = getattr(restore, name)
+        if saved.shape != h.shape or saved.dtype != h.dtype:
+          raise ValueError(f"snapshot {name} is {saved.shape} {saved.dtype}, "
+                           f"expected {h.shape} {h.dtype}")
+        h[...] = saved
+      restored = state_from_host(restore.state, state)
+      layout = np.flatnonzero(np.asarray(restore.stacked, bool))
+      if not 0 < len(layout) <= m:
+        raise ValueError(f"snapshot stacks {len(layout)} of {m} members")
+      if len(layout) < m:
+        full = restored
+        state = _take_members(full, layout)
+        epoch_fn = self._layout_epoch_fn(self._layout_groups(layout))
+      else:
+        state = restored
+      active = np.asarray(restore.state["active"], bool).copy()
+      best = np.asarray(restore.state["best_score"], np.float32).copy()
+      epoch = int(restore.epoch)
+      self.compactions = int(restore.compactions)
+
+    def snapshot() -> Snapshot:
+      now = dict(state) if full is None else _put_members(full, state, layout)
+      stacked = np.zeros((m,), bool)
+      stacked[layout] = True
+      return Snapshot(epoch=epoch, state=state_to_host(now), stacked=stacked,
+                      compactions=self.compactions, hist_loss=hist_loss.copy(),
+                      hist_valid=hist_valid.copy(), hist_trained=hist_trained.copy(),
+                      hist_inf=hist_inf.copy())
+
+    start = time.perf_counter()
     while epoch < cfg.max_epochs:
       state, metrics = epoch_fn(state, data)
       host = jax.device_get(dict(metrics, active=state["active"], best=state["best_score"]))
@@ -469,6 +581,9 @@ class Engine:
         state = _take_members(state, keep)
         layout = layout[keep]
         epoch_fn = self._layout_epoch_fn(self._layout_groups(layout))
+        self.compactions += 1
+      if on_epoch_end is not None and epoch < cfg.max_epochs:
+        on_epoch_end(epoch, snapshot)
     state = dict(state) if full is None else _put_members(full, state, layout)
     state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
     self.final_state = state

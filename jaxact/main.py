@@ -4,8 +4,13 @@ Examples:
   python -m jaxact.main --task=binary --head=sigmoid --data_dir=../shared/data/mnist
   python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
   python -m jaxact.report --workdir=/tmp/jaxact      # rebuild the report only
+
+Rerunning a command with the same --workdir resumes it: finished tasks are
+kept, an interrupted task continues from its latest checkpoint.
 """
 
+import logging as std_logging
+import signal
 import sys
 
 from absl import app
@@ -42,7 +47,15 @@ _PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCO
 _COMPACT = flags.DEFINE_bool(
     "compact", False, "Drop early-stopped members from the stacked state between epochs (fewer "
     "FLOPs once half the members have stopped; costs a recompilation each time).")
-_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Where results, report and plots go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
+    "command with the same workdir resumes the run.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 5, "Save the running task's whole state every this many epochs into "
+    "WORKDIR/checkpoints/<task> (the latest 2 are kept; deleted when the task ends); 0: never.")
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "Delete the workdir's results, checkpoints and report first and train "
+    "from scratch (needed to reuse a workdir with another configuration).")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
     "$JAXACT_DATA_DIR, else tensorflow-datasets downloads MNIST.")
@@ -76,17 +89,41 @@ def config_from_flags() -> train.RunConfig:
                                      init=_INIT.value, compact=_COMPACT.value))
 
 
+class _QuietOrbax(std_logging.Filter):
+  """Drops orbax's INFO chatter (one line per save, restore and deletion) from the log."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _terminate(signum, frame):
+  del frame
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  signal.signal(signal.SIGTERM, _terminate)   # like Ctrl-C: pending checkpoints are finished
   try:
     config = config_from_flags()
     train.plan(config)  # validate everything before touching data or disk
-    results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv)
+    results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv,
+                                       checkpoint_every=_CHECKPOINT_EVERY.value,
+                                       restart=_RESTART.value)
   except (train.UserError, data_lib.DataError) as err:
     sys.stderr.write(f"jaxact: error: {err}\n")
     sys.exit(2)
+  except KeyboardInterrupt:
+    every = _CHECKPOINT_EVERY.value
+    where = (f"from the running task's latest checkpoint (saved every {every} epochs)" if every
+             else "(checkpoints were off, --checkpoint_every=0: the running task starts over)")
+    sys.stderr.write(
+        f"jaxact: interrupted. Finished tasks' results are in {_WORKDIR.value}/results; rerun "
+        f"the same command to go on {where}.\n")
+    sys.exit(130)
   print(train.format_results_table(results))
   print(f"\nreport: {_WORKDIR.value}/report.md")
 

@@ -3,10 +3,11 @@
 Layout of a workdir:
   run.json               the command, the machine, the configuration, start/finish times
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
+  checkpoints/<task>/    orbax checkpoints of the task still training (deleted when it ends)
   report.md              the tables (jaxact.report), rebuilt after every task
   curves_<task>.png      valid-metric curves per cell
 
-Only this module and jaxact.report do I/O; the engine is pure JAX.
+Only this module, jaxact.checkpoint and jaxact.report do I/O; the engine is pure JAX.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +27,7 @@ from typing import Sequence
 import jax
 from absl import logging
 
+from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import model as model_lib
@@ -170,14 +173,123 @@ def member_record(result: engine_lib.MemberResult) -> dict:
   return d
 
 
+def member_from_record(record: dict) -> engine_lib.MemberResult:
+  """The inverse of `member_record`."""
+  names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
+  values = {n: record[n] for n in names if n != "cell"}
+  return engine_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
+
+
+# -- resuming ----------------------------------------------------------------
+
+
+def run_identity(config: RunConfig) -> dict:
+  """What makes two runs the same run: every field of `config` that changes results."""
+  return checkpoint_lib.config_identity(config.to_dict())
+
+
+_DEFAULT_IDENTITY = checkpoint_lib.config_identity(RunConfig().to_dict())
+
+
+def _results_dir(workdir: str) -> str:
+  return os.path.join(workdir, "results")
+
+
+def _checkpoints_dir(workdir: str) -> str:
+  return os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR)
+
+
+def _saved_results(workdir: str) -> list[str]:
+  d = _results_dir(workdir)
+  names = sorted(os.listdir(d)) if os.path.isdir(d) else []
+  return [n for n in names if n.endswith(".json") and not n.startswith(".")]
+
+
+def _has_outputs(workdir: str) -> bool:
+  """Whether the workdir holds results or checkpoints of an earlier run."""
+  ckpt = _checkpoints_dir(workdir)
+  return bool(_saved_results(workdir)) or (os.path.isdir(ckpt) and bool(os.listdir(ckpt)))
+
+
+def remove_run_outputs(workdir: str) -> None:
+  """--restart: deletes results/*.json, checkpoints/, report.md and curves_<task>.png, nothing else."""
+  shutil.rmtree(_checkpoints_dir(workdir), ignore_errors=True)
+  results = _results_dir(workdir)
+  for name in os.listdir(results) if os.path.isdir(results) else ():
+    if name.endswith(".json"):
+      os.unlink(os.path.join(results, name))
+  for name in ["report.md"] + [f"curves_{t}.png" for t in tasks_lib.TASKS]:
+    if os.path.exists(os.path.join(workdir, name)):
+      os.unlink(os.path.join(workdir, name))
+
+
+def _load_json(path: str) -> dict | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+def check_workdir_config(workdir: str, config: RunConfig) -> dict | None:
+  """The earlier run.json when the workdir holds outputs of this same configuration.
+
+  Returns None when the workdir holds no results or checkpoints (nothing to
+  resume or reuse; a fresh run).
+
+  Raises:
+    UserError: they belong to another configuration (naming every differing
+      key, its old and its new value), or no readable run.json says which.
+  """
+  if not _has_outputs(workdir):
+    return None
+  previous = _load_json(os.path.join(workdir, "run.json"))
+  if previous is None or not isinstance(previous.get("config"), dict):
+    raise UserError(
+        f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
+        "says which configuration produced them, so this run cannot resume them: pass "
+        "--restart to delete them and start over, or choose another --workdir.")
+  old = checkpoint_lib.config_identity(previous["config"])
+  diffs = checkpoint_lib.identity_differences(old, run_identity(config), _DEFAULT_IDENTITY)
+  if diffs:
+    listed = "; ".join(f"{k}: {checkpoint_lib.format_value(a)} before, "
+                       f"{checkpoint_lib.format_value(b)} now" for k, a, b in diffs)
+    raise UserError(
+        f"the workdir {workdir!r} holds a run with another configuration ({listed}). "
+        "Rerun with the same flags to resume or reuse it, choose another --workdir, or pass "
+        "--restart to delete its results and checkpoints and start over.")
+  return previous
+
+
+def _check_split(workdir: str, run_info: dict, split) -> None:
+  before = run_info.get("split_fingerprint")
+  if before is not None and before != split.fingerprint:
+    raise UserError(
+        f"the data differ from those the run in {workdir!r} was trained on (split fingerprint "
+        f"{before} before, {split.fingerprint} now): pass the same MNIST files (--data_dir) "
+        "to resume it, or pass --restart to delete its results and checkpoints and start over.")
+
+
 def train_and_evaluate(config: RunConfig, workdir: str,
-                       command: Sequence[str] | None = None) -> dict[str, list[engine_lib.MemberResult]]:
+                       command: Sequence[str] | None = None, *, checkpoint_every: int = 5,
+                       restart: bool = False) -> dict[str, list[engine_lib.MemberResult]]:
   """Trains every planned member, task by task, writing results as each task ends.
+
+  Resumable: rerun with the same configuration and workdir and finished tasks
+  are not trained again (their results/<task>.json is reused), and a task
+  that was interrupted continues from its latest checkpoint, giving the same
+  results as an uninterrupted run. A workdir with results or checkpoints of
+  another configuration is refused unless `restart`.
 
   Args:
     config: what to train.
     workdir: where everything is written (created if needed).
     command: the command line to record (default: sys.argv).
+    checkpoint_every: save the running task's state every this many epochs
+      into WORKDIR/checkpoints/<task> (0: never); a task's checkpoints are
+      deleted once its results are written.
+    restart: first delete the workdir's results, checkpoints and report.
 
   Returns:
     task -> list of MemberResult.
@@ -185,46 +297,99 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   from jaxact import report as report_lib  # matplotlib is imported lazily
 
   members = plan(config)
+  if checkpoint_every < 0:
+    raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
+                    f"got {checkpoint_every}.")
   prepare_workdir(workdir)
+  for name in os.listdir(_results_dir(workdir)):   # left by a process killed mid-write
+    if name.startswith(".tmp-"):
+      os.unlink(os.path.join(_results_dir(workdir), name))
+  if restart:
+    logging.info("--restart: deleting the results and checkpoints in %s", workdir)
+    remove_run_outputs(workdir)
+    previous = None
+  else:
+    previous = check_workdir_config(workdir, config)
+  now = datetime.datetime.now().isoformat(timespec="seconds")
   run_info = {
       "command": " ".join(["python -m jaxact.main"] + list((command or sys.argv)[1:])),
       "argv": list(command or sys.argv),
       "machine": machine_description(),
       "jaxact_version": __version__,
       "git_revision": git_revision(),
-      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      "started": now,
       "finished": None,
       "config": config.to_dict(),
   }
+  if previous is not None:
+    run_info["started"] = previous.get("started", now)
+    run_info["resumed"] = list(previous.get("resumed") or []) + [now]
+    if previous.get("split_fingerprint"):
+      run_info["split_fingerprint"] = previous["split_fingerprint"]
   run_path = os.path.join(workdir, "run.json")
   write_json_atomic(run_path, run_info)
   logging.info("jaxact: %s", run_info["machine"])
 
-  split = data_lib.load_split(data_lib.resolve_data_dir(config.data_dir), config.split_seed,
-                              tfds_dir=config.tfds_dir)
-  logging.info("data: %d train / %d valid / %d test from a pool of %d (%s), split seed %d",
-               len(split.y_train), len(split.y_valid), len(split.y_test),
-               split.train_pool_size, split.source, config.split_seed)
-
+  split = None
   out = {}
   for task, task_members in members.items():
+    results_path = os.path.join(_results_dir(workdir), f"{task}.json")
+    ckpt_dir = os.path.join(_checkpoints_dir(workdir), task)
+    if os.path.exists(results_path):
+      out[task] = _reuse_results(results_path, task, task_members)
+      saved_fp = (_load_json(results_path) or {}).get("split_fingerprint")
+      if saved_fp and not run_info.get("split_fingerprint"):
+        run_info["split_fingerprint"] = saved_fp   # a run.json written before it was recorded
+      logging.info("task %s: already done, results kept from %s (not trained again)",
+                   task, results_path)
+      if os.path.isdir(ckpt_dir):
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+      continue
+    if split is None:
+      split = data_lib.load_split(data_lib.resolve_data_dir(config.data_dir), config.split_seed,
+                                  tfds_dir=config.tfds_dir)
+      logging.info("data: %d train / %d valid / %d test from a pool of %d (%s), split seed %d",
+                   len(split.y_train), len(split.y_valid), len(split.y_test),
+                   split.train_pool_size, split.source, config.split_seed)
+      _check_split(workdir, run_info, split)
+      if run_info.get("split_fingerprint") != split.fingerprint:
+        run_info["split_fingerprint"] = split.fingerprint
+        write_json_atomic(run_path, run_info)
     cells = list(dict.fromkeys(c for c, _ in task_members))
     logging.info("task %s: %d cells x %d seeds = %d members in one program",
                  task, len(cells), config.seeds, len(task_members))
     start = time.perf_counter()
     engine = engine_lib.Engine(task, task_members, config.engine)
-    results = engine.run(engine_lib.TaskData.from_split(split, task))
-    wall = time.perf_counter() - start
+    checkpointer = checkpoint_lib.TaskCheckpointer(
+        ckpt_dir, every=checkpoint_every, identity={
+            "config": run_identity(config), "split_fingerprint": split.fingerprint,
+            "task": task, "members": [[c.key, s] for c, s in engine.members]})
+    checkpointer.session_start = start
+    try:
+      try:
+        snapshot = checkpointer.restore(engine)
+      except checkpoint_lib.CheckpointError as err:
+        raise UserError(str(err)) from None
+      if snapshot is not None:
+        logging.info("task %s: resumed from epoch %d (checkpoint in %s)", task, snapshot.epoch,
+                     ckpt_dir)
+      results = engine.run(engine_lib.TaskData.from_split(split, task), restore=snapshot,
+                           on_epoch_end=checkpointer if checkpoint_every else None)
+    finally:
+      checkpointer.close()   # waits for pending saves, also on errors and interrupts
+    wall = checkpointer.elapsed()
     t = tasks_lib.get_task(task)
-    write_json_atomic(os.path.join(workdir, "results", f"{task}.json"), {
+    write_json_atomic(results_path, {
         "task": task, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
         "init": config.engine.init, "split_seed": config.split_seed,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience, "wall_time_s": round(wall, 2),
-        "compilations": engine.traces,
+        # Layouts compiled in earlier sessions count once; the one resumed in is traced again.
+        "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "members": [member_record(r) for r in results],
     })
+    checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
     report_lib.write_report(workdir)
     out[task] = results
@@ -234,6 +399,23 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   path = report_lib.write_report(workdir)
   logging.info("report: %s", path)
   return out
+
+
+def _reuse_results(path: str, task: str,
+                   task_members: list[tuple[studies.Cell, int]]) -> list[engine_lib.MemberResult]:
+  """The MemberResults of a finished task's results file; UserError if it does not fit the plan."""
+  saved = _load_json(path)
+  try:
+    results = [member_from_record(r) for r in saved["members"]]
+  except (TypeError, KeyError, ValueError):
+    results = None
+  if results is None or sorted((r.cell.key, r.seed) for r in results) != sorted(
+      (c.key, s) for c, s in task_members):
+    raise UserError(
+        f"the results file {path!r} is unreadable or holds other members than this run plans "
+        f"for task {task}: pass --restart to delete the workdir's results and train again, or "
+        "choose another --workdir.")
+  return results
 
 
 def format_results_table(results: dict[str, list[engine_lib.MemberResult]]) -> str:

@@ -1,0 +1,305 @@
+"""Checkpoints of a running task (orbax), and the identity of a run's configuration.
+
+Inside a workdir:
+  checkpoints/<task>/<epoch>/   the latest snapshots of a task still training (at most KEEP)
+
+A checkpoint holds one `engine.Snapshot` (the full-size training state in the
+original member order: stacked parameters, AdamW states, best weights and
+early-stopping state, the PRNG keys as raw key data, the epoch counter, which
+members are stacked in a compacted layout, and the host-side histories) plus
+a JSON item with the run's identity (configuration and data split), the
+epoch, and the wall time spent so far.
+
+Orbax writes each checkpoint into a temporary directory and renames it when
+complete, so a killed process leaves at most a partial `*.orbax-checkpoint-tmp-*`
+directory, which is never read and is removed the next time the task's
+checkpoints are opened. Saves are asynchronous; `TaskCheckpointer.close`
+waits for them.
+
+Only this module and train.py touch these files; the engine builds and takes
+snapshots in memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from jaxact import __version__
+from jaxact import engine as engine_lib
+
+CHECKPOINTS_DIR = "checkpoints"
+KEEP = 2
+FORMAT = 1
+
+# RunConfig fields that do not change results: where the data are read from
+# (their content is checked through the split fingerprint instead).
+_NOT_IDENTITY = ("data_dir", "tfds_dir")
+_MISSING = object()
+
+
+class CheckpointError(Exception):
+  """Checkpoints that cannot be used; str() says why and what to do."""
+
+
+def config_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
+  """Everything in a `RunConfig.to_dict()` that changes results, as flat JSON values.
+
+  The engine's fields are flattened into the top level (they are named as
+  their command-line flags, e.g. `max_epochs`); `data_dir` and `tfds_dir` are
+  left out.
+  """
+  out = {}
+  for key, value in config_dict.items():
+    if key in _NOT_IDENTITY:
+      continue
+    if key == "engine" and isinstance(value, dict):
+      out.update(value)
+    else:
+      out[key] = value
+  return json.loads(json.dumps(out))
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any],
+                         defaults: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+  """(key, old value, new value) for every key whose value differs.
+
+  A key absent from `old` (a field added since it was written) takes its value
+  from `defaults` when given there.
+  """
+  defaults = defaults or {}
+  diffs = []
+  for key in list(new) + [k for k in old if k not in new]:
+    before = old.get(key, defaults.get(key, _MISSING))
+    after = new.get(key, _MISSING)
+    if before != after:
+      diffs.append((key, before, after))
+  return diffs
+
+
+def format_value(value: Any) -> str:
+  if value is _MISSING:
+    return "(absent)"
+  if isinstance(value, list):
+    return ",".join(str(v) for v in value) or "(none)"
+  if value is None:
+    return "(any)"
+  return str(value)
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any],
+                         defaults: dict[str, Any] | None = None) -> str:
+  """'key: OLD before, NEW now; ...' for two identities (nested "config" dicts flattened)."""
+  def flat(identity):
+    out = {k: v for k, v in identity.items() if k != "config"}
+    out.update(identity.get("config") or {})
+    return out
+  diffs = identity_differences(flat(old), flat(new), defaults)
+  return "; ".join(f"{k}: {format_value(a)} before, {format_value(b)} now"
+                   for k, a, b in diffs) or "no difference in the configuration"
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+  text = " ".join(f"{type(err).__name__}: {err}".split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _leaf_paths(tree) -> list[str]:
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def _host_template(engine: engine_lib.Engine) -> dict[str, Any]:
+  """ShapeDtypeStructs of `engine_lib.state_to_host(engine.init_state())`."""
+  def raw(state):
+    return jax.tree_util.tree_map(
+        lambda a: jax.random.key_data(a) if engine_lib._is_key(a) else a, state)  # pylint: disable=protected-access
+  return jax.eval_shape(lambda: raw(engine.init_state()))
+
+
+def _arrays_item(snapshot: engine_lib.Snapshot) -> dict[str, Any]:
+  leaves = jax.tree_util.tree_leaves(snapshot.state)
+  return {
+      "state": {f"{i:04d}": leaf for i, leaf in enumerate(leaves)},
+      "stacked": snapshot.stacked,
+      "hist_loss": snapshot.hist_loss,
+      "hist_valid": snapshot.hist_valid,
+      "hist_trained": snapshot.hist_trained,
+      "hist_inf": snapshot.hist_inf,
+  }
+
+
+class TaskCheckpointer:
+  """Saves and restores the snapshots of one task under `directory`.
+
+  Pass the object itself as `Engine.run(..., on_epoch_end=checkpointer)`: it
+  saves after every `every` epochs (0: never), asynchronously, keeping the
+  latest `keep` checkpoints. `identity` (JSON) is stored in each checkpoint;
+  `restore` refuses checkpoints with another identity.
+
+  Attributes:
+    elapsed_before: wall time (s) spent on the task before the restored
+      checkpoint was saved, 0.0 if nothing was restored.
+    session_start: `time.perf_counter()` when this session's work on the task
+      began (the constructor's time unless set).
+  """
+
+  def __init__(self, directory: str, identity: dict[str, Any], every: int, keep: int = KEEP):
+    if every < 0:
+      raise ValueError(f"every must be >= 0, got {every}")
+    self.directory = os.path.abspath(directory)
+    self.identity = json.loads(json.dumps(identity))
+    self.every = every
+    self.keep = keep
+    self.elapsed_before = 0.0
+    self.session_start = time.perf_counter()
+    self._manager: ocp.CheckpointManager | None = None
+
+  # -- the manager ---------------------------------------------------------
+
+  def _open(self, create: bool) -> ocp.CheckpointManager | None:
+    if self._manager is None:
+      if not create and not os.path.isdir(self.directory):
+        return None
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(self.keep),
+          cleanup_tmp_directories=True, create=True, enable_async_checkpointing=True)
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    return self._manager
+
+  def epochs(self) -> list[int]:
+    """The epochs of the complete checkpoints on disk, increasing."""
+    manager = self._open(create=False)
+    return sorted(manager.all_steps()) if manager is not None else []
+
+  def wait(self) -> None:
+    """Blocks until every started save is complete on disk."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager (safe to call twice)."""
+    if self._manager is not None:
+      try:
+        self._manager.wait_until_finished()
+      finally:
+        self._manager.close()
+        self._manager = None
+
+  def delete(self) -> None:
+    """Closes, then removes this task's checkpoints (and checkpoints/ if left empty)."""
+    self.close()
+    shutil.rmtree(self.directory, ignore_errors=True)
+    try:
+      os.rmdir(os.path.dirname(self.directory))
+    except OSError:
+      pass
+
+  # -- saving --------------------------------------------------------------
+
+  def __call__(self, epoch: int, snapshot: Callable[[], engine_lib.Snapshot]) -> None:
+    """The engine's `on_epoch_end` hook."""
+    if self.every and epoch % self.every == 0:
+      self.save(snapshot())
+
+  def elapsed(self) -> float:
+    """Wall time spent on the task so far, earlier sessions included."""
+    return self.elapsed_before + (time.perf_counter() - self.session_start)
+
+  def save(self, snapshot: engine_lib.Snapshot) -> None:
+    """Starts an asynchronous save of `snapshot` as the checkpoint of its epoch."""
+    manager = self._open(create=True)
+    if snapshot.epoch in manager.all_steps():
+      manager.delete(snapshot.epoch)
+    meta = {
+        "format": FORMAT,
+        "jaxact_version": __version__,
+        "identity": self.identity,
+        "epoch": int(snapshot.epoch),
+        "compactions": int(snapshot.compactions),
+        "elapsed_s": self.elapsed(),
+        "saved": datetime.datetime.now().isoformat(timespec="seconds"),
+        "leaf_paths": _leaf_paths(snapshot.state),
+    }
+    manager.save(snapshot.epoch, args=ocp.args.Composite(
+        arrays=ocp.args.StandardSave(_arrays_item(snapshot)),
+        meta=ocp.args.JsonSave(meta)))
+
+  # -- restoring -----------------------------------------------------------
+
+  def restore(self, engine: engine_lib.Engine) -> engine_lib.Snapshot | None:
+    """The latest readable snapshot for `engine`, or None if there is no checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoints belong to another configuration or
+        data split, or were written for another state layout, or none of
+        them can be read.
+    """
+    manager = self._open(create=False)
+    if manager is None:
+      return None
+    steps = sorted(manager.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception as err:  # pylint: disable=broad-except
+        errors.append((step, err))
+        continue
+      if meta.get("identity") != self.identity:
+        raise CheckpointError(
+            f"the checkpoints in {self.directory!r} were written by another run "
+            f"({describe_differences(meta.get('identity') or {}, self.identity)}): rerun with "
+            "the flags and data of that run to resume it, or pass --restart to delete them and "
+            "start over.")
+      template = _host_template(engine)
+      if meta.get("leaf_paths") != _leaf_paths(template):
+        raise CheckpointError(
+            f"the checkpoint of epoch {step} in {self.directory!r} holds a training state "
+            f"of another layout (written by jaxact {meta.get('jaxact_version')}, this is "
+            f"{__version__}): finish it with that version, or pass --restart to start over.")
+      m, e = engine.num_members, engine.config.max_epochs
+      target = {
+          "state": {f"{i:04d}": leaf
+                    for i, leaf in enumerate(jax.tree_util.tree_leaves(template))},
+          "stacked": jax.ShapeDtypeStruct((m,), np.bool_),
+          "hist_loss": jax.ShapeDtypeStruct((e, m), np.float32),
+          "hist_valid": jax.ShapeDtypeStruct((e, m), np.float32),
+          "hist_trained": jax.ShapeDtypeStruct((e, m), np.bool_),
+          "hist_inf": jax.ShapeDtypeStruct((e, m), np.int64),
+      }
+      try:
+        arrays = manager.restore(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(target)))["arrays"]
+      except Exception as err:  # pylint: disable=broad-except
+        errors.append((step, err))
+        continue
+      treedef = jax.tree_util.tree_structure(template)
+      leaves = [np.asarray(arrays["state"][f"{i:04d}"]) for i in range(treedef.num_leaves)]
+      for bad, err in errors:   # newer but unreadable: drop them so that saving goes on
+        logging.warning("checkpoint of epoch %d in %s is unreadable (%s); deleted", bad,
+                        self.directory, err)
+        manager.delete(bad)
+      self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+      return engine_lib.Snapshot(
+          epoch=int(meta["epoch"]), state=jax.tree_util.tree_unflatten(treedef, leaves),
+          stacked=np.asarray(arrays["stacked"], bool),
+          compactions=int(meta.get("compactions", 0)),
+          hist_loss=np.asarray(arrays["hist_loss"]),
+          hist_valid=np.asarray(arrays["hist_valid"]),
+          hist_trained=np.asarray(arrays["hist_trained"]),
+          hist_inf=np.asarray(arrays["hist_inf"]))
+    if errors:
+      step, err = errors[0]
+      raise CheckpointError(
+          f"none of the checkpoints in {self.directory!r} can be read (epoch {step}: "
+          f"{_one_line(err)}): pass --restart to delete them and start over.")
+    return None
