@@ -674,7 +674,7 @@ def plot_curves(workdir: str) -> list[str]:
                    f"made by: {_truncate(command)}", fontsize=10)
       fig.tight_layout(rect=(0, 0, 1, 0.97 - 0.02 / nrows))
       path = os.path.join(workdir, f"curves_{task}.png")
-      _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+      atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
     finally:
       plt.close(fig)
     paths.append(path)
@@ -685,7 +685,7 @@ def plot_curves(workdir: str) -> list[str]:
 # Writing and the command line.
 
 
-def _atomic_write(path: str, write, binary: bool = False) -> None:
+def atomic_write(path: str, write, binary: bool = False) -> None:
   """Calls write(file) on a temporary file next to `path`, then renames it onto `path`.
 
   The temporary file is opened normally (not with tempfile.mkstemp) so that the
@@ -694,12 +694,10 @@ def _atomic_write(path: str, write, binary: bool = False) -> None:
   directory, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
   try:
-    if binary:
-      with open(tmp, "xb") as f:
-        write(f)
-    else:
-      with open(tmp, "x", encoding="utf-8") as f:
-        write(f)
+    with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -712,7 +710,7 @@ def write_report(workdir: str) -> str:
   text = render_markdown(workdir)
   plot_curves(workdir)
   path = os.path.join(workdir, "report.md")
-  _atomic_write(path, lambda f: f.write(text))
+  atomic_write(path, lambda f: f.write(text))
   return path
 
 

@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -138,18 +137,8 @@ def git_revision() -> str | None:
 
 def write_json_atomic(path: str, obj) -> None:
   """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
-  directory = os.path.dirname(path) or "."
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
+  report_lib.atomic_write(path, lambda f: json.dump(obj, f, indent=1))
 
 
 def prepare_workdir(workdir: str) -> None:
