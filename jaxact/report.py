@@ -380,11 +380,17 @@ def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
           + sorted(c for c in present if c not in studies.CONVENTIONS))
 
 
-def _study_tables(task: str, groups: dict[Cell, list[dict]]):
-  """Yields (study, convention, [(cell, recommended, members)]) for every table of a task."""
+def _study_tables(task: str, groups: dict[Cell, list[dict]],
+                  conventions: Sequence[str] | None = None):
+  """Yields (study, convention, [(cell, recommended, members)]) for every table of a task.
+
+  `conventions` (default: those of the task's members) lets a workdir trained
+  with both conventions show both tables for a task whose cells were all
+  trained once because their loss is the same in both (regression).
+  """
   for study in studies.STUDIES:
     rows = studies.grid(study).get(task, [])
-    for conv in _conventions(groups):
+    for conv in conventions or _conventions(groups):
       present = []
       for row in rows:
         cell = studies.with_convention(row.cell, conv)
@@ -485,6 +491,8 @@ def render_markdown(workdir: str) -> str:
       f"{_code(f'python -m jaxact.report --workdir={workdir}')}",
       "",
   ]
+  workdir_conventions = _conventions(
+      {c: [] for r in results.values() for c in _group_members(r)})
   for task, result in results.items():
     groups = _group_members(result)
     lines += [f"## {task}: {_metric_title(result, task)}", ""]
@@ -504,7 +512,7 @@ def render_markdown(workdir: str) -> str:
     for key, name in (("command", "Made by"), ("machine", "Machine")):
       if result.get(key) and result.get(key) != info.get(key):
         lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
-    for study, conv, rows in _study_tables(task, groups):
+    for study, conv, rows in _study_tables(task, groups, workdir_conventions):
       title = _STUDY_TITLES.get(study, f"{study} study")
       lines += [f"### {task}: {title}, {conv} convention", ""]
       lines += _table(rows, task, result, study) + [""]
@@ -533,7 +541,7 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
     groups = _group_members(result)
     accuracy = _is_accuracy(result, task)
     unit = "%" if accuracy else " MSE"
-    for s, conv, rows in _study_tables(task, groups):
+    for s, conv, rows in _study_tables(task, groups, [convention]):
       if s != study or conv != convention:
         continue
       for cell, recommended, members in rows:
