@@ -134,6 +134,7 @@ def _arrays_item(snapshot: engine_lib.Snapshot) -> dict[str, Any]:
       "hist_valid": snapshot.hist_valid,
       "hist_trained": snapshot.hist_trained,
       "hist_inf": snapshot.hist_inf,
+      "hist_diag": dict(snapshot.hist_diag),
   }
 
 
@@ -275,6 +276,8 @@ class TaskCheckpointer:
           "hist_valid": jax.ShapeDtypeStruct((e, m), np.float32),
           "hist_trained": jax.ShapeDtypeStruct((e, m), np.bool_),
           "hist_inf": jax.ShapeDtypeStruct((e, m), np.int64),
+          "hist_diag": {name: jax.ShapeDtypeStruct((e, m) + shape, dtype)
+                        for name, (shape, dtype) in engine.diagnostic_shapes().items()},
       }
       try:
         arrays = manager.restore(step, args=ocp.args.Composite(
@@ -296,7 +299,8 @@ class TaskCheckpointer:
           hist_loss=np.asarray(arrays["hist_loss"]),
           hist_valid=np.asarray(arrays["hist_valid"]),
           hist_trained=np.asarray(arrays["hist_trained"]),
-          hist_inf=np.asarray(arrays["hist_inf"]))
+          hist_inf=np.asarray(arrays["hist_inf"]),
+          hist_diag={k: np.asarray(v) for k, v in arrays["hist_diag"].items()})
     if errors:
       step, err = errors[0]
       raise CheckpointError(

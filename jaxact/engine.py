@@ -77,8 +77,6 @@ class EngineConfig:
       every parameter, multiplied by the learning rate as in PyTorch.
     eval_examples: about how many (member x example) rows one evaluation chunk
       holds; bounds the memory of the valid/test passes.
-    init: parameter initialisation, one of model.INITS.
-    hidden_activation, dense_layers: the network's hidden dense part.
     compact: drop finished members from the stacked state once at most half
       of it is still training, so later epochs compute only the members
       still training (one extra compilation per compaction, at most about
@@ -94,10 +92,18 @@ class EngineConfig:
   eps: float = 1e-8
   weight_decay: float = 0.01
   eval_examples: int = 4096
-  init: str = "torch"
-  hidden_activation: str = "sigmoid"
-  dense_layers: int = 1
   compact: bool = False
+
+
+# Diagnostics recorded per member and epoch (see `Engine.diagnostic_shapes`).
+# Saturation: a hidden unit is *saturated* when its activation's derivative
+# is below SATURATION_RATIO x the activation's largest derivative on at least
+# SATURATION_SHARE of the valid examples (a sigmoid unit with |h| > 6.9 on 99%
+# of them); a unit is *dead* when its activation's derivative is exactly 0 on
+# EVERY valid example (a ReLU unit with a negative pre-activation everywhere:
+# it passes no gradient, whatever the input; smooth activations never die).
+SATURATION_RATIO = 0.01
+SATURATION_SHARE = 0.99
 
 
 @jax.tree_util.register_dataclass
@@ -146,6 +152,7 @@ class MemberResult:
   valid_metric: list[float]
   n_infinite_valid: int
   n_infinite_test: int
+  diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -167,6 +174,8 @@ class Snapshot:
     hist_loss, hist_valid, hist_trained, hist_inf: (max_epochs, M) per-epoch
       histories of every member (train loss, valid metric, trained in that
       epoch, non-finite valid predictions).
+    hist_diag: name -> (max_epochs, M, ...) per-epoch diagnostics
+      (`Engine.diagnostic_shapes`).
   """
   epoch: int
   state: dict[str, Any]
@@ -176,6 +185,7 @@ class Snapshot:
   hist_valid: np.ndarray
   hist_trained: np.ndarray
   hist_inf: np.ndarray
+  hist_diag: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _is_key(a) -> bool:
@@ -264,6 +274,40 @@ def _take_members(state: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
           for k, v in state.items()}
 
 
+def _network_groups(groups: tuple[tuple[Cell, int, int], ...]
+                    ) -> list[tuple[tuple[str, bool, int], int, int]]:
+  """Consecutive cell slices with the same network merged: [(cell.network, start, stop)]."""
+  out: list[tuple[tuple[str, bool, int], int, int]] = []
+  for cell, a, b in groups:
+    if out and out[-1][0] == cell.network and out[-1][2] == a:
+      out[-1] = (cell.network, out[-1][1], b)
+    else:
+      out.append((cell.network, a, b))
+  return out
+
+
+def _slice_members(tree, a: int, b: int):
+  return jax.tree_util.tree_map(lambda l: l[a:b], tree)
+
+
+def layer_names(depth: int) -> list[str]:
+  """The names of the layers whose norms are recorded, input to output."""
+  return ["conv1", "conv2", "conv3"] + [f"hidden{i + 1}" for i in range(depth)] + ["out"]
+
+
+def _layer_sq_norms(tree, depth: int) -> jax.Array:
+  """(M, L) squared L2 norms of each layer's kernel and bias, for params stacked on axis 0.
+
+  L = len(layer_names(depth)); batch-norm scales and shifts are not included.
+  """
+  def sq(sub):
+    return sum(jnp.sum(jnp.square(l.reshape(l.shape[0], -1)), axis=1)
+               for l in jax.tree_util.tree_leaves(sub))
+  cols = ([sq(tree[k]) for k in ("conv1", "conv2", "conv3")]
+          + [sq(tree["hidden"][i]) for i in range(depth)] + [sq(tree["out"])])
+  return jnp.stack(cols, axis=1)
+
+
 def _put_members(full: dict[str, Any], part: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
   """`full` with its members at positions `idx` replaced by the stacked `part`."""
   return {k: part[k] if k == "epoch" else
@@ -293,8 +337,11 @@ class Engine:
     for cell, _ in members:
       if cell.task != self.task.name:
         raise ValueError(f"member cell {cell.key} is not of task {task!r}")
-    # Group members by cell, keeping the cells' first-appearance order.
+    # Group members by cell, and cells by network (so that each network's dense
+    # part is one vmapped call over a contiguous slice), keeping first appearances.
     order = list(dict.fromkeys(c for c, _ in members))
+    nets = list(dict.fromkeys(c.network for c in order))
+    order.sort(key=lambda c: nets.index(c.network))
     self.members = [(c, s) for c0 in order for c, s in members if c == c0]
     self.groups = self._layout_groups(range(len(self.members)))
     self.config = config
@@ -302,13 +349,19 @@ class Engine:
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
     self.tx = optax.adamw(config.learning_rate, b1=config.b1, b2=config.b2,
                           eps=config.eps, weight_decay=config.weight_decay)
-    abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0)))
-    self.graphdef, _ = nnx.split(abstract)
+    # The program's network carries the most dense layers any member uses, and
+    # batch-norm layers if any member uses them (see model.CNN).
+    self.max_depth = max(c.depth for c in order)
+    self.has_batch_norm = any(c.batch_norm for c in order)
+    abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0), order[0]))
+    self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     self.traces = 0
     self.compactions = 0             # in the task's whole history, restored runs included
     self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))   # all members
     self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
-    self._test_fn = jax.jit(self._evaluate)
+    self._test_fn = jax.jit(self._test)
+    self._max_derivative = {h: model_lib.max_derivative(h)
+                            for h in dict.fromkeys(c.hidden for c in order)}
 
   @property
   def num_members(self) -> int:
@@ -335,14 +388,71 @@ class Engine:
           functools.partial(self._epoch, groups=groups), donate_argnums=(0,))
     return self._layout_epoch_fns[groups]
 
-  def _make_model(self, key) -> model_lib.CNN:
-    return model_lib.CNN(self.task.num_outputs, init=self.config.init,
-                         hidden_activation=self.config.hidden_activation,
-                         dense_layers=self.config.dense_layers,
-                         rngs=nnx.Rngs(params=key))
+  def _make_model(self, key, cell: Cell) -> model_lib.CNN:
+    return model_lib.CNN(self.task.num_outputs, init=cell.init, hidden_activation=cell.hidden,
+                         dense_layers=cell.depth, batch_norm=cell.batch_norm,
+                         max_dense_layers=self.max_depth,
+                         with_batch_norm=self.has_batch_norm, rngs=nnx.Rngs(params=key))
 
-  def _apply(self, params, x):
-    return nnx.merge(self.graphdef, params)(x)
+  def diagnostic_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """name -> (per-member shape, dtype) of the diagnostics recorded every epoch.
+
+    L = len(layer_names(max_depth)) layers, D = max_depth dense hidden layers
+    (a member's values beyond its own depth are 0 and dropped from results):
+      grad_norm (L,): root mean square over the epoch's updates of the
+        per-batch gradient L2 norm of each layer's kernel + bias;
+      grad_norm_first (L,): the same for the epoch's first batch only (in
+        epoch 0: the gradient at initialisation);
+      param_norm (L,): each layer's parameter L2 norm after the epoch;
+      saturated (D,), dead (D,): fraction of units of each hidden layer that
+        are saturated / dead on the valid set (SATURATION_RATIO, _SHARE);
+      mean_abs_pre (D,): mean |pre-activation| of each hidden layer on the valid set;
+      spread (): std over valid examples of the head's outputs (the space the
+        loss sees), averaged over outputs, divided by the same for the
+        targets: about 0 for a constant predictor;
+      argmax_minority (): share of valid examples whose argmax is not the most
+        frequent one (0 for a constant predictor; NaN for single-output tasks).
+    """
+    nl, d = len(layer_names(self.max_depth)), self.max_depth
+    f32 = np.float32
+    return {"grad_norm": ((nl,), f32), "grad_norm_first": ((nl,), f32),
+            "param_norm": ((nl,), f32), "saturated": ((d,), f32), "dead": ((d,), f32),
+            "mean_abs_pre": ((d,), f32), "spread": ((), f32), "argmax_minority": ((), f32)}
+
+  def _forward(self, params, stats, x, groups, *, train: bool, mask=None):
+    """The outputs of every stacked member.
+
+    Args:
+      params, stats: parameters and batch-norm statistics stacked on axis 0 (M).
+      x: (M, B, 28, 28, 1) one batch per member, or (B, 28, 28, 1) shared.
+      groups: the per-cell slices of the stacked members.
+      train: batch norm on batch statistics (and updating them).
+      mask: (M, B) the real rows of padded batches (train only).
+
+    Returns:
+      z (M, B, C); the pre-activations (M, max_depth, B, width), zero beyond a
+      member's depth; the new batch-norm statistics.
+    """
+    shared = x.ndim == 4
+    feats = jax.vmap(lambda p, s, xx: nnx.merge(self.graphdef, p, s).trunk(xx),
+                     in_axes=(0, 0, None if shared else 0))(params, stats, x)   # (M, B, F)
+    zs, pres, new_stats = [], [], []
+    for (hidden, batch_norm, depth), a, b in _network_groups(groups):
+      def one(p, s, f, mk, hidden=hidden, batch_norm=batch_norm, depth=depth):
+        model = nnx.merge(self.graphdef, p, s)
+        z, pre = model.dense(f, activation=hidden, depth=depth, batch_norm=batch_norm,
+                             train=train, mask=mk)
+        pre = jnp.stack(pre + [jnp.zeros_like(pre[0])] * (self.max_depth - depth))
+        return z, pre, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+      z, pre, st = jax.vmap(one, in_axes=(0, 0, 0, None if mask is None else 0))(
+          _slice_members(params, a, b), _slice_members(stats, a, b), feats[a:b],
+          None if mask is None else mask[a:b] > 0)
+      zs.append(z)
+      pres.append(pre)
+      new_stats.append(st)
+    cat = lambda *xs: jnp.concatenate(xs, axis=0)
+    return (cat(*zs), cat(*pres),
+            jax.tree_util.tree_map(cat, *new_stats) if self.has_batch_norm else stats)
 
   # -- state ---------------------------------------------------------------
 
@@ -351,10 +461,18 @@ class Engine:
     seeds = jnp.asarray([s for _, s in self.members], jnp.uint32)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
-    params = jax.vmap(lambda k: nnx.split(self._make_model(k))[1])(init_keys)
-    params = jax.tree_util.tree_map(jnp.asarray, nnx.to_pure_dict(params))
+    parts = []
+    for cell, a, b in self.groups:   # a cell's init and depth are static
+      def make(k, cell=cell):
+        _, p, st = nnx.split(self._make_model(k, cell), nnx.Param, nnx.BatchStat)
+        return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
+      parts.append(jax.vmap(make)(init_keys[a:b]))
+    params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
     m = self.num_members
+    extra = dict(stats=stats, best_stats=jax.tree_util.tree_map(jnp.copy, stats)
+                 ) if self.has_batch_norm else {}
     return dict(
+        **extra,
         params=params,
         opt_state=jax.vmap(self.tx.init)(params),
         best_params=jax.tree_util.tree_map(jnp.copy, params),
@@ -370,9 +488,9 @@ class Engine:
 
   # -- the pure, jitted parts ------------------------------------------------
 
-  def _member_losses(self, params, x, t, mask, mean, std, groups):
-    """Per-member batch losses (M,) and input validity (M,) for x (M, B, ...)."""
-    z = jax.vmap(self._apply)(params, x)
+  def _member_losses(self, params, stats, x, t, mask, mean, std, groups):
+    """Per-member batch losses (M,), input validity (M,) and new batch-norm stats, x (M, B, ...)."""
+    z, _, new_stats = self._forward(params, stats, x, groups, train=True, mask=mask)
     losses, valid = [], []
     for cell, a, b in groups:
       fn = self.loss_fns[cell]
@@ -385,7 +503,7 @@ class Engine:
       else:
         ok = jax.vmap(fn.valid_input)(z[a:b])                          # (S, B)
         valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
-    return jnp.concatenate(losses), jnp.concatenate(valid)
+    return jnp.concatenate(losses), jnp.concatenate(valid), new_stats
 
   def _epoch(self, state, data: TaskData, groups=None):
     """One epoch of every stacked member: (new state, per-member metrics).
@@ -408,18 +526,21 @@ class Engine:
     perms = perms.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
     masks = masks.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
     mean, std = data.target_mean, data.target_std
+    stats = state.get("stats", {})
+    nl = len(layer_names(self.max_depth))
 
-    def grad_fn(params, x, t, mask):
+    def grad_fn(params, stats, x, t, mask):
       def total(p):
-        l, v = self._member_losses(p, x, t, mask, mean, std, groups)
-        return jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0)), (l, v)
+        l, v, st = self._member_losses(p, stats, x, t, mask, mean, std, groups)
+        return jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0)), (l, v, st)
       return jax.grad(total, has_aux=True)(params)
 
     def step(carry, batch):
-      params, opt_state, active, status, status_epoch, loss_sum = carry
-      idx, mask = batch
+      (params, stats, opt_state, active, status, status_epoch, loss_sum, grad_sq,
+       grad_first) = carry
+      idx, mask, i = batch
       x, t = data.x_train[idx], data.t_train[idx]
-      grads, (loss, valid) = grad_fn(params, x, t, mask)
+      grads, (loss, valid, new_stats) = grad_fn(params, stats, x, t, mask)
       updates, new_opt = jax.vmap(self.tx.update)(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
       finite = jnp.isfinite(loss) & _all_finite_per_member(new_params)
@@ -427,69 +548,135 @@ class Engine:
       nonfinite_now = active & valid & ~finite
       apply = active & valid & finite
       params = _where_members(apply, new_params, params)
+      stats = _where_members(apply, new_stats, stats)
       opt_state = _where_members(apply, new_opt, opt_state)
       status = jnp.where(invalid_now, Status.INVALID, status)
       status = jnp.where(nonfinite_now, Status.NONFINITE, status)
       status_epoch = jnp.where(invalid_now | nonfinite_now, epoch, status_epoch)
       loss_sum = loss_sum + jnp.where(apply, loss, 0.0)
-      return (params, opt_state, apply, status, status_epoch, loss_sum), None
+      g2 = _layer_sq_norms(grads, self.max_depth)                      # (M, L)
+      grad_sq = grad_sq + jnp.where(apply[:, None], g2, 0.0)
+      grad_first = jnp.where(i == 0, jnp.sqrt(g2), grad_first)
+      return (params, stats, opt_state, apply, status, status_epoch, loss_sum, grad_sq,
+              grad_first), apply
 
-    carry = (state["params"], state["opt_state"], state["active"], state["status"],
-             state["status_epoch"], jnp.zeros((m,), jnp.float32))
-    carry, _ = jax.lax.scan(step, carry, (perms, masks))
-    params, opt_state, still, status, status_epoch, loss_sum = carry
+    zeros_ml = jnp.zeros((m, nl), jnp.float32)
+    carry = (state["params"], stats, state["opt_state"], state["active"], state["status"],
+             state["status_epoch"], jnp.zeros((m,), jnp.float32), zeros_ml, zeros_ml)
+    carry, applied = jax.lax.scan(step, carry, (perms, masks, jnp.arange(nb)))
+    params, stats, opt_state, still, status, status_epoch, loss_sum, grad_sq, grad_first = carry
     train_loss = loss_sum / nb
+    n_applied = jnp.sum(applied, axis=0)                                # (M,)
+    grad_norm = jnp.sqrt(grad_sq / jnp.maximum(n_applied, 1)[:, None])
 
-    valid_metric, n_inf = self._evaluate(params, data.x_valid, data.t_valid, mean, std, groups)
+    valid_metric, n_inf, diag = self._evaluate(params, stats, data.x_valid, data.t_valid,
+                                               mean, std, groups, diagnostics=True)
+    diag.update(grad_norm=grad_norm, grad_norm_first=grad_first,
+                param_norm=jnp.sqrt(_layer_sq_norms(params, self.max_depth)))
     score = valid_metric if self.task.higher_is_better else -valid_metric
     score = jnp.where(jnp.isnan(score), -jnp.inf, score)
     improved = still & (score > state["best_score"])
     best_score = jnp.where(improved, score, state["best_score"])
     best_epoch = jnp.where(improved, epoch, state["best_epoch"])
     best_params = _where_members(improved, params, state["best_params"])
+    extra = dict(stats=stats, best_stats=_where_members(improved, stats, state["best_stats"])
+                 ) if self.has_batch_norm else {}
     stop = still & (epoch - best_epoch >= cfg.patience)
     status = jnp.where(stop, Status.OK, status)
     status_epoch = jnp.where(stop, epoch, status_epoch)
     epochs_trained = jnp.where(still, epoch + 1, state["epochs_trained"])
     new_state = dict(
-        params=params, opt_state=opt_state, best_params=best_params,
+        **extra, params=params, opt_state=opt_state, best_params=best_params,
         best_score=best_score, best_epoch=best_epoch, active=still & ~stop,
         status=status, status_epoch=status_epoch, epochs_trained=epochs_trained,
         shuffle_keys=state["shuffle_keys"], epoch=epoch + 1)
     metrics = dict(train_loss=train_loss, valid_metric=valid_metric, n_infinite=n_inf,
-                   trained=still)
+                   trained=still, diag=diag)
     return new_state, metrics
 
-  def _evaluate(self, params, x, t, mean, std, groups=None):
-    """Metric (M,) and count of non-finite predictions (M,) of every member on (x, t).
+  def _test(self, params, x, t, mean, std, stats=None):
+    """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
+    return self._evaluate(params, {} if stats is None else stats, x, t, mean, std)[:2]
 
-    Runs in chunks of examples (`lax.map`) so memory stays bounded; the last
+  def _evaluate(self, params, stats, x, t, mean, std, groups=None, diagnostics=False):
+    """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).
+
+    Runs in chunks of examples (`lax.scan`) so memory stays bounded; the last
     chunk is padded and masked. `groups` as in `_epoch` (None: all members).
+    With `diagnostics`, the third value holds the valid-set entries of
+    `diagnostic_shapes` (saturated, dead, mean_abs_pre, spread,
+    argmax_minority), each (M, ...); else it is {}.
     """
     groups = self.groups if groups is None else groups
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
     n = x.shape[0]
+    c = t.shape[-1]
     chunk = int(max(8, min(n, self.config.eval_examples // m)))
     nc = -(-n // chunk)
     pad = nc * chunk - n
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((nc, chunk) + x.shape[1:])
     ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
     ms = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad)).reshape(nc, chunk)
+    width = model_lib.HIDDEN_WIDTH
+    cat = lambda xs: jnp.concatenate(xs, axis=0)
 
-    def one(args):
+    def one(carry, args):
       xc, tc, mc = args
-      z = jax.vmap(self._apply, in_axes=(0, None))(params, xc)         # (M, chunk, C)
-      scores, infs = [], []
+      z, pre, _ = self._forward(params, stats, xc, groups, train=False)  # (M, chunk, C)
+      scores, infs, outs = [], [], []
       for cell, a, b in groups:
         pred = predictions(cell, z[a:b], mean, std)
         s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
         scores.append(jnp.sum(s * mc, axis=1))
         bad = jnp.any(~jnp.isfinite(pred), axis=-1)
         infs.append(jnp.sum(bad * mc, axis=1))
-      return jnp.concatenate(scores), jnp.concatenate(infs)
+        outs.append(losses_lib.apply_head(cell.head, z[a:b]))
+      new = dict(score=carry["score"] + cat(scores), inf=carry["inf"] + cat(infs))
+      if diagnostics:
+        # Hidden units, on the pre-activations (M, D, chunk, width).
+        deriv = cat([model_lib.activation_derivative(hidden, pre[a:b])
+                     / self._max_derivative[hidden]
+                     for (hidden, _, _), a, b in _network_groups(groups)])   # (M, D, chunk, W)
+        w = mc[None, None, :, None]
+        new["sat"] = carry["sat"] + jnp.sum((deriv < SATURATION_RATIO) * w, axis=2)  # (M, D, W)
+        new["zero"] = carry["zero"] + jnp.sum((deriv == 0) * w, axis=2)
+        new["abs"] = carry["abs"] + jnp.sum(jnp.abs(pre) * w, axis=(2, 3))     # (M, D)
+        # Output moments per output, merged over chunks (Chan et al.'s update).
+        out = cat(outs)                                                        # (M, chunk, C)
+        wc = mc[None, :, None]
+        n_c = jnp.sum(mc)
+        mean_c = jnp.sum(out * wc, axis=1) / n_c
+        m2_c = jnp.sum(jnp.square(out - mean_c[:, None]) * wc, axis=1)
+        n_a = carry["n"]
+        delta = mean_c - carry["mean"]
+        new["n"] = n_a + n_c
+        new["mean"] = carry["mean"] + delta * n_c / new["n"]
+        new["m2"] = carry["m2"] + m2_c + jnp.square(delta) * n_a * n_c / new["n"]
+        new["hist"] = carry["hist"] + jnp.sum(
+            jax.nn.one_hot(jnp.argmax(out, axis=-1), c) * wc, axis=1)          # (M, C)
+      return new, None
 
-    sums, infs = jax.lax.map(one, (xs, ts, ms))
-    return sums.sum(0) / n, infs.sum(0).astype(jnp.int32)
+    d = self.max_depth
+    carry = dict(score=jnp.zeros((m,), jnp.float32), inf=jnp.zeros((m,), jnp.float32))
+    if diagnostics:
+      carry.update(sat=jnp.zeros((m, d, width)), zero=jnp.zeros((m, d, width)),
+                   abs=jnp.zeros((m, d)), n=jnp.zeros(()), mean=jnp.zeros((m, c)),
+                   m2=jnp.zeros((m, c)), hist=jnp.zeros((m, c)))
+    acc, _ = jax.lax.scan(one, carry, (xs, ts, ms))
+    metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
+    if not diagnostics:
+      return metric, n_inf, {}
+    target_spread = cat([jnp.full((b - a,), jnp.mean(jnp.std(
+        train_targets(cell, t, mean, std), axis=0))) for cell, a, b in groups])
+    spread = jnp.mean(jnp.sqrt(acc["m2"] / n), axis=1) / jnp.maximum(target_spread, 1e-12)
+    minority = (n - jnp.max(acc["hist"], axis=1)) / n
+    diag = dict(
+        saturated=jnp.mean(acc["sat"] >= SATURATION_SHARE * n, axis=2),
+        dead=jnp.mean(acc["zero"] == n, axis=2),
+        mean_abs_pre=acc["abs"] / (n * width),
+        spread=spread,
+        argmax_minority=minority if self.task.single_label else jnp.full((m,), jnp.nan))
+    return metric, n_inf, diag
 
   # -- the host loop -------------------------------------------------------
 
@@ -525,6 +712,8 @@ class Engine:
     hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_trained = np.zeros((cfg.max_epochs, m), bool)
     hist_inf = np.zeros((cfg.max_epochs, m), np.int64)
+    hist_diag = {name: np.full((cfg.max_epochs, m) + shape, np.nan, dtype)
+                 for name, (shape, dtype) in self.diagnostic_shapes().items()}
     epoch = 0
     self.compactions = 0
     if restore is not None:
@@ -534,6 +723,11 @@ class Engine:
         if saved.shape != h.shape or saved.dtype != h.dtype:
           raise ValueError(f"snapshot {name} is {saved.shape} {saved.dtype}, "
                            f"expected {h.shape} {h.dtype}")
+        h[...] = saved
+      for name, h in hist_diag.items():
+        saved = restore.hist_diag.get(name)
+        if saved is None or saved.shape != h.shape or saved.dtype != h.dtype:
+          raise ValueError(f"snapshot diagnostics {name} missing or of another shape")
         h[...] = saved
       restored = state_from_host(restore.state, state)
       layout = np.flatnonzero(np.asarray(restore.stacked, bool))
@@ -557,7 +751,8 @@ class Engine:
       return Snapshot(epoch=epoch, state=state_to_host(now), stacked=stacked,
                       compactions=self.compactions, hist_loss=hist_loss.copy(),
                       hist_valid=hist_valid.copy(), hist_trained=hist_trained.copy(),
-                      hist_inf=hist_inf.copy())
+                      hist_inf=hist_inf.copy(),
+                      hist_diag={k: v.copy() for k, v in hist_diag.items()})
 
     start = time.perf_counter()
     while epoch < cfg.max_epochs:
@@ -567,6 +762,8 @@ class Engine:
       hist_valid[epoch, layout] = host["valid_metric"]
       hist_trained[epoch, layout] = host["trained"]
       hist_inf[epoch, layout] = host["n_infinite"]
+      for name, value in host["diag"].items():
+        hist_diag[name][epoch, layout] = value
       active[layout] = host["active"]
       best[layout] = host["best"]
       epoch += 1
@@ -588,10 +785,11 @@ class Engine:
     state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
     self.final_state = state
     test_metric, test_inf = self._test_fn(state["best_params"], data.x_test, data.t_test,
-                                          data.target_mean, data.target_std)
+                                          data.target_mean, data.target_std,
+                                          state.get("best_stats"))
     return self._collect(jax.device_get(state), np.asarray(test_metric),
                          np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
-                         epoch)
+                         hist_diag, epoch)
 
   def _progress_line(self, epoch: int, host: dict, elapsed: float) -> str:
     sign = 1.0 if self.task.higher_is_better else -1.0
@@ -604,7 +802,7 @@ class Engine:
             + " | ".join(parts))
 
   def _collect(self, state, test_metric, test_inf, hist_loss, hist_valid, hist_trained,
-               hist_inf, epochs_run) -> list[MemberResult]:
+               hist_inf, hist_diag, epochs_run) -> list[MemberResult]:
     sign = 1.0 if self.task.higher_is_better else -1.0
     results = []
     for i, (cell, seed) in enumerate(self.members):
@@ -635,5 +833,30 @@ class Engine:
           valid_metric=[float(v) for v in hist_valid[:epochs_run, i][trained]],
           n_infinite_valid=n_inf_valid,
           n_infinite_test=int(test_inf[i]) if best_epoch >= 0 else 0,
+          diagnostics=self._member_diagnostics(cell, hist_diag, i, trained),
       ))
     return results
+
+  def _member_diagnostics(self, cell: Cell, hist_diag, i: int, trained) -> dict[str, Any]:
+    """Member i's diagnostics over the epochs it trained, as lists, cut to its depth.
+
+    Returns {"layers": names, name: [per-epoch value or per-layer list], ...},
+    values rounded to 4 significant digits (None for NaN).
+    """
+    n = len(trained)
+    keep_layers = list(range(3 + cell.depth)) + [3 + self.max_depth]
+    out: dict[str, Any] = {"layers": layer_names(cell.depth)}
+    for name, h in hist_diag.items():
+      v = h[:n, i][trained]
+      if v.ndim == 2:
+        v = v[:, keep_layers] if v.shape[1] == 4 + self.max_depth else v[:, :cell.depth]
+      out[name] = _round_list(v)
+    return out
+
+
+def _round_list(a: np.ndarray):
+  """A nested list of `a`'s values to 4 significant digits, NaN as None."""
+  if a.ndim == 0:
+    x = float(a)
+    return None if not np.isfinite(x) else float(f"{x:.4g}")
+  return [_round_list(v) for v in a]

@@ -3,6 +3,8 @@ r"""jaxact command line: train a study's cells over many seeds and report.
 Examples:
   python -m jaxact.main --task=binary --head=sigmoid --data_dir=../shared/data/mnist
   python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
+  python -m jaxact.main --study=activation --task=multiclass --init=torch,he,xavier
+  python -m jaxact.main --study=hidden --depth=1 --seeds=2      # seeds 002-004's claims
   python -m jaxact.report --workdir=/tmp/jaxact      # rebuild the report only
 
 Rerunning a command with the same --workdir resumes it: finished tasks are
@@ -27,7 +29,8 @@ from jaxact import train
 _TRISTATE = {"": None, "on": True, "off": False}
 
 _STUDY = flags.DEFINE_string(
-    "study", "activation", "activation (seed 000), loss (seed 001) or all.")
+    "study", "activation", "activation (seed 000), loss (seed 001), all (both), or hidden "
+    "(seeds 002-004: hidden activation x init x batch norm, and a depth sweep; multiclass).")
 _TASK = flags.DEFINE_list(
     "task", None, f"One or more (comma-separated) of {', '.join(tasks_lib.TASKS)}; default all.")
 _HEAD = flags.DEFINE_string("head", None, f"Only cells with this head ({', '.join(studies.HEADS)}).")
@@ -41,7 +44,20 @@ _CONVENTION = flags.DEFINE_string(
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell (members per cell).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first member seed.")
 _SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the shared 2,000/3,000 split.")
-_INIT = flags.DEFINE_string("init", "torch", f"Initialisation: {', '.join(model_lib.INITS)}.")
+_INIT = flags.DEFINE_list(
+    "init", None, f"Initialisation(s), of {', '.join(model_lib.INITS)}; default torch "
+    "(PyTorch's). Several train every cell under each, as members of one program. For "
+    "--study=hidden: keep only these rows.")
+_HIDDEN = flags.DEFINE_list(
+    "hidden", None, f"Hidden activation(s) of the dense layers, of "
+    f"{', '.join(model_lib.HIDDEN_ACTIVATIONS)}; default sigmoid (the original's). Sets or, "
+    "for --study=hidden, filters, like --init.")
+_BATCH_NORM = flags.DEFINE_string(
+    "batch_norm", "", "'on': batch norm in the dense hidden layers, 'off': without, '' "
+    "(default) without, or for --study=hidden both.")
+_DEPTH = flags.DEFINE_list(
+    "depth", None, "Number(s) of dense hidden layers (1-64); default 1 (the original's). Sets "
+    "or, for --study=hidden, filters, like --init.")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
 _COMPACT = flags.DEFINE_bool(
@@ -79,14 +95,24 @@ def config_from_flags() -> train.RunConfig:
     if task not in tasks_lib.TASKS:
       raise train.UserError(f"unknown --task {task!r}: choose one of "
                             f"{', '.join(tasks_lib.TASKS)}.")
+  try:
+    depth = tuple(int(d) for d in _DEPTH.value) if _DEPTH.value else None
+  except ValueError:
+    raise train.UserError(f"--depth takes whole numbers of dense hidden layers, e.g. "
+                          f"--depth=1,4,16, not {','.join(_DEPTH.value)!r}.") from None
+  bn = _tristate("batch_norm", _BATCH_NORM.value)
+  network = studies.NetworkChoice(
+      init=tuple(_INIT.value) if _INIT.value else None,
+      hidden=tuple(_HIDDEN.value) if _HIDDEN.value else None,
+      batch_norm=None if bn is None else (bn,), depth=depth)
   return train.RunConfig(
       study=study, task=tuple(_TASK.value) if _TASK.value else None, head=_HEAD.value, loss=_LOSS.value,
       norm=_tristate("norm", _NORM.value),
       sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
-      conventions=conventions, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
+      conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     init=_INIT.value, compact=_COMPACT.value))
+                                     compact=_COMPACT.value))
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -103,44 +103,122 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+HIDDEN_WIDTH = 64
+FEATURES = 4 * 4 * 64
+
+
+def activation_derivative(name: str, x: jax.Array) -> jax.Array:
+  """The elementwise derivative of hidden activation `name` at x (same shape as x)."""
+  fn = HIDDEN_ACTIVATIONS[name]
+  return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+
+
+def max_derivative(name: str) -> float:
+  """sup_x f'(x) of hidden activation `name`, measured on a fine grid of [-20, 20].
+
+  sigmoid 0.25; tanh, relu, leaky_relu, elu 1; gelu about 1.129, silu about
+  1.100, mish about 1.088. The saturation diagnostic compares f' with it.
+  """
+  grid = jnp.linspace(-20.0, 20.0, 400_001, dtype=jnp.float32)
+  return float(jnp.max(activation_derivative(name, grid)))
+
+
 class CNN(nnx.Module):
   """PROTOCOL's network; returns the pre-activation outputs z of shape (B, C).
+
+  The dense part can be deepened (`dense_layers` hidden layers of
+  `hidden_width` units) and given batch norm (dense -> BatchNorm ->
+  activation, PyTorch's momentum 0.1 and eps 1e-5) for the hidden-layer
+  study. For stacking members of different depths in one program, the model
+  can carry more layers than it uses (`max_dense_layers`); the spare layers
+  are initialised from a key drawn after every used layer, so the used
+  layers get the same values whatever `max_dense_layers` is.
 
   Args:
     num_outputs: C (regression 1, probability 1, binary 2, multiclass 10, multilabel 4).
     init: one of INITS (PyTorch's default by default).
     hidden_activation: activation of the dense hidden layer(s), one of
       HIDDEN_ACTIVATIONS (the original: sigmoid).
-    dense_layers: number of dense hidden layers of `hidden_width` units
-      (the original: 1).
+    dense_layers: number of dense hidden layers used (the original: 1).
     hidden_width: units per dense hidden layer (the original: 64).
+    batch_norm: whether the dense hidden layers use batch norm.
+    max_dense_layers: dense hidden layers carried (default `dense_layers`).
+    with_batch_norm: carry batch-norm layers even when `batch_norm` is off
+      (default `batch_norm`); they are then unused.
     rngs: NNX rngs with a `params` stream.
   """
 
   def __init__(self, num_outputs: int, *, init: str = "torch",
                hidden_activation: str = "sigmoid", dense_layers: int = 1,
-               hidden_width: int = 64, rngs: nnx.Rngs):
+               hidden_width: int = HIDDEN_WIDTH, batch_norm: bool = False,
+               max_dense_layers: int | None = None, with_batch_norm: bool | None = None,
+               rngs: nnx.Rngs):
     if hidden_activation not in HIDDEN_ACTIVATIONS:
       raise ValueError(f"unknown hidden activation {hidden_activation!r}: choose one of "
                        f"{', '.join(HIDDEN_ACTIVATIONS)}")
+    max_dense_layers = dense_layers if max_dense_layers is None else max_dense_layers
+    if not 1 <= dense_layers <= max_dense_layers:
+      raise ValueError(f"need 1 <= dense_layers ({dense_layers}) <= max_dense_layers "
+                       f"({max_dense_layers})")
+    with_batch_norm = batch_norm if with_batch_norm is None else with_batch_norm
+    if batch_norm and not with_batch_norm:
+      raise ValueError("batch_norm=True needs with_batch_norm=True")
     self.hidden_activation = hidden_activation
+    self.dense_layers = dense_layers
+    self.batch_norm = batch_norm
     self.conv1 = Conv3x3(1, 32, "SAME", init=init, rngs=rngs)
     self.conv2 = Conv3x3(32, 64, "VALID", init=init, rngs=rngs)
     self.conv3 = Conv3x3(64, 64, "VALID", init=init, rngs=rngs)
-    widths = [4 * 4 * 64] + [hidden_width] * dense_layers
-    self.hidden = nnx.List([_dense(a, b, init, rngs) for a, b in zip(widths[:-1], widths[1:])])
+    widths = [FEATURES] + [hidden_width] * dense_layers
+    used = [_dense(a, b, init, rngs) for a, b in zip(widths[:-1], widths[1:])]
     self.out = _dense(widths[-1], num_outputs, init, rngs)
+    spare = []
+    if max_dense_layers > dense_layers:
+      spare_rngs = nnx.Rngs(params=rngs.params())
+      spare = [_dense(hidden_width, hidden_width, init, spare_rngs)
+               for _ in range(max_dense_layers - dense_layers)]
+    self.hidden = nnx.List(used + spare)
+    self.norms = nnx.List([
+        nnx.BatchNorm(hidden_width, momentum=0.9, epsilon=1e-5, rngs=rngs)
+        for _ in range(max_dense_layers)]) if with_batch_norm else None
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: (B, 28, 28, 1) pixels in [-1, 1] -> z: (B, C)."""
+  def trunk(self, x: jax.Array) -> jax.Array:
+    """The convolutional part: x (B, 28, 28, 1) pixels in [-1, 1] -> features (B, 1024)."""
     x = max_pool_2x2(jax.nn.relu(self.conv1(x)))
     x = max_pool_2x2(jax.nn.relu(self.conv2(x)))
     x = jax.nn.relu(self.conv3(x))
-    x = x.reshape(x.shape[0], -1)
-    act = HIDDEN_ACTIVATIONS[self.hidden_activation]
-    for layer in self.hidden:
-      x = act(layer(x))
-    return self.out(x)
+    return x.reshape(x.shape[0], -1)
+
+  def dense(self, features: jax.Array, *, activation: str | None = None,
+            depth: int | None = None, batch_norm: bool | None = None, train: bool = False,
+            mask: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array]]:
+    """The dense part: features (B, 1024) -> (z (B, C), pre-activations [(B, width)] * depth).
+
+    Args:
+      features: the trunk's output.
+      activation, depth, batch_norm: override the model's own (used when
+        members of one program differ in them).
+      train: batch norm uses (and updates) the batch statistics; else the
+        running averages.
+      mask: (B,) bool, the real rows of a padded batch (batch statistics use
+        only them).
+    """
+    act = HIDDEN_ACTIVATIONS[activation or self.hidden_activation]
+    depth = self.dense_layers if depth is None else depth
+    batch_norm = self.batch_norm if batch_norm is None else batch_norm
+    x, pre = features, []
+    for i in range(depth):
+      h = self.hidden[i](x)
+      if batch_norm:
+        h = self.norms[i](h, use_running_average=not train,
+                          mask=None if mask is None else jnp.broadcast_to(mask[:, None], h.shape))
+      pre.append(h)
+      x = act(h)
+    return self.out(x), pre
+
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """x: (B, 28, 28, 1) pixels in [-1, 1] -> z: (B, C)."""
+    return self.dense(self.trunk(x), train=train)[0]
 
 
 def _dense(fan_in: int, fan_out: int, init: str, rngs: nnx.Rngs) -> nnx.Linear:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -30,7 +31,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jaxact import diagnostics as diagnostics_lib
 from jaxact import losses as losses_lib
+from jaxact import claims as claims_lib
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -66,7 +69,9 @@ MARK_MISUSED = "❌"
 _STUDY_TITLES = {
     "activation": "final-activation study (seed 000)",
     "loss": "loss study (seed 001)",
+    "hidden": "hidden-layer study (seeds 002-004)",
 }
+_KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}
 _STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
 _STATUS_TEXT = {"ok": "ok", "hit_cap": "hit cap", "nonfinite": "nonfinite",
                 "invalid": "invalid"}
@@ -345,7 +350,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
     cols = [_escape(cell.label), valid, valid_range, test, test_range,
             _mean_text(best), _mean_text([m.get("epochs_trained") for m in members]),
-            _status_counts(members), str(len(members))]
+            _status_counts(members), _diagnosis_counts(members), str(len(members))]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
@@ -354,7 +359,8 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
                  _original_text(study, cell, accuracy)))
   header = ["variant", f"best valid {unit} (mean ± std)", "[min – max]",
             f"test {unit} at best epoch (mean ± std)", "[min – max]",
-            "best epoch (1-based, mean)", "epochs trained (mean)", "status", "n seeds"]
+            "best epoch (1-based, mean)", "epochs trained (mean)", "status", "diagnosis",
+            "n seeds"]
   if with_marker:
     header.insert(0, " ")
   any_note = any(note for _, note, _ in body)
@@ -380,20 +386,34 @@ def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
           + sorted(c for c in present if c not in studies.CONVENTIONS))
 
 
+def _studies_of(result: dict, info: dict | None = None) -> tuple[str, ...]:
+  """The studies whose tables to show: the run's (results file, else run.json), else all."""
+  study = result.get("study") or ((info or {}).get("config") or {}).get("study")
+  if study in studies.STUDIES:
+    return (study,)
+  if study == "hidden":
+    return ("hidden",)
+  return ("activation", "loss") if study == "all" or study is None else studies.STUDIES
+
+
 def _study_tables(task: str, groups: dict[Cell, list[dict]],
-                  conventions: Sequence[str] | None = None):
+                  conventions: Sequence[str] | None = None,
+                  which: Sequence[str] = studies.STUDIES):
   """Yields (study, convention, [(cell, recommended, members)]) for every table of a task.
 
   `conventions` (default: those of the task's members) lets a workdir trained
   with both conventions show both tables for a task whose cells were all
   trained once because their loss is the same in both (regression).
   """
-  for study in studies.STUDIES:
+  for study in which:
     rows = studies.grid(study).get(task, [])
-    for conv in conventions or _conventions(groups):
+    variants = [None] if study == "hidden" else _network_variants(groups)
+    for conv, variant in itertools.product(conventions or _conventions(groups), variants):
       present = []
       for row in rows:
         cell = studies.with_convention(row.cell, conv)
+        if variant is not None:
+          cell = dataclasses.replace(cell, **variant)
         if cell in groups:
           present.append((cell, row.recommended, groups[cell]))
           continue
@@ -404,15 +424,66 @@ def _study_tables(task: str, groups: dict[Cell, list[dict]],
           if twin is not None:
             present.append((twin, row.recommended, groups[twin]))
       if present:
-        yield study, conv, present
+        yield study, conv, present, variant
 
 
-def _other_cells(task: str, groups: dict[Cell, list[dict]]) -> list[Cell]:
+_NETWORK_FIELDS = ("init", "hidden", "batch_norm", "depth")
+
+
+def _network_variants(groups: dict[Cell, list[dict]]) -> list[dict[str, Any]]:
+  """The networks of the cells present, as field dicts, PROTOCOL's first."""
+  seen = list(dict.fromkeys(tuple(getattr(c, f) for f in _NETWORK_FIELDS) for c in groups))
+  default = tuple(getattr(Cell("", "", ""), f) for f in _NETWORK_FIELDS)
+  seen.sort(key=lambda v: v != default)
+  return [dict(zip(_NETWORK_FIELDS, v)) for v in seen]
+
+
+def _is_default(variant: dict[str, Any] | None) -> bool:
+  default = Cell("", "", "")
+  return not variant or all(variant[f] == getattr(default, f) for f in _NETWORK_FIELDS)
+
+
+def _variant_title(variant: dict[str, Any]) -> str:
+  """', he init, relu hidden' for a network other than PROTOCOL's, '' for PROTOCOL's."""
+  label = Cell("", "", "", **variant).label
+  return ", " + label[label.index("(") + 1:-1] if "(" in label else ""
+
+
+def _diagnosis_counts(members: list[dict]) -> str:
+  """'collapsed 3' or 'healthy 2, no learning 1' from the members' diagnoses; '' if none."""
+  diags = [m["diagnosis"] for m in members if isinstance(m.get("diagnosis"), dict)]
+  counts = diagnostics_lib.count_kinds(diags)
+  return ", ".join(f"{_KIND_TEXT.get(k, k)} {n}" for k, n in counts.items())
+
+
+def _diagnoses_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
+  """One line per cell with a failure: its kinds and one seed's evidence per kind."""
+  lines = []
+  for cell, members in groups.items():
+    by_kind: dict[str, list[dict]] = {}
+    for m in members:
+      d = m.get("diagnosis")
+      if isinstance(d, dict) and d.get("kind") in diagnostics_lib.FAILURES:
+        by_kind.setdefault(d["kind"], []).append(m)
+    for kind, ms in by_kind.items():
+      lines.append(f"- **{_escape(cell.label)}**: {_KIND_TEXT[kind]} in {len(ms)}/{len(members)} "
+                   f"seeds. Seed {ms[0].get('seed', '?')}: {_escape(ms[0]['diagnosis']['evidence'])}.")
+  if not lines:
+    return []
+  return [f"### {task}: diagnoses of the failing cells", "",
+          "Measured in the training program (see *How to read*); one seed's evidence per "
+          "cell and kind.", ""] + lines + [""]
+
+
+def _other_cells(task: str, groups: dict[Cell, list[dict]],
+                 which: Sequence[str] = studies.STUDIES) -> list[Cell]:
   on_grid = set()
-  for study in studies.STUDIES:
+  for study in which:
+    variants = [{}] if study == "hidden" else _network_variants(groups)
     for row in studies.grid(study).get(task, []):
       for conv in set(_conventions(groups)) | set(studies.CONVENTIONS):
-        on_grid.add(studies.with_convention(row.cell, conv))
+        for v in variants:
+          on_grid.add(dataclasses.replace(studies.with_convention(row.cell, conv), **v))
   return [c for c in groups if c not in on_grid]
 
 
@@ -512,15 +583,25 @@ def render_markdown(workdir: str) -> str:
     for key, name in (("command", "Made by"), ("machine", "Machine")):
       if result.get(key) and result.get(key) != info.get(key):
         lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
-    for study, conv, rows in _study_tables(task, groups, workdir_conventions):
+    which = _studies_of(result, info)
+    for study, conv, rows, variant in _study_tables(task, groups, workdir_conventions, which):
       title = _STUDY_TITLES.get(study, f"{study} study")
-      lines += [f"### {task}: {title}, {conv} convention", ""]
+      net = "" if not variant else _variant_title(variant)
+      lines += [f"### {task}: {title}, {conv} convention{net}", ""]
       lines += _table(rows, task, result, study) + [""]
-    others = _other_cells(task, groups)
+    others = _other_cells(task, groups, which)
     if others:
       lines += [f"### {task}: Other cells (in no study grid)", ""]
       lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
+    lines += _diagnoses_section(task, groups)
+    claims = claims_lib.hidden_claims(groups, result)
+    if claims:
+      lines += claims_lib.render(claims) + [""]
     lines += [f"![valid curves](curves_{task}.png)", ""]
+    if any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values() for m in ms):
+      lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
+    if claims_lib.depth_sweep(groups):
+      lines += [f"![gradient norm per layer against depth](gradients_depth_{task}.png)", ""]
   lines += _how_to_read(results)
   return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -541,7 +622,9 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
     groups = _group_members(result)
     accuracy = _is_accuracy(result, task)
     unit = "%" if accuracy else " MSE"
-    for s, conv, rows in _study_tables(task, groups, [convention]):
+    for s, conv, rows, variant in _study_tables(task, groups, [convention]):
+      if not _is_default(variant):
+        continue   # the summary shows PROTOCOL's network
       if s != study or conv != convention:
         continue
       for cell, recommended, members in rows:
@@ -556,16 +639,17 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
   return "\n".join(lines) + "\n"
 
 
-def _plot_cells(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[Cell, bool | None]]:
+def _plot_cells(task: str, groups: dict[Cell, list[dict]],
+                which: Sequence[str] = studies.STUDIES) -> list[tuple[Cell, bool | None]]:
   """Every cell of the task once, in table order, with its recommendation (or None)."""
   out: list[tuple[Cell, bool | None]] = []
   seen = set()
-  for _, _, rows in _study_tables(task, groups):
+  for _, _, rows, _ in _study_tables(task, groups, which=which):
     for cell, recommended, _ in rows:
       if cell not in seen:
         seen.add(cell)
         out.append((cell, recommended))
-  return out + [(c, None) for c in _other_cells(task, groups)]
+  return out + [(c, None) for c in _other_cells(task, groups, which)]
 
 
 def _truncate(text: str, n: int = _COMMAND_CHARS) -> str:
@@ -662,7 +746,7 @@ def plot_curves(workdir: str) -> list[str]:
   paths = []
   for task, result in results.items():
     groups = _group_members(result)
-    cells = _plot_cells(task, groups)
+    cells = _plot_cells(task, groups, _studies_of(result, info))
     accuracy = _is_accuracy(result, task)
     n = max(len(cells), 1)
     ncols = min(4, n)
@@ -687,6 +771,126 @@ def plot_curves(workdir: str) -> list[str]:
       plt.close(fig)
     paths.append(path)
   return paths
+
+
+def _mean_history(members: list[dict], name: str, layer: int | None = 0) -> np.ndarray:
+  """(max epochs,) mean over seeds of a per-epoch diagnostic (layer `layer` if per-layer)."""
+  rows = []
+  for m in members:
+    h = (m.get("diagnostics") or {}).get(name) or []
+    rows.append([np.nan if v is None else (_as_float(v[layer]) if layer is not None and
+                                           isinstance(v, list) else _as_float(v)) for v in h])
+  n = max((len(r) for r in rows), default=0)
+  mat = np.full((len(rows), n), np.nan)
+  for i, r in enumerate(rows):
+    mat[i, :len(r)] = r
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(mat, axis=0) if n else np.zeros((0,))
+
+
+def _saturation_cells(groups: dict[Cell, list[dict]]) -> list[Cell]:
+  """The cells to draw: all if at most 12, else the depth-1, no-batch-norm, torch-init ones
+  plus every cell with a failure diagnosis."""
+  cells = list(groups)
+  if len(cells) <= 12:
+    return cells
+  def failing(c):
+    return any((m.get("diagnosis") or {}).get("kind") in diagnostics_lib.FAILURES
+               for m in groups[c])
+  keep = [c for c in cells if (c.depth == 1 and not c.batch_norm and c.init == "torch")]
+  return keep + [c for c in cells if c not in keep and failing(c)][:12]
+
+
+def plot_diagnostics(workdir: str) -> list[str]:
+  """Writes saturation_<task>.png per task and gradients_depth_<task>.png where a depth sweep ran.
+
+  saturation: per cell, the mean over seeds of the saturated fraction of hidden
+  layer 1's units on the valid set, and of the output spread (1 = as varied as
+  the targets, 0 = a constant predictor), per epoch. gradients_depth: for each
+  activation and init of the depth sweep, the gradient norm of every layer at
+  initialisation (first batch, median over seeds) for each depth.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  results = load_results(workdir)
+  command = load_run_info(workdir).get("command") or "unknown command (no run.json)"
+  paths = []
+  for task, result in results.items():
+    groups = _group_members(result)
+    if not any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values()
+               for m in ms):
+      continue
+    fig, (ax_s, ax_o) = plt.subplots(1, 2, figsize=(13, 5))
+    try:
+      for i, cell in enumerate(_saturation_cells(groups)):
+        style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], linewidth=1.2)
+        kinds = diagnostics_lib.count_kinds(
+            [m["diagnosis"] for m in groups[cell] if isinstance(m.get("diagnosis"), dict)])
+        label = f"{cell.label} [{', '.join(_KIND_TEXT[k] for k in kinds)}]"
+        sat = _mean_history(groups[cell], "saturated")
+        ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
+        spread = _mean_history(groups[cell], "spread", None)
+        ax_o.plot(np.arange(1, spread.size + 1), np.maximum(spread, 1e-6), **style)
+      ax_s.set(xlabel="epoch", ylabel="saturated fraction of hidden layer 1",
+               ylim=(-0.03, 1.03), title="hidden units saturated (valid set)")
+      ax_o.set(xlabel="epoch", ylabel="output spread / target spread", yscale="log",
+               title="output spread across inputs (low = constant predictor)")
+      fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
+      fig.suptitle(f"{task}: hidden-unit saturation and output spread, mean over seeds\n"
+                   f"made by: {_truncate(command)}", fontsize=10)
+      n_leg = len(_saturation_cells(groups))
+      fig.tight_layout(rect=(0, min(0.45, 0.035 * math.ceil(n_leg / 2) + 0.02), 1, 0.93))
+      path = os.path.join(workdir, f"saturation_{task}.png")
+      atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+      paths.append(path)
+    finally:
+      plt.close(fig)
+    sweep = claims_lib.depth_sweep(groups)
+    if sweep:
+      paths.append(_plot_gradients_depth(workdir, task, sweep, command, plt))
+  return paths
+
+
+def _plot_gradients_depth(workdir, task, sweep, command, plt) -> str:
+  hiddens = list(dict.fromkeys(h for h, _ in sweep))
+  inits = ["torch", "matched"]
+  fig, axes = plt.subplots(2, len(hiddens), figsize=(max(8.0, 2.6 * len(hiddens)), 6.0), squeeze=False,
+                           sharey=True)
+  try:
+    for j, h in enumerate(hiddens):
+      for i, which in enumerate(inits):
+        init = "torch" if which == "torch" else studies.matched_init(h)
+        ax = axes[i, j]
+        ax.set_title(f"{h}, {init} init", fontsize=8)
+        by_depth = sweep.get((h, init)) or {}
+        for k, (depth, members) in enumerate(by_depth.items()):
+          firsts = [((m.get("diagnostics") or {}).get("grad_norm_first") or [None])[0]
+                    for m in members]
+          firsts = [np.array([np.nan if v is None else v for v in f]) for f in firsts if f]
+          if not firsts:
+            continue
+          g = np.nanmedian(np.stack(firsts), axis=0)[3:]      # hidden1 .. hiddenD, out
+          ax.plot(np.arange(1, g.size + 1), np.maximum(g, 1e-30), marker=".", markersize=3,
+                  linewidth=1, color=f"C{k}", label=f"depth {depth}")
+        ax.set_yscale("log")
+        ax.set_xscale("log", base=2)
+        ax.tick_params(labelsize=7)
+        if i == 1:
+          ax.set_xlabel("dense layer (1 = first hidden, last = output)", fontsize=7)
+        if j == 0:
+          ax.set_ylabel("gradient norm at init", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    fig.suptitle(f"{task}: per-layer gradient norm at initialisation (first batch, median "
+                 f"over seeds) against depth\nmade by: {_truncate(command)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    path = os.path.join(workdir, f"gradients_depth_{task}.png")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
+  finally:
+    plt.close(fig)
+  return path
 
 
 # ---------------------------------------------------------------------------
@@ -717,6 +921,7 @@ def write_report(workdir: str) -> str:
   """Writes WORKDIR/report.md (atomically) and the curve PNGs; returns the report's path."""
   text = render_markdown(workdir)
   plot_curves(workdir)
+  plot_diagnostics(workdir)
   path = os.path.join(workdir, "report.md")
   atomic_write(path, lambda f: f.write(text))
   return path

@@ -14,10 +14,14 @@ from typing import Iterable, Sequence
 from jaxact import losses as losses_lib
 from jaxact import tasks as tasks_lib
 
-STUDIES = ("activation", "loss")
+STUDIES = ("activation", "loss", "hidden")
 HEADS = ("none", "relu", "sigmoid", "softmax")
 LOSSES = ("cce", "bce", "bce_logits", "mse", "mae", "rmse")
 CONVENTIONS = ("torch", "logits")
+INITS = ("torch", "flax", "he", "xavier")                 # = model.INITS
+HIDDEN = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "mish")
+DEPTHS = (1, 2, 4, 8, 16, 32)                             # the hidden study's depth sweep
+MAX_DEPTH = 64
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -32,6 +36,12 @@ class Cell:
     sigmoid_method: regression only: the "sigmoid method" of seed 000 (sigmoid
       on targets and on the output, logit of the output to predict).
     convention: "torch" (PROTOCOL section 6) or "logits".
+    init: the parameter initialisation, one of INITS (PROTOCOL: torch).
+    hidden: the dense hidden layers' activation, one of HIDDEN (PROTOCOL: sigmoid).
+    batch_norm: batch norm in the dense hidden layers (PROTOCOL: none).
+    depth: the number of dense hidden layers (PROTOCOL: 1).
+  The last four describe the network; the key and label name them only
+  where they differ from PROTOCOL's network.
   """
   task: str
   head: str
@@ -39,6 +49,28 @@ class Cell:
   norm: bool = False
   sigmoid_method: bool = False
   convention: str = "torch"
+  init: str = "torch"
+  hidden: str = "sigmoid"
+  batch_norm: bool = False
+  depth: int = 1
+
+  @property
+  def network(self) -> tuple[str, bool, int]:
+    """What the dense part computes with: (hidden, batch_norm, depth)."""
+    return (self.hidden, self.batch_norm, self.depth)
+
+  def _network_parts(self) -> list[tuple[str, str]]:
+    """(key part, label part) for each network field that differs from PROTOCOL's."""
+    parts = []
+    if self.init != "torch":
+      parts.append((f"init={self.init}", f"{self.init} init"))
+    if self.hidden != "sigmoid":
+      parts.append((f"hidden={self.hidden}", f"{self.hidden} hidden"))
+    if self.batch_norm:
+      parts.append(("bn", "batch norm"))
+    if self.depth != 1:
+      parts.append((f"depth={self.depth}", f"depth {self.depth}"))
+    return parts
 
   @property
   def key(self) -> str:
@@ -50,6 +82,7 @@ class Cell:
         parts.append("sigmoid_method")
     if self.convention != "torch":
       parts.append(self.convention)
+    parts += [k for k, _ in self._network_parts()]
     return "/".join(parts)
 
   @property
@@ -63,20 +96,68 @@ class Cell:
       text += ", standardised" if self.norm else ", raw targets"
     if self.convention != "torch":
       text += f" [{self.convention}]"
+    net = [label for _, label in self._network_parts()]
+    if net:
+      text += " (" + ", ".join(net) + ")"
     return text
+
+  @property
+  def network_label(self) -> str:
+    """The network alone, e.g. 'relu hidden, he init, batch norm, depth 4'."""
+    return ", ".join([f"{self.hidden} hidden", f"{self.init} init"]
+                     + (["batch norm"] if self.batch_norm else [])
+                     + ([f"depth {self.depth}"] if self.depth != 1 else []))
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, d: dict) -> "Cell":
-    return cls(**d)
+    return cls(**d)   # results written before the network fields get their defaults
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
   cell: Cell
-  recommended: bool
+  recommended: bool | None   # None: the study recommends nothing (the hidden study)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkChoice:
+  """The user's network flags: for each field, the values asked for (None: not given).
+
+  For the activation and loss studies, the values given SET the network:
+  every cell is trained once per combination (e.g. init=("torch", "he")
+  trains every cell under both). For the hidden study, they FILTER its rows.
+  """
+  init: tuple[str, ...] | None = None
+  hidden: tuple[str, ...] | None = None
+  batch_norm: tuple[bool, ...] | None = None
+  depth: tuple[int, ...] | None = None
+
+  def check(self) -> None:
+    """Raises ValueError naming an unknown value and the choices."""
+    for name, values, allowed in (("init", self.init, INITS), ("hidden", self.hidden, HIDDEN)):
+      for v in values or ():
+        if v not in allowed:
+          raise ValueError(f"unknown --{name} {v!r}: choose one or more of {', '.join(allowed)}.")
+    for d in self.depth or ():
+      if not isinstance(d, int) or not 1 <= d <= MAX_DEPTH:
+        raise ValueError(f"--depth takes numbers of dense hidden layers from 1 to {MAX_DEPTH}, "
+                         f"got {d!r}.")
+
+  def variants(self, cell: Cell) -> list[Cell]:
+    """`cell` under every combination of the values given (fields not given kept)."""
+    out = [cell]
+    for name in ("init", "hidden", "batch_norm", "depth"):
+      values = getattr(self, name)
+      if values:
+        out = [dataclasses.replace(c, **{name: v}) for c in out for v in dict.fromkeys(values)]
+    return out
+
+  def admits(self, cell: Cell) -> bool:
+    return all(getattr(self, n) is None or getattr(cell, n) in getattr(self, n)
+               for n in ("init", "hidden", "batch_norm", "depth"))
 
 
 def _rows(task: str, recommended: Iterable[tuple], misused: Iterable[tuple]) -> list[Row]:
@@ -133,11 +214,36 @@ def loss_grid() -> dict[str, list[Row]]:
   }
 
 
+def hidden_grid() -> dict[str, list[Row]]:
+  """The hidden-layer study (seeds 002-004), on multiclass with softmax + cce.
+
+  Two parts, all rows of one program:
+  - every hidden activation x initialisation {he, xavier, torch} x batch norm
+    {off, on}, PROTOCOL's depth 1;
+  - the depth sweep: every hidden activation at depths DEPTHS[1:] (depth 1 is
+    in the first part), under PyTorch's default init and under the init the
+    seeds recommend for it (matched_init), no batch norm.
+  Rows are neither recommended nor misused (recommended=None).
+  """
+  rows = [Row(Cell("multiclass", "softmax", "cce", init=init, hidden=h, batch_norm=bn), None)
+          for h in HIDDEN for init in ("he", "xavier", "torch") for bn in (False, True)]
+  rows += [Row(Cell("multiclass", "softmax", "cce", init=init, hidden=h, depth=d), None)
+           for h in HIDDEN for init in ("torch", matched_init(h)) for d in DEPTHS[1:]]
+  return {"multiclass": rows}
+
+
+def matched_init(hidden: str) -> str:
+  """The initialisation seeds 002-004 recommend: Xavier for sigmoid / tanh, He for the ReLU family."""
+  return "xavier" if hidden in ("sigmoid", "tanh") else "he"
+
+
 def grid(study: str) -> dict[str, list[Row]]:
   if study == "activation":
     return activation_grid()
   if study == "loss":
     return loss_grid()
+  if study == "hidden":
+    return hidden_grid()
   raise ValueError(f"unknown study {study!r}: choose one of {', '.join(STUDIES)}, or 'all'")
 
 
@@ -181,12 +287,14 @@ def check_cell(cell: Cell) -> None:
     raise ValueError(
         f"the sigmoid method puts a sigmoid on the output, so it needs --head=sigmoid, "
         f"not {cell.head!r}.")
+  NetworkChoice(init=(cell.init,), hidden=(cell.hidden,), depth=(cell.depth,)).check()
 
 
 def select_cells(study: str | None, task: str | Sequence[str] | None, head: str | None = None,
                  loss: str | None = None, norm: bool | None = None,
                  sigmoid_method: bool | None = None,
-                 conventions: Sequence[str] = ("torch",)) -> dict[str, list[Cell]]:
+                 conventions: Sequence[str] = ("torch",),
+                 network: NetworkChoice = NetworkChoice()) -> dict[str, list[Cell]]:
   """The cells to train, per task, for a user's flags.
 
   With no head/loss/norm/sigmoid_method filter: every cell of the study (or of
@@ -195,17 +303,30 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
   if head AND loss are both given and no grid cell matches, that off-grid cell
   is run (after check_cell) with the reference.
 
+  `network` sets the network of the activation / loss studies' cells (every
+  cell once per combination) and filters the hidden study's rows; see
+  NetworkChoice. "all" means the activation and loss studies (the hidden
+  study is a separate question: ask for it by name).
+
   Returns:
     task -> cells, in grid order, each cell once, for every convention given.
   """
-  studies = STUDIES if study in (None, "all") else (study,)
+  network.check()
+  studies = ("activation", "loss") if study in (None, "all") else (study,)
   for s in studies:
     grid(s)  # validates the name
+  in_grids = {t for s in studies for t in grid(s)}
   if task is None:
-    wanted_tasks = tasks_lib.TASKS
+    wanted_tasks = tuple(t for t in tasks_lib.TASKS if t in in_grids)
   else:
     names = (task,) if isinstance(task, str) else tuple(task)
     wanted_tasks = tuple(tasks_lib.get_task(t).name for t in names)
+    missing = [t for t in wanted_tasks if t not in in_grids]
+    if missing:
+      raise ValueError(
+          f"the {'/'.join(studies)} study has no {', '.join(missing)} task: it trains "
+          f"{', '.join(t for t in tasks_lib.TASKS if t in in_grids)}. Drop --task or choose "
+          "another --study.")
   if norm is not None or sigmoid_method is not None:
     if task is None:
       wanted_tasks = ("regression",)
@@ -222,14 +343,17 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
   for t in wanted_tasks:
     cells: list[Cell] = []
     for s in studies:
-      for row in grid(s)[t]:
+      for row in grid(s).get(t, ()):
         c = row.cell
         if filtered and not ((head is None or c.head == head) and (loss is None or c.loss == loss)
                              and (norm is None or c.norm == norm)
                              and (sigmoid_method is None or c.sigmoid_method == sigmoid_method)):
           continue
-        if c not in cells:
-          cells.append(c)
+        for v in ([c] if s == "hidden" else network.variants(c)):
+          if s == "hidden" and not network.admits(v):
+            continue
+          if v not in cells:
+            cells.append(v)
     if filtered and not cells:
       if head is None or loss is None:
         raise ValueError(
@@ -238,11 +362,17 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
       off = Cell(t, head, loss, bool(norm) if t == "regression" else False,
                  bool(sigmoid_method) if t == "regression" else False)
       check_cell(off)
-      cells.append(off)
+      cells.extend(network.variants(off))
     if filtered:
-      ref = recommended_cell(t)
-      if ref not in cells:
-        cells.insert(0, ref)
+      for ref in reversed(network.variants(recommended_cell(t))):
+        if ref not in cells:
+          cells.insert(0, ref)
+    if not cells:
+      raise ValueError(
+          f"no cell of the {'/'.join(studies)} grid for task {t!r} matches the network flags "
+          f"(--init/--hidden/--batch_norm/--depth): the hidden study's depth sweep has no "
+          f"batch norm and uses torch init and the matched init (xavier for sigmoid/tanh, he "
+          f"otherwise); its depths are {', '.join(map(str, DEPTHS))}.")
     # A cell whose loss is the same in both conventions is trained once, under
     # the first convention asked for, and reported in every convention's table.
     out[t] = [with_convention(c, conv) for i, conv in enumerate(conventions) for c in cells

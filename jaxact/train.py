@@ -29,7 +29,7 @@ from absl import logging
 from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
-from jaxact import model as model_lib
+from jaxact import diagnostics as diagnostics_lib
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -50,6 +50,9 @@ class RunConfig:
     head, loss, norm, sigmoid_method: optional filters on the grid (see
       studies.select_cells); None means "any".
     conventions: loss conventions to train, e.g. ("torch",) or ("torch", "logits").
+    network: the network flags (--init, --hidden, --batch_norm, --depth):
+      they set the network of the activation / loss studies' cells and
+      filter the hidden study's (studies.NetworkChoice).
     seeds: number of seeds per cell; the seeds are first_seed .. first_seed + seeds - 1.
     split_seed: the seed of the shared 2,000 / 3,000 split.
     data_dir: directory with the four MNIST IDX files, or None for the tfds download.
@@ -63,6 +66,7 @@ class RunConfig:
   norm: bool | None = None
   sigmoid_method: bool | None = None
   conventions: tuple[str, ...] = ("torch",)
+  network: studies.NetworkChoice = studies.NetworkChoice()
   seeds: int = 3
   first_seed: int = 0
   split_seed: int = 0
@@ -85,18 +89,14 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
     raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
   if e.patience < 1:
     raise UserError(f"--patience must be positive, got {e.patience}.")
-  if e.init not in model_lib.INITS:
-    raise UserError(f"unknown --init {e.init!r}: choose one of {', '.join(model_lib.INITS)}.")
-  if e.hidden_activation not in model_lib.HIDDEN_ACTIVATIONS:
-    raise UserError(f"unknown hidden activation {e.hidden_activation!r}: choose one of "
-                    f"{', '.join(model_lib.HIDDEN_ACTIVATIONS)}.")
   for conv in config.conventions:
     if conv not in studies.CONVENTIONS:
       raise UserError(f"unknown convention {conv!r}: choose one of "
                       f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
   try:
     cells = studies.select_cells(config.study, config.task, config.head, config.loss,
-                                 config.norm, config.sigmoid_method, config.conventions)
+                                 config.norm, config.sigmoid_method, config.conventions,
+                                 config.network)
   except ValueError as err:
     raise UserError(str(err)) from None
   seeds = range(config.first_seed, config.first_seed + config.seeds)
@@ -162,10 +162,18 @@ def member_record(result: engine_lib.MemberResult) -> dict:
   return d
 
 
+def diagnosed_record(result: engine_lib.MemberResult, task: str, chance: float | None,
+                     ceiling: float | None) -> dict:
+  """`member_record` with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
+  record = member_record(result)
+  record["diagnosis"] = diagnostics_lib.classify(record, task, chance, ceiling).to_dict()
+  return record
+
+
 def member_from_record(record: dict) -> engine_lib.MemberResult:
   """The inverse of `member_record`."""
   names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
-  values = {n: record[n] for n in names if n != "cell"}
+  values = {n: record[n] for n in names if n != "cell" and n in record}
   return engine_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
 
 
@@ -207,7 +215,8 @@ def remove_run_outputs(workdir: str) -> None:
   for name in os.listdir(results) if os.path.isdir(results) else ():
     if name.endswith(".json"):
       os.unlink(os.path.join(results, name))
-  for name in ["report.md"] + [f"curves_{t}.png" for t in tasks_lib.TASKS]:
+  for name in ["report.md"] + [f"{kind}_{t}.png" for t in tasks_lib.TASKS
+                              for kind in ("curves", "saturation", "gradients_depth")]:
     if os.path.exists(os.path.join(workdir, name)):
       os.unlink(os.path.join(workdir, name))
 
@@ -368,15 +377,19 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       checkpointer.close()   # waits for pending saves, also on errors and interrupts
     wall = checkpointer.elapsed()
     t = tasks_lib.get_task(task)
+    chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.y_valid))
+    ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
+        tasks_lib.make_targets(task, split.y_test)) if task == "multilabel" else None)
     write_json_atomic(results_path, {
-        "task": task, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
-        "init": config.engine.init, "split_seed": config.split_seed,
+        "task": task, "study": config.study, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
+        "split_seed": config.split_seed,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience, "wall_time_s": round(wall, 2),
         # Layouts compiled in earlier sessions count once; the one resumed in is traced again.
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
-        "members": [member_record(r) for r in results],
+        "chance_valid": chance, "softmax_ceiling_test": ceiling,
+        "members": [diagnosed_record(r, task, chance, ceiling) for r in results],
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)

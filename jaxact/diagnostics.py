@@ -1,0 +1,246 @@
+"""Why a member failed, from what the engine measured: a classification with its evidence.
+
+The engine records, per member and epoch, per-layer gradient and parameter
+norms, the saturated / dead fraction of each hidden layer's units on the
+valid set, the spread of the outputs across inputs and how often their argmax
+changes (`engine.Engine.diagnostic_shapes` defines each). This module turns a
+finished member's record into one `Diagnosis`: a kind from KINDS and one
+sentence of evidence with the numbers. It is plain Python on host data, so a
+results file can be diagnosed again without training.
+
+Kinds, checked in this order (the first that applies wins):
+  invalid             the loss refused its input (PyTorch raised).
+  nonfinite           the loss or the parameters became NaN / inf.
+  no_gradient         every layer's gradient is exactly 0 in every epoch.
+  vanishing_gradient  at chance level, and at initialisation the gradient
+                      reaching the first layer is < VANISHING_RATIO of the
+                      output layer's.
+  collapsed           the best-epoch weights give a constant predictor (output
+                      spread < COLLAPSE_SPREAD of the targets', or one argmax
+                      for every valid example).
+  ceiling             a multi-label task with a softmax head: at most one
+                      label can be predicted (the data give the best possible
+                      accuracy).
+  unbounded_loss      the training loss went below 0 (a loss that is >= 0 on
+                      its intended targets is unbounded below on these).
+  no_learning         the best valid metric is at chance level.
+  hit_cap             still improving at the epoch cap.
+  healthy             none of the above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxact import losses as losses_lib
+from jaxact import tasks as tasks_lib
+from jaxact.studies import Cell
+
+KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "collapsed", "ceiling",
+         "unbounded_loss", "no_learning", "hit_cap", "healthy")
+FAILURES = KINDS[:-2]          # hit_cap and healthy are not failures
+VANISHING_RATIO = 1e-3
+COLLAPSE_SPREAD = 0.01
+CHANCE_MARGIN = 0.02           # accuracy within 2 points of chance is "at chance"
+CHANCE_MSE_SHARE = 0.95        # an MSE above 95% of the constant predictor's is "at chance"
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+  kind: str
+  evidence: str
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def multilabel_softmax_ceiling(targets: np.ndarray) -> float:
+  """The best accuracy (mean over labels) of predictions with at most one positive label.
+
+  Softmax outputs sum to 1, so after rounding at most one of them can be 1
+  (two can be exactly 0.5, which rounds to 0). For each example the best such
+  prediction is either all-zero or one-hot on a positive label; this returns
+  the mean over examples of the best of those.
+
+  Args:
+    targets: (N, K) 0/1 labels.
+
+  Returns:
+    The ceiling, in [0, 1].
+  """
+  t = np.asarray(targets, np.float64)
+  k = t.shape[1]
+  zeros = (t == 0).sum(axis=1)                       # all-zero prediction gets these right
+  one_hot = zeros[:, None] + np.where(t == 1, 1, -1)  # predicting label j: +1 if positive, -1 if not
+  best = np.maximum(zeros, one_hot.max(axis=1))
+  return float(np.mean(best / k))
+
+
+def chance_level(task: str, targets: np.ndarray) -> float:
+  """The metric of the best constant predictor on `targets` (N, C), e.g. the majority class share.
+
+  regression: the MSE of predicting the mean (the variance); probability and
+  multilabel: the mean over labels of the majority value's share; binary and
+  multiclass: the most frequent class's share.
+  """
+  t = np.asarray(targets, np.float64)
+  if task == "regression":
+    return float(np.var(t))
+  if task in ("binary", "multiclass"):
+    return float(np.max(np.bincount(t.argmax(axis=1), minlength=t.shape[1])) / len(t))
+  return float(np.mean(np.maximum(t.mean(axis=0), 1 - t.mean(axis=0))))
+
+
+def loss_floor(cell: Cell, num_outputs: int) -> float | None:
+  """The least value the cell's training loss can take, where it is above 0; else None.
+
+  The torch convention's cce on softmax or sigmoid outputs (a softmax over
+  bounded outputs) cannot go below losses.double_softmax_floor(C).
+  """
+  if (cell.convention == "torch" and cell.loss == "cce" and cell.head in ("softmax", "sigmoid")
+      and num_outputs > 1):
+    return losses_lib.double_softmax_floor(num_outputs)
+  return None
+
+
+def _at_chance(task: tasks_lib.Task, value: float, chance: float | None) -> bool:
+  if chance is None or not math.isfinite(value):
+    return not math.isfinite(value)
+  if task.higher_is_better:
+    return value <= chance + CHANCE_MARGIN
+  return value >= CHANCE_MSE_SHARE * chance
+
+
+def _fmt_metric(task: tasks_lib.Task, v: float) -> str:
+  return f"{100 * v:.2f}%" if task.higher_is_better else f"{v:.4g}"
+
+
+def _units(frac: float | None, width: int = 64) -> str:
+  return "?" if frac is None else str(int(round(frac * width)))
+
+
+def _hidden_state(d: dict, epoch: int) -> str:
+  """'64/64 hidden units saturated, 0/64 dead' for the first hidden layer at `epoch`."""
+  sat, dead = d.get("saturated"), d.get("dead")
+  if not sat or epoch >= len(sat) or not sat[epoch]:
+    return ""
+  return (f"{_units(sat[epoch][0])}/64 units of hidden layer 1 saturated, "
+          f"{_units(dead[epoch][0])}/64 dead")
+
+
+def _first_of_last_run(flags: Sequence[bool]) -> int | None:
+  """The start of the final run of True values, or None if the last value is False."""
+  if not flags or not flags[-1]:
+    return None
+  i = len(flags) - 1
+  while i > 0 and flags[i - 1]:
+    i -= 1
+  return i
+
+
+def _collapsed(d: dict, e: int, single_label: bool) -> bool:
+  spread = (d.get("spread") or [None] * (e + 1))[e]
+  minority = (d.get("argmax_minority") or [None] * (e + 1))[e]
+  return ((spread is not None and spread < COLLAPSE_SPREAD)
+          or (single_label and minority is not None and minority == 0.0))
+
+
+def gradient_ratio_at_init(d: dict) -> float | None:
+  """||grad conv1|| / ||grad out|| on the first batch (None if unknown or out's is 0)."""
+  first = d.get("grad_norm_first")
+  if not first or first[0] is None or not first[0]:
+    return None
+  g = first[0]
+  if g[0] is None or not g[-1]:
+    return None
+  return g[0] / g[-1]
+
+
+def classify(record: dict[str, Any], task: str, chance: float | None = None,
+             ceiling: float | None = None) -> Diagnosis:
+  """The diagnosis of one finished member.
+
+  Args:
+    record: a member's results record (`train.member_record`): status,
+      status_reason, status_epoch, best_valid, test, best_epoch, train_loss,
+      valid_metric and `diagnostics` (per-epoch lists, see engine).
+    task: the task's name.
+    chance: the task's chance-level valid metric (`chance_level`), if known.
+    ceiling: for multilabel, `multilabel_softmax_ceiling` of the test targets.
+
+  Returns:
+    The Diagnosis.
+  """
+  t = tasks_lib.get_task(task)
+  cell = Cell.from_dict(record["cell"]) if isinstance(record["cell"], dict) else record["cell"]
+  d = record.get("diagnostics") or {}
+  status = record["status"]
+  if status == "invalid":
+    return Diagnosis("invalid", record.get("status_reason") or "the loss refused its input")
+  if status == "nonfinite":
+    return Diagnosis("nonfinite", f"non-finite at epoch {(record.get('status_epoch') or 0) + 1}: "
+                     "the loss or a parameter became NaN or inf; frozen at its last finite state")
+  grads = d.get("grad_norm") or []
+  flat = [g for epoch in grads for g in (epoch or []) if g is not None]
+  if flat and max(flat) == 0.0:
+    why = (" (a softmax over one output is the constant 1)"
+           if cell.head == "softmax" and t.num_outputs == 1 else "")
+    return Diagnosis("no_gradient", "no gradient reaches the weights: every layer's gradient "
+                     f"is exactly 0 in all {len(grads)} epochs{why}")
+  best_epoch = record.get("best_epoch", -1)
+  e = best_epoch if best_epoch is not None and best_epoch >= 0 else len(grads) - 1
+  best_valid = float(record["best_valid"]) if record["best_valid"] is not None else math.nan
+  at_chance = _at_chance(t, best_valid, chance)
+  hidden = _hidden_state(d, e)
+  ratio = gradient_ratio_at_init(d)
+  ratio_text = "" if ratio is None else (
+      f"; at initialisation the gradient at conv1 is {ratio:.2g} x the output layer's")
+  chance_text = "" if chance is None else f" (chance {_fmt_metric(t, chance)})"
+  if at_chance and ratio is not None and ratio < VANISHING_RATIO:
+    return Diagnosis("vanishing_gradient",
+                     f"vanishing gradient: at initialisation the gradient at conv1 is {ratio:.2g} x "
+                     f"the output layer's; best valid {_fmt_metric(t, best_valid)}{chance_text}"
+                     + (f"; {hidden}" if hidden else ""))
+  n = len(d.get("spread") or [])
+  if n and e < n and _collapsed(d, e, t.single_label):
+    start = _first_of_last_run([_collapsed(d, i, t.single_label) for i in range(e + 1)]) or 0
+    spread = d["spread"][e]
+    parts = [f"collapsed to a constant output from epoch {start + 1}: output spread "
+             f"{spread:.2g} of the targets'" if spread is not None else
+             f"collapsed to a constant output from epoch {start + 1}"]
+    if t.single_label:
+      parts.append(f"{100 * (d['argmax_minority'][e] or 0):.2f}% of valid examples off the "
+                   "most frequent argmax")
+    if hidden:
+      parts.append(hidden)
+    return Diagnosis("collapsed", "; ".join(parts) + ratio_text)
+  if task == "multilabel" and cell.head == "softmax" and ceiling is not None:
+    return Diagnosis("ceiling", "structural ceiling: softmax outputs sum to 1, so at most one "
+                     f"of the {t.num_outputs} labels can be predicted; the best achievable "
+                     f"accuracy on this test set is {100 * ceiling:.2f}%, this member reached "
+                     f"{_fmt_metric(t, float(record['test']))}")
+  losses = [v for v in record.get("train_loss") or [] if v is not None and math.isfinite(v)]
+  if losses and min(losses) < -1e-3:
+    return Diagnosis("unbounded_loss", f"the training loss went below 0 (to {min(losses):.4g}): "
+                     f"{cell.loss} is unbounded below on these targets; best valid "
+                     f"{_fmt_metric(t, best_valid)}")
+  if at_chance:
+    return Diagnosis("no_learning", f"best valid {_fmt_metric(t, best_valid)} is at chance "
+                     f"level{chance_text}" + (f"; {hidden}" if hidden else "") + ratio_text)
+  floor = loss_floor(cell, t.num_outputs)
+  floor_text = "" if floor is None or not losses else (
+      f"; train loss {min(losses):.4f} against its floor {floor:.4f}")
+  if status == "hit_cap":
+    return Diagnosis("hit_cap", (record.get("status_reason") or "hit the epoch cap") + floor_text)
+  return Diagnosis("healthy", f"learned: best valid {_fmt_metric(t, best_valid)}"
+                   + (f"; {hidden}" if hidden else "") + floor_text)
+
+
+def count_kinds(diagnoses: Sequence[dict | Diagnosis]) -> dict[str, int]:
+  """kind -> how many, in KINDS order, kinds with 0 left out."""
+  kinds = [d.kind if isinstance(d, Diagnosis) else d.get("kind") for d in diagnoses]
+  return {k: kinds.count(k) for k in KINDS if kinds.count(k)}
