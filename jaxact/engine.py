@@ -101,7 +101,9 @@ class EngineConfig:
 # SATURATION_SHARE of the valid examples (a sigmoid unit with |h| > 6.9 on 99%
 # of them); a unit is *dead* when its activation's derivative is exactly 0 on
 # EVERY valid example (a ReLU unit with a negative pre-activation everywhere:
-# it passes no gradient, whatever the input; smooth activations never die).
+# it passes no gradient, whatever the input). Smooth activations die only
+# through float32 rounding: a sigmoid's computed derivative is exactly 0 once
+# its output rounds to 1 (pre-activation above about 17) or underflows to 0.
 SATURATION_RATIO = 0.01
 SATURATION_SHARE = 0.99
 
