@@ -195,8 +195,13 @@ class TaskCheckpointer:
         self._manager = None
 
   def delete(self) -> None:
-    """Closes, then removes this task's checkpoints (and checkpoints/ if left empty)."""
+    """Closes, then removes this task's checkpoints (and checkpoints/ if left empty).
+
+    With several processes every one closes, only process 0 removes.
+    """
     self.close()
+    if jax.process_index() != 0:
+      return
     shutil.rmtree(self.directory, ignore_errors=True)
     try:
       os.rmdir(os.path.dirname(self.directory))
