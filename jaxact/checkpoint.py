@@ -36,6 +36,7 @@ from absl import logging
 
 from jaxact import __version__
 from jaxact import engine as engine_lib
+from jaxact import sharding
 
 CHECKPOINTS_DIR = "checkpoints"
 KEEP = 2
@@ -200,7 +201,7 @@ class TaskCheckpointer:
     With several processes every one closes, only process 0 removes.
     """
     self.close()
-    if jax.process_index() != 0:
+    if not sharding.is_primary():
       return
     shutil.rmtree(self.directory, ignore_errors=True)
     try:

@@ -71,13 +71,17 @@ def initialize_distributed(enabled: bool) -> None:
 
 
 def is_primary() -> bool:
-  """Whether this process writes files (process 0; always True with one process)."""
-  return jax.process_index() == 0
+  """Whether this process writes files: process 0, or the only process.
+
+  Without `jax.distributed` (no --distributed) there is one process and no
+  device is touched (so a bad flag is still refused before JAX starts).
+  """
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
 def sync(name: str) -> None:
-  """A barrier across processes (nothing with one process)."""
-  if jax.process_count() > 1:
+  """A barrier across processes (nothing without `jax.distributed`)."""
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
 
 
