@@ -22,9 +22,9 @@ without this module.
 
 Multi-host (e.g. a TPU pod slice): every host runs the SAME command with
 `--distributed`; `initialize_distributed` then calls
-`jax.distributed.initialize()` (which finds the coordinator and the process
-ids itself on Cloud TPU; elsewhere set JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES and JAX_PROCESS_ID, see the JAX docs). Every process builds
+`jax.distributed.initialize()`, which finds the coordinator, the number of
+processes and this process's id itself on Cloud TPU (and on SLURM, Open MPI
+and Kubernetes clusters). Every process builds
 the same state and data from the same seeds and files, places its part of
 them on its own devices, and takes part in every jitted epoch. Host values
 (per-member metrics, the final state, snapshots) are gathered with
@@ -58,9 +58,9 @@ def initialize_distributed(enabled: bool) -> None:
   Must run before anything touches a device (it is the first thing `main`
   does). With `enabled` False nothing happens: one process, its local devices.
   On a multi-host TPU slice every host runs the same command with
-  --distributed; `jax.distributed.initialize()` detects the coordinator and
-  the process ids there. On other clusters pass them through the environment
-  variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  --distributed; `jax.distributed.initialize()` detects the coordinator, the
+  number of processes and the process id there (also on SLURM, Open MPI and
+  Kubernetes clusters; elsewhere it raises, asking for them).
   """
   if not enabled:
     return

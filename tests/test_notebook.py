@@ -62,6 +62,11 @@ def test_notebook_is_valid_nbformat_4():
                  "train.train_and_evaluate", "report.write_report", "Image(filename="):
     assert needle in joined, needle
   assert re.search(r'seeds=10\b', joined) and 'study="all"' in joined and "task=None" in joined
+  try:   # the schema check, where nbformat is installed (it is not a dependency)
+    import nbformat  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  nbformat.validate(nbformat.reads(json.dumps(nb), as_version=4))
 
 
 def test_ipython_only_lines_are_replaced_by_pass():
