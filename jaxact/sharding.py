@@ -10,7 +10,7 @@ device of every process), axis name 'member':
 - scalars (the epoch counter) and the task's data are replicated, `P()`;
 - M must be a multiple of D: the engine pads its member list by repeating
   its LAST member (same cell, same seed) until it is (`pad_members`). A pad
-  computes exactly what the last member computes, lands in the last cell's
+  is the same computation as the last member, lands in the last cell's
   group, and is never reported: results, progress lines, the final state and
   checkpoints only ever hold the real members (`unpad`);
 - with compaction, a compacted layout is padded with members that have
@@ -24,12 +24,12 @@ Multi-host (e.g. a TPU pod slice): every host runs the SAME command with
 `--distributed`; `initialize_distributed` then calls
 `jax.distributed.initialize()`, which finds the coordinator, the number of
 processes and this process's id itself on Cloud TPU (and on SLURM, Open MPI
-and Kubernetes clusters). Every process builds
-the same state and data from the same seeds and files, places its part of
-them on its own devices, and takes part in every jitted epoch. Host values
-(per-member metrics, the final state, snapshots) are gathered with
-`to_host`. Only process 0 writes files (`is_primary`); the workdir must be on
-a file system all hosts see (orbax's checkpoints need that too).
+and Kubernetes clusters). Every process builds the same state and data from
+the same seeds and files, places its part of them on its own devices, and
+takes part in every jitted epoch. Host values (per-member metrics, the final
+state, snapshots) are gathered with `to_host`. Only process 0 writes files
+(`is_primary`); the workdir must be on a file system all hosts see (orbax's
+checkpoints need that too). None of this has run on real hosts yet.
 """
 
 from __future__ import annotations
