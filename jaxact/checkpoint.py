@@ -36,6 +36,7 @@ from absl import logging
 
 from jaxact import __version__
 from jaxact import engine as engine_lib
+from jaxact import sharding
 
 CHECKPOINTS_DIR = "checkpoints"
 KEEP = 2
@@ -196,8 +197,13 @@ class TaskCheckpointer:
         self._manager = None
 
   def delete(self) -> None:
-    """Closes, then removes this task's checkpoints (and checkpoints/ if left empty)."""
+    """Closes, then removes this task's checkpoints (and checkpoints/ if left empty).
+
+    With several processes every one closes, only process 0 removes.
+    """
     self.close()
+    if not sharding.is_primary():
+      return
     shutil.rmtree(self.directory, ignore_errors=True)
     try:
       os.rmdir(os.path.dirname(self.directory))

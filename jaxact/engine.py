@@ -52,6 +52,7 @@ from flax import nnx
 
 from jaxact import losses as losses_lib
 from jaxact import model as model_lib
+from jaxact import sharding
 from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
 
@@ -197,7 +198,7 @@ def _is_key(a) -> bool:
 def state_to_host(state: dict[str, Any]) -> dict[str, Any]:
   """A host copy of a training state: numpy arrays, PRNG keys as their key data."""
   raw = jax.tree_util.tree_map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state)
-  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), jax.device_get(raw))
+  return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), sharding.to_host(raw))
 
 
 def state_from_host(host: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
@@ -345,7 +346,11 @@ class Engine:
     nets = list(dict.fromkeys(c.network for c in order))
     order.sort(key=lambda c: nets.index(c.network))
     self.members = [(c, s) for c0 in order for c, s in members if c == c0]
-    self.groups = self._layout_groups(range(len(self.members)))
+    # Stacked members: the real ones, then copies of the last one up to a multiple of the
+    # device count (sharding.py); the copies are never reported.
+    self.mesh = sharding.member_mesh()
+    self._stacked = sharding.pad_members(self.members, self.mesh.size)
+    self.groups = self._layout_groups(range(len(self._stacked)))
     self.config = config
     self.progress = progress or logging.info
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
@@ -372,12 +377,12 @@ class Engine:
   def _layout_groups(self, indices: Sequence[int]) -> tuple[tuple[Cell, int, int], ...]:
     """Static per-cell slices (cell, start, stop) of the stacked members `indices`.
 
-    `indices` are increasing positions in `self.members` (which is grouped by
-    cell), so each cell's members are contiguous; cells without a member in
-    `indices` have no slice.
+    `indices` are increasing positions in `self._stacked` (`self.members`, then
+    its pads; grouped by cell), so each cell's members are contiguous; cells
+    without a member in `indices` have no slice.
     """
     groups, start = [], 0
-    for cell, same in itertools.groupby(self.members[i][0] for i in indices):
+    for cell, same in itertools.groupby(self._stacked[i][0] for i in indices):
       n = len(list(same))
       groups.append((cell, start, start + n))
       start += n
@@ -464,7 +469,7 @@ class Engine:
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
     parts = []
-    for cell, a, b in self.groups:   # a cell's init and depth are static
+    for cell, a, b in self._layout_groups(range(self.num_members)):   # static init and depth
       def make(k, cell=cell):
         _, p, st = nnx.split(self._make_model(k, cell), nnx.Param, nnx.BatchStat)
         return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
@@ -693,6 +698,11 @@ class Engine:
     the others' final state is kept in `full`, the full-size state in the
     original member order, which the test pass and `final_state` use.
 
+    The state lives on `self.mesh` (sharding.py): stacked positions are the
+    real members then the pads; a compacted layout is padded with stopped
+    members to a multiple of the device count. Snapshots, `final_state` and
+    the results hold the real members only.
+
     Args:
       data: the task's data.
       restore: a `Snapshot` to continue from instead of starting at epoch 0
@@ -703,8 +713,9 @@ class Engine:
         only when you need it). The engine does no file I/O itself.
     """
     cfg = self.config
-    m = self.num_members
-    state = self.init_state()
+    r, m = self.num_members, len(self._stacked)   # real members; stacked, pads included
+    data = sharding.replicate(data, self.mesh)
+    state = sharding.shard_members(sharding.pad_leading(self.init_state(), m), self.mesh)
     full = None                      # full-size state, from the first compaction on
     layout = np.arange(m)
     epoch_fn = self._epoch_fn
@@ -722,27 +733,31 @@ class Engine:
       for name, h in (("hist_loss", hist_loss), ("hist_valid", hist_valid),
                       ("hist_trained", hist_trained), ("hist_inf", hist_inf)):
         saved = getattr(restore, name)
-        if saved.shape != h.shape or saved.dtype != h.dtype:
+        if saved.shape != (cfg.max_epochs, r) or saved.dtype != h.dtype:
           raise ValueError(f"snapshot {name} is {saved.shape} {saved.dtype}, "
-                           f"expected {h.shape} {h.dtype}")
-        h[...] = saved
+                           f"expected {(cfg.max_epochs, r)} {h.dtype}")
+        h[:, :r], h[:, r:] = saved, saved[:, -1:]       # pads: copies of the last member
       for name, h in hist_diag.items():
         saved = restore.hist_diag.get(name)
-        if saved is None or saved.shape != h.shape or saved.dtype != h.dtype:
+        if saved is None or saved.shape != (cfg.max_epochs, r) + h.shape[2:] or (
+            saved.dtype != h.dtype):
           raise ValueError(f"snapshot diagnostics {name} missing or of another shape")
-        h[...] = saved
-      restored = state_from_host(restore.state, state)
+        h[:, :r], h[:, r:] = saved, saved[:, -1:]
+      restored = sharding.shard_members(
+          state_from_host(sharding.pad_leading(restore.state, m), state), self.mesh)
       layout = np.flatnonzero(np.asarray(restore.stacked, bool))
-      if not 0 < len(layout) <= m:
-        raise ValueError(f"snapshot stacks {len(layout)} of {m} members")
-      if len(layout) < m:
+      if not 0 < len(layout) <= r:
+        raise ValueError(f"snapshot stacks {len(layout)} of {r} members")
+      if len(layout) < r:
         full = restored
-        state = _take_members(full, layout)
+        layout = sharding.pad_indices(layout, m, self.mesh.size)
+        state = sharding.shard_members(_take_members(full, layout), self.mesh)
         epoch_fn = self._layout_epoch_fn(self._layout_groups(layout))
       else:
+        layout = np.arange(m)
         state = restored
-      active = np.asarray(restore.state["active"], bool).copy()
-      best = np.asarray(restore.state["best_score"], np.float32).copy()
+      active = sharding.pad_leading(np.asarray(restore.state["active"], bool), m).copy()
+      best = sharding.pad_leading(np.asarray(restore.state["best_score"], np.float32), m).copy()
       epoch = int(restore.epoch)
       self.compactions = int(restore.compactions)
 
@@ -750,16 +765,16 @@ class Engine:
       now = dict(state) if full is None else _put_members(full, state, layout)
       stacked = np.zeros((m,), bool)
       stacked[layout] = True
-      return Snapshot(epoch=epoch, state=state_to_host(now), stacked=stacked,
-                      compactions=self.compactions, hist_loss=hist_loss.copy(),
-                      hist_valid=hist_valid.copy(), hist_trained=hist_trained.copy(),
-                      hist_inf=hist_inf.copy(),
-                      hist_diag={k: v.copy() for k, v in hist_diag.items()})
+      return Snapshot(epoch=epoch, state=state_to_host(sharding.unpad(now, r)),
+                      stacked=stacked[:r], compactions=self.compactions,
+                      hist_loss=hist_loss[:, :r].copy(), hist_valid=hist_valid[:, :r].copy(),
+                      hist_trained=hist_trained[:, :r].copy(), hist_inf=hist_inf[:, :r].copy(),
+                      hist_diag={k: v[:, :r].copy() for k, v in hist_diag.items()})
 
     start = time.perf_counter()
     while epoch < cfg.max_epochs:
       state, metrics = epoch_fn(state, data)
-      host = jax.device_get(dict(metrics, active=state["active"], best=state["best_score"]))
+      host = sharding.to_host(dict(metrics, active=state["active"], best=state["best_score"]))
       hist_loss[epoch, layout] = host["train_loss"]
       hist_valid[epoch, layout] = host["valid_metric"]
       hist_trained[epoch, layout] = host["trained"]
@@ -772,12 +787,13 @@ class Engine:
       self.progress(self._progress_line(epoch, dict(active=active, best=best),
                                         time.perf_counter() - start))
       n_active = int(host["active"].sum())
-      if not n_active:
+      if not active[:r].any():       # pads are not waited for
         break
-      if cfg.compact and 2 * n_active <= len(layout) and epoch < cfg.max_epochs:
+      keep = sharding.pad_indices(np.flatnonzero(host["active"]), len(layout), self.mesh.size)
+      if (cfg.compact and 2 * n_active <= len(layout) and len(keep) < len(layout)
+          and epoch < cfg.max_epochs):
         full = state if full is None else _put_members(full, state, layout)
-        keep = np.flatnonzero(host["active"])
-        state = _take_members(state, keep)
+        state = sharding.shard_members(_take_members(state, keep), self.mesh)
         layout = layout[keep]
         epoch_fn = self._layout_epoch_fn(self._layout_groups(layout))
         self.compactions += 1
@@ -785,21 +801,22 @@ class Engine:
         on_epoch_end(epoch, snapshot)
     state = dict(state) if full is None else _put_members(full, state, layout)
     state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
-    self.final_state = state
-    test_metric, test_inf = self._test_fn(state["best_params"], data.x_test, data.t_test,
-                                          data.target_mean, data.target_std,
-                                          state.get("best_stats"))
-    return self._collect(jax.device_get(state), np.asarray(test_metric),
+    self.final_state = sharding.unpad(state, r)
+    test_metric, test_inf = sharding.to_host(self._test_fn(
+        state["best_params"], data.x_test, data.t_test, data.target_mean, data.target_std,
+        state.get("best_stats")))
+    return self._collect(sharding.to_host(state), np.asarray(test_metric),
                          np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
                          hist_diag, epoch)
 
   def _progress_line(self, epoch: int, host: dict, elapsed: float) -> str:
     sign = 1.0 if self.task.higher_is_better else -1.0
     parts = []
+    r = self.num_members             # the pads at the end of the last group are not shown
     for cell, a, b in self.groups:
-      best = sign * np.max(host["best"][a:b])
+      best = sign * np.max(host["best"][a:min(b, r)])
       parts.append(f"{cell.label}: {best:.4g}")
-    return (f"{self.task.name} epoch {epoch}: {int(host['active'].sum())}/{self.num_members} "
+    return (f"{self.task.name} epoch {epoch}: {int(host['active'][:r].sum())}/{r} "
             f"training, {elapsed:.1f}s; best valid {self.task.metric_name} | "
             + " | ".join(parts))
 

@@ -9,6 +9,10 @@ Examples:
 
 Rerunning a command with the same --workdir resumes it: finished tasks are
 kept, an interrupted task continues from its latest checkpoint.
+
+Members are sharded over every device (jaxact/sharding.py). On a multi-host
+TPU slice, run the SAME command on every host with --distributed (and a
+--workdir on a file system all hosts see); only process 0 writes files.
 """
 
 import logging as std_logging
@@ -22,6 +26,7 @@ from absl import logging
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import model as model_lib
+from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 from jaxact import train
@@ -76,6 +81,9 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
     "$JAXACT_DATA_DIR, else tensorflow-datasets downloads MNIST.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "Where tensorflow-datasets keeps prepared data.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-process (multi-host) run: call jax.distributed.initialize() "
+    "first. Run the same command on every host; only process 0 writes files.")
 
 
 def _tristate(name: str, value: str):
@@ -130,6 +138,7 @@ def _terminate(signum, frame):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  sharding.initialize_distributed(_DISTRIBUTED.value)   # before anything touches a device
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietOrbax())
   signal.signal(signal.SIGTERM, _terminate)   # like Ctrl-C: pending checkpoints are finished
@@ -150,8 +159,9 @@ def main(argv):
         f"jaxact: interrupted. Finished tasks' results are in {_WORKDIR.value}/results; rerun "
         f"the same command to go on {where}.\n")
     sys.exit(130)
-  print(train.format_results_table(results))
-  print(f"\nreport: {_WORKDIR.value}/report.md")
+  if sharding.is_primary():
+    print(train.format_results_table(results))
+    print(f"\nreport: {_WORKDIR.value}/report.md")
 
 
 if __name__ == "__main__":

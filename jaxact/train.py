@@ -8,6 +8,8 @@ Layout of a workdir:
   curves_<task>.png      valid-metric curves per cell
 
 Only this module, jaxact.checkpoint and jaxact.report do I/O; the engine is pure JAX.
+With several processes (multi-host, `--distributed`), every process trains and
+only process 0 writes files; the workdir must be on a file system all hosts see.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import diagnostics as diagnostics_lib
+from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -136,7 +139,12 @@ def git_revision() -> str | None:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temporary file in the same directory, then renames it over `path`."""
+  """Writes JSON to a temporary file in the same directory, then renames it over `path`.
+
+  Only process 0 writes (with several processes the others return at once).
+  """
+  if not sharding.is_primary():
+    return
   from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
   report_lib.atomic_write(path, lambda f: json.dump(obj, f, indent=1))
 
@@ -298,13 +306,17 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   if checkpoint_every < 0:
     raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
                     f"got {checkpoint_every}.")
-  prepare_workdir(workdir)
-  for name in os.listdir(_results_dir(workdir)):   # left by a process killed mid-write
-    if name.startswith(".tmp-"):
-      os.unlink(os.path.join(_results_dir(workdir), name))
+  primary = sharding.is_primary()   # multi-host: only process 0 writes files
+  if primary:
+    prepare_workdir(workdir)
+    for name in os.listdir(_results_dir(workdir)):   # left by a process killed mid-write
+      if name.startswith(".tmp-"):
+        os.unlink(os.path.join(_results_dir(workdir), name))
   if restart:
     logging.info("--restart: deleting the results and checkpoints in %s", workdir)
-    remove_run_outputs(workdir)
+    if primary:
+      remove_run_outputs(workdir)
+    sharding.sync("jaxact: --restart done")
     previous = None
   else:
     previous = check_workdir_config(workdir, config)
@@ -340,7 +352,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
         run_info["split_fingerprint"] = saved_fp   # a run.json written before it was recorded
       logging.info("task %s: already done, results kept from %s (not trained again)",
                    task, results_path)
-      if os.path.isdir(ckpt_dir):
+      if primary and os.path.isdir(ckpt_dir):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
       continue
     if split is None:
@@ -393,13 +405,14 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
-    report_lib.write_report(workdir)
+    if primary:
+      report_lib.write_report(workdir)
     out[task] = results
 
   run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
   write_json_atomic(run_path, run_info)
-  path = report_lib.write_report(workdir)
-  logging.info("report: %s", path)
+  if primary:
+    logging.info("report: %s", report_lib.write_report(workdir))
   return out
 
 
