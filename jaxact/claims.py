@@ -149,7 +149,7 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
         f"largest mean dead fraction of a hidden layer at the best epoch: {frac:.1%} "
         f"({worst[0].network_label}); a unit is dead when its derivative is 0 on every "
         "valid example", "held" if frac > 0 else "not held")
-    fixes = []
+    fixes, dead_fracs = [], []
     for h in RELU_FAMILY[1:]:
       cells = [(c, ms) for c, ms in groups.items() if c.hidden == h]
       if not cells:
@@ -159,14 +159,16 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
                                   depth=c.depth)) for c, ms in cells
                if _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
                         depth=c.depth)]
+      dead_fracs.append(dead)
       better = sum(1 for d, sig in pairs if sig and d > 0)
       worse = sum(1 for d, sig in pairs if sig and d < 0)
       fixes.append(f"{h}: dead {dead:.1%}, test accuracy clearly above ReLU's in {better}, "
                    f"below in {worse} of {len(pairs)} configurations")
     if fixes:
-      add("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU",
-          "; ".join(fixes), "held (no dead units)" if all(
-              "dead 0.0%" in f for f in fixes) else "not held (some units dead)")
+      measured = [d for d in dead_fracs if not math.isnan(d)]
+      add("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU", "; ".join(fixes),
+          "not measured" if not measured else
+          "held (no dead units)" if max(measured) == 0 else "not held (some units dead)")
 
   # 3. Initialisation matched to the activation.
   for h in ("sigmoid", "tanh") + RELU_FAMILY:

@@ -338,6 +338,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   accuracy = _is_accuracy(result, task)
   unit = "accuracy %" if accuracy else "MSE"
   with_marker = any(r is not None for _, r, _ in rows)
+  with_diagnosis = any(isinstance(m.get("diagnosis"), dict) for _, _, ms in rows for m in ms)
   body = []
   for cell, recommended, members in rows:
     if all(m.get("status") == "invalid" for m in members):
@@ -350,7 +351,8 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
     cols = [_escape(cell.label), valid, valid_range, test, test_range,
             _mean_text(best), _mean_text([m.get("epochs_trained") for m in members]),
-            _status_counts(members), _diagnosis_counts(members), str(len(members))]
+            _status_counts(members)] + (
+                [_diagnosis_counts(members)] if with_diagnosis else []) + [str(len(members))]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
@@ -359,8 +361,8 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
                  _original_text(study, cell, accuracy)))
   header = ["variant", f"best valid {unit} (mean ± std)", "[min – max]",
             f"test {unit} at best epoch (mean ± std)", "[min – max]",
-            "best epoch (1-based, mean)", "epochs trained (mean)", "status", "diagnosis",
-            "n seeds"]
+            "best epoch (1-based, mean)", "epochs trained (mean)", "status"] + (
+                ["diagnosis"] if with_diagnosis else []) + ["n seeds"]
   if with_marker:
     header.insert(0, " ")
   any_note = any(note for _, note, _ in body)
@@ -527,6 +529,19 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "**invalid**: the loss refused its input (as PyTorch raised an error), the reason "
       "is given; **nonfinite**: the loss or the parameters became NaN/inf at epoch k "
       "(see the note), the member was frozen at its last finite state.",
+      "",
+      "Diagnosis (runs with in-program diagnostics): each member's failure class, from what "
+      "the training program measured every epoch (per-layer gradient and parameter norms; on "
+      "the valid set, the share of hidden units saturated (activation derivative below 1% of "
+      "its maximum on 99% of the examples) or dead (derivative exactly 0 on every example), "
+      "the output spread across inputs and the share of examples off the most frequent "
+      "argmax). Classes: **no gradient** (every gradient exactly 0), **vanishing gradient** "
+      "(at chance, and the first layer's gradient at initialisation below 1e-3 of the output "
+      "layer's), **collapsed** (a constant predictor at the best epoch), **ceiling** (the "
+      "multi-label softmax bound, computed from the test labels), **unbounded loss** (a loss "
+      "that should be >= 0 went below 0), **no learning** (at chance level), **hit cap**, "
+      "**healthy**; invalid and nonfinite as the status. Definitions and thresholds: "
+      "`jaxact/diagnostics.py`.",
   ]
 
 

@@ -341,3 +341,38 @@ def test_cell_keys_name_only_non_default_network_fields():
   assert Cell.from_dict({"task": "binary", "head": "sigmoid", "loss": "bce", "norm": False,
                          "sigmoid_method": False, "convention": "torch"}) == Cell(
                              "binary", "sigmoid", "bce")
+
+
+# -- the claims table on synthetic runs ---------------------------------------------------------
+
+
+def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
+  out = []
+  for acc in test_accs:
+    first = [0.01] * 3 + [ratio * 0.1] + [0.01] * (depth - 1) + [0.1]
+    out.append(dict(test=acc, best_epoch=0, diagnostics=dict(
+        layers=engine.layer_names(depth), grad_norm_first=[first], dead=[[dead] * depth])))
+  return out
+
+
+def test_claims_verdicts_on_synthetic_runs():
+  from jaxact import claims
+  mc = lambda **kw: Cell("multiclass", "softmax", "cce", **kw)
+  groups = {
+      mc(hidden="sigmoid", depth=1): _claim_members([0.97, 0.97], ratio=0.1),
+      mc(hidden="sigmoid", depth=32): _claim_members([0.11, 0.11], ratio=1e-6, depth=32),
+      mc(hidden="relu", depth=1): _claim_members([0.97, 0.97], ratio=0.5, dead=0.25),
+      mc(hidden="relu", depth=32): _claim_members([0.95, 0.96], ratio=0.2, depth=32),
+      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986]),
+      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976]),
+      mc(hidden="relu", init="xavier"): _claim_members([0.974, 0.976]),
+  }
+  by_claim = {c.claim: c for c in claims.hidden_claims(groups)}
+  vanish = by_claim["sigmoid hidden layers make the gradient vanish as depth grows"]
+  assert vanish.verdict == "held" and "1e+05x smaller" in vanish.measurement
+  assert by_claim["relu avoids the vanishing gradient as depth grows"].verdict == "held"
+  assert by_claim["ReLU units can die (output 0 for every input)"].verdict == "held"
+  assert by_claim["Batch norm helps"].verdict == "held"            # +1.0 point, std 0.05
+  assert by_claim["He initialisation suits relu"].verdict == "no clear difference"
+  table = "\n".join(claims.render(list(by_claim.values())))
+  assert table.count("\n| ") == len(by_claim) + 1
