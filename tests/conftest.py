@@ -12,7 +12,7 @@ def real_mnist_dir() -> Path | None:
   """../shared/data/mnist, or $JAXACT_DATA_DIR, if it holds the files."""
   for candidate in (os.environ.get("JAXACT_DATA_DIR"), SHARED_MNIST):
     if candidate and Path(candidate, "t10k-labels-idx1-ubyte.gz").exists():
-      return Path(candidate)
+      return Path(candidate).resolve()   # absolute: some tests run the CLI in other directories
   return None
 
 
