@@ -182,10 +182,11 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
         parts.append(f"depth 1{' + batch norm' if bn else ''}: {good} {_acc(a)} vs {bad} {_acc(b)}")
     by_depth = sweep.get((h, good)), sweep.get((h, "torch"))
     if by_depth[0] and by_depth[1]:
-      d = max(set(by_depth[0]) & set(by_depth[1]), default=None)
-      if d is not None and d > 1:
-        diffs.append(_compare(by_depth[0][d], by_depth[1][d]))
-        parts.append(f"depth {d}: {good} {_acc(by_depth[0][d])} vs torch {_acc(by_depth[1][d])}")
+      for d in sorted(set(by_depth[0]) & set(by_depth[1])):
+        if d > 1:
+          diffs.append(_compare(by_depth[0][d], by_depth[1][d]))
+          parts.append(f"depth {d}: {good} {_acc(by_depth[0][d])} vs torch "
+                       f"{_acc(by_depth[1][d])}")
     if parts:
       add(f"{good.capitalize()} initialisation suits {h}", "; ".join(parts), _verdict(diffs))
 

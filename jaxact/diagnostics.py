@@ -24,6 +24,8 @@ Kinds, checked in this order (the first that applies wins):
   unbounded_loss      the training loss went below 0 (a loss that is >= 0 on
                       its intended targets is unbounded below on these).
   no_learning         the best valid metric is at chance level.
+  underperforming     far below the best cell of the same run (UNDERPERFORM_POINTS
+                      accuracy points lower, or UNDERPERFORM_MSE_RATIO x its MSE).
   hit_cap             still improving at the epoch cap.
   healthy             none of the above.
 """
@@ -41,12 +43,14 @@ from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
 
 KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "collapsed", "ceiling",
-         "unbounded_loss", "no_learning", "hit_cap", "healthy")
+         "unbounded_loss", "no_learning", "underperforming", "hit_cap", "healthy")
 FAILURES = KINDS[:-2]          # hit_cap and healthy are not failures
 VANISHING_RATIO = 1e-3
 COLLAPSE_SPREAD = 0.01
 CHANCE_MARGIN = 0.02           # accuracy within 2 points of chance is "at chance"
 CHANCE_MSE_SHARE = 0.95        # an MSE above 95% of the constant predictor's is "at chance"
+UNDERPERFORM_POINTS = 0.10
+UNDERPERFORM_MSE_RATIO = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +165,7 @@ def gradient_ratio_at_init(d: dict) -> float | None:
 
 
 def classify(record: dict[str, Any], task: str, chance: float | None = None,
-             ceiling: float | None = None) -> Diagnosis:
+             ceiling: float | None = None, reference: float | None = None) -> Diagnosis:
   """The diagnosis of one finished member.
 
   Args:
@@ -171,6 +175,7 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
     task: the task's name.
     chance: the task's chance-level valid metric (`chance_level`), if known.
     ceiling: for multilabel, `multilabel_softmax_ceiling` of the test targets.
+    reference: the best cell's mean best-valid metric in the same run, if known.
 
   Returns:
     The Diagnosis.
@@ -231,6 +236,12 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   if at_chance:
     return Diagnosis("no_learning", f"best valid {_fmt_metric(t, best_valid)} is at chance "
                      f"level{chance_text}" + (f"; {hidden}" if hidden else "") + ratio_text)
+  if reference is not None and math.isfinite(reference) and (
+      best_valid < reference - UNDERPERFORM_POINTS if t.higher_is_better
+      else best_valid > UNDERPERFORM_MSE_RATIO * reference):
+    return Diagnosis("underperforming", f"best valid {_fmt_metric(t, best_valid)}, far below "
+                     f"the best cell of this run ({_fmt_metric(t, reference)})"
+                     + (f"; {hidden}" if hidden else "") + ratio_text)
   floor = loss_floor(cell, t.num_outputs)
   floor_text = "" if floor is None or not losses else (
       f"; train loss {min(losses):.4f} against its floor {floor:.4f}")
@@ -238,6 +249,29 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
     return Diagnosis("hit_cap", (record.get("status_reason") or "hit the epoch cap") + floor_text)
   return Diagnosis("healthy", f"learned: best valid {_fmt_metric(t, best_valid)}"
                    + (f"; {hidden}" if hidden else "") + floor_text)
+
+
+def diagnose_task(records: Sequence[dict[str, Any]], task: str, chance: float | None = None,
+                  ceiling: float | None = None) -> list[Diagnosis]:
+  """`classify` for every member record of one task's run, the run's best cell as reference.
+
+  The reference is the best mean best-valid metric over the run's cells (finite values only).
+  """
+  t = tasks_lib.get_task(task)
+  by_cell: dict[str, list[float]] = {}
+  for r in records:
+    v = r.get("best_valid")
+    if v is not None and math.isfinite(float(v)):
+      key = json_key(r["cell"])
+      by_cell.setdefault(key, []).append(float(v))
+  means = [float(np.mean(v)) for v in by_cell.values()]
+  reference = (max(means) if t.higher_is_better else min(means)) if means else None
+  return [classify(r, task, chance, ceiling, reference) for r in records]
+
+
+def json_key(cell: Any) -> str:
+  """A hashable key of a cell given as a Cell or its dict."""
+  return (Cell.from_dict(cell) if isinstance(cell, dict) else cell).key
 
 
 def count_kinds(diagnoses: Sequence[dict | Diagnosis]) -> dict[str, int]:

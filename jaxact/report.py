@@ -127,8 +127,25 @@ def load_results(workdir: str) -> dict[str, dict]:
         raise ValueError(f"results file {path!r} is not valid JSON: {e}") from None
     if not isinstance(data, dict):
       raise ValueError(f"results file {path!r} does not hold a JSON object")
-    out[str(data.get("task") or name[:-len(".json")])] = data
+    task = str(data.get("task") or name[:-len(".json")])
+    _rediagnose(data, task)
+    out[task] = data
   return {t: out[t] for t in _ordered_tasks(out)}
+
+
+def _rediagnose(result: dict, task: str) -> None:
+  """Classifies again, with this version's rules, the members that carry diagnostics."""
+  members = [m for m in result.get("members") or []
+             if isinstance(m, dict) and m.get("diagnostics") and "cell" in m]
+  if not members or task not in tasks_lib.TASKS:
+    return
+  try:
+    diags = diagnostics_lib.diagnose_task(members, task, result.get("chance_valid"),
+                                          result.get("softmax_ceiling_test"))
+  except (KeyError, TypeError, ValueError):
+    return   # a record this version cannot read: keep what was saved
+  for m, d in zip(members, diags):
+    m["diagnosis"] = d.to_dict()
 
 
 def _ordered_tasks(tasks: Iterable[str]) -> list[str]:

@@ -170,12 +170,13 @@ def member_record(result: engine_lib.MemberResult) -> dict:
   return d
 
 
-def diagnosed_record(result: engine_lib.MemberResult, task: str, chance: float | None,
-                     ceiling: float | None) -> dict:
-  """`member_record` with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
-  record = member_record(result)
-  record["diagnosis"] = diagnostics_lib.classify(record, task, chance, ceiling).to_dict()
-  return record
+def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
+                      chance: float | None, ceiling: float | None) -> list[dict]:
+  """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
+  records = [member_record(r) for r in results]
+  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling)):
+    record["diagnosis"] = d.to_dict()
+  return records
 
 
 def member_from_record(record: dict) -> engine_lib.MemberResult:
@@ -401,7 +402,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
-        "members": [diagnosed_record(r, task, chance, ceiling) for r in results],
+        "members": diagnosed_records(results, task, chance, ceiling),
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
