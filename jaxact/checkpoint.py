@@ -122,7 +122,7 @@ def _host_template(engine: engine_lib.Engine) -> dict[str, Any]:
   """ShapeDtypeStructs of `engine_lib.state_to_host(engine.init_state())`."""
   def raw(state):
     return jax.tree_util.tree_map(
-        lambda a: jax.random.key_data(a) if engine_lib._is_key(a) else a, state)  # pylint: disable=protected-access
+        lambda a: jax.random.key_data(a) if sharding.is_key(a) else a, state)
   return jax.eval_shape(lambda: raw(engine.init_state()))
 
 

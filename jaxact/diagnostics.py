@@ -262,15 +262,15 @@ def diagnose_task(records: Sequence[dict[str, Any]], task: str, chance: float | 
   for r in records:
     v = r.get("best_valid")
     if v is not None and math.isfinite(float(v)):
-      key = json_key(r["cell"])
+      key = _cell_key(r["cell"])
       by_cell.setdefault(key, []).append(float(v))
   means = [float(np.mean(v)) for v in by_cell.values()]
   reference = (max(means) if t.higher_is_better else min(means)) if means else None
   return [classify(r, task, chance, ceiling, reference) for r in records]
 
 
-def json_key(cell: Any) -> str:
-  """A hashable key of a cell given as a Cell or its dict."""
+def _cell_key(cell: Any) -> str:
+  """The key of a cell given as a Cell or its dict."""
   return (Cell.from_dict(cell) if isinstance(cell, dict) else cell).key
 
 

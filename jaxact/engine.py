@@ -191,13 +191,10 @@ class Snapshot:
   hist_diag: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
-def _is_key(a) -> bool:
-  return jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
-
-
 def state_to_host(state: dict[str, Any]) -> dict[str, Any]:
   """A host copy of a training state: numpy arrays, PRNG keys as their key data."""
-  raw = jax.tree_util.tree_map(lambda a: jax.random.key_data(a) if _is_key(a) else a, state)
+  raw = jax.tree_util.tree_map(
+      lambda a: jax.random.key_data(a) if sharding.is_key(a) else a, state)
   return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), sharding.to_host(raw))
 
 
@@ -215,7 +212,7 @@ def state_from_host(host: dict[str, Any], template: dict[str, Any]) -> dict[str,
 
   def one(h, t):
     h = np.asarray(h)
-    if _is_key(t):
+    if sharding.is_key(t):
       want = jax.random.key_data(t)
       if h.shape != want.shape or h.dtype != want.dtype:
         raise ValueError(f"key data {h.shape} {h.dtype}, expected {want.shape} {want.dtype}")

@@ -153,13 +153,14 @@ def unpad(tree: Any, m: int) -> Any:
 # -- placement -----------------------------------------------------------------
 
 
-def _is_key(a) -> bool:
-  return isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+def is_key(a) -> bool:
+  """Whether `a` (an array or a ShapeDtypeStruct) holds typed PRNG keys."""
+  return hasattr(a, "dtype") and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
 
 
 def _put(a, sharding: NamedSharding):
   """One leaf onto `sharding`, from this process's value or from a global array."""
-  if _is_key(a):
+  if is_key(a):
     return jax.random.wrap_key_data(_put(jax.random.key_data(a), sharding),
                                     impl=jax.random.key_impl(a))
   if jax.process_count() > 1 and getattr(a, "is_fully_addressable", True):
@@ -208,7 +209,7 @@ def to_host(tree: Any) -> Any:
 
   def get(a):
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
-      if _is_key(a):
+      if is_key(a):
         a = jax.random.key_data(a)
       return np.asarray(multihost_utils.process_allgather(a, tiled=True))
     return jax.device_get(a)
