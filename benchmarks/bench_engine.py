@@ -79,14 +79,16 @@ def matmul_peak(n: int = 0, repeats: int = 10) -> dict:
   return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9)
 
 
-def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str = TASK) -> dict:
+def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str = TASK,
+                   member_mode: str = "auto") -> dict:
   """Trains `members` seeds of the task's recommended cell for `epochs` epochs with Engine.run."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from jaxact import studies  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
-  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
+  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1,
+                                  member_mode=member_mode)
   marks = []
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
                           progress=lambda _: marks.append(time.perf_counter()))
@@ -103,6 +105,7 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else float("nan")
   out = dict(
       kind="engine", members=members, epochs=epochs, task=task, cell=cell.key,
+      member_mode=eng.member_mode, eval_rows=eng.eval_rows,
       epoch_s=epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
       compile_s=epoch_s[0] - steady, compilations=eng.traces, wall_s=wall,
       statuses=sorted({r.status for r in results}),
@@ -151,7 +154,8 @@ def measure_full_table(args) -> dict:
   config = train.RunConfig(
       study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
       data_dir=args.data_dir,
-      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact))
+      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact,
+                                     member_mode=args.member_mode))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.
@@ -164,6 +168,7 @@ def measure_full_table(args) -> dict:
     per_task[task] = dict(members=len(rs), useful=sum(r.epochs_trained for r in rs),
                           epochs_run=max(r.epochs_trained for r in rs))
   return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
+              member_mode=args.member_mode,
               max_epochs=args.max_epochs, compact=args.compact, wall_s=wall, workdir=workdir,
               members=sum(v["members"] for v in per_task.values()),
               useful_model_epochs=sum(v["useful"] for v in per_task.values()),
@@ -192,7 +197,8 @@ def _worker(args) -> dict:
   if args.worker == "torch":
     return measure_torch(arrays, args.epochs, args.torch_threads or common.cpu_count())
   if args.worker == "engine":
-    return measure_engine(arrays, int(args.members), args.epochs)
+    return measure_engine(arrays, int(args.members), args.epochs,
+                          member_mode=args.member_mode)
   raise ValueError(f"unknown worker {args.worker!r}")
 
 
@@ -224,11 +230,12 @@ def _log(msg: str) -> None:
   print(msg, file=sys.stderr, flush=True)
 
 
-def run_worker(kind: str, args, members: int | None = None) -> dict:
+def run_worker(kind: str, args, members: int | None = None, mode: str | None = None) -> dict:
   """Runs one measurement in a fresh Python process and returns its JSON result."""
   cmd = [sys.executable, "-m", "benchmarks.bench_engine", "--worker", kind] + _forwarded(args)
   if members is not None:
     cmd += ["--members", str(members)]
+  cmd += ["--member_mode", mode or args.member_modes.split(",")[0]]
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_MARK)]
@@ -236,7 +243,7 @@ def run_worker(kind: str, args, members: int | None = None) -> dict:
     raise RuntimeError(f"benchmark worker failed ({' '.join(cmd[2:])}), exit {proc.returncode}:\n"
                        + proc.stderr[-3000:])
   result = json.loads(lines[-1][len(_MARK):])
-  _log(f"  {kind}{'' if members is None else f' M={members}'}: done in "
+  _log(f"  {kind}{'' if members is None else f' M={members}'}{f' {mode}' if mode else ''}: done in "
        f"{time.perf_counter() - t0:.1f} s")
   return result
 
@@ -247,6 +254,7 @@ def summarise(runs: list[dict]) -> dict:
     return common.median([r.get(key) for r in runs if r.get(key) is not None])
   first = runs[0]
   return dict(kind=first["kind"], members=first["members"], repeats=len(runs),
+              member_mode=first.get("member_mode"),
               steady_epoch_s=med("steady_epoch_s"), first_epoch_s=med("first_epoch_s"),
               compile_s=med("compile_s") if first["kind"] == "engine" else None,
               compilations=first.get("compilations"),
@@ -304,22 +312,24 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
                  common.fmt(s["first_epoch_s"]), "-", common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mem(s)), common.mib(mem(s)), "-",
                  common.fmt(100 * s["valid_metric"], ".1f")])
-  prev = None
+  prev_by_mode = {}
   for s in engine_summaries:
     m = s["members"]
+    prev = prev_by_mode.get(s.get("member_mode"))
+    prev_by_mode[s.get("member_mode")] = s
     rate = m / s["steady_epoch_s"]
     gf = flops.total * rate / 1e9
     mm = mem(s)
     marginal = "-"
     if prev is not None and mm is not None and mem(prev) is not None:
       marginal = common.mib((mm - mem(prev)) / (m - prev["members"]))
-    rows.append([f"jaxact Engine ({s['backend']})", str(m), common.fmt(s["steady_epoch_s"]),
+    rows.append([f"jaxact Engine ({s['backend']}, {s.get('member_mode')})", str(m),
+                 common.fmt(s["steady_epoch_s"]),
                  common.fmt(rate), common.fmt(rate / torch_rate) if torch_rate else "-",
                  common.fmt(s["first_epoch_s"]), common.fmt(s["compile_s"]), common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mm),
                  common.mib(None if mm is None else mm / m), marginal,
                  common.fmt(100 * s["valid_metric"], ".1f")])
-    prev = s
   lines += ["## Throughput and scaling", "", common.markdown_table(header, rows), ""]
   lines += [
       "How to read it: *s / epoch* is the steady time of one epoch of all M members (median of "
@@ -344,7 +354,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     f = full_table
     lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
               f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
-              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}: "
+              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, member mode "
+              f"{f.get('member_mode')}: "
               f"{f['members']} members",
               f"- wall time: **{f['wall_s']:.0f} s** ({f['wall_s'] / 60:.1f} min), workdir "
               f"`{f['workdir']}`",
@@ -388,6 +399,10 @@ def parse_args(argv=None):
   p.add_argument("--max_epochs", type=int, default=100, help="--full_table: epoch cap")
   p.add_argument("--compact", action="store_true", help="--full_table: EngineConfig.compact")
   p.add_argument("--full_table_workdir", default=None, help="--full_table: keep results here")
+  p.add_argument("--member_modes", default="auto",
+                 help="comma-separated EngineConfig.member_mode values to measure, each at "
+                      "every M (auto, loop, vmap); --full_table uses the first")
+  p.add_argument("--member_mode", default=None, help=argparse.SUPPRESS)   # a worker's one mode
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   # Smaller synthetic sets, for smoke tests only (the FLOP count assumes 2,000 / 3,000).
   p.add_argument("--n_train", type=int, default=0, help=argparse.SUPPRESS)
@@ -397,6 +412,10 @@ def parse_args(argv=None):
     p.error("--epochs must be >= 2 (the first epoch includes compilation)")
   if args.repeats < 1:
     p.error("--repeats must be >= 1")
+  for mode in args.member_modes.split(","):
+    if mode not in ("auto", "loop", "vmap"):
+      p.error(f"--member_modes: unknown mode {mode!r} (auto, loop, vmap)")
+  args.member_mode = args.member_mode or args.member_modes.split(",")[0]
   return args
 
 
@@ -419,8 +438,10 @@ def main(argv=None) -> int:
     else:
       torch_summary = summarise([run_worker("torch", args)
                                  for _ in range(args.repeats)])
-  engine_summaries = [summarise([run_worker("engine", args, m)
-                                 for _ in range(args.repeats)]) for m in members]
+  modes = args.member_modes.split(",")
+  engine_summaries = [summarise([run_worker("engine", args, m, mode)
+                                 for _ in range(args.repeats)])
+                      for mode in modes for m in members]
   full = run_worker("full_table", args) if args.full_table else None
   report = format_report(machine, torch_summary, engine_summaries, full, command, date, args)
   print(report)

@@ -45,6 +45,10 @@ FORMAT = 1
 # RunConfig fields that do not change results: where the data are read from
 # (their content is checked through the split fingerprint instead).
 _NOT_IDENTITY = ("data_dir", "tfds_dir")
+# Engine fields that only choose how the same function is computed (the
+# results agree to float rounding); "auto" resolves per machine anyway, so a
+# run may be resumed on another machine or with another choice.
+_NOT_IDENTITY_ENGINE = ("member_mode", "eval_examples")
 _MISSING = object()
 
 
@@ -56,15 +60,15 @@ def config_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
   """Everything in a `RunConfig.to_dict()` that changes results, as flat JSON values.
 
   The engine's fields are flattened into the top level (they are named as
-  their command-line flags, e.g. `max_epochs`); `data_dir` and `tfds_dir` are
-  left out.
+  their command-line flags, e.g. `max_epochs`); `data_dir`, `tfds_dir` and
+  the engine's execution choices (`member_mode`, `eval_examples`) are left out.
   """
   out = {}
   for key, value in config_dict.items():
     if key in _NOT_IDENTITY:
       continue
     if key == "engine" and isinstance(value, dict):
-      out.update(value)
+      out.update({k: v for k, v in value.items() if k not in _NOT_IDENTITY_ENGINE})
     else:
       out[key] = value
   return json.loads(json.dumps(out))

@@ -13,12 +13,24 @@ with the data resident on the device, then a batched pass over the valid
 set and the early-stopping update. The host loop only fetches a few (M,)
 vectors per epoch for progress and stops when no member is training.
 
-Stopped members are frozen but still computed until the last member stops.
-With `EngineConfig.compact`, the host loop instead drops them from the
-stacked state whenever at most half of the stacked members are still
-training, and switches to an epoch function compiled for the remaining
-members (a *layout*); finished members keep their results in a full-size
-copy of the state. At most about log2(M) extra compilations per task.
+How the members share the machine (`EngineConfig.member_mode`):
+- "vmap": every step is one vmapped computation over all members (batched
+  matmuls): what fills a GPU or a TPU. Stopped members are frozen but still
+  computed until the last member stops; with `EngineConfig.compact`, the
+  host loop instead drops them from the stacked state whenever at most half
+  of the stacked members are still training, and switches to an epoch
+  function compiled for the remaining members (a *layout*); finished members
+  keep their results in a full-size copy of the state. At most about
+  log2(M) extra compilations per task.
+- "loop": inside the same jitted epoch, the members run one after another
+  (`lax.map`), each its whole epoch: its working set stays in the CPU's
+  caches, a stopped member is skipped (`lax.cond`), and the cell-specific
+  part (dense layers, head, loss) is chosen by `lax.switch` on the member's
+  cell, so only its own branch runs. On a CPU this is faster than "vmap"
+  (vmapped batch-32 matmuls and large evaluation chunks run out of cache;
+  measured in benchmarks/ and BUILD_NOTES.md). One device only.
+- "auto" (default): "loop" on a single CPU device, "vmap" otherwise.
+Both modes compute the same function; their results agree to float rounding.
 
 Per member (PROTOCOL section 3):
 - its own initialisation and shuffle order, both from `jax.random.key(seed)`
@@ -77,12 +89,16 @@ class EngineConfig:
     learning_rate, b1, b2, eps, weight_decay: AdamW, decoupled weight decay on
       every parameter, multiplied by the learning rate as in PyTorch.
     eval_examples: about how many (member x example) rows one evaluation chunk
-      holds; bounds the memory of the valid/test passes.
-    compact: drop finished members from the stacked state once at most half
-      of it is still training, so later epochs compute only the members
-      still training (one extra compilation per compaction, at most about
-      log2(M)). Results are those of the uncompacted run up to float
-      rounding of the batched matmuls.
+      holds; bounds the memory of the valid/test passes. None: 32 on a CPU
+      (larger chunks run out of its caches: the valid pass of one member takes
+      about 2x longer at 200 rows, 8x at 3,000), 4096 on an accelerator.
+    compact: ("vmap" mode) drop finished members from the stacked state once
+      at most half of it is still training, so later epochs compute only the
+      members still training (one extra compilation per compaction, at most
+      about log2(M)). Results are those of the uncompacted run up to float
+      rounding of the batched matmuls. "loop" mode skips finished members
+      anyway and ignores it.
+    member_mode: "vmap", "loop" or "auto" (see the module docstring).
   """
   max_epochs: int = 200
   patience: int = 10
@@ -92,8 +108,12 @@ class EngineConfig:
   b2: float = 0.999
   eps: float = 1e-8
   weight_decay: float = 0.01
-  eval_examples: int = 4096
+  eval_examples: int | None = None
   compact: bool = False
+  member_mode: str = "auto"
+
+
+MEMBER_MODES = ("auto", "vmap", "loop")
 
 
 # Diagnostics recorded per member and epoch (see `Engine.diagnostic_shapes`).
@@ -286,6 +306,26 @@ def _network_groups(groups: tuple[tuple[Cell, int, int], ...]
   return out
 
 
+def _vmap_members(fn: Callable, in_axes) -> Callable:
+  """`jax.vmap(fn, in_axes)`, except that ONE member is computed unbatched.
+
+  A vmap over a member axis of size 1 turns every matmul into a batched one
+  with batch 1, which XLA:CPU runs about 15% slower than the plain matmul
+  ("loop" mode computes one member at a time). Outputs get the member axis back.
+  """
+  batched = jax.vmap(fn, in_axes=in_axes)
+
+  def call(*args):
+    sizes = {leaf.shape[ax] for arg, ax in zip(args, in_axes) if ax is not None
+             for leaf in jax.tree_util.tree_leaves(arg)}
+    if sizes != {1}:
+      return batched(*args)
+    one = [a if ax is None else jax.tree_util.tree_map(lambda l: l[0], a)
+           for a, ax in zip(args, in_axes)]
+    return jax.tree_util.tree_map(lambda l: l[None], fn(*one))
+  return call
+
+
 def _slice_members(tree, a: int, b: int):
   return jax.tree_util.tree_map(lambda l: l[a:b], tree)
 
@@ -313,6 +353,18 @@ def _put_members(full: dict[str, Any], part: dict[str, Any], idx: np.ndarray) ->
   return {k: part[k] if k == "epoch" else
           jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), full[k], part[k])
           for k in full}
+
+
+class _OneMember:
+  """The layout of ONE member whose cell is chosen at run time ("loop" mode).
+
+  Where a static layout is a tuple of per-cell slices (cell, start, stop),
+  this holds `index`, a traced int32 into `cells`; `Engine._per_cell` runs the
+  cell-specific code through `lax.switch` on it.
+  """
+
+  def __init__(self, index: jax.Array, cells: tuple[Cell, ...]):
+    self.index, self.cells = index, cells
 
 
 class Engine:
@@ -359,9 +411,25 @@ class Engine:
     self.has_batch_norm = any(c.batch_norm for c in order)
     abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0), order[0]))
     self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    if config.member_mode not in MEMBER_MODES:
+      raise ValueError(f"unknown member_mode {config.member_mode!r}: choose one of "
+                       f"{', '.join(MEMBER_MODES)}")
+    platform = self.mesh.devices.flat[0].platform
+    mode = config.member_mode
+    if mode == "auto":
+      mode = "loop" if platform == "cpu" and self.mesh.size == 1 else "vmap"
+    if mode == "loop" and self.mesh.size > 1:
+      raise ValueError(f"member_mode 'loop' runs on one device, this run has "
+                       f"{self.mesh.size}: use 'vmap' (or 'auto') to shard the members")
+    self.member_mode = mode
+    self.eval_rows = config.eval_examples or (32 if platform == "cpu" else 4096)
+    # "loop" mode: the distinct cells, and each stacked member's index into them.
+    self._cells = tuple(order)
+    self._cell_index = np.asarray([order.index(c) for c, _ in self._stacked], np.int32)
     self.traces = 0
     self.compactions = 0             # in the task's whole history, restored runs included
-    self._epoch_fn = jax.jit(self._epoch, donate_argnums=(0,))   # all members
+    self._epoch_fn = jax.jit(self._epoch_loop if mode == "loop" else self._epoch,
+                             donate_argnums=(0,))                # all members
     self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
     self._test_fn = jax.jit(self._test)
     self._max_derivative = {h: model_lib.max_derivative(h)
@@ -423,23 +491,37 @@ class Engine:
             "param_norm": ((nl,), f32), "saturated": ((d,), f32), "dead": ((d,), f32),
             "mean_abs_pre": ((d,), f32), "spread": ((), f32), "argmax_minority": ((), f32)}
 
-  def _forward(self, params, stats, x, groups, *, train: bool, mask=None):
-    """The outputs of every stacked member.
+  def _per_cell(self, groups, fn: Callable, *args):
+    """`fn(static_groups, *args)` for a layout: called as is for static groups;
+    for a `_OneMember`, through `lax.switch` over its candidate cells, each
+    branch `fn(((cell, 0, 1),), *args)`, so only the member's own cell runs."""
+    if not isinstance(groups, _OneMember):
+      return fn(groups, *args)
+    branches = [functools.partial(fn, ((c, 0, 1),)) for c in groups.cells]
+    if len(branches) == 1:
+      return branches[0](*args)
+    return jax.lax.switch(groups.index, branches, *args)
+
+  def _trunk(self, params, stats, x):
+    """The conv trunk of every stacked member: x (M, B, 28, 28, 1), or
+    (B, 28, 28, 1) shared -> features (M, B, 1024)."""
+    return _vmap_members(lambda p, s, xx: nnx.merge(self.graphdef, p, s).trunk(xx),
+                         in_axes=(0, 0, None if x.ndim == 4 else 0))(params, stats, x)
+
+  def _dense(self, groups, params, stats, feats, mask=None, *, train: bool):
+    """The dense part of every stacked member, for static `groups`.
 
     Args:
-      params, stats: parameters and batch-norm statistics stacked on axis 0 (M).
-      x: (M, B, 28, 28, 1) one batch per member, or (B, 28, 28, 1) shared.
       groups: the per-cell slices of the stacked members.
-      train: batch norm on batch statistics (and updating them).
+      params, stats: parameters and batch-norm statistics stacked on axis 0 (M).
+      feats: (M, B, 1024) the trunk's features.
       mask: (M, B) the real rows of padded batches (train only).
+      train: batch norm on batch statistics (and updating them).
 
     Returns:
       z (M, B, C); the pre-activations (M, max_depth, B, width), zero beyond a
       member's depth; the new batch-norm statistics.
     """
-    shared = x.ndim == 4
-    feats = jax.vmap(lambda p, s, xx: nnx.merge(self.graphdef, p, s).trunk(xx),
-                     in_axes=(0, 0, None if shared else 0))(params, stats, x)   # (M, B, F)
     zs, pres, new_stats = [], [], []
     for (hidden, batch_norm, depth), a, b in _network_groups(groups):
       def one(p, s, f, mk, hidden=hidden, batch_norm=batch_norm, depth=depth):
@@ -448,7 +530,7 @@ class Engine:
                              train=train, mask=mk)
         pre = jnp.stack(pre + [jnp.zeros_like(pre[0])] * (self.max_depth - depth))
         return z, pre, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-      z, pre, st = jax.vmap(one, in_axes=(0, 0, 0, None if mask is None else 0))(
+      z, pre, st = _vmap_members(one, in_axes=(0, 0, 0, None if mask is None else 0))(
           _slice_members(params, a, b), _slice_members(stats, a, b), feats[a:b],
           None if mask is None else mask[a:b] > 0)
       zs.append(z)
@@ -494,20 +576,25 @@ class Engine:
 
   def _member_losses(self, params, stats, x, t, mask, mean, std, groups):
     """Per-member batch losses (M,), input validity (M,) and new batch-norm stats, x (M, B, ...)."""
-    z, _, new_stats = self._forward(params, stats, x, groups, train=True, mask=mask)
-    losses, valid = [], []
-    for cell, a, b in groups:
-      fn = self.loss_fns[cell]
-      tt = train_targets(cell, t[a:b], mean, std)
-      pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
-      mean_pe = jnp.sum(pe * mask[a:b], axis=1) / jnp.sum(mask[a:b], axis=1)
-      losses.append(jax.vmap(fn.finalize)(mean_pe))
-      if fn.valid_input is None:
-        valid.append(jnp.ones((b - a,), bool))
-      else:
-        ok = jax.vmap(fn.valid_input)(z[a:b])                          # (S, B)
-        valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
-    return jnp.concatenate(losses), jnp.concatenate(valid), new_stats
+    feats = self._trunk(params, stats, x)
+
+    def dense_and_loss(groups, params, stats, feats, t, mask):
+      z, _, new_stats = self._dense(groups, params, stats, feats, mask, train=True)
+      losses, valid = [], []
+      for cell, a, b in groups:
+        fn = self.loss_fns[cell]
+        tt = train_targets(cell, t[a:b], mean, std)
+        pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
+        mean_pe = jnp.sum(pe * mask[a:b], axis=1) / jnp.sum(mask[a:b], axis=1)
+        losses.append(jax.vmap(fn.finalize)(mean_pe))
+        if fn.valid_input is None:
+          valid.append(jnp.ones((b - a,), bool))
+        else:
+          ok = jax.vmap(fn.valid_input)(z[a:b])                          # (S, B)
+          valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
+      return jnp.concatenate(losses), jnp.concatenate(valid), new_stats
+
+    return self._per_cell(groups, dense_and_loss, params, stats, feats, t, mask)
 
   def _epoch(self, state, data: TaskData, groups=None):
     """One epoch of every stacked member: (new state, per-member metrics).
@@ -598,9 +685,53 @@ class Engine:
                    trained=still, diag=diag)
     return new_state, metrics
 
+  def _epoch_loop(self, state, data: TaskData):
+    """`_epoch` in "loop" mode: the stacked members one after another.
+
+    Each member runs its whole epoch (training scan and valid pass) as a
+    one-member layout whose cell is picked at run time (`_OneMember`); a
+    member that stopped before this epoch is skipped: its state is returned
+    unchanged and its metrics are NaN with `trained` False, as `_epoch`
+    reports a stopped member.
+    """
+    epoch = state["epoch"]
+    members = {k: v for k, v in state.items() if k != "epoch"}
+    diag_shapes = self.diagnostic_shapes()
+
+    def one(args):
+      member, i = args
+      st = jax.tree_util.tree_map(lambda a: a[None], member)
+
+      def train(st):
+        new, metrics = self._epoch(dict(st, epoch=epoch), data, _OneMember(i, self._cells))
+        del new["epoch"]
+        return new, metrics
+
+      def skip(st):
+        nan = jnp.full((1,), jnp.nan, jnp.float32)
+        return st, dict(train_loss=nan, valid_metric=nan,
+                        n_infinite=jnp.zeros((1,), jnp.int32), trained=jnp.zeros((1,), bool),
+                        diag={k: jnp.full((1,) + shape, jnp.nan, dtype)
+                              for k, (shape, dtype) in diag_shapes.items()})
+
+      new, metrics = jax.lax.cond(st["active"][0], train, skip, st)
+      return jax.tree_util.tree_map(lambda a: a[0], (new, metrics))
+
+    new, metrics = jax.lax.map(one, (members, jnp.asarray(self._cell_index)))
+    return dict(new, epoch=epoch + 1), metrics
+
   def _test(self, params, x, t, mean, std, stats=None):
     """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
-    return self._evaluate(params, {} if stats is None else stats, x, t, mean, std)[:2]
+    stats = {} if stats is None else stats
+    if self.member_mode == "vmap":
+      return self._evaluate(params, stats, x, t, mean, std)[:2]
+
+    def one(args):
+      p, st, i = args
+      p, st = jax.tree_util.tree_map(lambda a: a[None], (p, st))
+      metric, n_inf, _ = self._evaluate(p, st, x, t, mean, std, _OneMember(i, self._cells))
+      return metric[0], n_inf[0]
+    return jax.lax.map(one, (params, stats, jnp.asarray(self._cell_index)))
 
   def _evaluate(self, params, stats, x, t, mean, std, groups=None, diagnostics=False):
     """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).
@@ -615,8 +746,9 @@ class Engine:
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
     n = x.shape[0]
     c = t.shape[-1]
-    chunk = int(max(8, min(n, self.config.eval_examples // m)))
-    nc = -(-n // chunk)
+    target = max(8, min(n, self.eval_rows // m))
+    nc = -(-n // target)
+    chunk = -(-n // nc)                    # balanced chunks: the padding stays below nc rows
     pad = nc * chunk - n
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((nc, chunk) + x.shape[1:])
     ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
@@ -624,9 +756,9 @@ class Engine:
     width = model_lib.HIDDEN_WIDTH
     cat = lambda xs: jnp.concatenate(xs, axis=0)
 
-    def one(carry, args):
-      xc, tc, mc = args
-      z, pre, _ = self._forward(params, stats, xc, groups, train=False)  # (M, chunk, C)
+    def chunk_stats(groups, params, stats, feats, tc, mc):
+      """Per-chunk sums of one layout (static groups), from the trunk's features."""
+      z, pre, _ = self._dense(groups, params, stats, feats, train=False)  # (M, chunk, C)
       scores, infs, outs = [], [], []
       for cell, a, b in groups:
         pred = predictions(cell, z[a:b], mean, std)
@@ -635,18 +767,29 @@ class Engine:
         bad = jnp.any(~jnp.isfinite(pred), axis=-1)
         infs.append(jnp.sum(bad * mc, axis=1))
         outs.append(losses_lib.apply_head(cell.head, z[a:b]))
-      new = dict(score=carry["score"] + cat(scores), inf=carry["inf"] + cat(infs))
+      res = dict(score=cat(scores), inf=cat(infs))
       if diagnostics:
         # Hidden units, on the pre-activations (M, D, chunk, width).
         deriv = cat([model_lib.activation_derivative(hidden, pre[a:b])
                      / self._max_derivative[hidden]
                      for (hidden, _, _), a, b in _network_groups(groups)])   # (M, D, chunk, W)
         w = mc[None, None, :, None]
-        new["sat"] = carry["sat"] + jnp.sum((deriv < SATURATION_RATIO) * w, axis=2)  # (M, D, W)
-        new["zero"] = carry["zero"] + jnp.sum((deriv == 0) * w, axis=2)
-        new["abs"] = carry["abs"] + jnp.sum(jnp.abs(pre) * w, axis=(2, 3))     # (M, D)
+        res["sat"] = jnp.sum((deriv < SATURATION_RATIO) * w, axis=2)        # (M, D, W)
+        res["zero"] = jnp.sum((deriv == 0) * w, axis=2)
+        res["abs"] = jnp.sum(jnp.abs(pre) * w, axis=(2, 3))                  # (M, D)
+        res["out"] = cat(outs)                                               # (M, chunk, C)
+      return res
+
+    def one(carry, args):
+      xc, tc, mc = args
+      feats = self._trunk(params, stats, xc)
+      res = self._per_cell(groups, chunk_stats, params, stats, feats, tc, mc)
+      new = dict(score=carry["score"] + res["score"], inf=carry["inf"] + res["inf"])
+      if diagnostics:
+        for k in ("sat", "zero", "abs"):
+          new[k] = carry[k] + res[k]
         # Output moments per output, merged over chunks (Chan et al.'s update).
-        out = cat(outs)                                                        # (M, chunk, C)
+        out = res["out"]
         wc = mc[None, :, None]
         n_c = jnp.sum(mc)
         mean_c = jnp.sum(out * wc, axis=1) / n_c
@@ -670,8 +813,9 @@ class Engine:
     metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
     if not diagnostics:
       return metric, n_inf, {}
-    target_spread = cat([jnp.full((b - a,), jnp.mean(jnp.std(
-        train_targets(cell, t, mean, std), axis=0))) for cell, a, b in groups])
+    target_spread = self._per_cell(groups, lambda groups, t: cat([
+        jnp.full((b - a,), jnp.mean(jnp.std(train_targets(cell, t, mean, std), axis=0)))
+        for cell, a, b in groups]), t)
     spread = jnp.mean(jnp.sqrt(acc["m2"] / n), axis=1) / jnp.maximum(target_spread, 1e-12)
     minority = (n - jnp.max(acc["hist"], axis=1)) / n
     diag = dict(
@@ -745,7 +889,7 @@ class Engine:
       layout = np.flatnonzero(np.asarray(restore.stacked, bool))
       if not 0 < len(layout) <= r:
         raise ValueError(f"snapshot stacks {len(layout)} of {r} members")
-      if len(layout) < r:
+      if len(layout) < r and self.member_mode == "vmap":
         full = restored
         layout = sharding.pad_indices(layout, m, self.mesh.size)
         state = sharding.shard_members(_take_members(full, layout), self.mesh)
@@ -787,7 +931,7 @@ class Engine:
       if not active[:r].any():       # pads are not waited for
         break
       keep = sharding.pad_indices(np.flatnonzero(host["active"]), len(layout), self.mesh.size)
-      if (cfg.compact and 2 * n_active <= len(layout) and len(keep) < len(layout)
+      if (cfg.compact and self.member_mode == "vmap" and 2 * n_active <= len(layout) and len(keep) < len(layout)
           and epoch < cfg.max_epochs):
         full = state if full is None else _put_members(full, state, layout)
         state = sharding.shard_members(_take_members(state, keep), self.mesh)

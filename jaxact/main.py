@@ -66,8 +66,15 @@ _DEPTH = flags.DEFINE_list(
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
 _COMPACT = flags.DEFINE_bool(
-    "compact", False, "Drop early-stopped members from the stacked state between epochs (fewer "
-    "FLOPs once half the members have stopped; costs a recompilation each time).")
+    "compact", False, "vmap mode: drop early-stopped members from the stacked state between "
+    "epochs (fewer FLOPs once half the members have stopped; costs a recompilation each time). "
+    "Loop mode skips stopped members anyway.")
+_MEMBER_MODE = flags.DEFINE_string(
+    "member_mode", "auto",
+    "How the members share the machine: 'vmap' (one batched computation per step: GPUs, "
+    "TPUs, several devices), 'loop' (one member after another inside the jitted epoch, "
+    "stopped members skipped: faster on a CPU), 'auto' (loop on one CPU device, else vmap). "
+    "Results agree to float rounding.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
     "command with the same workdir resumes the run.")
@@ -120,7 +127,7 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     compact=_COMPACT.value))
+                                     compact=_COMPACT.value, member_mode=_MEMBER_MODE.value))
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -98,9 +98,14 @@ class Conv3x3(nnx.Module):
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pool, stride 2, on (B, H, W, C) with even H and W."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  """2x2 max-pool, stride 2, on (B, H, W, C) with even H and W.
+
+  The maximum of the four strided slices: on XLA:CPU its gradient is about 2x
+  faster than that of a reshape + reduce-max (a select per slice instead of a
+  reduce-window scatter). Ties split the gradient between the tied inputs.
+  """
+  return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
+                     jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
 
 
 HIDDEN_WIDTH = 64
@@ -184,8 +189,9 @@ class CNN(nnx.Module):
 
   def trunk(self, x: jax.Array) -> jax.Array:
     """The convolutional part: x (B, 28, 28, 1) pixels in [-1, 1] -> features (B, 1024)."""
-    x = max_pool_2x2(jax.nn.relu(self.conv1(x)))
-    x = max_pool_2x2(jax.nn.relu(self.conv2(x)))
+    # relu(max_pool(.)) is max_pool(relu(.)) (ReLU is monotone), on a quarter of the values.
+    x = jax.nn.relu(max_pool_2x2(self.conv1(x)))
+    x = jax.nn.relu(max_pool_2x2(self.conv2(x)))
     x = jax.nn.relu(self.conv3(x))
     return x.reshape(x.shape[0], -1)
 

@@ -92,6 +92,13 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
     raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
   if e.patience < 1:
     raise UserError(f"--patience must be positive, got {e.patience}.")
+  if e.member_mode not in engine_lib.MEMBER_MODES:
+    raise UserError(f"unknown --member_mode {e.member_mode!r}: choose one of "
+                    f"{', '.join(engine_lib.MEMBER_MODES)}.")
+  if e.member_mode == "loop" and jax.device_count() > 1:
+    raise UserError(f"--member_mode=loop runs on one device and this run has "
+                    f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "
+                    "members over them.")
   for conv in config.conventions:
     if conv not in studies.CONVENTIONS:
       raise UserError(f"unknown convention {conv!r}: choose one of "

@@ -29,7 +29,7 @@ from jaxact import engine  # pylint: disable=g-import-not-at-top
 from jaxact import studies
 from test_engine import _synthetic
 
-CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32)
+CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32, member_mode="vmap")
 
 
 def members():

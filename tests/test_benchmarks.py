@@ -42,6 +42,21 @@ def test_engine_measurement_structure():
   assert r["compile_s"] == pytest.approx(r["first_epoch_s"] - r["steady_epoch_s"])
 
 
+@pytest.mark.parametrize("mode", ["loop", "vmap"])
+def test_engine_measurement_records_the_member_mode(mode):
+  arrays = common.synthetic_arrays(n_train=48, n_valid=16, n_test=8)
+  r = bench_engine.measure_engine(arrays, members=2, epochs=2, member_mode=mode)
+  assert r["member_mode"] == mode and r["compilations"] == 1
+
+
+def test_cpu_layout_microbenchmarks_run():
+  from benchmarks import cpu_layouts  # pylint: disable=g-import-not-at-top
+  pools = cpu_layouts.pooling(repeats=1)
+  assert set(pools) == {"reshape + reduce-max", "max of strided slices"}
+  assert all(ms > 0 for ms in pools.values())
+  assert cpu_layouts.eval_chunk(1500, repeats=1) > 0
+
+
 def _fake_summary(kind, members, steady, backend="cpu"):
   return dict(kind=kind, members=members, repeats=1, steady_epoch_s=steady, first_epoch_s=3.0,
               compile_s=2.0 if kind == "engine" else None, compilations=1,

@@ -235,7 +235,7 @@ def test_compaction_matches_the_uncompacted_run():
   runs = {}
   for compact in (False, True):
     lines = []
-    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, compact=compact),
+    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, compact=compact, member_mode="vmap"),
                         progress=lines.append)
     runs[compact] = eng, eng.run(data), [re.sub(r"[\d.]+s;", "", l) for l in lines]
   (full, ref, ref_lines), (compact, res, lines) = runs[False], runs[True]
@@ -263,7 +263,7 @@ def test_compaction_matches_the_uncompacted_run():
 def test_compaction_down_to_one_member(regression_runs):
   data, alone, both, _ = regression_runs
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]
-  eng = engine.Engine("regression", members, dataclasses.replace(CFG, compact=True),
+  eng = engine.Engine("regression", members, dataclasses.replace(CFG, compact=True, member_mode="vmap"),
                       progress=lambda _: None)
   res = eng.run(data)
   # Three members are invalid in epoch 0: from epoch 1 on only the good one is computed,
@@ -290,3 +290,63 @@ def test_compaction_down_to_one_member(regression_runs):
       jax.tree_util.tree_map(lambda a: a[both.members.index((_BAD, 0))],
                              both.final_state["params"]), rtol=1e-3, atol=1e-4)
   assert int(eng.final_state["epoch"]) == CFG.max_epochs
+
+
+# -- member modes: "loop" (members one after another) and "vmap" ---------------
+
+
+@pytest.fixture(scope="module")
+def both_modes():
+  """A grid with members that stop at different epochs, trained in both member modes."""
+  data = _synthetic("multiclass")
+  cells = studies.select_cells("activation", "multiclass")["multiclass"]
+  members = [(c, s) for c in cells for s in (0, 1)]
+  cfg = dataclasses.replace(CFG, max_epochs=6, patience=1)
+  out = {}
+  for mode in ("loop", "vmap"):
+    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, member_mode=mode),
+                        progress=lambda _: None)
+    out[mode] = (eng, eng.run(data))
+  return out
+
+
+def test_loop_and_vmap_modes_agree(both_modes):
+  (loop, loop_res), (vmap, vmap_res) = both_modes["loop"], both_modes["vmap"]
+  assert loop.member_mode == "loop" and vmap.member_mode == "vmap"
+  assert loop.traces == vmap.traces == 1
+  stopped = {r.epochs_trained for r in loop_res}
+  assert len(stopped) > 1          # members stopped at different epochs: skipping is exercised
+  for a, b in zip(loop_res, vmap_res):
+    assert (a.cell, a.seed, a.status, a.best_epoch, a.epochs_trained) == (
+        b.cell, b.seed, b.status, b.best_epoch, b.epochs_trained)
+    chex.assert_trees_all_close((a.train_loss, a.valid_metric, a.test),
+                                (b.train_loss, b.valid_metric, b.test), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(a.diagnostics["grad_norm"], b.diagnostics["grad_norm"],
+                                rtol=1e-3, atol=1e-6)
+  # A stopped member is frozen in both: the final parameters agree to rounding (Adam's
+  # normalisation amplifies it in single entries, so compare each layer as a whole).
+  for a, b in zip(jax.tree_util.tree_leaves(loop.final_state["params"]),
+                  jax.tree_util.tree_leaves(vmap.final_state["params"])):
+    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
+    assert rel.max() < 1e-3, rel
+
+
+def test_loop_mode_member_equals_single_run_exactly(both_modes):
+  eng, results = both_modes["loop"]
+  cell = studies.recommended_cell("multiclass")
+  single = engine.Engine("multiclass", [(cell, 1)],
+                         dataclasses.replace(eng.config), progress=lambda _: None)
+  (alone,) = single.run(_synthetic("multiclass"))
+  member = _by(results, cell, 1)
+  # The same one-member program runs in both: no batched matmul to round differently.
+  assert (alone.train_loss, alone.valid_metric, alone.test) == (
+      member.train_loss, member.valid_metric, member.test)
+
+
+def test_member_mode_is_checked():
+  cell = studies.recommended_cell("multiclass")
+  with pytest.raises(ValueError, match="unknown member_mode 'fast'"):
+    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, member_mode="fast"))
+  eng = engine.Engine("multiclass", [(cell, 0)], CFG)
+  assert eng.member_mode == ("loop" if jax.devices()[0].platform == "cpu" else "vmap")

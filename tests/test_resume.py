@@ -121,7 +121,7 @@ def test_resume_inside_a_compacted_layout(tmp_path):
   """A checkpoint taken right after a compaction keeps the layout; the rest is bitwise equal."""
   data = _synthetic("regression")
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]  # three invalid in epoch 0
-  cfg = engine.EngineConfig(max_epochs=3, patience=10, compact=True)
+  cfg = engine.EngineConfig(max_epochs=3, patience=10, compact=True, member_mode="vmap")
   ref_eng = engine.Engine("regression", members, cfg, progress=lambda _: None)
   ref = ref_eng.run(data)
   assert ref_eng.compactions == 1
