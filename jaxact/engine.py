@@ -1,12 +1,13 @@
-"""The vmapped training engine: every cell x seed of one task in ONE jitted program.
+"""The training engine: every cell x seed of one task in ONE jitted program.
 
 A *member* is one (cell, seed). All members of a task share the network's
 shapes (the output width C is the task's), so their parameters and AdamW
-states are stacked along a leading member axis and trained by `jax.vmap` of
-one model. Members are grouped by cell (contiguous, static slices); the
-forward and backward passes run over all members at once, and only the
-tiny head + loss differ per group, so no `lax.switch` (whose `select` would
-run every branch for every member) is needed.
+states are stacked along a leading member axis. Members are grouped by cell
+(contiguous, static slices). In "vmap" mode the forward and backward passes
+run over all members at once (`jax.vmap` of one model) and only the tiny
+head + loss differ per group, so no `lax.switch` (whose vmapped `select`
+would run every branch for every member) is needed; "loop" mode (below)
+runs the members one after another instead.
 
 One epoch is one call of a jitted function: a `lax.scan` over the batches
 with the data resident on the device, then a batched pass over the valid
