@@ -93,6 +93,15 @@ def test_cli_missing_data_dir(tmp_path):
   assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_refuses_loop_mode_on_several_devices(tmp_path, mnist_dir):
+  proc = _cli("--task=binary", "--member_mode=loop", f"--data_dir={mnist_dir}",
+              f"--workdir={tmp_path}",
+              env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert proc.returncode == 2
+  assert "--member_mode=loop runs on one device" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
 def test_cli_unwritable_workdir(tmp_path, mnist_dir):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
