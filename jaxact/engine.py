@@ -692,8 +692,8 @@ class Engine:
     Each member runs its whole epoch (training scan and valid pass) as a
     one-member layout whose cell is picked at run time (`_OneMember`); a
     member that stopped before this epoch is skipped: its state is returned
-    unchanged and its metrics are NaN with `trained` False, as `_epoch`
-    reports a stopped member.
+    unchanged, its metrics are NaN and `trained` is False (the host keeps a
+    member's histories for its trained epochs only, in both modes).
     """
     epoch = state["epoch"]
     members = {k: v for k, v in state.items() if k != "epoch"}
