@@ -68,14 +68,7 @@ def matmul_peak(n: int = 0, repeats: int = 10) -> dict:
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.random.normal(ka, (n, n), jnp.float32)
   b = jax.random.normal(kb, (n, n), jnp.float32)
-  f = jax.jit(jnp.matmul)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - t0)
-  s = common.median(times)
+  s = common.time_calls(jax.jit(jnp.matmul), a, b, repeats=repeats)
   return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9)
 
 
@@ -412,9 +405,10 @@ def parse_args(argv=None):
     p.error("--epochs must be >= 2 (the first epoch includes compilation)")
   if args.repeats < 1:
     p.error("--repeats must be >= 1")
+  from jaxact.engine import MEMBER_MODES  # pylint: disable=g-import-not-at-top
   for mode in args.member_modes.split(","):
-    if mode not in ("auto", "loop", "vmap"):
-      p.error(f"--member_modes: unknown mode {mode!r} (auto, loop, vmap)")
+    if mode not in MEMBER_MODES:
+      p.error(f"--member_modes: unknown mode {mode!r} ({', '.join(MEMBER_MODES)})")
   args.member_mode = args.member_mode or args.member_modes.split(",")[0]
   return args
 

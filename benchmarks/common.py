@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import time
 from typing import Sequence
 
 import numpy as np
@@ -159,6 +160,22 @@ def device_memory_stats() -> dict | None:
 
 # ---------------------------------------------------------------------------
 # Statistics and formatting.
+
+
+def time_calls(fn, *args, repeats: int) -> float:
+  """Median wall seconds of `fn(*args)` over `repeats` calls after one warm-up call.
+
+  Waits for every call's result (`jax.block_until_ready`), so asynchronous
+  dispatch does not hide the work.
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (no backend at import time)
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return median(times)
 
 
 def median(xs: Sequence[float]) -> float:

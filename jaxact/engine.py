@@ -696,15 +696,11 @@ class Engine:
     member's histories for its trained epochs only, in both modes).
     """
     epoch = state["epoch"]
-    members = {k: v for k, v in state.items() if k != "epoch"}
     diag_shapes = self.diagnostic_shapes()
 
-    def one(args):
-      member, i = args
-      st = jax.tree_util.tree_map(lambda a: a[None], member)
-
+    def one(st, layout):
       def train(st):
-        new, metrics = self._epoch(dict(st, epoch=epoch), data, _OneMember(i, self._cells))
+        new, metrics = self._epoch(dict(st, epoch=epoch), data, layout)
         del new["epoch"]
         return new, metrics
 
@@ -715,11 +711,23 @@ class Engine:
                         diag={k: jnp.full((1,) + shape, jnp.nan, dtype)
                               for k, (shape, dtype) in diag_shapes.items()})
 
-      new, metrics = jax.lax.cond(st["active"][0], train, skip, st)
-      return jax.tree_util.tree_map(lambda a: a[0], (new, metrics))
+      return jax.lax.cond(st["active"][0], train, skip, st)
 
-    new, metrics = jax.lax.map(one, (members, jnp.asarray(self._cell_index)))
+    new, metrics = self._each_member(one, {k: v for k, v in state.items() if k != "epoch"})
     return dict(new, epoch=epoch + 1), metrics
+
+  def _each_member(self, fn: Callable, stacked):
+    """`lax.map` over the stacked members: `fn(member, layout)` one member at a time.
+
+    `member` is `stacked` cut to that member, with a member axis of size 1;
+    `layout` its `_OneMember`. `fn`'s outputs have that axis too; the result
+    stacks them over all members.
+    """
+    def one(args):
+      member, index = args
+      out = fn(jax.tree_util.tree_map(lambda a: a[None], member), _OneMember(index, self._cells))
+      return jax.tree_util.tree_map(lambda a: a[0], out)
+    return jax.lax.map(one, (stacked, jnp.asarray(self._cell_index)))
 
   def _test(self, params, x, t, mean, std, stats=None):
     """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
@@ -727,12 +735,8 @@ class Engine:
     if self.member_mode == "vmap":
       return self._evaluate(params, stats, x, t, mean, std)[:2]
 
-    def one(args):
-      p, st, i = args
-      p, st = jax.tree_util.tree_map(lambda a: a[None], (p, st))
-      metric, n_inf, _ = self._evaluate(p, st, x, t, mean, std, _OneMember(i, self._cells))
-      return metric[0], n_inf[0]
-    return jax.lax.map(one, (params, stats, jnp.asarray(self._cell_index)))
+    return self._each_member(
+        lambda ps, layout: self._evaluate(*ps, x, t, mean, std, layout)[:2], (params, stats))
 
   def _evaluate(self, params, stats, x, t, mean, std, groups=None, diagnostics=False):
     """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).

@@ -100,9 +100,10 @@ class Conv3x3(nnx.Module):
 def max_pool_2x2(x: jax.Array) -> jax.Array:
   """2x2 max-pool, stride 2, on (B, H, W, C) with even H and W.
 
-  The maximum of the four strided slices: on XLA:CPU its gradient is about 2x
-  faster than that of a reshape + reduce-max (a select per slice instead of a
-  reduce-window scatter). Ties split the gradient between the tied inputs.
+  The maximum of the four strided slices: on XLA:CPU, ReLU + this pool forward
+  and backward take about 0.6 ms on conv1's (32, 28, 28, 32) output against 0.87
+  ms for a reshape + reduce-max (`python -m benchmarks.cpu_layouts`). Ties
+  split the gradient between the tied inputs.
   """
   return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
                      jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
