@@ -56,11 +56,14 @@ TASK = "multiclass"  # C = 10, softmax + cce: the network of the FLOP count
 # Measurements (each runs inside a worker process; importable for tests).
 
 
-def matmul_peak(n: int = 0, repeats: int = 10) -> dict:
+def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> dict:
   """Median time and GFLOP/s of an (n, n) @ (n, n) float32 matmul with jax.
 
-  n = 0 picks 2048 on CPU and 8192 on an accelerator.
+  n = 0 picks 2048 on CPU and 8192 on an accelerator. `precision` as
+  EngineConfig.matmul_precision (on a GPU, "tensorfloat32" uses the TF32
+  tensor cores: the peak the engine can reach at that precision).
   """
+  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if not n:
@@ -68,12 +71,13 @@ def matmul_peak(n: int = 0, repeats: int = 10) -> dict:
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.random.normal(ka, (n, n), jnp.float32)
   b = jax.random.normal(kb, (n, n), jnp.float32)
-  s = common.time_calls(jax.jit(jnp.matmul), a, b, repeats=repeats)
-  return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9)
+  fn = jax.jit(engine_lib.with_matmul_precision(jnp.matmul, precision))
+  s = common.time_calls(fn, a, b, repeats=repeats)
+  return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9, precision=precision)
 
 
 def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str = TASK,
-                   member_mode: str = "auto") -> dict:
+                   member_mode: str = "auto", matmul_precision: str = "float32") -> dict:
   """Trains `members` seeds of the task's recommended cell for `epochs` epochs with Engine.run."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
@@ -81,7 +85,7 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
 
   cell = studies.recommended_cell(task)
   config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1,
-                                  member_mode=member_mode)
+                                  member_mode=member_mode, matmul_precision=matmul_precision)
   marks = []
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
                           progress=lambda _: marks.append(time.perf_counter()))
@@ -98,7 +102,7 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else float("nan")
   out = dict(
       kind="engine", members=members, epochs=epochs, task=task, cell=cell.key,
-      member_mode=eng.member_mode, eval_rows=eng.eval_rows,
+      member_mode=eng.member_mode, eval_rows=eng.eval_rows, matmul_precision=matmul_precision,
       epoch_s=epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
       compile_s=epoch_s[0] - steady, compilations=eng.traces, wall_s=wall,
       statuses=sorted({r.status for r in results}),
@@ -113,24 +117,32 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   return out
 
 
-def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = TASK) -> dict:
-  """Trains one model of the task's recommended cell for `epochs` epochs with the reference."""
+def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = TASK,
+                  device: str | None = None) -> dict:
+  """Trains one model of the task's recommended cell for `epochs` epochs with the reference.
+
+  device: torch's ("cpu", "cuda"); None: cuda when torch sees a GPU. On a GPU,
+  PyTorch's defaults apply (cuDNN may use TF32 for the convolutions).
+  """
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
   from jaxact import studies  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
   torch.set_num_threads(threads)
-  data = ref.TorchTaskData.from_split(arrays, task)
+  device = device or ref.default_device()
+  data = ref.TorchTaskData.from_split(arrays, task).to(device)
   rss_before = common.rss_bytes()
   reset = common.reset_peak_rss()
-  r = ref.train_cell(cell, 0, data, max_epochs=epochs, patience=epochs + 1)
+  r = ref.train_cell(cell, 0, data, max_epochs=epochs, patience=epochs + 1, device=device)
   peak = common.peak_rss_bytes()
   epoch_s = r.model_epoch_s
   steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
   return dict(
       kind="torch", members=1, epochs=epochs, task=task, cell=cell.key, threads=threads,
-      torch_version=torch.__version__, epoch_s=epoch_s, train_epoch_s=r.train_epoch_s,
+      torch_version=torch.__version__, device=device,
+      device_name=torch.cuda.get_device_name() if device.startswith("cuda") else None,
+      epoch_s=epoch_s, train_epoch_s=r.train_epoch_s,
       valid_epoch_s=r.valid_epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
       wall_s=r.wall_s, statuses=[r.status], valid_metric=r.valid_metric[-1],
       rss_before=rss_before, peak_rss=peak if reset else None,
@@ -148,7 +160,8 @@ def measure_full_table(args) -> dict:
       study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
       data_dir=args.data_dir,
       engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact,
-                                     member_mode=args.member_mode))
+                                     member_mode=args.member_mode,
+                                     matmul_precision=args.matmul_precision))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.
@@ -161,7 +174,7 @@ def measure_full_table(args) -> dict:
     per_task[task] = dict(members=len(rs), useful=sum(r.epochs_trained for r in rs),
                           epochs_run=max(r.epochs_trained for r in rs))
   return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
-              member_mode=args.member_mode,
+              member_mode=args.member_mode, matmul_precision=args.matmul_precision,
               max_epochs=args.max_epochs, compact=args.compact, wall_s=wall, workdir=workdir,
               members=sum(v["members"] for v in per_task.values()),
               useful_model_epochs=sum(v["useful"] for v in per_task.values()),
@@ -170,17 +183,19 @@ def measure_full_table(args) -> dict:
               per_task=per_task)
 
 
-def machine_info(matmul_n: int, repeats: int) -> dict:
+def machine_info(matmul_n: int, repeats: int, precision: str = "float32") -> dict:
   from jaxact import train  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   return dict(kind="machine", description=train.machine_description(),
               git_revision=train.git_revision(), backend=jax.default_backend(),
-              jax_version=jax.__version__, matmul=matmul_peak(matmul_n, max(repeats, 5)))
+              jax_version=jax.__version__, devices=[str(d) for d in jax.devices()],
+              device_kind=jax.devices()[0].device_kind,
+              matmul=matmul_peak(matmul_n, max(repeats, 5), precision))
 
 
 def _worker(args) -> dict:
   if args.worker == "machine":
-    return machine_info(args.matmul_n, args.repeats)
+    return machine_info(args.matmul_n, args.repeats, args.matmul_precision)
   if args.worker == "full_table":
     return measure_full_table(args)
   if args.synthetic and (args.n_train or args.n_valid):
@@ -188,10 +203,11 @@ def _worker(args) -> dict:
   else:
     arrays = common.load_arrays(args.data_dir, args.split_seed, args.synthetic, n_test=256)
   if args.worker == "torch":
-    return measure_torch(arrays, args.epochs, args.torch_threads or common.cpu_count())
+    return measure_torch(arrays, args.epochs, args.torch_threads or common.cpu_count(),
+                         device=args.torch_device)
   if args.worker == "engine":
     return measure_engine(arrays, int(args.members), args.epochs,
-                          member_mode=args.member_mode)
+                          member_mode=args.member_mode, matmul_precision=args.matmul_precision)
   raise ValueError(f"unknown worker {args.worker!r}")
 
 
@@ -203,9 +219,11 @@ def _forwarded(args) -> list[str]:
   out = ["--epochs", str(args.epochs), "--repeats", str(args.repeats),
          "--split_seed", str(args.split_seed), "--matmul_n", str(args.matmul_n),
          "--seeds", str(args.seeds), "--study", args.study, "--conventions", args.conventions,
-         "--max_epochs", str(args.max_epochs)]
+         "--max_epochs", str(args.max_epochs), "--matmul_precision", args.matmul_precision]
   if args.torch_threads:
     out += ["--torch_threads", str(args.torch_threads)]
+  if args.torch_device:
+    out += ["--torch_device", args.torch_device]
   if args.data_dir:
     out += ["--data_dir", args.data_dir]
   if args.synthetic:
@@ -236,6 +254,9 @@ def run_worker(kind: str, args, members: int | None = None, mode: str | None = N
     raise RuntimeError(f"benchmark worker failed ({' '.join(cmd[2:])}), exit {proc.returncode}:\n"
                        + proc.stderr[-3000:])
   result = json.loads(lines[-1][len(_MARK):])
+  if args.raw_out:  # every measurement as it comes, so that an interrupted run keeps its data
+    with open(args.raw_out, "a") as f:
+      f.write(json.dumps(result) + "\n")
   _log(f"  {kind}{'' if members is None else f' M={members}'}{f' {mode}' if mode else ''}: done in "
        f"{time.perf_counter() - t0:.1f} s")
   return result
@@ -255,6 +276,7 @@ def summarise(runs: list[dict]) -> dict:
               valid_metric=med("valid_metric"),
               statuses=sorted({s for r in runs for s in r["statuses"]}),
               threads=first.get("threads"), torch_version=first.get("torch_version"),
+              device_name=first.get("device_name"),
               backend=first.get("backend"))
 
 
@@ -279,7 +301,9 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
       f"{flops.total / 1e9:.1f} GFLOP ({flops.train / 1e9:.1f} train at 3 x forward, "
       f"{flops.valid / 1e9:.1f} valid forward; {flops.forward_per_example / 1e6:.2f} MFLOP "
       "forward per example)",
-      f"- float32 matmul peak (jax, {machine['matmul']['n']}^3, median of "
+      f"- jax devices: {', '.join(machine.get('devices') or ['-'])}",
+      f"- engine matmul precision: {args.matmul_precision}",
+      f"- float32 matmul peak at that precision (jax, {machine['matmul']['n']}^3, median of "
       f"{machine['matmul']['repeats']}): {peak:.1f} GFLOP/s",
       "",
   ]
@@ -300,7 +324,9 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     s = torch_summary
     torch_rate = 1.0 / s["steady_epoch_s"]
     gf = flops.total * torch_rate / 1e9
-    rows.append([f"PyTorch {s['torch_version']} reference, {s['threads']} threads", "1",
+    where = (f"{s['device_name']}" if s.get("device_name")
+             else f"{s['threads']} threads")
+    rows.append([f"PyTorch {s['torch_version']} reference, {where}", "1",
                  common.fmt(s["steady_epoch_s"]), common.fmt(torch_rate), "1",
                  common.fmt(s["first_epoch_s"]), "-", common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mem(s)), common.mib(mem(s)), "-",
@@ -348,7 +374,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
               f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
               f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, member mode "
-              f"{f.get('member_mode')}: "
+              f"{f.get('member_mode')}, matmul precision {f.get('matmul_precision', 'float32')}: "
               f"{f['members']} members",
               f"- wall time: **{f['wall_s']:.0f} s** ({f['wall_s'] / 60:.1f} min), workdir "
               f"`{f['workdir']}`",
@@ -381,9 +407,16 @@ def parse_args(argv=None):
   p.add_argument("--split_seed", type=int, default=0)
   p.add_argument("--torch_threads", type=int, default=0, help="default: the CPU count")
   p.add_argument("--skip_torch", action="store_true", help="do not measure the reference")
+  p.add_argument("--torch_device", default=None,
+                 help="the reference's torch device (default: cuda if torch sees a GPU, else cpu)")
+  p.add_argument("--matmul_precision", default="float32",
+                 help="EngineConfig.matmul_precision of the engine runs and of the matmul peak "
+                      "(float32, tensorfloat32, bfloat16, default)")
   p.add_argument("--matmul_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
   p.add_argument("--out", default=None, help="markdown file (default "
                  "benchmarks/results_<hostname>.md; '-' for stdout only)")
+  p.add_argument("--raw_out", default=None,
+                 help="also append every measurement's JSON to this file as it finishes")
   p.add_argument("--full_table", action="store_true",
                  help="also time train_and_evaluate over the whole grid (long)")
   p.add_argument("--study", default="all", help="--full_table: activation, loss or all")
@@ -410,6 +443,9 @@ def parse_args(argv=None):
     if mode not in MEMBER_MODES:
       p.error(f"--member_modes: unknown mode {mode!r} ({', '.join(MEMBER_MODES)})")
   args.member_mode = args.member_mode or args.member_modes.split(",")[0]
+  from jaxact.engine import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
+  if args.matmul_precision not in MATMUL_PRECISIONS:
+    p.error(f"--matmul_precision: unknown {args.matmul_precision!r} ({', '.join(MATMUL_PRECISIONS)})")
   return args
 
 

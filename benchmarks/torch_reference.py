@@ -210,6 +210,24 @@ class TorchTaskData:
     return cls.from_arrays(task, split.x_train, split.y_train, split.x_valid, split.y_valid,
                            split.x_test, split.y_test)
 
+  def to(self, device: str | torch.device) -> "TorchTaskData":
+    """The same data on `device` (resident there, as jaxact keeps it)."""
+    moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+             if isinstance(getattr(self, f.name), torch.Tensor)}
+    return dataclasses.replace(self, **moved)
+
+
+def default_device() -> str:
+  """"cuda" when PyTorch sees a GPU, else "cpu"."""
+  return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _clock(device: torch.device) -> float:
+  """time.perf_counter() after the device's queued work is done (GPU work is asynchronous)."""
+  if device.type == "cuda":
+    torch.cuda.synchronize(device)
+  return time.perf_counter()
+
 
 @dataclasses.dataclass
 class CellResult:
@@ -250,11 +268,17 @@ def evaluate(model: nn.Module, cell: Cell, x: torch.Tensor, t: torch.Tensor, mea
 def train_cell(cell: Cell, seed: int, data: TorchTaskData, *, max_epochs: int = 100,
                patience: int = 10, batch_size: int = 32, learning_rate: float = 1e-3,
                weight_decay: float = 0.01, threads: int | None = None,
+               device: str | torch.device = "cpu",
                progress: Callable[[str], None] | None = None) -> CellResult:
   """Trains one cell with one seed to its early stop (or max_epochs).
 
   With patience > max_epochs nothing stops early: a fixed number of epochs
   (what the throughput benchmark uses). `threads` sets torch.set_num_threads.
+  `device`: where the model and the data live ("cpu", "cuda", ...); the
+  initial weights and the shuffles are drawn on the CPU either way, so a seed
+  starts from the same weights on every device. The loss is checked for
+  finiteness after every step (a host sync, as the original's per-step
+  `loss.item()`).
   """
   if cell.convention != "torch":
     raise ValueError(f"the reference implements the torch convention only, not {cell.key}")
@@ -262,8 +286,11 @@ def train_cell(cell: Cell, seed: int, data: TorchTaskData, *, max_epochs: int = 
     torch.set_num_threads(threads)
   start = time.perf_counter()
   task = tasks_lib.get_task(cell.task)
+  device = torch.device(device)
+  if data.x_train.device != device:
+    data = data.to(device)
   torch.manual_seed(seed)
-  model = build_model(task.num_outputs)
+  model = build_model(task.num_outputs).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=weight_decay)
   loss_fn = make_loss(cell.loss)
@@ -277,9 +304,9 @@ def train_cell(cell: Cell, seed: int, data: TorchTaskData, *, max_epochs: int = 
   train_s, valid_s, history = [], [], []
   epoch = 0
   for epoch in range(max_epochs):
-    t0 = time.perf_counter()
+    t0 = _clock(device)
     model.train()
-    perm = torch.randperm(n, generator=shuffle)
+    perm = torch.randperm(n, generator=shuffle).to(device)
     failed = False
     for i in range(0, n, batch_size):
       idx = perm[i:i + batch_size]
@@ -297,13 +324,13 @@ def train_cell(cell: Cell, seed: int, data: TorchTaskData, *, max_epochs: int = 
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-    t1 = time.perf_counter()
+    t1 = _clock(device)
     train_s.append(t1 - t0)
     if failed:
       valid_s.append(0.0)
       break
     valid = evaluate(model, cell, data.x_valid, data.t_valid, mean, std)
-    valid_s.append(time.perf_counter() - t1)
+    valid_s.append(_clock(device) - t1)
     history.append(valid)
     score = valid if task.higher_is_better else -valid
     if math.isnan(score):
@@ -364,6 +391,8 @@ def main(argv=None) -> int:
   p.add_argument("--max_epochs", type=int, default=100)
   p.add_argument("--patience", type=int, default=10)
   p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+  p.add_argument("--device", default=None, help="torch device (default: cuda if available, "
+                 "else cpu)")
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   p.add_argument("--verbose", action="store_true", help="print every epoch")
   args = p.parse_args(argv)
@@ -374,15 +403,16 @@ def main(argv=None) -> int:
   split = data_lib.load_split(args.data_dir, args.split_seed)
   if args.threads:
     torch.set_num_threads(args.threads)
-  print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {split.source} "
+  device = args.device or default_device()
+  print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; data {split.source} "
         f"(split {split.fingerprint})", flush=True)
   results, start = [], time.perf_counter()
   for task, task_cells in cells.items():
-    data = TorchTaskData.from_split(split, task)
+    data = TorchTaskData.from_split(split, task).to(device)
     for cell in task_cells:
       for seed in range(args.first_seed, args.first_seed + args.seeds):
         r = train_cell(cell, seed, data, max_epochs=args.max_epochs, patience=args.patience,
-                       progress=print if args.verbose else None)
+                       device=device, progress=print if args.verbose else None)
         print(f"{r.cell} seed {seed}: {r.status}, best valid {r.best_valid:.4g}, test "
               f"{r.test:.4g}, best epoch {r.best_epoch}, {r.epochs_trained} epochs, "
               f"{r.wall_s:.1f} s", flush=True)

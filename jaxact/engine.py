@@ -100,6 +100,14 @@ class EngineConfig:
       rounding of the batched matmuls. "loop" mode skips finished members
       anyway and ignores it.
     member_mode: "vmap", "loop" or "auto" (see the module docstring).
+    matmul_precision: the precision of the float32 matmuls (the convolutions
+      are matmuls here), one of MATMUL_PRECISIONS: "float32" (default: full
+      float32 on every backend, what PyTorch computes on a CPU),
+      "tensorfloat32" (TF32 tensor cores on NVIDIA GPUs since Ampere; a 10-bit
+      mantissa for the products), "bfloat16" (bf16 products), or "default"
+      (the backend's own choice: TF32 on recent NVIDIA GPUs, bf16 passes on
+      TPUs, float32 on CPUs). A CPU computes float32 for every choice but
+      "bfloat16". Part of a run's identity: results differ beyond rounding order.
   """
   max_epochs: int = 200
   patience: int = 10
@@ -112,9 +120,26 @@ class EngineConfig:
   eval_examples: int | None = None
   compact: bool = False
   member_mode: str = "auto"
+  matmul_precision: str = "float32"
 
 
 MEMBER_MODES = ("auto", "vmap", "loop")
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
+
+
+def with_matmul_precision(fn: Callable, precision: str) -> Callable:
+  """`fn` traced under `jax.default_matmul_precision(precision)` ("default": as is)."""
+  if precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"unknown matmul_precision {precision!r}: choose one of "
+                     f"{', '.join(MATMUL_PRECISIONS)}")
+  if precision == "default":
+    return fn
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.default_matmul_precision(precision):
+      return fn(*args, **kwargs)
+  return traced
 
 
 # Diagnostics recorded per member and epoch (see `Engine.diagnostic_shapes`).
@@ -429,10 +454,11 @@ class Engine:
     self._cell_index = np.asarray([order.index(c) for c, _ in self._stacked], np.int32)
     self.traces = 0
     self.compactions = 0             # in the task's whole history, restored runs included
-    self._epoch_fn = jax.jit(self._epoch_loop if mode == "loop" else self._epoch,
+    precise = functools.partial(with_matmul_precision, precision=config.matmul_precision)
+    self._epoch_fn = jax.jit(precise(self._epoch_loop if mode == "loop" else self._epoch),
                              donate_argnums=(0,))                # all members
     self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
-    self._test_fn = jax.jit(self._test)
+    self._test_fn = jax.jit(precise(self._test))
     self._max_derivative = {h: model_lib.max_derivative(h)
                             for h in dict.fromkeys(c.hidden for c in order)}
 
@@ -458,7 +484,8 @@ class Engine:
     """The jitted epoch function of a compacted layout, cached per layout."""
     if groups not in self._layout_epoch_fns:
       self._layout_epoch_fns[groups] = jax.jit(
-          functools.partial(self._epoch, groups=groups), donate_argnums=(0,))
+          with_matmul_precision(functools.partial(self._epoch, groups=groups),
+                                self.config.matmul_precision), donate_argnums=(0,))
     return self._layout_epoch_fns[groups]
 
   def _make_model(self, key, cell: Cell) -> model_lib.CNN:

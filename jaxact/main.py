@@ -75,6 +75,12 @@ _MEMBER_MODE = flags.DEFINE_string(
     "TPUs, several devices), 'loop' (one member after another inside the jitted epoch, "
     "stopped members skipped: faster on a CPU), 'auto' (loop on one CPU device, else vmap). "
     "Results agree to float rounding.")
+_MATMUL_PRECISION = flags.DEFINE_string(
+    "matmul_precision", "float32",
+    "Precision of the matmuls (the convolutions are matmuls): float32 (full, on every "
+    "backend), tensorfloat32 (TF32 tensor cores, recent NVIDIA GPUs), bfloat16, or default "
+    "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). See README, "
+    "Speed, for what TF32 changes in the results.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
     "command with the same workdir resumes the run.")
@@ -127,7 +133,8 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     compact=_COMPACT.value, member_mode=_MEMBER_MODE.value))
+                                     compact=_COMPACT.value, member_mode=_MEMBER_MODE.value,
+                                     matmul_precision=_MATMUL_PRECISION.value))
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -4,6 +4,7 @@ The PyTorch parts skip when torch is not installed (CI installs no torch;
 `pip install -e '.[bench]'` provides it). Everything here runs on tiny sizes.
 """
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -45,8 +46,30 @@ def test_engine_measurement_structure():
 @pytest.mark.parametrize("mode", ["loop", "vmap"])
 def test_engine_measurement_records_the_member_mode(mode):
   arrays = common.synthetic_arrays(n_train=48, n_valid=16, n_test=8)
-  r = bench_engine.measure_engine(arrays, members=2, epochs=2, member_mode=mode)
+  r = bench_engine.measure_engine(arrays, members=2, epochs=2, member_mode=mode,
+                                  matmul_precision="tensorfloat32")
   assert r["member_mode"] == mode and r["compilations"] == 1
+  assert r["matmul_precision"] == "tensorfloat32"
+
+
+def test_matmul_peak_at_a_precision():
+  r = bench_engine.matmul_peak(64, repeats=2, precision="tensorfloat32")
+  assert r["precision"] == "tensorfloat32" and r["n"] == 64 and r["gflops"] > 0
+  with pytest.raises(SystemExit):
+    bench_engine.parse_args(["--matmul_precision", "fp8"])
+
+
+def test_driver_keeps_every_measurement_as_it_comes(tmp_path):
+  # An interrupted benchmark keeps what it measured: one JSON line per finished worker.
+  raw = tmp_path / "raw.jsonl"
+  out = tmp_path / "report.md"
+  rc = bench_engine.main(["--synthetic", "--n_train", "48", "--n_valid", "16", "--members", "1",
+                          "--epochs", "2", "--repeats", "1", "--skip_torch", "--matmul_n", "64",
+                          "--out", str(out), "--raw_out", str(raw)])
+  assert rc == 0
+  kinds = [json.loads(line)["kind"] for line in raw.read_text().splitlines()]
+  assert kinds == ["machine", "engine"]
+  assert "matmul precision: float32" in out.read_text()
 
 
 def test_cpu_layout_microbenchmarks_run():

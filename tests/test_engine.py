@@ -350,3 +350,29 @@ def test_member_mode_is_checked():
     engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, member_mode="fast"))
   eng = engine.Engine("multiclass", [(cell, 0)], CFG)
   assert eng.member_mode == ("loop" if jax.devices()[0].platform == "cpu" else "vmap")
+
+
+@pytest.mark.parametrize("precision,expected", [
+    ("float32", {"HIGHEST"}), ("tensorfloat32", {"HIGH"}), ("bfloat16", {"DEFAULT"})])
+def test_matmul_precision_reaches_every_matmul(precision, expected):
+  # Every dot of the compiled epoch and test pass (convolutions as im2col matmuls, dense
+  # layers, both directions) carries the configured precision.
+  data = _synthetic("multiclass", n_train=32, n_valid=32, n_test=32)
+  cell = studies.recommended_cell("multiclass")
+  for mode in ("loop", "vmap"):
+    eng = engine.Engine("multiclass", [(cell, 0), (cell, 1)],
+                        dataclasses.replace(CFG, matmul_precision=precision, member_mode=mode))
+    state = eng.init_state()
+    epoch = eng._epoch_fn.lower(state, data).as_text()
+    test = eng._test_fn.lower(state["params"], data.x_test, data.t_test, data.target_mean,
+                              data.target_std).as_text()
+    for text in (epoch, test):
+      found = re.findall(r"precision = \[(\w+), (\w+)\]", text)
+      assert len(found) >= 5                         # 3 convolutions + 2 dense layers at least
+      assert {p for pair in found for p in pair} == expected
+
+
+def test_matmul_precision_is_checked():
+  cell = studies.recommended_cell("multiclass")
+  with pytest.raises(ValueError, match="unknown matmul_precision 'fp8'"):
+    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, matmul_precision="fp8"))

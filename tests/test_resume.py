@@ -178,6 +178,15 @@ def test_identity_ignores_paths_and_names_differences():
                               engine=dataclasses.replace(base.engine, max_epochs=7))
   diffs = checkpoint.identity_differences(train.run_identity(base), train.run_identity(other))
   assert diffs == [("seeds", 2, 3), ("max_epochs", 200, 7)]
+  # TF32 computes other numbers: a run does not resume across precisions. A checkpoint
+  # written before the field existed was float32 (the default fills it in).
+  tf32 = dataclasses.replace(base, engine=dataclasses.replace(base.engine,
+                                                               matmul_precision="tensorfloat32"))
+  assert checkpoint.identity_differences(train.run_identity(base), train.run_identity(tf32)) == [
+      ("matmul_precision", "float32", "tensorfloat32")]
+  old = {k: v for k, v in train.run_identity(base).items() if k != "matmul_precision"}
+  defaults = train.run_identity(train.RunConfig())
+  assert checkpoint.identity_differences(old, train.run_identity(base), defaults) == []
 
 
 # -- the command line on real MNIST: kill -9 and resume -----------------------
