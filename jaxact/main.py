@@ -94,6 +94,11 @@ _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
     "$JAXACT_DATA_DIR, else tensorflow-datasets downloads MNIST.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "Where tensorflow-datasets keeps prepared data.")
+_COMPILATION_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None, "Where compiled programs are kept between runs (jax's "
+    "persistent compilation cache): a resumed run or a rerun of the same grid skips "
+    "compilation. Default $JAXACT_COMPILATION_CACHE_DIR, else ~/.cache/jaxact/xla; '' turns "
+    "it off.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process (multi-host) run: call jax.distributed.initialize() "
     "first. Run the same command on every host; only process 0 writes files.")
@@ -159,6 +164,7 @@ def main(argv):
   try:
     config = config_from_flags()
     train.plan(config)  # validate everything before touching data or disk
+    train.enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
     results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv,
                                        checkpoint_every=_CHECKPOINT_EVERY.value,
                                        restart=_RESTART.value)

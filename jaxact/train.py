@@ -81,6 +81,36 @@ class RunConfig:
     return dataclasses.asdict(self)
 
 
+COMPILATION_CACHE_ENV = "JAXACT_COMPILATION_CACHE_DIR"
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/jaxact/xla"
+
+
+def enable_compilation_cache(path: str | None) -> str | None:
+  """Turns on jax's persistent compilation cache in `path`; returns the directory used.
+
+  path None: $JAXACT_COMPILATION_CACHE_DIR, else ~/.cache/jaxact/xla; "" turns
+  the cache off (returns None). A rerun of the same program (a resumed run, the
+  same grid in another workdir) then loads the compiled epoch instead of
+  compiling it again: the same executable, so the same results. Call it before
+  anything is compiled.
+  """
+  if path is None:
+    path = os.environ.get(COMPILATION_CACHE_ENV, DEFAULT_COMPILATION_CACHE_DIR)
+  if not path:
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as err:
+    raise UserError(f"cannot create the compilation cache directory {path}: {err.strerror}. "
+                    "Fix: give a writable --compilation_cache_dir, or '' to run without "
+                    "the cache.") from None
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Programs that compile faster than this are not worth a file (jax's default is 1 s).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return path
+
+
 def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
   """The members (cell, seed) to train, per task. Raises UserError for bad requests."""
   if config.seeds < 1:

@@ -7,6 +7,10 @@ import pytest
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
+# The CLI runs of the tests compile afresh and write nothing to ~/.cache/jaxact/xla; the test
+# of the compilation cache passes its own --compilation_cache_dir.
+os.environ.setdefault("JAXACT_COMPILATION_CACHE_DIR", "")
+
 
 def real_mnist_dir() -> Path | None:
   """../shared/data/mnist, or $JAXACT_DATA_DIR, if it holds the files."""

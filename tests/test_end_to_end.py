@@ -111,9 +111,12 @@ def test_cli_unwritable_workdir(tmp_path, mnist_dir):
   assert "cannot write to the workdir" in proc.stderr and "Traceback" not in proc.stderr
 
 
+_CELL_ARGS = ("--task=probability", "--head=softmax", "--loss=bce", "--seeds=1", "--max_epochs=1")
+
+
 def test_cli_runs_a_cell_end_to_end(tmp_path, mnist_dir, tfds_dir):
-  proc = _cli("--task=probability", "--head=softmax", "--loss=bce", "--seeds=1",
-              "--max_epochs=1", f"--data_dir={mnist_dir}", f"--workdir={tmp_path}",
+  proc = _cli(*_CELL_ARGS, f"--data_dir={mnist_dir}", f"--workdir={tmp_path}",
+              f"--compilation_cache_dir={tmp_path / 'xla'}",
               env_extra={"JAXACT_TFDS_DIR": str(tfds_dir)})
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "softmax + bce" in proc.stdout and "sigmoid + bce" in proc.stdout
@@ -125,6 +128,35 @@ def test_cli_runs_a_cell_end_to_end(tmp_path, mnist_dir, tfds_dir):
   assert by_cell["softmax + bce"]["best_valid"] < 0.6
   assert by_cell["softmax + bce"]["diagnosis"]["kind"] == "no_gradient"
   assert by_cell["sigmoid + bce"]["diagnostics"]["grad_norm"][0][0] > 0
+
+
+def test_compilation_cache_rerun_gives_the_same_results(tmp_path, mnist_dir, tfds_dir):
+  # The first run fills the cache; the same grid in a fresh workdir loads the compiled
+  # epoch from it, and the executable being the same, every number is the same.
+  cache = tmp_path / "xla"
+  runs = []
+  for name in ("first", "second"):
+    proc = _cli(*_CELL_ARGS, f"--data_dir={mnist_dir}", f"--workdir={tmp_path / name}",
+                f"--compilation_cache_dir={cache}", env_extra={"JAXACT_TFDS_DIR": str(tfds_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if name == "first":
+      entries = {p.name for p in cache.iterdir()}
+      assert any(e.startswith("jit__epoch") for e in entries), entries
+    saved = json.loads((tmp_path / name / "results" / "probability.json").read_text())
+    runs.append([(m["label"], m["seed"], m["train_loss"], m["valid_metric"], m["test"])
+                 for m in saved["members"]])
+  assert runs[0] == runs[1]
+  assert {p.name for p in cache.iterdir()} == entries      # nothing compiled anew
+
+
+def test_cli_unusable_compilation_cache_dir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  proc = _cli("--task=binary", f"--compilation_cache_dir={blocker / 'xla'}",
+              f"--workdir={tmp_path / 'w'}")
+  assert proc.returncode == 2
+  assert "cannot create the compilation cache directory" in proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 def test_cli_hidden_study_end_to_end(tmp_path, mnist_dir, tfds_dir):
