@@ -3,7 +3,11 @@
 #
 #   OUT=/tmp/gpu DATA=../shared/data/mnist bash benchmarks/gpu_suite.sh check scale tf32 memory table
 #
+# One lent H100 gave (session 4): check about 3 min, scale (4 M values, 1 repeat) about 4 min,
+# table about 4 min per run: give each stage its own call or `timeout`.
+#
 # check   versions, the GPU, and the engine's tests on it (member k == single run, modes agree, ...)
+# hlo     the GPU-optimised HLO of one epoch (M = 64), tarred into $OUT, to read offline
 # scale   bench_engine, float32 (the default): PyTorch on the same GPU, then M = 1 ... 1024 (vmap)
 # tf32    bench_engine, tensorfloat32 at a few M (what TF32 buys)
 # memory  the largest member count that trains on this device (one worker per M, doubling)
@@ -29,8 +33,18 @@ stage_check() {
   $PY -c "import jax, flax, optax, chex, orbax.checkpoint as o, tensorflow_datasets as t, torch
 print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__,
       'chex', chex.__version__, 'tfds', t.__version__, 'torch', torch.__version__)"
-  timeout 240 $PY -m pytest -q -x -p no:cacheprovider tests/test_engine.py \
-    -k "single_run or modes_agree or compaction_matches or finite_and_learn or frozen"
+  timeout 400 $PY -m pytest -q -p no:cacheprovider tests/test_engine.py
+}
+
+stage_hlo() {
+  # The GPU-optimised HLO of one multiclass epoch at M = 64 (which fusions, which kernels), to
+  # read offline: where the 4.3 ms per member-epoch go.
+  rm -rf /tmp/hlo
+  XLA_FLAGS="--xla_dump_to=/tmp/hlo --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*epoch.*" \
+    $PY -m benchmarks.bench_engine --worker engine --members 64 --epochs 2 --data_dir="$DATA" \
+    --member_mode vmap | grep BENCH_JSON
+  ls /tmp/hlo | wc -l
+  tar -czf "$OUT/hlo_epoch_M64.tgz" -C /tmp hlo
 }
 
 stage_scale() {

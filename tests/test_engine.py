@@ -316,20 +316,25 @@ def test_loop_and_vmap_modes_agree(both_modes):
   assert loop.traces == vmap.traces == 1
   stopped = {r.epochs_trained for r in loop_res}
   assert len(stopped) > 1          # members stopped at different epochs: skipping is exercised
+  # On a GPU the batched (vmap) and the unbatched (loop) matmuls are different kernels that
+  # round differently, and training amplifies it: on an H100 one value differed by 1.7e-3
+  # relative (BUILD_NOTES, GPU). The CPU tolerances are the tight ones CI checks.
+  cpu = jax.default_backend() == "cpu"
+  rtol, rtol_grad, rtol_params = (1e-4, 1e-3, 1e-3) if cpu else (1e-2, 1e-2, 2e-2)
   for a, b in zip(loop_res, vmap_res):
     assert (a.cell, a.seed, a.status, a.best_epoch, a.epochs_trained) == (
         b.cell, b.seed, b.status, b.best_epoch, b.epochs_trained)
     chex.assert_trees_all_close((a.train_loss, a.valid_metric, a.test),
-                                (b.train_loss, b.valid_metric, b.test), rtol=1e-4, atol=1e-5)
+                                (b.train_loss, b.valid_metric, b.test), rtol=rtol, atol=1e-5)
     chex.assert_trees_all_close(a.diagnostics["grad_norm"], b.diagnostics["grad_norm"],
-                                rtol=1e-3, atol=1e-6)
+                                rtol=rtol_grad, atol=1e-6)
   # A stopped member is frozen in both: the final parameters agree to rounding (Adam's
   # normalisation amplifies it in single entries, so compare each layer as a whole).
   for a, b in zip(jax.tree_util.tree_leaves(loop.final_state["params"]),
                   jax.tree_util.tree_leaves(vmap.final_state["params"])):
     a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
     rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
-    assert rel.max() < 1e-3, rel
+    assert rel.max() < rtol_params, rel
 
 
 def test_loop_mode_member_equals_single_run_exactly(both_modes):
