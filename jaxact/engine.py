@@ -106,8 +106,10 @@ class EngineConfig:
       "tensorfloat32" (TF32 tensor cores on NVIDIA GPUs since Ampere; a 10-bit
       mantissa for the products), "bfloat16" (bf16 products), or "default"
       (the backend's own choice: TF32 on recent NVIDIA GPUs, bf16 passes on
-      TPUs, float32 on CPUs). A CPU computes float32 for every choice but
-      "bfloat16". Part of a run's identity: results differ beyond rounding order.
+      TPUs, float32 on CPUs). XLA:CPU computes float32 for every choice
+      (measured: the same 2.9e-7 relative error against float64 for all four).
+      Part of a run's identity: on an accelerator the results differ beyond
+      rounding order.
   """
   max_epochs: int = 200
   patience: int = 10
