@@ -32,11 +32,14 @@ class Claim:
 
 
 def _find(groups: dict[Cell, list[dict]], **fields) -> list[dict]:
-  """The members of the multiclass softmax + cce cell with these network fields ([] if absent)."""
+  """The members of the multiclass softmax + cce cell with these network fields ([] if absent).
+
+  `groups` holds one loss convention's cells (`hidden_claims` splits them).
+  """
   want = dict(dict(init="torch", hidden="sigmoid", batch_norm=False, depth=1), **fields)
   for cell, members in groups.items():
     if (cell.task == "multiclass" and cell.head == "softmax" and cell.loss == "cce"
-        and cell.convention == "torch" and all(getattr(cell, k) == v for k, v in want.items())):
+        and all(getattr(cell, k) == v for k, v in want.items())):
       return members
   return []
 
@@ -109,8 +112,24 @@ def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[in
 
 def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None = None
                   ) -> list[Claim]:
-  """The claims that the run's cells can test (none for a run without hidden-study cells)."""
+  """The claims that the run's cells can test (none for a run without hidden-study cells).
+
+  Each loss convention's cells are measured on their own: the torch convention's softmax +
+  cce is the original's double softmax, which changes what the claims measure (READING.md,
+  He init). With both conventions in the run, each claim is made once per convention and
+  its text names it ("[logits] ...").
+  """
   del result
+  conventions = list(dict.fromkeys(c.convention for c in groups))
+  if len(conventions) <= 1:
+    return _claims_of_one_convention(groups)
+  return [dataclasses.replace(claim, claim=f"[{conv}] {claim.claim}")
+          for conv in conventions
+          for claim in _claims_of_one_convention(
+              {c: ms for c, ms in groups.items() if c.convention == conv})]
+
+
+def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
   claims: list[Claim] = []
   sweep = depth_sweep(groups)
 

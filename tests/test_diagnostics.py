@@ -376,3 +376,22 @@ def test_claims_verdicts_on_synthetic_runs():
   assert by_claim["He initialisation suits relu"].verdict == "no clear difference"
   table = "\n".join(claims.render(list(by_claim.values())))
   assert table.count("\n| ") == len(by_claim) + 1
+
+
+def test_claims_are_measured_within_each_convention():
+  # A logits-convention run gets the same claims as a torch one (not an empty table), and a
+  # run with both never compares a torch cell with a logits one.
+  from jaxact import claims
+  def grid(convention, he_acc):
+    mc = lambda **kw: Cell("multiclass", "softmax", "cce", convention=convention, **kw)
+    return {mc(hidden="relu", init="he"): _claim_members(he_acc),
+            mc(hidden="relu", init="xavier"): _claim_members([0.970, 0.971]),
+            mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986])}
+  logits = {c.claim: c for c in claims.hidden_claims(grid("logits", [0.980, 0.981]))}
+  assert logits["He initialisation suits relu"].verdict == "held"
+  assert "he 98.05 ± 0.05% vs xavier 97.05 ± 0.05%" in logits["He initialisation suits relu"].measurement
+  both = {c.claim: c for c in claims.hidden_claims(
+      {**grid("torch", [0.50, 0.52]), **grid("logits", [0.980, 0.981])})}
+  assert both["[torch] He initialisation suits relu"].verdict == "not held"
+  assert both["[logits] He initialisation suits relu"].verdict == "held"
+  assert "98.05" not in both["[torch] He initialisation suits relu"].measurement
