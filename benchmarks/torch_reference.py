@@ -287,8 +287,7 @@ def train_cell(cell: Cell, seed: int, data: TorchTaskData, *, max_epochs: int = 
   start = time.perf_counter()
   task = tasks_lib.get_task(cell.task)
   device = torch.device(device)
-  if data.x_train.device != device:
-    data = data.to(device)
+  data = data.to(device)   # a no-op for tensors already there
   torch.manual_seed(seed)
   model = build_model(task.num_outputs).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.999), eps=1e-8,

@@ -456,11 +456,11 @@ class Engine:
     self._cell_index = np.asarray([order.index(c) for c, _ in self._stacked], np.int32)
     self.traces = 0
     self.compactions = 0             # in the task's whole history, restored runs included
-    precise = functools.partial(with_matmul_precision, precision=config.matmul_precision)
-    self._epoch_fn = jax.jit(precise(self._epoch_loop if mode == "loop" else self._epoch),
+    self._precise = functools.partial(with_matmul_precision, precision=config.matmul_precision)
+    self._epoch_fn = jax.jit(self._precise(self._epoch_loop if mode == "loop" else self._epoch),
                              donate_argnums=(0,))                # all members
     self._layout_epoch_fns: dict[tuple, Callable] = {}           # compacted layouts
-    self._test_fn = jax.jit(precise(self._test))
+    self._test_fn = jax.jit(self._precise(self._test))
     self._max_derivative = {h: model_lib.max_derivative(h)
                             for h in dict.fromkeys(c.hidden for c in order)}
 
@@ -486,8 +486,7 @@ class Engine:
     """The jitted epoch function of a compacted layout, cached per layout."""
     if groups not in self._layout_epoch_fns:
       self._layout_epoch_fns[groups] = jax.jit(
-          with_matmul_precision(functools.partial(self._epoch, groups=groups),
-                                self.config.matmul_precision), donate_argnums=(0,))
+          self._precise(functools.partial(self._epoch, groups=groups)), donate_argnums=(0,))
     return self._layout_epoch_fns[groups]
 
   def _make_model(self, key, cell: Cell) -> model_lib.CNN:
