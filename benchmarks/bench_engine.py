@@ -167,15 +167,19 @@ def measure_full_table(args) -> dict:
     # train_and_evaluate would resume from / reuse what is there: not a timing.
     raise ValueError(f"--full_table_workdir {workdir!r} is not empty: give a new directory")
   t0 = time.perf_counter()
-  results = train.train_and_evaluate(config, workdir, command=["bench_engine", "--full_table"])
+  results = train.train_and_evaluate(config, workdir, command=["bench_engine", "--full_table"],
+                                     compile_ahead=args.compile_ahead)
   wall = time.perf_counter() - t0
   per_task = {}
   for task, rs in results.items():
+    with open(os.path.join(workdir, "results", f"{task}.json")) as f:
+      task_wall = json.load(f)["wall_time_s"]   # from the task's start to its results
     per_task[task] = dict(members=len(rs), useful=sum(r.epochs_trained for r in rs),
-                          epochs_run=max(r.epochs_trained for r in rs))
+                          epochs_run=max(r.epochs_trained for r in rs), wall_s=task_wall)
   return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
               member_mode=args.member_mode, matmul_precision=args.matmul_precision,
-              max_epochs=args.max_epochs, compact=args.compact, wall_s=wall, workdir=workdir,
+              max_epochs=args.max_epochs, compact=args.compact,
+              compile_ahead=args.compile_ahead, wall_s=wall, workdir=workdir,
               members=sum(v["members"] for v in per_task.values()),
               useful_model_epochs=sum(v["useful"] for v in per_task.values()),
               computed_model_epochs_upper=sum(v["members"] * v["epochs_run"]
@@ -232,6 +236,8 @@ def _forwarded(args) -> list[str]:
     out += ["--n_train", str(args.n_train), "--n_valid", str(args.n_valid)]
   if args.compact:
     out.append("--compact")
+  if args.compile_ahead:
+    out.append("--compile_ahead")
   if args.full_table_workdir:
     out += ["--full_table_workdir", args.full_table_workdir]
   return out
@@ -373,7 +379,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     f = full_table
     lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
               f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
-              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, member mode "
+              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, compile ahead "
+              f"{f.get('compile_ahead', False)}, member mode "
               f"{f.get('member_mode')}, matmul precision {f.get('matmul_precision', 'float32')}: "
               f"{f['members']} members",
               f"- wall time: **{f['wall_s']:.0f} s** ({f['wall_s'] / 60:.1f} min), workdir "
@@ -387,8 +394,9 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
                    "for the same model-epochs one model at a time (an estimate: steady epoch time "
                    "x model-epochs; each torch run would stop at its own epoch)")
     lines += ["", common.markdown_table(
-        ["task", "members", "epochs run", "member-epochs"],
-        [[t, str(v["members"]), str(v["epochs_run"]), str(v["useful"])]
+        ["task", "members", "epochs run", "member-epochs", "task wall s"],
+        [[t, str(v["members"]), str(v["epochs_run"]), str(v["useful"]),
+          f"{v['wall_s']:.1f}" if v.get("wall_s") is not None else "-"]
          for t, v in f["per_task"].items()]), ""]
   return "\n".join(lines) + "\n"
 
@@ -424,6 +432,8 @@ def parse_args(argv=None):
   p.add_argument("--conventions", default="torch", help="--full_table: torch, logits or both")
   p.add_argument("--max_epochs", type=int, default=100, help="--full_table: epoch cap")
   p.add_argument("--compact", action="store_true", help="--full_table: EngineConfig.compact")
+  p.add_argument("--compile_ahead", action="store_true",
+                 help="--full_table: compile the next task while one trains (train_and_evaluate)")
   p.add_argument("--full_table_workdir", default=None, help="--full_table: keep results here")
   p.add_argument("--member_modes", default="auto",
                  help="comma-separated EngineConfig.member_mode values to measure, each at "

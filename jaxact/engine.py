@@ -889,7 +889,7 @@ class Engine:
     cfg = self.config
     r, m = self.num_members, len(self._stacked)   # real members; stacked, pads included
     data = sharding.replicate(data, self.mesh)
-    state = sharding.shard_members(sharding.pad_leading(self.init_state(), m), self.mesh)
+    state = self._initial_state()
     full = None                      # full-size state, from the first compaction on
     layout = np.arange(m)
     epoch_fn = self._epoch_fn
@@ -976,12 +976,37 @@ class Engine:
     state = dict(state) if full is None else _put_members(full, state, layout)
     state["status"] = jnp.where(state["active"], Status.HIT_CAP, state["status"])
     self.final_state = sharding.unpad(state, r)
-    test_metric, test_inf = sharding.to_host(self._test_fn(
-        state["best_params"], data.x_test, data.t_test, data.target_mean, data.target_std,
-        state.get("best_stats")))
+    test_metric, test_inf = sharding.to_host(self._test_fn(*self._test_args(state, data)))
     return self._collect(sharding.to_host(state), np.asarray(test_metric),
                          np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
                          hist_diag, epoch)
+
+  def _initial_state(self) -> dict[str, Any]:
+    """`init_state`, padded to the stacked members and placed on the mesh."""
+    return sharding.shard_members(
+        sharding.pad_leading(self.init_state(), len(self._stacked)), self.mesh)
+
+  @staticmethod
+  def _test_args(state: dict[str, Any], data: TaskData) -> tuple:
+    return (state["best_params"], data.x_test, data.t_test, data.target_mean,
+            data.target_std, state.get("best_stats"))
+
+  def compile_ahead(self, data: TaskData) -> None:
+    """Compiles the programs `run(data)` starts with, so that `run` compiles nothing.
+
+    Lowers and compiles the epoch of all members and the test pass for `data`'s
+    shapes; jax keeps the executables in its in-memory cache, where `run`'s
+    first calls find them (a snapshot restored into a compacted layout still
+    compiles that layout). Builds and drops one initial state on the devices.
+
+    Safe to call from a background thread while another engine trains: that
+    is how `train_and_evaluate(..., compile_ahead=True)` hides a task's
+    compilation behind the previous task's epochs.
+    """
+    state = self._initial_state()
+    data = sharding.replicate(data, self.mesh)
+    self._epoch_fn.lower(state, data).compile()
+    self._test_fn.lower(*self._test_args(state, data)).compile()
 
   def _progress_line(self, epoch: int, host: dict, elapsed: float) -> str:
     sign = 1.0 if self.task.higher_is_better else -1.0

@@ -99,6 +99,10 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "persistent compilation cache): a resumed run or a rerun of the same grid skips "
     "compilation. Default $JAXACT_COMPILATION_CACHE_DIR, else ~/.cache/jaxact/xla; '' turns "
     "it off.")
+_COMPILE_AHEAD = flags.DEFINE_bool(
+    "compile_ahead", False, "While a task trains, compile the next task's program in a "
+    "background thread (same results). For accelerators, where the host idles during "
+    "training; on a CPU it competes with training for the cores. See README, Speed.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process (multi-host) run: call jax.distributed.initialize() "
     "first. Run the same command on every host; only process 0 writes files.")
@@ -167,7 +171,8 @@ def main(argv):
     train.enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
     results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv,
                                        checkpoint_every=_CHECKPOINT_EVERY.value,
-                                       restart=_RESTART.value)
+                                       restart=_RESTART.value,
+                                       compile_ahead=_COMPILE_AHEAD.value)
   except (train.UserError, data_lib.DataError) as err:
     sys.stderr.write(f"jaxact: error: {err}\n")
     sys.exit(2)

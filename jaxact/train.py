@@ -22,6 +22,7 @@ import os
 import platform
 import shutil
 import sys
+import threading
 import time
 from typing import Sequence
 
@@ -318,9 +319,58 @@ def _check_split(workdir: str, run_info: dict, split) -> None:
         "to resume it, or pass --restart to delete its results and checkpoints and start over.")
 
 
+class _CompileAhead:
+  """Compiles the next task's programs in a background thread while a task trains.
+
+  On an accelerator the host mostly waits while the device runs an epoch, so
+  the next task's tracing and XLA compilation (11-28 s per task on the H100 of
+  BUILD_NOTES) can overlap the current task's training instead of following
+  it. A failure here only costs the time: it is logged, and the task then
+  compiles when it starts, as without compiling ahead.
+  """
+
+  def __init__(self):
+    self._task = None
+    self._engine = None
+    self._data = None
+    self._thread = None
+
+  def start(self, task: str, engine: engine_lib.Engine, data: engine_lib.TaskData) -> None:
+    self.wait()
+    self._task, self._engine, self._data = task, engine, data
+
+    def work():
+      t0 = time.perf_counter()
+      try:
+        engine.compile_ahead(data)
+      except Exception as err:  # pylint: disable=broad-except
+        logging.warning("task %s: compiling ahead failed (%s: %s); it compiles when it "
+                        "starts instead", task, type(err).__name__, err)
+      else:
+        logging.info("task %s: compiled ahead in %.1f s", task, time.perf_counter() - t0)
+
+    self._thread = threading.Thread(target=work, name=f"jaxact-compile-{task}", daemon=True)
+    self._thread.start()
+
+  def take(self, task: str) -> tuple[engine_lib.Engine, engine_lib.TaskData] | None:
+    """The engine and data prepared for `task` (after its compilation ended), or None."""
+    if self._task != task:
+      return None
+    self.wait()
+    out = (self._engine, self._data)
+    self._task = self._engine = self._data = None
+    return out
+
+  def wait(self) -> None:
+    if self._thread is not None:
+      self._thread.join()
+      self._thread = None
+
+
 def train_and_evaluate(config: RunConfig, workdir: str,
                        command: Sequence[str] | None = None, *, checkpoint_every: int = 5,
-                       restart: bool = False) -> dict[str, list[engine_lib.MemberResult]]:
+                       restart: bool = False, compile_ahead: bool = False,
+                       ) -> dict[str, list[engine_lib.MemberResult]]:
   """Trains every planned member, task by task, writing results as each task ends.
 
   Resumable: rerun with the same configuration and workdir and finished tasks
@@ -337,12 +387,14 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       into WORKDIR/checkpoints/<task> (0: never); a task's checkpoints are
       deleted once its results are written.
     restart: first delete the workdir's results, checkpoints and report.
+    compile_ahead: while a task trains, compile the next task's programs in a
+      background thread (`Engine.compile_ahead`). Same results; it pays where
+      the host is idle during training (an accelerator) and competes with
+      training for the cores on a CPU. Single-process runs only.
 
   Returns:
     task -> list of MemberResult.
   """
-  from jaxact import report as report_lib  # matplotlib is imported lazily
-
   members = plan(config)
   if checkpoint_every < 0:
     raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
@@ -381,10 +433,35 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   write_json_atomic(run_path, run_info)
   logging.info("jaxact: %s", run_info["machine"])
 
+  if compile_ahead and jax.process_count() > 1:
+    logging.warning("--compile_ahead is for single-process runs; this run has %d processes: "
+                    "each task compiles when it starts", jax.process_count())
+    compile_ahead = False
+  ahead = _CompileAhead()
+  try:
+    return _train_tasks(config, workdir, members, run_info, run_path, checkpoint_every,
+                        ahead if compile_ahead else None)
+  finally:
+    ahead.wait()
+
+
+def _task_results_path(workdir: str, task: str) -> str:
+  return os.path.join(_results_dir(workdir), f"{task}.json")
+
+
+def _train_tasks(config: RunConfig, workdir: str,
+                 members: dict[str, list[tuple[studies.Cell, int]]], run_info: dict,
+                 run_path: str, checkpoint_every: int, ahead: _CompileAhead | None,
+                 ) -> dict[str, list[engine_lib.MemberResult]]:
+  """The task loop of `train_and_evaluate` (see there)."""
+  from jaxact import report as report_lib  # matplotlib is imported lazily
+
+  primary = sharding.is_primary()
   split = None
   out = {}
+  order = list(members)
   for task, task_members in members.items():
-    results_path = os.path.join(_results_dir(workdir), f"{task}.json")
+    results_path = _task_results_path(workdir, task)
     ckpt_dir = os.path.join(_checkpoints_dir(workdir), task)
     if os.path.exists(results_path):
       out[task] = _reuse_results(results_path, task, task_members)
@@ -410,7 +487,18 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     logging.info("task %s: %d cells x %d seeds = %d members in one program",
                  task, len(cells), config.seeds, len(task_members))
     start = time.perf_counter()
-    engine = engine_lib.Engine(task, task_members, config.engine)
+    prepared = ahead.take(task) if ahead is not None else None
+    if prepared is not None:
+      engine, task_data = prepared
+    else:
+      engine = engine_lib.Engine(task, task_members, config.engine)
+      task_data = engine_lib.TaskData.from_split(split, task)
+    if ahead is not None:
+      later = [t for t in order[order.index(task) + 1:]
+               if not os.path.exists(_task_results_path(workdir, t))]
+      if later:
+        ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine),
+                    engine_lib.TaskData.from_split(split, later[0]))
     checkpointer = checkpoint_lib.TaskCheckpointer(
         ckpt_dir, every=checkpoint_every, identity={
             "config": run_identity(config), "split_fingerprint": split.fingerprint,
@@ -424,7 +512,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       if snapshot is not None:
         logging.info("task %s: resumed from epoch %d (checkpoint in %s)", task, snapshot.epoch,
                      ckpt_dir)
-      results = engine.run(engine_lib.TaskData.from_split(split, task), restore=snapshot,
+      results = engine.run(task_data, restore=snapshot,
                            on_epoch_end=checkpointer if checkpoint_every else None)
     finally:
       checkpointer.close()   # waits for pending saves, also on errors and interrupts

@@ -6,6 +6,7 @@ The PyTorch parts skip when torch is not installed (CI installs no torch;
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -199,8 +200,9 @@ def test_full_table_bookkeeping(monkeypatch, tmp_path):
   """--full_table's accounting and report, with train_and_evaluate stubbed out (a real run is long)."""
   from jaxact import train  # pylint: disable=g-import-not-at-top
 
-  def fake_train_and_evaluate(config, workdir, command=None):
-    del workdir, command
+  def fake_train_and_evaluate(config, workdir, command=None, compile_ahead=False):
+    del command
+    assert compile_ahead
     members = train.plan(config)            # validates the RunConfig the benchmark builds
     assert config.engine.max_epochs == 7 and config.seeds == 2
     out = {}
@@ -210,14 +212,19 @@ def test_full_table_bookkeeping(monkeypatch, tmp_path):
                                        status_epoch=None, train_loss=[], valid_metric=[],
                                        n_infinite_valid=0, n_infinite_test=0)
                    for i, (c, s) in enumerate(ms)]
+      os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+      with open(os.path.join(workdir, "results", f"{task}.json"), "w") as f:
+        json.dump({"wall_time_s": 1.5}, f)
     return out
 
   monkeypatch.setattr(train, "train_and_evaluate", fake_train_and_evaluate)
   args = bench_engine.parse_args(["--full_table", "--seeds", "2", "--max_epochs", "7",
+                                  "--compile_ahead",
                                   "--full_table_workdir", str(tmp_path / "new")])
   f = bench_engine.measure_full_table(args)
   assert f["members"] == sum(v["members"] for v in f["per_task"].values()) > 0
   assert f["useful_model_epochs"] <= f["computed_model_epochs_upper"]
+  assert f["compile_ahead"] and all(v["wall_s"] == 1.5 for v in f["per_task"].values())
   machine = dict(description="m", matmul=dict(n=64, repeats=5, gflops=100.0))
   report = bench_engine.format_report(machine, _fake_summary("torch", 1, 2.0), [], f, "cmd",
                                       "today", args)

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -177,3 +178,31 @@ def test_cli_hidden_study_end_to_end(tmp_path, mnist_dir, tfds_dir):
   assert "| sigmoid hidden layers make the gradient vanish as depth grows |" in report
   for name in ("curves", "saturation", "gradients_depth"):
     assert (tmp_path / f"{name}_multiclass.png").stat().st_size > 10_000
+
+
+def test_compile_ahead_compiles_the_next_task_in_the_background(mnist_dir, tfds_dir, tmp_path,
+                                                               monkeypatch):
+  calls = []
+  original = engine.Engine.compile_ahead
+
+  def recording(self, data):
+    calls.append((self.task.name, threading.current_thread().name))
+    return original(self, data)
+
+  monkeypatch.setattr(engine.Engine, "compile_ahead", recording)
+  saved = {}
+  for ahead in (False, True):
+    config = train.RunConfig(
+        study="activation", task=("probability", "binary"), head="sigmoid", loss="bce", seeds=1,
+        data_dir=str(mnist_dir), tfds_dir=str(tfds_dir),
+        engine=engine.EngineConfig(max_epochs=2, patience=10))
+    workdir = tmp_path / f"ahead_{ahead}"
+    train.train_and_evaluate(config, str(workdir), command=["jaxact", "--test"],
+                             compile_ahead=ahead)
+    saved[ahead] = {task: json.loads((workdir / "results" / f"{task}.json").read_text())
+                    for task in ("probability", "binary")}
+  # The first task compiles when it starts; the second while the first trains.
+  assert calls == [("binary", "jaxact-compile-binary")]
+  for task in ("probability", "binary"):
+    assert saved[True][task]["compilations"] == 1
+    assert saved[True][task]["members"] == saved[False][task]["members"]

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import re
+import threading
 
 import chex
 import jax
@@ -381,3 +382,34 @@ def test_matmul_precision_is_checked():
   cell = studies.recommended_cell("multiclass")
   with pytest.raises(ValueError, match="unknown matmul_precision 'fp8'"):
     engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, matmul_precision="fp8"))
+
+
+def test_compile_ahead_leaves_run_nothing_to_compile():
+  """Compiled in another thread, the epoch and test programs are what `run` then uses."""
+  data = _synthetic("binary")
+  cell = studies.recommended_cell("binary")
+  members = [(cell, 0), (cell, 1)]
+  plain = engine.Engine("binary", members, CFG, progress=lambda _: None).run(data)
+  eng = engine.Engine("binary", members, CFG, progress=lambda _: None)
+  thread = threading.Thread(target=eng.compile_ahead, args=(data,))
+  thread.start()
+  thread.join()
+  assert eng.traces == 1
+  compiled = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiled.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ahead = eng.run(data)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiled == [] and eng.traces == 1
+  assert max(r.epochs_trained for r in ahead) >= 2
+  for a, b in zip(plain, ahead):
+    assert (a.cell, a.seed, a.best_epoch, a.status) == (b.cell, b.seed, b.best_epoch, b.status)
+    np.testing.assert_array_equal(a.valid_metric, b.valid_metric)
+    np.testing.assert_array_equal(a.test, b.test)
