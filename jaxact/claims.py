@@ -102,12 +102,27 @@ def _verdict(diffs: list[tuple[float, bool]], want_positive: bool = True) -> str
 
 
 def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[int, list[dict]]]:
-  """(hidden, init) -> depth -> members, for the depth sweep's cells (no batch norm) with >1 depth."""
+  """(hidden, init) -> depth -> members, for the depth sweep's cells (no batch norm) with >1 depth.
+
+  `groups` must hold one loss convention (see `by_convention`): the two conventions'
+  cells of the same network would otherwise land on the same key.
+  """
+  conventions = {c.convention for c in groups}
+  if len(conventions) > 1:
+    raise ValueError(f"depth_sweep takes the cells of one convention, got {sorted(conventions)}")
   sweep: dict[tuple[str, str], dict[int, list[dict]]] = {}
   for cell, members in groups.items():
     if cell.task == "multiclass" and cell.head == "softmax" and not cell.batch_norm:
       sweep.setdefault((cell.hidden, cell.init), {})[cell.depth] = members
   return {k: dict(sorted(v.items())) for k, v in sweep.items() if len(v) > 1}
+
+
+def by_convention(groups: dict[Cell, list[dict]]) -> dict[str, dict[Cell, list[dict]]]:
+  """convention -> that convention's cells, in order of first appearance."""
+  out: dict[str, dict[Cell, list[dict]]] = {}
+  for cell, members in groups.items():
+    out.setdefault(cell.convention, {})[cell] = members
+  return out
 
 
 def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None = None
@@ -120,13 +135,12 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
   its text names it ("[logits] ...").
   """
   del result
-  conventions = list(dict.fromkeys(c.convention for c in groups))
-  if len(conventions) <= 1:
+  per_convention = by_convention(groups)
+  if len(per_convention) <= 1:
     return _claims_of_one_convention(groups)
   return [dataclasses.replace(claim, claim=f"[{conv}] {claim.claim}")
-          for conv in conventions
-          for claim in _claims_of_one_convention(
-              {c: ms for c, ms in groups.items() if c.convention == conv})]
+          for conv, conv_groups in per_convention.items()
+          for claim in _claims_of_one_convention(conv_groups)]
 
 
 def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:

@@ -632,8 +632,8 @@ def render_markdown(workdir: str) -> str:
     lines += [f"![valid curves](curves_{task}.png)", ""]
     if any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values() for m in ms):
       lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
-    if claims_lib.depth_sweep(groups):
-      lines += [f"![gradient norm per layer against depth](gradients_depth_{task}.png)", ""]
+    for conv, name in _depth_sweep_figures(task, groups):
+      lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
   lines += _how_to_read(results)
   return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -880,13 +880,27 @@ def plot_diagnostics(workdir: str) -> list[str]:
       paths.append(path)
     finally:
       plt.close(fig)
-    sweep = claims_lib.depth_sweep(groups)
-    if sweep:
-      paths.append(_plot_gradients_depth(workdir, task, sweep, command, plt))
+    per_convention = claims_lib.by_convention(groups)
+    for conv, name in _depth_sweep_figures(task, groups):
+      paths.append(_plot_gradients_depth(
+          os.path.join(workdir, name), task, conv, claims_lib.depth_sweep(per_convention[conv]),
+          command, plt))
   return paths
 
 
-def _plot_gradients_depth(workdir, task, sweep, command, plt) -> str:
+def _depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
+  """(convention, file name) of each gradients-against-depth figure of a task.
+
+  One figure per loss convention with a depth sweep: gradients_depth_<task>.png when the
+  run has one convention, gradients_depth_<task>_<convention>.png when it has both.
+  """
+  per_convention = claims_lib.by_convention(groups)
+  return [(conv, f"gradients_depth_{task}.png" if len(per_convention) == 1
+           else f"gradients_depth_{task}_{conv}.png")
+          for conv, conv_groups in per_convention.items() if claims_lib.depth_sweep(conv_groups)]
+
+
+def _plot_gradients_depth(path, task, convention, sweep, command, plt) -> str:
   hiddens = list(dict.fromkeys(h for h, _ in sweep))
   inits = ["torch", "matched"]
   fig, axes = plt.subplots(2, len(hiddens), figsize=(max(8.0, 2.6 * len(hiddens)), 6.0), squeeze=False,
@@ -915,10 +929,10 @@ def _plot_gradients_depth(workdir, task, sweep, command, plt) -> str:
         if j == 0:
           ax.set_ylabel("gradient norm at init", fontsize=8)
     axes[0, 0].legend(fontsize=6)
-    fig.suptitle(f"{task}: per-layer gradient norm at initialisation (first batch, median "
-                 f"over seeds) against depth\nmade by: {_truncate(command)}", fontsize=10)
+    fig.suptitle(f"{task}, {convention} convention: per-layer gradient norm at initialisation "
+                 f"(first batch, median over seeds) against depth\nmade by: "
+                 f"{_truncate(command)}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    path = os.path.join(workdir, f"gradients_depth_{task}.png")
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
   finally:
     plt.close(fig)

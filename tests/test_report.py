@@ -295,3 +295,45 @@ def test_render_summary_one_row_per_cell(workdir):
   rows = [line for line in text.splitlines() if line.startswith("| binary |")]
   assert rows and rows[0].startswith("| binary | ✅ | softmax + cce | 98.00 ± 0.82%")
   assert all("[logits]" not in r for r in rows)
+
+
+def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
+  """A run with a depth sweep in both conventions gets one gradients figure per convention."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  _write_run(wd)
+  members = []
+  for convention, grad in (("torch", 1e-6), ("logits", 1.0)):
+    for depth in (1, 2):
+      cell = studies.Cell("multiclass", "softmax", "cce", convention=convention, depth=depth)
+      for seed in range(2):
+        m = _member("multiclass", "softmax", "cce", seed, 0.9, 0.9, convention=convention)
+        m.update(cell=cell.to_dict(), key=cell.key, label=cell.label)
+        m["diagnostics"] = dict(
+            layers=["conv1", "conv2", "conv3"] + [f"hidden{i + 1}" for i in range(depth)] + ["out"],
+            grad_norm_first=[[grad] * (4 + depth)] * 3, saturated=[[0.5] * depth] * 3,
+            spread=[0.5] * 3)
+        members.append(m)
+  _write_results(wd, "multiclass", members)
+  plotted = {}
+  original = report._plot_gradients_depth
+
+  def spy(path, task, convention, sweep, command, plt):
+    plotted[os.path.basename(path)] = {
+        studies.Cell.from_dict(m["cell"]).convention
+        for by_depth in sweep.values() for ms in by_depth.values() for m in ms}
+    return original(path, task, convention, sweep, command, plt)
+
+  monkeypatch.setattr(report, "_plot_gradients_depth", spy)
+  report.write_report(wd)
+  assert plotted == {"gradients_depth_multiclass_torch.png": {"torch"},
+                     "gradients_depth_multiclass_logits.png": {"logits"}}
+  text = open(os.path.join(wd, "report.md"), encoding="utf-8").read()
+  for name in plotted:
+    with open(os.path.join(wd, name), "rb") as f:
+      assert f.read(8) == PNG_SIGNATURE
+    assert f"({name})" in text
+  assert not os.path.exists(os.path.join(wd, "gradients_depth_multiclass.png"))
+  from jaxact import claims  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="one convention"):
+    claims.depth_sweep({studies.Cell.from_dict(m["cell"]): [m] for m in members})
