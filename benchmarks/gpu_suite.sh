@@ -2,6 +2,7 @@
 # The GPU measurements behind BUILD_NOTES.md's GPU tables, in stages, from the repository root:
 #
 #   OUT=/tmp/gpu DATA=../shared/data/mnist bash benchmarks/gpu_suite.sh check scale tf32 memory table
+#   OUT=/tmp/gpu DATA=../shared/data/mnist bash benchmarks/gpu_suite.sh ahead_tf32 ahead_float32
 #
 # One lent H100 gave (session 4): check about 3 min, scale (4 M values, 1 repeat) about 4 min,
 # table about 4 min per run: give each stage its own call or `timeout`.
@@ -14,6 +15,13 @@
 # table   `python -m jaxact.main --study=all --seeds=10` (both studies, every cell, early stopping)
 #         timed from process start to the written report: float32 with and without --compact,
 #         tensorfloat32, no checkpoints; each run's log, results and report tarred into $OUT
+# ahead_tf32, ahead_float32
+#         the same table with --compile_ahead (each next task compiled while a task trains)
+#         and without, at one precision (two table runs: about 8 min on an H100); run to the
+#         end, the pair also compares TF32 with float32 metrics, member by member
+#
+# Every table run compiles cold (--compilation_cache_dir=''): jax's persistent cache would
+# otherwise hand later runs the programs of earlier ones.
 #
 # Needs jax with a GPU backend, flax, optax, chex, orbax-checkpoint, tensorflow-datasets, torch.
 # Every stage logs to $OUT/<stage>.log; a failing stage does not stop the later ones.
@@ -80,7 +88,7 @@ table_run() {  # name, extra jaxact.main flags...
   local t0 t1
   t0=$(date +%s.%N)
   $PY -m jaxact.main --study=all --seeds="$SEEDS" --data_dir="$DATA" --workdir="/tmp/table_$name" \
-    "$@" > "$OUT/table_$name.log" 2>&1
+    --compilation_cache_dir= "$@" > "$OUT/table_$name.log" 2>&1
   local rc=$?
   t1=$(date +%s.%N)
   echo "table $name (flags: $*): exit $rc, wall $(awk "BEGIN {print $t1 - $t0}") s"
@@ -94,6 +102,16 @@ stage_table() {
   table_run tf32_compact --compact --matmul_precision=tensorfloat32
   table_run float32
   table_run float32_compact_nockpt --compact --checkpoint_every=0
+}
+
+stage_ahead_tf32() {
+  table_run tf32_ahead --compile_ahead --matmul_precision=tensorfloat32
+  table_run tf32 --matmul_precision=tensorfloat32
+}
+
+stage_ahead_float32() {
+  table_run float32_ahead --compile_ahead
+  table_run float32
 }
 
 for stage in "$@"; do
