@@ -118,6 +118,11 @@ def _one_line(err: BaseException, limit: int = 200) -> str:
   return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+# The diagnostics of checkpoints written before their names were recorded in the metadata.
+LEGACY_DIAGNOSTICS = ("grad_norm", "grad_norm_first", "param_norm", "saturated", "dead",
+                      "mean_abs_pre", "spread", "argmax_minority")
+
+
 def _leaf_paths(tree) -> list[str]:
   return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
@@ -239,6 +244,7 @@ class TaskCheckpointer:
         "elapsed_s": self.elapsed(),
         "saved": datetime.datetime.now().isoformat(timespec="seconds"),
         "leaf_paths": _leaf_paths(snapshot.state),
+        "diagnostics": sorted(snapshot.hist_diag),
     }
     manager.save(snapshot.epoch, args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(_arrays_item(snapshot)),
@@ -278,6 +284,9 @@ class TaskCheckpointer:
             f"of another layout (written by jaxact {meta.get('jaxact_version')}, this is "
             f"{__version__}): finish it with that version, or pass --restart to start over.")
       m, e = engine.num_members, engine.config.max_epochs
+      # A diagnostic added to the engine after the checkpoint was written is restored as
+      # NaN (not measured) for the epochs before the resume.
+      saved_diagnostics = set(meta.get("diagnostics") or LEGACY_DIAGNOSTICS)
       target = {
           "state": {f"{i:04d}": leaf
                     for i, leaf in enumerate(jax.tree_util.tree_leaves(template))},
@@ -287,7 +296,8 @@ class TaskCheckpointer:
           "hist_trained": jax.ShapeDtypeStruct((e, m), np.bool_),
           "hist_inf": jax.ShapeDtypeStruct((e, m), np.int64),
           "hist_diag": {name: jax.ShapeDtypeStruct((e, m) + shape, dtype)
-                        for name, (shape, dtype) in engine.diagnostic_shapes().items()},
+                        for name, (shape, dtype) in engine.diagnostic_shapes().items()
+                        if name in saved_diagnostics},
       }
       try:
         arrays = manager.restore(step, args=ocp.args.Composite(
@@ -310,7 +320,9 @@ class TaskCheckpointer:
           hist_valid=np.asarray(arrays["hist_valid"]),
           hist_trained=np.asarray(arrays["hist_trained"]),
           hist_inf=np.asarray(arrays["hist_inf"]),
-          hist_diag={k: np.asarray(v) for k, v in arrays["hist_diag"].items()})
+          hist_diag={name: (np.asarray(arrays["hist_diag"][name]) if name in saved_diagnostics
+                            else np.full((e, m) + shape, np.nan, dtype))
+                     for name, (shape, dtype) in engine.diagnostic_shapes().items()})
     if errors:
       step, err = errors[0]
       raise CheckpointError(

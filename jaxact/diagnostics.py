@@ -2,8 +2,8 @@
 
 The engine records, per member and epoch, per-layer gradient and parameter
 norms, the saturated / dead fraction of each hidden layer's units on the
-valid set, the spread of the outputs across inputs and how often their argmax
-changes (`engine.Engine.diagnostic_shapes` defines each). This module turns a
+valid set, the spread of the outputs across inputs, how often their argmax
+changes and on how many examples the head (final activation) is saturated (`engine.Engine.diagnostic_shapes` defines each). This module turns a
 finished member's record into one `Diagnosis`: a kind from KINDS and one
 sentence of evidence with the numbers. It is plain Python on host data, so a
 results file can be diagnosed again without training.
@@ -51,6 +51,7 @@ CHANCE_MARGIN = 0.02           # accuracy within 2 points of chance is "at chanc
 CHANCE_MSE_SHARE = 0.95        # an MSE above 95% of the constant predictor's is "at chance"
 UNDERPERFORM_POINTS = 0.10
 UNDERPERFORM_MSE_RATIO = 2.0
+HEAD_SATURATED_SHARE = 0.99    # the head is reported saturated on >= 99% of valid examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,20 @@ def _hidden_state(d: dict, epoch: int) -> str:
           f"{_units(dead[epoch][0])}/64 dead")
 
 
+def _head_state(d: dict, cell: Cell) -> str:
+  """'the softmax head is saturated ... from epoch k on', if it is at the member's last epoch."""
+  h = d.get("head_saturated") or []
+  if not h or h[-1] is None or h[-1] < HEAD_SATURATED_SHARE:
+    return ""
+  start = _first_of_last_run([v is not None and v >= HEAD_SATURATED_SHARE for v in h]) or 0
+  text = (f"the {cell.head} head is saturated (no Jacobian entry above "
+          f"{losses_lib.HEAD_SATURATION:g}) on {100 * h[-1]:.1f}% of valid examples from epoch "
+          f"{start + 1} on")
+  if cell.convention == "torch":
+    text += ", so almost no gradient passes it from the loss"
+  return text
+
+
 def _first_of_last_run(flags: Sequence[bool]) -> int | None:
   """The start of the final run of True values, or None if the last value is False."""
   if not flags or not flags[-1]:
@@ -201,6 +216,7 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   best_valid = float(record["best_valid"]) if record["best_valid"] is not None else math.nan
   at_chance = _at_chance(t, best_valid, chance)
   hidden = _hidden_state(d, e)
+  head = _head_state(d, cell)
   ratio = gradient_ratio_at_init(d)
   ratio_text = "" if ratio is None else (
       f"; at initialisation the gradient at conv1 is {ratio:.2g} x the output layer's")
@@ -222,6 +238,8 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
                    "most frequent argmax")
     if hidden:
       parts.append(hidden)
+    if head:
+      parts.append(head)
     return Diagnosis("collapsed", "; ".join(parts) + ratio_text)
   if task == "multilabel" and cell.head == "softmax" and ceiling is not None:
     return Diagnosis("ceiling", "structural ceiling: softmax outputs sum to 1, so at most one "
@@ -235,7 +253,8 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
                      f"{_fmt_metric(t, best_valid)}")
   if at_chance:
     return Diagnosis("no_learning", f"best valid {_fmt_metric(t, best_valid)} is at chance "
-                     f"level{chance_text}" + (f"; {hidden}" if hidden else "") + ratio_text)
+                     f"level{chance_text}" + (f"; {hidden}" if hidden else "")
+                     + (f"; {head}" if head else "") + ratio_text)
   if reference is not None and math.isfinite(reference) and (
       best_valid < reference - UNDERPERFORM_POINTS if t.higher_is_better
       else best_valid > UNDERPERFORM_MSE_RATIO * reference):

@@ -511,6 +511,9 @@ class Engine:
       spread (): std over valid examples of the head's outputs (the space the
         loss sees), averaged over outputs, divided by the same for the
         targets: about 0 for a constant predictor;
+      head_saturated (): share of valid examples on which the head is
+        saturated (losses.HEAD_SATURATION): in the torch convention, 1 means that no
+        gradient passes the head on any example;
       argmax_minority (): share of valid examples whose argmax is not the most
         frequent one (0 for a constant predictor; NaN for single-output tasks).
     """
@@ -518,7 +521,8 @@ class Engine:
     f32 = np.float32
     return {"grad_norm": ((nl,), f32), "grad_norm_first": ((nl,), f32),
             "param_norm": ((nl,), f32), "saturated": ((d,), f32), "dead": ((d,), f32),
-            "mean_abs_pre": ((d,), f32), "spread": ((), f32), "argmax_minority": ((), f32)}
+            "mean_abs_pre": ((d,), f32), "spread": ((), f32), "head_saturated": ((), f32),
+            "argmax_minority": ((), f32)}
 
   def _per_cell(self, groups, fn: Callable, *args):
     """`fn(static_groups, *args)` for a layout: called as is for static groups;
@@ -773,7 +777,7 @@ class Engine:
     chunk is padded and masked. `groups` as in `_epoch` (None: all members).
     With `diagnostics`, the third value holds the valid-set entries of
     `diagnostic_shapes` (saturated, dead, mean_abs_pre, spread,
-    argmax_minority), each (M, ...); else it is {}.
+    head_saturated, argmax_minority), each (M, ...); else it is {}.
     """
     groups = self.groups if groups is None else groups
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
@@ -792,7 +796,7 @@ class Engine:
     def chunk_stats(groups, params, stats, feats, tc, mc):
       """Per-chunk sums of one layout (static groups), from the trunk's features."""
       z, pre, _ = self._dense(groups, params, stats, feats, train=False)  # (M, chunk, C)
-      scores, infs, outs = [], [], []
+      scores, infs, outs, heads = [], [], [], []
       for cell, a, b in groups:
         pred = predictions(cell, z[a:b], mean, std)
         s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
@@ -800,6 +804,7 @@ class Engine:
         bad = jnp.any(~jnp.isfinite(pred), axis=-1)
         infs.append(jnp.sum(bad * mc, axis=1))
         outs.append(losses_lib.apply_head(cell.head, z[a:b]))
+        heads.append(losses_lib.head_jacobian_max(cell.head, z[a:b]))       # (Mg, chunk)
       res = dict(score=cat(scores), inf=cat(infs))
       if diagnostics:
         # Hidden units, on the pre-activations (M, D, chunk, width).
@@ -811,6 +816,7 @@ class Engine:
         res["zero"] = jnp.sum((deriv == 0) * w, axis=2)
         res["abs"] = jnp.sum(jnp.abs(pre) * w, axis=(2, 3))                  # (M, D)
         res["out"] = cat(outs)                                               # (M, chunk, C)
+        res["head_sat"] = jnp.sum((cat(heads) <= losses_lib.HEAD_SATURATION) * mc, axis=1)   # (M,)
       return res
 
     def one(carry, args):
@@ -819,7 +825,7 @@ class Engine:
       res = self._per_cell(groups, chunk_stats, params, stats, feats, tc, mc)
       new = dict(score=carry["score"] + res["score"], inf=carry["inf"] + res["inf"])
       if diagnostics:
-        for k in ("sat", "zero", "abs"):
+        for k in ("sat", "zero", "abs", "head_sat"):
           new[k] = carry[k] + res[k]
         # Output moments per output, merged over chunks (Chan et al.'s update).
         out = res["out"]
@@ -840,7 +846,8 @@ class Engine:
     carry = dict(score=jnp.zeros((m,), jnp.float32), inf=jnp.zeros((m,), jnp.float32))
     if diagnostics:
       carry.update(sat=jnp.zeros((m, d, width)), zero=jnp.zeros((m, d, width)),
-                   abs=jnp.zeros((m, d)), n=jnp.zeros(()), mean=jnp.zeros((m, c)),
+                   abs=jnp.zeros((m, d)), head_sat=jnp.zeros((m,)), n=jnp.zeros(()),
+                   mean=jnp.zeros((m, c)),
                    m2=jnp.zeros((m, c)), hist=jnp.zeros((m, c)))
     acc, _ = jax.lax.scan(one, carry, (xs, ts, ms))
     metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
@@ -856,6 +863,7 @@ class Engine:
         dead=jnp.mean(acc["zero"] == n, axis=2),
         mean_abs_pre=acc["abs"] / (n * width),
         spread=spread,
+        head_saturated=acc["head_sat"] / n,
         argmax_minority=minority if self.task.single_label else jnp.full((m,), jnp.nan))
     return metric, n_inf, diag
 

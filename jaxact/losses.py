@@ -165,6 +165,46 @@ def apply_head(head: str, z: jax.Array) -> jax.Array:
   return _get_head(head)(z)
 
 
+# A head is *saturated* on an example when no entry of its Jacobian exceeds this
+# (`head_jacobian_max`): a softmax with every other class below about 1e-6, a
+# sigmoid within about 1e-6 of 0 or 1 on every output, a ReLU head with every
+# output negative. The engine records the share of valid examples where it is.
+HEAD_SATURATION = 1e-6
+
+
+def head_jacobian_max(head: str, z: jax.Array) -> jax.Array:
+  r"""The largest entry of the head's Jacobian, per example: how much gradient it can pass.
+
+  :math:`g(z) = \max_{i,j} |\partial h_i / \partial z_j|`, in closed form:
+
+  - ``none``: 1;
+  - ``relu``: 1 if any output is positive, else 0 (a dead head);
+  - ``sigmoid``: :math:`\max_i p_i (1 - p_i)`, ``p = sigmoid(z)`` (at most 1/4);
+  - ``softmax``: :math:`\max_i p_i (1 - p_i)`, ``p = softmax(z)``: the Jacobian is
+    :math:`p_i (\delta_{ij} - p_j)` and an off-diagonal :math:`p_i p_j` never exceeds
+    :math:`p_i (1 - p_i)` since :math:`p_j \le 1 - p_i`. With one output it is 0.
+
+  A small g means that whatever the loss asks of the head's outputs, almost nothing
+  reaches z: in the torch convention (the loss receives the head's output) a head
+  with g below ~1e-6 on every example stops all learning, e.g. the double softmax
+  whose first softmax has put probability 1 on one class. (With a loss on the
+  logits, cce and bce do not pass through the head's Jacobian.)
+
+  Args:
+    head: one of ``HEADS``.
+    z: pre-activation outputs, shape ``(..., C)``.
+
+  Returns:
+    g, shape ``z.shape[:-1]``, in [0, 1].
+  """
+  if head == "none":
+    return jnp.ones(z.shape[:-1], z.dtype)
+  if head == "relu":
+    return jnp.max((z > 0).astype(z.dtype), axis=-1)
+  p = apply_head(head, z)
+  return jnp.max(p * (1.0 - p), axis=-1)
+
+
 def _get_head(head: str) -> Callable[[jax.Array], jax.Array]:
   try:
     return HEADS[head]

@@ -92,6 +92,22 @@ def test_constant_predictor_has_no_spread(data):
   assert d["spread"][0] > 0.0
 
 
+@pytest.mark.parametrize("head,loss", [("softmax", "cce"), ("sigmoid", "bce")])
+def test_saturated_head(data, head, loss):
+  eng = engine.Engine("multiclass", [(Cell("multiclass", head, loss), 0)], CFG, **QUIET)
+  # A constant output far from the head's linear range: class 3 at +40, the others at -40.
+  # softmax: the other classes get e^-80 (0 in float32); sigmoid: 1 - sigmoid(40) and
+  # sigmoid(-40) are 4e-18: no Jacobian entry above 1e-6 on any example.
+  far = lambda p: _set(_set(p, ("out", "kernel"), jnp.zeros_like), ("out", "bias"),
+                       lambda b: jnp.where(jnp.arange(10) == 3, 40.0, -40.0) + 0 * b)
+  assert _valid_diagnostics(eng, data, far)["head_saturated"][0] == 1.0
+  # Logit gaps of 1 (still a constant output): within the linear range, nowhere saturated.
+  near = lambda p: _set(_set(p, ("out", "kernel"), jnp.zeros_like), ("out", "bias"),
+                        lambda b: jnp.arange(10.0) / 9 + 0 * b)
+  assert _valid_diagnostics(eng, data, near)["head_saturated"][0] == 0.0
+  assert _valid_diagnostics(eng, data, lambda p: p)["head_saturated"][0] == 0.0
+
+
 def test_argmax_minority_is_nan_for_multilabel():
   data = _synthetic("multilabel")
   eng = engine.Engine("multilabel", [(studies.recommended_cell("multilabel"), 0)], CFG, **QUIET)
@@ -280,6 +296,23 @@ def test_classify_collapsed_with_start_epoch_and_saturation():
   dg = diagnostics.classify(rec, "multiclass", chance=0.1135)
   assert dg.kind == "collapsed"
   assert "from epoch 4" in dg.evidence and "64/64 units of hidden layer 1 saturated" in dg.evidence
+
+
+def test_classify_collapse_names_a_saturated_head():
+  rec = _record(best_valid=0.1135, best_epoch=0, spread=[1e-9] * 8, argmax_minority=[0.0] * 8,
+                head_saturated=[0.4] + [1.0] * 7)
+  dg = diagnostics.classify(rec, "multiclass", chance=0.1135)
+  assert dg.kind == "collapsed"
+  assert ("the softmax head is saturated (no Jacobian entry above 1e-06) on 100.0% of valid "
+          "examples from epoch 2 on, so almost no gradient passes it from the loss") in dg.evidence
+  logits = dict(rec, cell=Cell("multiclass", "softmax", "cce", convention="logits").to_dict())
+  text = diagnostics.classify(logits, "multiclass", chance=0.1135).evidence
+  assert "saturated" in text and "no gradient passes" not in text
+  # Below 99% at the last epoch (or not recorded, as in older results): not mentioned.
+  for values in ([1.0] * 7 + [0.5], None):
+    quiet = _record(best_valid=0.1135, best_epoch=0, spread=[1e-9] * 8,
+                    argmax_minority=[0.0] * 8, head_saturated=values)
+    assert "head" not in diagnostics.classify(quiet, "multiclass", chance=0.1135).evidence
 
 
 def test_classify_vanishing_gradient_before_collapse():

@@ -166,6 +166,32 @@ def test_heads_by_hand():
                               jnp.ones((2, 3)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("head", list(losses.HEADS))
+@pytest.mark.parametrize("c", [1, 2, 10])
+def test_head_jacobian_max_equals_the_autodiff_jacobian(head, c):
+  z = jax.random.normal(jax.random.key(c), (6, c)) * 3.0
+  z = z.at[0].set(-1.0)                         # relu: every output negative, a dead head
+  jac = jax.vmap(jax.jacobian(lambda v: losses.apply_head(head, v)))(z)   # (6, C, C)
+  want = jnp.max(jnp.abs(jac), axis=(1, 2))
+  got = losses.head_jacobian_max(head, z)
+  chex.assert_shape(got, (6,))
+  chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_head_jacobian_max_by_hand():
+  # softmax of (0, log 3): p = (1/4, 3/4), largest entry p(1 - p) = 3/16; a saturated
+  # softmax (logit gap 40: p = 1 - 4e-18 in exact arithmetic) passes nothing.
+  z = jnp.array([[0.0, math.log(3.0)], [40.0, 0.0]])
+  chex.assert_trees_all_close(losses.head_jacobian_max("softmax", z),
+                              jnp.array([3 / 16, 0.0]), atol=1e-7)
+  chex.assert_trees_all_close(losses.head_jacobian_max("sigmoid", jnp.zeros((1, 3))),
+                              jnp.array([0.25]))
+  chex.assert_trees_all_equal(losses.head_jacobian_max("relu", jnp.array([[-1.0, 0.0]])),
+                              jnp.array([0.0]))
+  chex.assert_trees_all_equal(losses.head_jacobian_max("none", jnp.zeros((2, 4))),
+                              jnp.ones((2,)))
+
+
 @pytest.mark.parametrize("convention", losses.CONVENTIONS)
 @pytest.mark.parametrize("loss", losses.LOSSES)
 def test_single_output_softmax_is_one_and_passes_no_gradient(loss, convention):

@@ -98,6 +98,41 @@ def test_save_restore_round_trip_is_bitwise(probability_data, tmp_path):
   assert jax.tree_util.tree_map(jax.typeof, back) == jax.tree_util.tree_map(jax.typeof, init)
 
 
+def test_checkpoint_without_a_newer_diagnostic_restores_it_as_nan(probability_data, tmp_path):
+  """A checkpoint written before a diagnostic existed resumes; that diagnostic reads NaN."""
+  eng = engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None)
+  snap = None
+
+  def grab(epoch, snapshot):
+    nonlocal snap
+    snap = snapshot()
+    raise _Stop
+
+  with pytest.raises(_Stop):
+    eng.run(probability_data, on_epoch_end=grab)
+  assert set(checkpoint.LEGACY_DIAGNOSTICS) < set(eng.diagnostic_shapes())
+  old = dataclasses.replace(snap, hist_diag={k: v for k, v in snap.hist_diag.items()
+                                             if k in checkpoint.LEGACY_DIAGNOSTICS})
+  ckpt = checkpoint.TaskCheckpointer(str(tmp_path / "probability"), _ID, every=1)
+  ckpt.save(old)
+  ckpt.close()
+  again = checkpoint.TaskCheckpointer(str(tmp_path / "probability"), _ID, every=1)
+  fresh = engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None)
+  restored = again.restore(fresh)
+  assert set(restored.hist_diag) == set(eng.diagnostic_shapes())
+  new = sorted(set(eng.diagnostic_shapes()) - set(checkpoint.LEGACY_DIAGNOSTICS))
+  for name in new:
+    assert restored.hist_diag[name].shape == snap.hist_diag[name].shape
+    assert np.isnan(restored.hist_diag[name]).all()
+  for name in checkpoint.LEGACY_DIAGNOSTICS:
+    np.testing.assert_array_equal(restored.hist_diag[name], snap.hist_diag[name])
+  results = fresh.run(probability_data, restore=restored)
+  again.close()
+  for r in results:
+    values = r.diagnostics["head_saturated"]
+    assert values[0] is None and all(v is not None for v in values[1:])
+
+
 def test_resumed_engine_run_is_bitwise_identical(probability_data, uninterrupted, tmp_path):
   ref_eng, ref = uninterrupted
   ckpt = checkpoint.TaskCheckpointer(str(tmp_path / "probability"), _ID, every=2)
