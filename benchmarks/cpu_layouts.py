@@ -11,9 +11,17 @@ warm-up call:
      n images (`lax.scan` over chunks); milliseconds per pass.
   3. pooling: forward + backward of ReLU + 2x2 max-pool on a (32, 28, 28, 32) activation,
      as reshape + reduce-max against the maximum of four strided slices.
+  4. convolution: conv2 (14x14x32 -> 12x12x64) and conv3 (6x6x64 -> 4x4x64) of a batch of
+     32, forward and forward + backward (kernel, bias and input gradients) inside a 63-step
+     `lax.scan`, as im2col + one matmul (the model's) against Winograd F(2x2, 3x3) (2.25x
+     fewer multiplications: 16 batched matmuls between input and output transforms).
+  5. conv1 (1 -> 32 channels, so im2col's matmul has K = 9): conv + ReLU + max-pool forward
+     and backward (kernel and bias gradients) inside a 63-step `lax.scan`, as im2col + matmul
+     against nine broadcast multiply-adds.
 
 Usage (from the repository root):
   python -m benchmarks.cpu_layouts [--members=1,2,4,8] [--chunks=16,32,64,128,256,1000,3000]
+      [--sections=members,chunks,pooling,conv,conv1]
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top
 from jaxact import model as model_lib  # pylint: disable=g-import-not-at-top
 
 BATCHES, BATCH, VALID = 63, 32, 3000
+SECTIONS = ("members", "chunks", "pooling", "conv", "conv1")
 
 
 def _time_ms(fn, *args, repeats: int) -> float:
@@ -105,25 +114,141 @@ def pooling(repeats: int) -> dict[str, float]:
   return out
 
 
+def _im2col_valid(x, kernel, bias):
+  h, w = x.shape[1] - 2, x.shape[2] - 2
+  patches = jnp.concatenate(
+      [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+  return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def winograd_valid(x, kernel, bias):
+  """3x3 VALID convolution as Winograd F(2x2, 3x3) (Lavin & Gray 2016); even output size.
+
+  Input tiles of 4x4 with stride 2 are transformed (B^T d B), multiplied channel-wise with
+  the transformed kernel (G g G^T) as 16 batched matmuls, and transformed back (A^T m A).
+  """
+  b, h, w, c = x.shape
+  th, tw = (h - 2) // 2, (w - 2) // 2
+  rows = [x[:, r:r + 2 * th:2] for r in range(4)]                    # B^T along rows
+  u = [rows[0] - rows[2], rows[1] + rows[2], rows[2] - rows[1], rows[1] - rows[3]]
+  v = []
+  for ua in u:                                                        # ... and columns
+    cols = [ua[:, :, r:r + 2 * tw:2] for r in range(4)]
+    v += [cols[0] - cols[2], cols[1] + cols[2], cols[2] - cols[1], cols[1] - cols[3]]
+  v = jnp.stack(v).reshape(16, b * th * tw, c)
+  g = jnp.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], kernel.dtype)
+  uk = jnp.einsum("ai,ijco,bj->abco", g, kernel, g).reshape(16, c, -1)
+  m = jnp.einsum("tnc,tco->tno", v, uk).reshape(4, 4, b, th, tw, -1)
+  r0, r1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]                    # A^T along rows
+  y = jnp.stack([jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], axis=3)
+                 for r in (r0, r1)], axis=2)                          # (B, th, 2, tw, 2, O)
+  return y.reshape(b, 2 * th, 2 * tw, -1) + bias
+
+
+def _scan_ms(step, args, xs, repeats: int) -> float:
+  """ms per step of `step(args, x)` (a scalar) scanned over the leading axis of xs."""
+  run = jax.jit(lambda a, xs: jax.lax.scan(lambda c, x: (c + step(a, x), None), 0.0, xs)[0])
+  return _time_ms(run, args, xs, repeats=repeats) / xs.shape[0]
+
+
+def convolutions(repeats: int) -> list[dict]:
+  """conv2 and conv3: im2col against Winograd, forward and forward + backward, ms per step."""
+  out = []
+  for name, (hw, cin, cout) in (("conv2", (14, 32, 64)), ("conv3", (6, 64, 64))):
+    keys = jax.random.split(jax.random.key(5), 3)
+    xs = jax.random.normal(keys[0], (BATCHES, BATCH, hw, hw, cin))
+    kernel = jax.random.normal(keys[1], (3, 3, cin, cout)) / (9 * cin) ** 0.5
+    bias = jax.random.normal(keys[2], (cout,)) * 0.1
+    ref = jax.lax.conv_general_dilated(xs[0], kernel, (1, 1), "VALID",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    for form, conv in (("im2col", _im2col_valid), ("winograd F(2x2,3x3)", winograd_valid)):
+      err = float(jnp.max(jnp.abs(conv(xs[0], kernel, bias) - ref)) / jnp.max(jnp.abs(ref)))
+      fwd = lambda a, x, conv=conv: jnp.sum(jnp.tanh(conv(x, *a)))
+      grads = jax.grad(lambda a, x, conv=conv: jnp.sum(jnp.tanh(conv(x, *a))), argnums=(0, 1))
+
+      def fwd_bwd(a, x, grads=grads):
+        (gk, gb), gx = grads(a, x)
+        return jnp.sum(gk) + jnp.sum(gb) + jnp.sum(gx)
+      out.append(dict(layer=name, form=form, rel_err=err,
+                      forward=_scan_ms(fwd, (kernel, bias), xs, repeats),
+                      forward_backward=_scan_ms(fwd_bwd, (kernel, bias), xs, repeats)))
+  return out
+
+
+def first_convolution(repeats: int) -> dict[str, float]:
+  """conv1 + ReLU + max-pool, forward and backward (kernel and bias), ms per step."""
+  def multiply_adds(x, kernel, bias):
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = bias
+    for i in range(3):
+      for j in range(3):
+        y = y + x[:, i:i + 28, j:j + 28, :] * kernel[i, j, 0]
+    return y
+
+  def im2col_same(x, kernel, bias):
+    return _im2col_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, bias)
+  keys = jax.random.split(jax.random.key(6), 3)
+  xs = jax.random.uniform(keys[0], (BATCHES, BATCH, 28, 28, 1), minval=-1, maxval=1)
+  kernel = jax.random.normal(keys[1], (3, 3, 1, 32)) / 3
+  weights = jax.random.normal(keys[2], (14, 14, 32))
+  out = {}
+  for form, conv in (("im2col + matmul (K = 9)", im2col_same),
+                     ("nine broadcast multiply-adds", multiply_adds)):
+    grads = jax.grad(lambda a, x, conv=conv: jnp.sum(
+        model_lib.max_pool_2x2(jax.nn.relu(conv(x, *a))) * weights))
+    step = lambda a, x, grads=grads: sum(jnp.sum(g) for g in grads(a, x))
+    out[form] = _scan_ms(step, (kernel, jnp.zeros(32)), xs, repeats)
+  return out
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--members", default="1,2,4,8")
   p.add_argument("--chunks", default="16,32,64,128,256,1000,3000")
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--sections", default=",".join(SECTIONS),
+                 help=f"which questions to time, of {', '.join(SECTIONS)}")
   args = p.parse_args(argv)
+  sections = args.sections.split(",")
+  for name in sections:
+    if name not in SECTIONS:
+      p.error(f"--sections: unknown {name!r} (choose from {', '.join(SECTIONS)})")
   print(f"# CPU layout micro-benchmarks (jax {jax.__version__}, {jax.default_backend()}, "
         f"{os.cpu_count()} CPUs); median of {args.repeats}\n")
-  print("| M | vmap ms / member-epoch | loop ms / member-epoch |\n|---|---|---|")
-  for m in (int(v) for v in args.members.split(",")):
-    r = members_epoch(m, args.repeats)
-    print(f"| {m} | {r['vmap']:.0f} | {r['loop']:.0f} |", flush=True)
-  print("\n| eval chunk (images) | ms per 3,000-image valid pass |\n|---|---|")
-  for c in (int(v) for v in args.chunks.split(",")):
-    print(f"| {c} | {eval_chunk(c, args.repeats):.0f} |", flush=True)
-  print("\n| pooling (relu + 2x2 max-pool, (32, 28, 28, 32)) | ms forward + backward |\n|---|---|")
-  for name, ms in pooling(args.repeats).items():
-    print(f"| {name} | {ms:.3f} |")
+  if "members" in sections:
+    print("| M | vmap ms / member-epoch | loop ms / member-epoch |\n|---|---|---|")
+    for m in (int(v) for v in args.members.split(",")):
+      r = members_epoch(m, args.repeats)
+      print(f"| {m} | {r['vmap']:.0f} | {r['loop']:.0f} |", flush=True)
+  if "chunks" in sections:
+    print("\n| eval chunk (images) | ms per 3,000-image valid pass |\n|---|---|")
+    for c in (int(v) for v in args.chunks.split(",")):
+      print(f"| {c} | {eval_chunk(c, args.repeats):.0f} |", flush=True)
+  if "pooling" in sections:
+    print("\n| pooling (relu + 2x2 max-pool, (32, 28, 28, 32)) | ms forward + backward |"
+          "\n|---|---|")
+    for name, ms in pooling(args.repeats).items():
+      print(f"| {name} | {ms:.3f} |")
+  if "conv" in sections:
+    _print_convolutions(args.repeats)
+  if "conv1" in sections:
+    _print_first_convolution(args.repeats)
   return 0
+
+
+def _print_convolutions(repeats: int) -> None:
+  print("\n| layer (batch 32, in a 63-step scan) | form | max rel. error vs lax.conv | ms forward "
+        "| ms forward + backward |\n|---|---|---|---|---|")
+  for r in convolutions(repeats):
+    print(f"| {r['layer']} | {r['form']} | {r['rel_err']:.1e} | {r['forward']:.3f} | "
+          f"{r['forward_backward']:.3f} |", flush=True)
+
+
+def _print_first_convolution(repeats: int) -> None:
+  print("\n| conv1 + ReLU + max-pool (batch 32, in a 63-step scan) | ms forward + backward |"
+        "\n|---|---|")
+  for name, ms in first_convolution(repeats).items():
+    print(f"| {name} | {ms:.3f} |")
 
 
 if __name__ == "__main__":

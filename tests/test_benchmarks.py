@@ -81,6 +81,28 @@ def test_cpu_layout_microbenchmarks_run():
   assert cpu_layouts.eval_chunk(1500, repeats=1) > 0
 
 
+@pytest.mark.parametrize("hw,cin,cout", [(14, 32, 64), (6, 64, 64), (8, 3, 5)])
+def test_winograd_convolution_equals_lax_conv(hw, cin, cout):
+  """cpu_layouts' Winograd F(2x2, 3x3): the same function and gradients as a VALID conv."""
+  from benchmarks import cpu_layouts  # pylint: disable=g-import-not-at-top
+  kx, kk, kb = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (2, hw, hw, cin))
+  kernel = jax.random.normal(kk, (3, 3, cin, cout)) / (9 * cin) ** 0.5
+  bias = jax.random.normal(kb, (cout,))
+
+  def conv(x, kernel, bias):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=(
+        "NHWC", "HWIO", "NHWC"), precision="highest") + bias
+  y = cpu_layouts.winograd_valid(x, kernel, bias)
+  assert y.shape == (2, hw - 2, hw - 2, cout)
+  np.testing.assert_allclose(y, conv(x, kernel, bias), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  got = jax.grad(loss(cpu_layouts.winograd_valid), argnums=(0, 1, 2))(x, kernel, bias)
+  want = jax.grad(loss(conv), argnums=(0, 1, 2))(x, kernel, bias)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
 def _fake_summary(kind, members, steady, backend="cpu"):
   return dict(kind=kind, members=members, repeats=1, steady_epoch_s=steady, first_epoch_s=3.0,
               compile_s=2.0 if kind == "engine" else None, compilations=1,
