@@ -118,11 +118,13 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
 
 
 def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = TASK,
-                  device: str | None = None) -> dict:
+                  device: str | None = None, tf32: bool = False) -> dict:
   """Trains one model of the task's recommended cell for `epochs` epochs with the reference.
 
-  device: torch's ("cpu", "cuda"); None: cuda when torch sees a GPU. On a GPU,
-  PyTorch's defaults apply (cuDNN may use TF32 for the convolutions).
+  device: torch's ("cpu", "cuda"); None: cuda when torch sees a GPU. tf32: let
+  PyTorch use TF32 for its matmuls and cuDNN convolutions on a GPU (set to match
+  the engine's --matmul_precision; session 4's H100 figures ran with PyTorch's
+  defaults, under which cuDNN may use TF32).
   """
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
@@ -130,6 +132,7 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
 
   cell = studies.recommended_cell(task)
   torch.set_num_threads(threads)
+  ref.allow_tf32(tf32)
   device = device or ref.default_device()
   data = ref.TorchTaskData.from_split(arrays, task).to(device)
   rss_before = common.rss_bytes()
@@ -140,7 +143,7 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
   steady = common.median(epoch_s[1:]) if len(epoch_s) > 1 else epoch_s[0]
   return dict(
       kind="torch", members=1, epochs=epochs, task=task, cell=cell.key, threads=threads,
-      torch_version=torch.__version__, device=device,
+      torch_version=torch.__version__, device=device, tf32=tf32,
       device_name=torch.cuda.get_device_name() if device.startswith("cuda") else None,
       epoch_s=epoch_s, train_epoch_s=r.train_epoch_s,
       valid_epoch_s=r.valid_epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
@@ -208,7 +211,8 @@ def _worker(args) -> dict:
     arrays = common.load_arrays(args.data_dir, args.split_seed, args.synthetic, n_test=256)
   if args.worker == "torch":
     return measure_torch(arrays, args.epochs, args.torch_threads or common.cpu_count(),
-                         device=args.torch_device)
+                         device=args.torch_device,
+                         tf32=args.matmul_precision in ("tensorfloat32", "default"))
   if args.worker == "engine":
     return measure_engine(arrays, int(args.members), args.epochs,
                           member_mode=args.member_mode, matmul_precision=args.matmul_precision)
@@ -282,7 +286,7 @@ def summarise(runs: list[dict]) -> dict:
               valid_metric=med("valid_metric"),
               statuses=sorted({s for r in runs for s in r["statuses"]}),
               threads=first.get("threads"), torch_version=first.get("torch_version"),
-              device_name=first.get("device_name"),
+              device_name=first.get("device_name"), tf32=first.get("tf32"),
               backend=first.get("backend"))
 
 
@@ -330,8 +334,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     s = torch_summary
     torch_rate = 1.0 / s["steady_epoch_s"]
     gf = flops.total * torch_rate / 1e9
-    where = (f"{s['device_name']}" if s.get("device_name")
-             else f"{s['threads']} threads")
+    where = (f"{s['device_name']}, TF32 {'allowed' if s.get('tf32') else 'off'}"
+             if s.get("device_name") else f"{s['threads']} threads")
     rows.append([f"PyTorch {s['torch_version']} reference, {where}", "1",
                  common.fmt(s["steady_epoch_s"]), common.fmt(torch_rate), "1",
                  common.fmt(s["first_epoch_s"]), "-", common.fmt(gf),

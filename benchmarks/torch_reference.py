@@ -217,6 +217,17 @@ class TorchTaskData:
     return dataclasses.replace(self, **moved)
 
 
+def allow_tf32(allowed: bool) -> None:
+  """Lets (or forbids) PyTorch use TF32 tensor cores for matmuls and cuDNN convolutions.
+
+  PyTorch's own defaults differ between the two (cuDNN convolutions may use TF32,
+  matmuls may not); jaxact's default is full float32 everywhere, so the
+  reference is compared at full float32 unless asked otherwise. No effect on a CPU.
+  """
+  torch.backends.cuda.matmul.allow_tf32 = allowed
+  torch.backends.cudnn.allow_tf32 = allowed
+
+
 def default_device() -> str:
   """"cuda" when PyTorch sees a GPU, else "cpu"."""
   return "cuda" if torch.cuda.is_available() else "cpu"
@@ -394,7 +405,10 @@ def main(argv=None) -> int:
                  "else cpu)")
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   p.add_argument("--verbose", action="store_true", help="print every epoch")
+  p.add_argument("--tf32", action="store_true",
+                 help="allow TF32 for matmuls and convolutions on a GPU (default: full float32)")
   args = p.parse_args(argv)
+  allow_tf32(args.tf32)
 
   from jaxact import data as data_lib  # pylint: disable=g-import-not-at-top
   tasks = None if args.task is None else tuple(args.task.split(","))
@@ -403,7 +417,8 @@ def main(argv=None) -> int:
   if args.threads:
     torch.set_num_threads(args.threads)
   device = args.device or default_device()
-  print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; data {split.source} "
+  print(f"torch {torch.__version__}, {device}, TF32 {'allowed' if args.tf32 else 'off'}, "
+        f"{torch.get_num_threads()} threads; data {split.source} "
         f"(split {split.fingerprint})", flush=True)
   results, start = [], time.perf_counter()
   for task, task_cells in cells.items():

@@ -157,6 +157,19 @@ def test_torch_measurement_structure(ref):
   a = common.synthetic_arrays(n_train=40, n_valid=16, n_test=8)
   r = bench_engine.measure_torch(a, epochs=2, threads=1)
   assert r["kind"] == "torch" and len(r["epoch_s"]) == 2 and r["statuses"] == ["hit_cap"]
+  assert r["tf32"] is False
+
+
+def test_torch_reference_tf32_setting(ref):
+  import torch  # pylint: disable=g-import-not-at-top
+  before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+  try:
+    ref.allow_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    ref.allow_tf32(False)     # the default of the benchmarks: full float32, as jaxact's
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+  finally:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 # The same weights (a jaxact member's initialisation copied into the torch
