@@ -839,8 +839,9 @@ def plot_diagnostics(workdir: str) -> list[str]:
   """Writes saturation_<task>.png per task and gradients_depth_<task>.png where a depth sweep ran.
 
   saturation: per cell, the mean over seeds of the saturated fraction of hidden
-  layer 1's units on the valid set, and of the output spread (1 = as varied as
-  the targets, 0 = a constant predictor), per epoch. gradients_depth: for each
+  layer 1's units on the valid set, of the output spread (1 = as varied as
+  the targets, 0 = a constant predictor) and, where recorded, of the share of
+  valid examples on which the head is saturated, per epoch. gradients_depth: for each
   activation and init of the depth sweep, the gradient norm of every layer at
   initialisation (first batch, median over seeds) for each depth.
   """
@@ -856,7 +857,10 @@ def plot_diagnostics(workdir: str) -> list[str]:
     if not any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values()
                for m in ms):
       continue
-    fig, (ax_s, ax_o) = plt.subplots(1, 2, figsize=(13, 5))
+    has_head = any((m.get("diagnostics") or {}).get("head_saturated")
+                   for ms in groups.values() for m in ms)      # absent from older results
+    fig, axes = plt.subplots(1, 3 if has_head else 2, figsize=(19 if has_head else 13, 5))
+    ax_s, ax_o = axes[0], axes[1]
     try:
       for i, cell in enumerate(_saturation_cells(groups)):
         style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], linewidth=1.2)
@@ -867,12 +871,20 @@ def plot_diagnostics(workdir: str) -> list[str]:
         ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
         spread = _mean_history(groups[cell], "spread", None)
         ax_o.plot(np.arange(1, spread.size + 1), np.maximum(spread, 1e-6), **style)
+        if has_head:
+          head = _mean_history(groups[cell], "head_saturated", None)
+          axes[2].plot(np.arange(1, head.size + 1), head, **style)
       ax_s.set(xlabel="epoch", ylabel="saturated fraction of hidden layer 1",
                ylim=(-0.03, 1.03), title="hidden units saturated (valid set)")
       ax_o.set(xlabel="epoch", ylabel="output spread / target spread", yscale="log",
                title="output spread across inputs (low = constant predictor)")
+      if has_head:
+        axes[2].set(xlabel="epoch", ylabel="share of valid examples", ylim=(-0.03, 1.03),
+                    title="head saturated (no Jacobian entry above "
+                          f"{losses_lib.HEAD_SATURATION:g})")
       fig.legend(loc="lower center", ncol=2, fontsize=7, frameon=False)
-      fig.suptitle(f"{task}: hidden-unit saturation and output spread, mean over seeds\n"
+      fig.suptitle(f"{task}: hidden-unit saturation, output spread"
+                   f"{' and head saturation' if has_head else ''}, mean over seeds\n"
                    f"made by: {_truncate(command)}", fontsize=10)
       n_leg = len(_saturation_cells(groups))
       fig.tight_layout(rect=(0, min(0.45, 0.035 * math.ceil(n_leg / 2) + 0.02), 1, 0.93))

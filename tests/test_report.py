@@ -312,7 +312,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
         m["diagnostics"] = dict(
             layers=["conv1", "conv2", "conv3"] + [f"hidden{i + 1}" for i in range(depth)] + ["out"],
             grad_norm_first=[[grad] * (4 + depth)] * 3, saturated=[[0.5] * depth] * 3,
-            spread=[0.5] * 3)
+            spread=[0.5] * 3, head_saturated=[0.1, 0.5, None])
         members.append(m)
   _write_results(wd, "multiclass", members)
   plotted = {}
@@ -334,6 +334,8 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
       assert f.read(8) == PNG_SIGNATURE
     assert f"({name})" in text
   assert not os.path.exists(os.path.join(wd, "gradients_depth_multiclass.png"))
+  with open(os.path.join(wd, "saturation_multiclass.png"), "rb") as f:   # with the head panel
+    assert f.read(8) == PNG_SIGNATURE
   from jaxact import claims  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="one convention"):
     claims.depth_sweep({studies.Cell.from_dict(m["cell"]): [m] for m in members})
