@@ -282,7 +282,8 @@ class TaskCheckpointer:
         raise CheckpointError(
             f"the checkpoint of epoch {step} in {self.directory!r} holds a training state "
             f"of another layout (written by jaxact {meta.get('jaxact_version')}, this is "
-            f"{__version__}): finish it with that version, or pass --restart to start over.")
+            f"{__version__}): finish it with that version, or delete {self.directory!r} to train "
+            "this task again from its first epoch (finished tasks' results are kept).")
       m, e = engine.num_members, engine.config.max_epochs
       # A diagnostic added to the engine after the checkpoint was written is restored as
       # NaN (not measured) for the epochs before the resume.
@@ -327,5 +328,7 @@ class TaskCheckpointer:
       step, err = errors[0]
       raise CheckpointError(
           f"none of the checkpoints in {self.directory!r} can be read (epoch {step}: "
-          f"{_one_line(err)}): pass --restart to delete them and start over.")
+          f"{_one_line(err)}): delete {self.directory!r} to train this task again from its "
+          "first epoch (finished tasks' results are kept), or pass --restart to start the whole "
+          "run over.")
     return None

@@ -205,6 +205,26 @@ def test_partial_tmp_checkpoints_are_ignored_and_removed(probability_data, tmp_p
   assert not d.exists() and not d.parent.exists()   # checkpoints/ too, once empty
 
 
+def test_unreadable_checkpoints_name_the_task_directory_to_delete(probability_data, tmp_path):
+  d = tmp_path / "checkpoints" / "p"
+  ckpt = checkpoint.TaskCheckpointer(str(d), _ID, every=1)
+  _run_until(engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None),
+             probability_data, ckpt, stop_after=1)
+  files = [f for f in (d / "1" / "arrays").rglob("*") if f.is_file()]
+  assert files
+  for f in files:                      # a disk that lost the arrays' contents
+    f.write_bytes(b"not a checkpoint")
+  again = checkpoint.TaskCheckpointer(str(d), _ID, every=1)
+  with pytest.raises(checkpoint.CheckpointError, match=r"delete '.*checkpoints/p' to train this "
+                     r"task again from its first epoch \(finished tasks' results are kept\)"):
+    again.restore(engine.Engine("probability", _MEMBERS, _CFG))
+  again.close()
+  shutil.rmtree(d)                     # what the message says: the task starts over
+  fresh = checkpoint.TaskCheckpointer(str(d), _ID, every=1)
+  assert fresh.restore(engine.Engine("probability", _MEMBERS, _CFG)) is None
+  fresh.close()
+
+
 def test_identity_ignores_paths_and_names_differences():
   base = train.RunConfig(task="binary", seeds=2, data_dir="/a")
   same = train.run_identity(dataclasses.replace(base, data_dir="/b", tfds_dir="/c"))
