@@ -163,6 +163,7 @@ def measure_full_table(args) -> dict:
       study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
       data_dir=args.data_dir,
       engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact,
+                                     compact_in_background=args.compact_in_background,
                                      member_mode=args.member_mode,
                                      matmul_precision=args.matmul_precision))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
@@ -182,6 +183,7 @@ def measure_full_table(args) -> dict:
   return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
               member_mode=args.member_mode, matmul_precision=args.matmul_precision,
               max_epochs=args.max_epochs, compact=args.compact,
+              compact_in_background=args.compact_in_background,
               compile_ahead=args.compile_ahead, wall_s=wall, workdir=workdir,
               members=sum(v["members"] for v in per_task.values()),
               useful_model_epochs=sum(v["useful"] for v in per_task.values()),
@@ -242,6 +244,8 @@ def _forwarded(args) -> list[str]:
     out.append("--compact")
   if args.compile_ahead:
     out.append("--compile_ahead")
+  if args.compact_in_background:
+    out.append("--compact_in_background")
   if args.full_table_workdir:
     out += ["--full_table_workdir", args.full_table_workdir]
   return out
@@ -383,7 +387,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     f = full_table
     lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
               f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
-              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, compile ahead "
+              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}"
+              f"{' (in the background)' if f.get('compact_in_background') else ''}, compile ahead "
               f"{f.get('compile_ahead', False)}, member mode "
               f"{f.get('member_mode')}, matmul precision {f.get('matmul_precision', 'float32')}: "
               f"{f['members']} members",
@@ -436,6 +441,8 @@ def parse_args(argv=None):
   p.add_argument("--conventions", default="torch", help="--full_table: torch, logits or both")
   p.add_argument("--max_epochs", type=int, default=100, help="--full_table: epoch cap")
   p.add_argument("--compact", action="store_true", help="--full_table: EngineConfig.compact")
+  p.add_argument("--compact_in_background", action="store_true",
+                 help="--full_table: EngineConfig.compact_in_background (with --compact)")
   p.add_argument("--compile_ahead", action="store_true",
                  help="--full_table: compile the next task while one trains (train_and_evaluate)")
   p.add_argument("--full_table_workdir", default=None, help="--full_table: keep results here")

@@ -69,6 +69,10 @@ _COMPACT = flags.DEFINE_bool(
     "compact", False, "vmap mode: drop early-stopped members from the stacked state between "
     "epochs (fewer FLOPs once half the members have stopped; costs a recompilation each time). "
     "Loop mode skips stopped members anyway.")
+_COMPACT_IN_BACKGROUND = flags.DEFINE_bool(
+    "compact_in_background", False, "With --compact: compile each smaller layout in a "
+    "background thread while the current one keeps training, and switch when it is ready "
+    "(same results; takes the recompilation off the critical path on an accelerator).")
 _MEMBER_MODE = flags.DEFINE_string(
     "member_mode", "auto",
     "How the members share the machine: 'vmap' (one batched computation per step: GPUs, "
@@ -142,7 +146,9 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     compact=_COMPACT.value, member_mode=_MEMBER_MODE.value,
+                                     compact=_COMPACT.value,
+                                     compact_in_background=_COMPACT_IN_BACKGROUND.value,
+                                     member_mode=_MEMBER_MODE.value,
                                      matmul_precision=_MATMUL_PRECISION.value))
 
 

@@ -129,6 +129,9 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
   if e.matmul_precision not in engine_lib.MATMUL_PRECISIONS:
     raise UserError(f"unknown --matmul_precision {e.matmul_precision!r}: choose one of "
                     f"{', '.join(engine_lib.MATMUL_PRECISIONS)}.")
+  if e.compact_in_background and not e.compact:
+    raise UserError("--compact_in_background changes how --compact compiles its smaller "
+                    "layouts: add --compact, or leave --compact_in_background out.")
   if e.member_mode == "loop" and jax.device_count() > 1:
     raise UserError(f"--member_mode=loop runs on one device and this run has "
                     f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "

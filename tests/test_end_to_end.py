@@ -81,6 +81,7 @@ def _cli(*args, env_extra=None):
     (["--study=hidden", "--depth=3"], "no cell of the hidden grid"),
     (["--member_mode=fast"], "unknown --member_mode 'fast'"),
     (["--matmul_precision=fp8"], "unknown --matmul_precision 'fp8'"),
+    (["--compact_in_background"], "add --compact"),
 ])
 def test_cli_refuses_bad_flags_clearly(args, message, tmp_path):
   proc = _cli(*args, f"--workdir={tmp_path}")

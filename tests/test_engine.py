@@ -261,6 +261,52 @@ def test_compaction_matches_the_uncompacted_run():
     np.testing.assert_array_equal(full.final_state[key], compact.final_state[key])
 
 
+@pytest.mark.parametrize("wait", [True, False], ids=["switch_when_decided", "switch_when_ready"])
+def test_compaction_in_background_matches_the_uncompacted_run(wait, monkeypatch):
+  """compact_in_background: the same results as the uncompacted run, whenever the switch comes.
+
+  With `wait` the run waits for each background compilation where the compaction was
+  decided, so it compacts exactly where `compact` does; without, the switch comes at the
+  first epoch end after the compilation (or never, if every member stops first).
+  """
+  if wait:
+    monkeypatch.setattr(engine._LayoutCompile, "done",
+                        lambda self: self._thread.join() is None)
+  data = _synthetic("multiclass")
+  cells = studies.select_cells("activation", "multiclass")["multiclass"]
+  members = [(c, s) for c in (cells[0], cells[2]) for s in (0, 1, 2)]
+  cfg = dataclasses.replace(CFG, max_epochs=6, patience=1, member_mode="vmap")
+  ref = engine.Engine("multiclass", members, cfg, progress=lambda _: None).run(data)
+  eng = engine.Engine("multiclass", members,
+                      dataclasses.replace(cfg, compact=True, compact_in_background=True),
+                      progress=lambda _: None)
+  compiled = []
+
+  def listener(event, duration, fun_name=None, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration" and "epoch" in str(fun_name):
+      compiled.append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    res = eng.run(data)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  n = _expected_compactions(ref, cfg)
+  if wait:
+    assert eng.compactions == n >= 1 and eng.traces == 1 + n
+    # The full layout compiles on the caller's thread, every smaller one in the background.
+    assert compiled == [threading.current_thread().name] + ["jaxact-compact-compile"] * n
+  else:
+    assert eng.compactions <= n
+  for a, b in zip(ref, res):
+    assert (a.cell, a.seed, a.best_epoch, a.epochs_trained, a.status, a.status_epoch) == (
+        b.cell, b.seed, b.best_epoch, b.epochs_trained, b.status, b.status_epoch)
+    chex.assert_trees_all_close((a.best_valid, a.test, a.train_loss, a.valid_metric),
+                                (b.best_valid, b.test, b.train_loss, b.valid_metric),
+                                rtol=1e-4, atol=1e-5)
+
+
 def test_compaction_down_to_one_member(regression_runs):
   data, alone, both, _ = regression_runs
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]
