@@ -3,7 +3,8 @@
 The engine records, per member and epoch, per-layer gradient and parameter
 norms, the saturated / dead fraction of each hidden layer's units on the
 valid set, the spread of the outputs across inputs, how often their argmax
-changes and on how many examples the head (final activation) is saturated (`engine.Engine.diagnostic_shapes` defines each). This module turns a
+changes and on how many examples the head (final activation) is saturated
+(`engine.Engine.diagnostic_shapes` defines each). This module turns a
 finished member's record into one `Diagnosis`: a kind from KINDS and one
 sentence of evidence with the numbers. It is plain Python on host data, so a
 results file can be diagnosed again without training.
