@@ -143,11 +143,10 @@ def with_matmul_precision(fn: Callable, precision: str) -> Callable:
   if precision not in MATMUL_PRECISIONS:
     raise ValueError(f"unknown matmul_precision {precision!r}: choose one of "
                      f"{', '.join(MATMUL_PRECISIONS)}")
-  if precision == "default":
-    return fn
-
   @functools.wraps(fn)
   def traced(*args, **kwargs):
+    if precision == "default":
+      return fn(*args, **kwargs)
     with jax.default_matmul_precision(precision):
       return fn(*args, **kwargs)
   if isinstance(fn, functools.partial):   # the name jit, logs and HLO dumps show
