@@ -227,6 +227,16 @@ def _expected_compactions(results, cfg) -> int:
   return count
 
 
+def _assert_same_results(ref, res):
+  """Two runs of the same members: the same epochs and statuses, metrics to float rounding."""
+  for a, b in zip(ref, res, strict=True):
+    assert (a.cell, a.seed, a.best_epoch, a.epochs_trained, a.status, a.status_epoch) == (
+        b.cell, b.seed, b.best_epoch, b.epochs_trained, b.status, b.status_epoch)
+    chex.assert_trees_all_close((a.best_valid, a.test, a.train_loss, a.valid_metric),
+                                (b.best_valid, b.test, b.train_loss, b.valid_metric),
+                                rtol=1e-4, atol=1e-5)
+
+
 def test_compaction_matches_the_uncompacted_run():
   data = _synthetic("multiclass")
   cells = studies.select_cells("activation", "multiclass")["multiclass"]
@@ -245,12 +255,7 @@ def test_compaction_matches_the_uncompacted_run():
   assert n >= 1, [r.epochs_trained for r in ref]  # the grid does exercise compaction
   assert compact.traces == 1 + n <= 1 + math.ceil(math.log2(len(members)))
   assert compact.members == full.members
-  for a, b in zip(ref, res):
-    assert (a.cell, a.seed, a.best_epoch, a.epochs_trained, a.status, a.status_epoch) == (
-        b.cell, b.seed, b.best_epoch, b.epochs_trained, b.status, b.status_epoch)
-    chex.assert_trees_all_close((a.best_valid, a.test, a.train_loss, a.valid_metric),
-                                (b.best_valid, b.test, b.train_loss, b.valid_metric),
-                                rtol=1e-4, atol=1e-5)
+  _assert_same_results(ref, res)
   # The progress lines report every member, finished or not, in both runs.
   assert lines == ref_lines
   # The final state is full-size, in the original member order.
@@ -299,12 +304,7 @@ def test_compaction_in_background_matches_the_uncompacted_run(wait, monkeypatch)
     assert compiled == [threading.current_thread().name] + ["jaxact-compact-compile"] * n
   else:
     assert eng.compactions <= n
-  for a, b in zip(ref, res):
-    assert (a.cell, a.seed, a.best_epoch, a.epochs_trained, a.status, a.status_epoch) == (
-        b.cell, b.seed, b.best_epoch, b.epochs_trained, b.status, b.status_epoch)
-    chex.assert_trees_all_close((a.best_valid, a.test, a.train_loss, a.valid_metric),
-                                (b.best_valid, b.test, b.train_loss, b.valid_metric),
-                                rtol=1e-4, atol=1e-5)
+  _assert_same_results(ref, res)
 
 
 def test_compaction_down_to_one_member(regression_runs):
