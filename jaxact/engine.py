@@ -988,13 +988,16 @@ class Engine:
       if (compacting and pending is None and 2 * n_active <= len(layout)
           and len(keep) < len(layout)):
         if cfg.compact_in_background:
-          pending = _LayoutCompile(
-              self._layout_epoch_fn(self._layout_groups(layout[keep])),
-              sharding.shard_members(_take_members(state, keep), self.mesh), data, keep)
+          # The compacted state of this moment gives the shapes and shardings only.
+          fn = self._layout_epoch_fn(self._layout_groups(layout[keep]))
+          shapes = sharding.shard_members(_take_members(state, keep), self.mesh)
+          pending = keep, BackgroundCompile(
+              lambda fn=fn, shapes=shapes: fn.lower(shapes, data).compile(),
+              f"{self.task.name}: a layout of {len(keep)} members", "jaxact-compact-compile")
         else:
           ready = keep
-      if compacting and pending is not None and pending.done():
-        ready, pending = pending.keep, None
+      if compacting and pending is not None and pending[1].done():
+        ready, pending = pending[0], None
       if ready is not None:
         full = state if full is None else _put_members(full, state, layout)
         state = sharding.shard_members(_take_members(state, ready), self.mesh)
@@ -1102,31 +1105,36 @@ class Engine:
     return out
 
 
-class _LayoutCompile:
-  """Compiles `epoch_fn` for `state`'s shapes in a thread (Engine.run, compact_in_background).
+class BackgroundCompile:
+  """Runs `compile_fn` (lowerings and compilations) in a thread; a failure is logged, not raised.
 
-  `state` is the compacted state of the moment the compaction was decided; it
-  only gives the shapes and shardings and is dropped once compiled. The thread
-  is not a daemon: a process that ends while it compiles waits for it. A failed
-  compilation is logged; the switch then compiles in the foreground.
+  For compilations that can overlap training: `Engine.run`'s smaller layouts
+  (`compact_in_background`) and `train_and_evaluate`'s next task
+  (`compile_ahead`). jax keeps what it compiles in its in-memory cache, so the
+  first call of the same jitted function on the same shapes finds it there; if
+  compiling here failed, that call compiles it, and only time is lost. The
+  thread is not a daemon: a process that ends while it compiles waits for it.
   """
 
-  def __init__(self, epoch_fn: Callable, state: dict[str, Any], data: TaskData,
-               keep: np.ndarray):
-    self.keep = keep
-
+  def __init__(self, compile_fn: Callable[[], Any], what: str, name: str = "jaxact-compile"):
     def work():
+      t0 = time.perf_counter()
       try:
-        epoch_fn.lower(state, data).compile()
+        compile_fn()
       except Exception as err:  # pylint: disable=broad-except
-        logging.warning("compiling a compacted layout in the background failed (%s: %s); it "
-                        "compiles when the run switches to it", type(err).__name__, err)
+        logging.warning("%s: compiling in the background failed (%s: %s); it compiles when "
+                        "first needed instead", what, type(err).__name__, err)
+      else:
+        logging.info("%s: compiled in the background in %.1f s", what, time.perf_counter() - t0)
 
-    self._thread = threading.Thread(target=work, name="jaxact-compact-compile")
+    self._thread = threading.Thread(target=work, name=name)
     self._thread.start()
 
   def done(self) -> bool:
     return not self._thread.is_alive()
+
+  def wait(self) -> None:
+    self._thread.join()
 
 
 def _round_list(a: np.ndarray):

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
 from typing import Sequence
 
@@ -323,37 +322,22 @@ def _check_split(workdir: str, run_info: dict, split) -> None:
 
 
 class _CompileAhead:
-  """Compiles the next task's programs in a background thread while a task trains.
+  """The next task's engine and data, its programs compiling in the background.
 
   On an accelerator the host mostly waits while the device runs an epoch, so
   the next task's tracing and XLA compilation (11-28 s per task on the H100 of
   BUILD_NOTES) can overlap the current task's training instead of following
-  it. A failure here only costs the time: it is logged, and the task then
-  compiles when it starts, as without compiling ahead.
+  it (`engine.BackgroundCompile`).
   """
 
   def __init__(self):
-    self._task = None
-    self._engine = None
-    self._data = None
-    self._thread = None
+    self._task = self._engine = self._data = self._compile = None
 
   def start(self, task: str, engine: engine_lib.Engine, data: engine_lib.TaskData) -> None:
     self.wait()
     self._task, self._engine, self._data = task, engine, data
-
-    def work():
-      t0 = time.perf_counter()
-      try:
-        engine.compile_ahead(data)
-      except Exception as err:  # pylint: disable=broad-except
-        logging.warning("task %s: compiling ahead failed (%s: %s); it compiles when it "
-                        "starts instead", task, type(err).__name__, err)
-      else:
-        logging.info("task %s: compiled ahead in %.1f s", task, time.perf_counter() - t0)
-
-    self._thread = threading.Thread(target=work, name=f"jaxact-compile-{task}", daemon=True)
-    self._thread.start()
+    self._compile = engine_lib.BackgroundCompile(
+        lambda: engine.compile_ahead(data), f"task {task}", f"jaxact-compile-{task}")
 
   def take(self, task: str) -> tuple[engine_lib.Engine, engine_lib.TaskData] | None:
     """The engine and data prepared for `task` (after its compilation ended), or None."""
@@ -365,9 +349,9 @@ class _CompileAhead:
     return out
 
   def wait(self) -> None:
-    if self._thread is not None:
-      self._thread.join()
-      self._thread = None
+    if self._compile is not None:
+      self._compile.wait()
+      self._compile = None
 
 
 def train_and_evaluate(config: RunConfig, workdir: str,

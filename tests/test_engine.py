@@ -275,8 +275,7 @@ def test_compaction_in_background_matches_the_uncompacted_run(wait, monkeypatch)
   first epoch end after the compilation (or never, if every member stops first).
   """
   if wait:
-    monkeypatch.setattr(engine._LayoutCompile, "done",
-                        lambda self: self._thread.join() is None)
+    monkeypatch.setattr(engine.BackgroundCompile, "done", lambda self: self.wait() is None)
   data = _synthetic("multiclass")
   cells = studies.select_cells("activation", "multiclass")["multiclass"]
   members = [(c, s) for c in (cells[0], cells[2]) for s in (0, 1, 2)]
