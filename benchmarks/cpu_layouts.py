@@ -15,9 +15,11 @@ warm-up call:
      32, forward and forward + backward (kernel, bias and input gradients) inside a 63-step
      `lax.scan`, as im2col + one matmul (the model's) against Winograd F(2x2, 3x3) (2.25x
      fewer multiplications: 16 batched matmuls between input and output transforms).
-  5. conv1 (1 -> 32 channels, so im2col's matmul has K = 9): conv + ReLU + max-pool forward
-     and backward (kernel and bias gradients) inside a 63-step `lax.scan`, as im2col + matmul
-     against nine broadcast multiply-adds.
+  5. conv + ReLU + max-pool blocks, forward and backward inside a 63-step `lax.scan`: conv1
+     (1 -> 32 channels, so im2col's matmul has K = 9; kernel and bias gradients) as im2col +
+     matmul with autodiff's backward, as nine broadcast multiply-adds, and as the model's
+     `conv_pool_relu` (window slabs, hand-written backward); conv2 (input gradient too) with
+     autodiff's backward against `conv_pool_relu`.
 
 Usage (from the repository root):
   python -m benchmarks.cpu_layouts [--members=1,2,4,8] [--chunks=16,32,64,128,256,1000,3000]
@@ -114,13 +116,6 @@ def pooling(repeats: int) -> dict[str, float]:
   return out
 
 
-def _im2col_valid(x, kernel, bias):
-  h, w = x.shape[1] - 2, x.shape[2] - 2
-  patches = jnp.concatenate(
-      [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
-  return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
-
-
 def winograd_valid(x, kernel, bias):
   """3x3 VALID convolution as Winograd F(2x2, 3x3) (Lavin & Gray 2016); even output size.
 
@@ -161,7 +156,7 @@ def convolutions(repeats: int) -> list[dict]:
     bias = jax.random.normal(keys[2], (cout,)) * 0.1
     ref = jax.lax.conv_general_dilated(xs[0], kernel, (1, 1), "VALID",
                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
-    for form, conv in (("im2col", _im2col_valid), ("winograd F(2x2,3x3)", winograd_valid)):
+    for form, conv in (("im2col", model_lib.conv_valid), ("winograd F(2x2,3x3)", winograd_valid)):
       err = float(jnp.max(jnp.abs(conv(xs[0], kernel, bias) - ref)) / jnp.max(jnp.abs(ref)))
       fwd = lambda a, x, conv=conv: jnp.sum(jnp.tanh(conv(x, *a)))
       grads = jax.grad(lambda a, x, conv=conv: jnp.sum(jnp.tanh(conv(x, *a))), argnums=(0, 1))
@@ -175,29 +170,49 @@ def convolutions(repeats: int) -> list[dict]:
   return out
 
 
-def first_convolution(repeats: int) -> dict[str, float]:
-  """conv1 + ReLU + max-pool, forward and backward (kernel and bias), ms per step."""
+def conv_pool_blocks(repeats: int) -> list[dict]:
+  """conv + ReLU + max-pool of conv1 and conv2, forward and backward, ms per step.
+
+  conv1 (kernel and bias gradients; its input is data) as im2col + matmul
+  with autodiff's backward, as nine broadcast multiply-adds, and as the
+  model's `conv_pool_relu` (window slabs, hand-written backward); conv2
+  (input gradient too) with autodiff's backward and as `conv_pool_relu`.
+  """
   def multiply_adds(x, kernel, bias):
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = bias
     for i in range(3):
       for j in range(3):
         y = y + x[:, i:i + 28, j:j + 28, :] * kernel[i, j, 0]
-    return y
+    return jax.nn.relu(model_lib.max_pool_2x2(y))
 
-  def im2col_same(x, kernel, bias):
-    return _im2col_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel, bias)
-  keys = jax.random.split(jax.random.key(6), 3)
-  xs = jax.random.uniform(keys[0], (BATCHES, BATCH, 28, 28, 1), minval=-1, maxval=1)
-  kernel = jax.random.normal(keys[1], (3, 3, 1, 32)) / 3
-  weights = jax.random.normal(keys[2], (14, 14, 32))
-  out = {}
-  for form, conv in (("im2col + matmul (K = 9)", im2col_same),
-                     ("nine broadcast multiply-adds", multiply_adds)):
-    grads = jax.grad(lambda a, x, conv=conv: jnp.sum(
-        model_lib.max_pool_2x2(jax.nn.relu(conv(x, *a))) * weights))
-    step = lambda a, x, grads=grads: sum(jnp.sum(g) for g in grads(a, x))
-    out[form] = _scan_ms(step, (kernel, jnp.zeros(32)), xs, repeats)
+  pad = lambda x: jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  autodiff = lambda x, kernel, bias: jax.nn.relu(model_lib.max_pool_2x2(
+      model_lib.conv_valid(x, kernel, bias)))
+  keys = jax.random.split(jax.random.key(6), 6)
+  out = []
+  for layer, cin, size, forms, wrt in (
+      ("conv1 (28x28x1 -> 28x28x32 -> 14x14x32)", 1, 28,
+       (("im2col + matmul, autodiff backward", lambda x, k, b: autodiff(pad(x), k, b)),
+        ("nine broadcast multiply-adds, autodiff backward", multiply_adds),
+        ("window slabs, hand-written backward (the model's)",
+         lambda x, k, b: model_lib.conv_pool_relu(pad(x), k, b))), (1,)),
+      ("conv2 (14x14x32 -> 12x12x64 -> 6x6x64)", 32, 14,
+       (("im2col + matmul, autodiff backward (the model's)", autodiff),
+        ("window slabs, hand-written backward", model_lib.conv_pool_relu)), (0, 1))):
+    cout = 32 if cin == 1 else 64
+    xs = jax.random.uniform(keys[0], (BATCHES, BATCH, size, size, cin), minval=-1, maxval=1)
+    kernel = jax.random.normal(keys[1], (3, 3, cin, cout)) / (3 * cin ** 0.5)
+    bias = 0.1 * jax.random.normal(keys[2], (cout,))
+    pooled = (size if cin == 1 else size - 2) // 2
+    weights = jax.random.normal(keys[3], (pooled, pooled, cout))
+    for form, block in forms:
+      def step(a, x, block=block):
+        loss = lambda x, a: jnp.sum(block(x, *a) * weights)
+        grads = jax.grad(loss, argnums=wrt)(x, a)
+        return sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
+      out.append(dict(layer=layer, form=form,
+                      ms=_scan_ms(step, (kernel, bias), xs, repeats)))
   return out
 
 
@@ -232,7 +247,7 @@ def main(argv=None) -> int:
   if "conv" in sections:
     _print_convolutions(args.repeats)
   if "conv1" in sections:
-    _print_first_convolution(args.repeats)
+    _print_conv_pool_blocks(args.repeats)
   return 0
 
 
@@ -244,11 +259,11 @@ def _print_convolutions(repeats: int) -> None:
           f"{r['forward_backward']:.3f} |", flush=True)
 
 
-def _print_first_convolution(repeats: int) -> None:
-  print("\n| conv1 + ReLU + max-pool (batch 32, in a 63-step scan) | ms forward + backward |"
-        "\n|---|---|")
-  for name, ms in first_convolution(repeats).items():
-    print(f"| {name} | {ms:.3f} |")
+def _print_conv_pool_blocks(repeats: int) -> None:
+  print("\n| conv + ReLU + max-pool (batch 32, in a 63-step scan) | form | ms forward + backward |"
+        "\n|---|---|---|")
+  for r in conv_pool_blocks(repeats):
+    print(f"| {r['layer']} | {r['form']} | {r['ms']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ kernel reshaped to (9 Cin, Cout)). It computes the same function as
 XLA:CPU's 10-20x slowdown of convolution gradients inside `lax.scan`
 (jax-ml/jax#12868, see BUILD_NOTES.md), and under `vmap` over members it
 becomes one batched matmul.
+
+conv1 + max-pool + ReLU has a hand-written backward pass (`conv_pool_relu`):
+the gradient of each pooling window goes to its first maximum, as PyTorch's
+max_pool2d routes it, and it is cheaper than XLA:CPU's autodiff of this block
+(masks, pads and adds over the (B, 28, 28, 32) pre-pool map, then a transpose
+for the kernel gradient); BUILD_NOTES.md, *Speed*, has the measurements.
 """
 
 from __future__ import annotations
@@ -87,14 +93,42 @@ class Conv3x3(nnx.Module):
     self.kernel = nnx.Param(kernel_init(rngs.params(), (3, 3, in_features, out_features)))
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,)))
 
+  def _padded(self, x: jax.Array) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if self.padding == "SAME" else x
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    if self.padding == "SAME":
-      x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    h, w = x.shape[1] - 2, x.shape[2] - 2
-    patches = jnp.concatenate(
-        [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
-    kernel = self.kernel[...]
-    return patches @ kernel.reshape(-1, kernel.shape[-1]) + self.bias[...]
+    return conv_valid(self._padded(x), self.kernel[...], self.bias[...])
+
+  def relu_pool(self, x: jax.Array) -> jax.Array:
+    """relu(max_pool_2x2(self(x))) with the backward pass of `conv_pool_relu`.
+
+    The output H' and W' must be even. (B, H, W, Cin) -> (B, H'/2, W'/2, Cout).
+    """
+    return conv_pool_relu(self._padded(x), self.kernel[...], self.bias[...])
+
+
+def im2col(x: jax.Array, h: int, w: int) -> jax.Array:
+  """The 3x3 patches of x (B, >= h + 2, >= w + 2, C) at the h x w stride-1
+  positions: (B, h, w, 9 C), taps in row-major order, channels fastest."""
+  return jnp.concatenate(
+      [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+
+
+def conv_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """VALID 3x3 convolution: x (B, H, W, Cin), kernel (3, 3, Cin, Cout) -> (B, H-2, W-2, Cout)."""
+  patches = im2col(x, x.shape[1] - 2, x.shape[2] - 2)
+  return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def _window_patches(x: jax.Array) -> jax.Array:
+  """x (B, H, W, C) -> (4, B, (H-2)/2, (W-2)/2, 9 C): the im2col patches of
+  the VALID convolution's output positions, grouped by their place in the 2x2
+  pooling window, in PyTorch's scan order (0, 0), (0, 1), (1, 0), (1, 1)."""
+  h, w = x.shape[1] - 2, x.shape[2] - 2
+  return jnp.stack([
+      jnp.concatenate([x[:, a + i:a + i + h - 1:2, b + j:b + j + w - 1:2, :]
+                       for i in range(3) for j in range(3)], axis=-1)
+      for a in (0, 1) for b in (0, 1)])
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -107,6 +141,61 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   """
   return jnp.maximum(jnp.maximum(x[:, 0::2, 0::2], x[:, 0::2, 1::2]),
                      jnp.maximum(x[:, 1::2, 0::2], x[:, 1::2, 1::2]))
+
+
+@jax.custom_vjp
+def conv_pool_relu(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """relu(max_pool_2x2(VALID 3x3 conv of x)), with a hand-written backward pass.
+
+  Args:
+    x: (B, H, W, Cin), already padded; H - 2 and W - 2 must be even.
+    kernel: (3, 3, Cin, Cout); bias: (Cout,).
+
+  Returns:
+    (B, (H-2)/2, (W-2)/2, Cout).
+
+  The forward value is `jax.nn.relu(max_pool_2x2(conv))`. The backward pass
+  (taken under `jax.grad`) routes each pooling window's gradient to the FIRST
+  of its maxima in PyTorch's scan order, as torch.nn.MaxPool2d does, and to
+  none where the ReLU is off (max <= 0). Autodiff of the forward would split
+  the gradient between tied maxima instead; ties happen where an image is
+  flat (equal patches), where both rules give the same kernel gradient.
+
+  Why by hand: the training pass computes the convolution at the four
+  window positions as four stacked slabs (`_window_patches`), keeps which
+  slab won as int8, and gets the kernel gradient as one matmul of those
+  patches with the routed gradient. XLA's autodiff of the forward instead
+  builds masks, four strided pads and their sum over the full pre-pool map
+  and transposes it, which on a CPU costs more for conv1 (1 input channel, a
+  (32, 28, 28, 32) pre-pool map per batch). For conv2 (32 input channels)
+  the strided patches cost more than they save, so only conv1 uses it
+  (`python -m benchmarks.cpu_layouts --sections=conv1` times both).
+  """
+  return jax.nn.relu(max_pool_2x2(conv_valid(x, kernel, bias)))
+
+
+def _conv_pool_relu_fwd(x, kernel, bias):
+  patches = _window_patches(x)                                   # (4, B, h, w, 9 Cin)
+  z = patches @ kernel.reshape(-1, kernel.shape[-1]) + bias      # (4, B, h, w, Cout)
+  m = jnp.maximum(jnp.maximum(z[0], z[1]), jnp.maximum(z[2], z[3]))
+  first = jnp.where(z[0] == m, 0, jnp.where(z[1] == m, 1, jnp.where(z[2] == m, 2, 3)))
+  routed = jnp.where(m > 0, first, 4).astype(jnp.int8)           # 4: the ReLU is off
+  return jax.nn.relu(m), (patches, routed, kernel, x)
+
+
+def _conv_pool_relu_bwd(res, g):
+  patches, routed, kernel, x = res
+  k2 = kernel.reshape(-1, kernel.shape[-1])
+  slabs = jnp.arange(4, dtype=jnp.int8).reshape(4, 1, 1, 1, 1)
+  gz = jnp.where(routed[None] == slabs, g[None], 0.0)            # dL/dz, (4, B, h, w, Cout)
+  dk = patches.reshape(-1, k2.shape[0]).T @ gz.reshape(-1, k2.shape[1])
+  db = jnp.sum(jnp.where(routed < 4, g, 0.0), axis=(0, 1, 2))
+  # dL/dx: unused for conv1 (the input is data), where XLA drops it.
+  dx = jax.vjp(_window_patches, x)[1](gz @ k2.T)[0]
+  return dx, dk.reshape(kernel.shape), db
+
+
+conv_pool_relu.defvjp(_conv_pool_relu_fwd, _conv_pool_relu_bwd)
 
 
 HIDDEN_WIDTH = 64
@@ -191,7 +280,7 @@ class CNN(nnx.Module):
   def trunk(self, x: jax.Array) -> jax.Array:
     """The convolutional part: x (B, 28, 28, 1) pixels in [-1, 1] -> features (B, 1024)."""
     # relu(max_pool(.)) is max_pool(relu(.)) (ReLU is monotone), on a quarter of the values.
-    x = jax.nn.relu(max_pool_2x2(self.conv1(x)))
+    x = self.conv1.relu_pool(x)
     x = jax.nn.relu(max_pool_2x2(self.conv2(x)))
     x = jax.nn.relu(self.conv3(x))
     return x.reshape(x.shape[0], -1)

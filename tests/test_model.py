@@ -87,3 +87,70 @@ def test_deep_dense_stack_shapes_and_gradients():
   chex.assert_tree_all_finite(grads)
   assert len(m.hidden) == 4
   chex.assert_shape(m.hidden[3].kernel[...], (64, 64))
+
+
+def _conv_pool_relu_autodiff(x, kernel, bias):
+  return jax.nn.relu(model.max_pool_2x2(model.conv_valid(x, kernel, bias)))
+
+
+def _block_args(cin, size, seed=0, bias_scale=0.1):
+  kx, kk, kb, kg = jax.random.split(jax.random.key(seed), 4)
+  x = jax.random.normal(kx, (2, size, size, cin))
+  kernel = jax.random.normal(kk, (3, 3, cin, 6)) / (3 * np.sqrt(cin))
+  bias = bias_scale * jax.random.normal(kb, (6,)) - 1.0   # the max of 4 is ~1: about half pass
+  g = jax.random.normal(kg, (2, (size - 2) // 2, (size - 2) // 2, 6))
+  return x, kernel, bias, g
+
+
+@pytest.mark.parametrize("cin,size", [(1, 30), (5, 14)])
+def test_conv_pool_relu_forward_and_gradients_equal_autodiff(cin, size):
+  # Random inputs have no tied maxima: both backward passes compute the same gradient.
+  x, kernel, bias, g = _block_args(cin, size)
+  got, got_vjp = jax.vjp(model.conv_pool_relu, x, kernel, bias)
+  want, want_vjp = jax.vjp(_conv_pool_relu_autodiff, x, kernel, bias)
+  chex.assert_trees_all_close(got, want, atol=1e-6)
+  assert 0.2 < float(jnp.mean(want > 0)) < 0.9        # both ReLU branches are exercised
+  chex.assert_trees_all_close(got_vjp(g), want_vjp(g), atol=2e-5, rtol=2e-5)
+  jax.test_util.check_grads(model.conv_pool_relu, (x, kernel, bias), order=1, modes=["rev"],
+                            atol=2e-2, rtol=2e-2)
+
+
+def test_conv_pool_relu_routes_tied_maxima_to_the_first_like_torch():
+  # A zero kernel and a positive bias tie all four values of every window. PyTorch's
+  # max-pool sends a window's gradient to its first maximum, the top-left one here.
+  x, kernel, _, g = _block_args(3, 10)
+  kernel, bias = jnp.zeros_like(kernel), jnp.full((6,), 0.5)
+  dx, dk, db = jax.vjp(model.conv_pool_relu, x, kernel, bias)[1](g)
+  dz = jnp.zeros((2, 8, 8, 6)).at[:, 0::2, 0::2, :].set(g)
+  want = jax.vjp(model.conv_valid, x, kernel, bias)[1](dz)
+  chex.assert_trees_all_close((dx, dk, db), want, atol=1e-5, rtol=1e-5)
+  # Autodiff of the forward splits it between the tied values instead.
+  split = jax.vjp(_conv_pool_relu_autodiff, x, kernel, bias)[1](g)
+  assert float(jnp.max(jnp.abs(split[1] - dk))) > 1e-2
+  # Where the ReLU is off (every window's maximum <= 0) no gradient passes.
+  off = jax.vjp(model.conv_pool_relu, x, kernel, -bias)[1](g)
+  for leaf in off:
+    np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_conv_pool_relu_matches_torch_max_pool_gradient():
+  torch = pytest.importorskip("torch")
+  x, kernel, bias, g = _block_args(1, 30, seed=3)
+  x = jnp.where(x < 0.0, -1.0, x)            # a flat background, as in MNIST: tied maxima
+  dx, dk, db = jax.vjp(model.conv_pool_relu, x, kernel, bias)[1](g)
+  tx = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)
+  tk = torch.tensor(np.asarray(kernel).transpose(3, 2, 0, 1), requires_grad=True)
+  tb = torch.tensor(np.asarray(bias), requires_grad=True)
+  y = torch.relu(torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(tx, tk, tb), 2))
+  y.backward(torch.tensor(np.asarray(g).transpose(0, 3, 1, 2)))
+  np.testing.assert_allclose(dk, tk.grad.numpy().transpose(2, 3, 1, 0), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(db, tb.grad.numpy(), atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dx, tx.grad.numpy().transpose(0, 2, 3, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_trunk_uses_the_fused_first_block():
+  m = model.CNN(10, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (3, 28, 28, 1), minval=-1, maxval=1)
+  h = m.conv1.relu_pool(x)
+  chex.assert_shape(h, (3, 14, 14, 32))
+  chex.assert_trees_all_close(h, jax.nn.relu(model.max_pool_2x2(m.conv1(x))), atol=1e-6)
