@@ -79,6 +79,9 @@ def test_cpu_layout_microbenchmarks_run():
   assert set(pools) == {"reshape + reduce-max", "max of strided slices"}
   assert all(ms > 0 for ms in pools.values())
   assert cpu_layouts.eval_chunk(1500, repeats=1) > 0
+  blocks = cpu_layouts.conv_pool_blocks(repeats=1)
+  assert [r["layer"][:5] for r in blocks] == ["conv1"] * 3 + ["conv2"] * 2
+  assert all(r["ms"] > 0 for r in blocks)
 
 
 @pytest.mark.parametrize("hw,cin,cout", [(14, 32, 64), (6, 64, 64), (8, 3, 5)])
