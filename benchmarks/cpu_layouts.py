@@ -189,7 +189,7 @@ def conv_pool_blocks(repeats: int) -> list[dict]:
   pad = lambda x: jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   autodiff = lambda x, kernel, bias: jax.nn.relu(model_lib.max_pool_2x2(
       model_lib.conv_valid(x, kernel, bias)))
-  keys = jax.random.split(jax.random.key(6), 6)
+  keys = jax.random.split(jax.random.key(6), 4)
   out = []
   for layer, cin, size, forms, wrt in (
       ("conv1 (28x28x1 -> 28x28x32 -> 14x14x32)", 1, 28,

@@ -107,11 +107,12 @@ class Conv3x3(nnx.Module):
     return conv_pool_relu(self._padded(x), self.kernel[...], self.bias[...])
 
 
-def im2col(x: jax.Array, h: int, w: int) -> jax.Array:
-  """The 3x3 patches of x (B, >= h + 2, >= w + 2, C) at the h x w stride-1
-  positions: (B, h, w, 9 C), taps in row-major order, channels fastest."""
-  return jnp.concatenate(
-      [x[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+def im2col(x: jax.Array, h: int, w: int, stride: int = 1) -> jax.Array:
+  """The 3x3 patches of x (B, H, W, C) at h x w positions `stride` apart from
+  the top left: (B, h, w, 9 C), taps in row-major order, channels fastest."""
+  span = lambda n: stride * (n - 1) + 1
+  return jnp.concatenate([x[:, i:i + span(h):stride, j:j + span(w):stride, :]
+                          for i in range(3) for j in range(3)], axis=-1)
 
 
 def conv_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -124,11 +125,8 @@ def _window_patches(x: jax.Array) -> jax.Array:
   """x (B, H, W, C) -> (4, B, (H-2)/2, (W-2)/2, 9 C): the im2col patches of
   the VALID convolution's output positions, grouped by their place in the 2x2
   pooling window, in PyTorch's scan order (0, 0), (0, 1), (1, 0), (1, 1)."""
-  h, w = x.shape[1] - 2, x.shape[2] - 2
-  return jnp.stack([
-      jnp.concatenate([x[:, a + i:a + i + h - 1:2, b + j:b + j + w - 1:2, :]
-                       for i in range(3) for j in range(3)], axis=-1)
-      for a in (0, 1) for b in (0, 1)])
+  h, w = (x.shape[1] - 2) // 2, (x.shape[2] - 2) // 2
+  return jnp.stack([im2col(x[:, a:, b:], h, w, stride=2) for a in (0, 1) for b in (0, 1)])
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
