@@ -110,6 +110,14 @@ _COMPILE_AHEAD = flags.DEFINE_bool(
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process (multi-host) run: call jax.distributed.initialize() "
     "first. Run the same command on every host; only process 0 writes files.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed, where no cluster manager tells JAX: "
+    "HOST:PORT of process 0, the same for every process (with --num_processes, --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed and --coordinator_address: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed and --coordinator_address: this process's id, "
+    "0 (the coordinator, which writes the files) ... --num_processes - 1.")
 
 
 def _tristate(name: str, value: str):
@@ -167,7 +175,12 @@ def _terminate(signum, frame):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  sharding.initialize_distributed(_DISTRIBUTED.value)   # before anything touches a device
+  try:   # before anything touches a device
+    sharding.initialize_distributed(_DISTRIBUTED.value, _COORDINATOR_ADDRESS.value,
+                                    _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as err:
+    sys.stderr.write(f"jaxact: error: {err}\n")
+    sys.exit(2)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietOrbax())
   signal.signal(signal.SIGTERM, _terminate)   # like Ctrl-C: pending checkpoints are finished

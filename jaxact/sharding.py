@@ -52,7 +52,9 @@ T = TypeVar("T")
 # -- processes -----------------------------------------------------------------
 
 
-def initialize_distributed(enabled: bool) -> None:
+def initialize_distributed(enabled: bool, coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
   """Joins the multi-process JAX cluster when `enabled` (the --distributed flag).
 
   Must run before anything touches a device (it is the first thing `main`
@@ -60,11 +62,47 @@ def initialize_distributed(enabled: bool) -> None:
   On a multi-host TPU slice every host runs the same command with
   --distributed; `jax.distributed.initialize()` detects the coordinator, the
   number of processes and the process id there (also on SLURM, Open MPI and
-  Kubernetes clusters; elsewhere it raises, asking for them).
+  Kubernetes clusters). Elsewhere (machines of your own, or several processes
+  on one machine) give all three: `coordinator_address` ("host:port" of
+  process 0, the same for every process), `num_processes`, and this process's
+  `process_id` (0 ... num_processes - 1). On CPUs the processes exchange
+  arrays through gloo, JAX's default CPU collectives.
+
+  Raises:
+    ValueError: the three are given only in part, or without `enabled`, or
+      `process_id` is out of range; the message names the fix.
   """
+  given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
+           "--process_id": process_id}
+  named = [k for k, v in given.items() if v is not None]
+  if named and not enabled:
+    raise ValueError(f"{', '.join(named)} {'needs' if len(named) == 1 else 'need'} "
+                     "--distributed: add it, or drop them for a single-process run.")
   if not enabled:
     return
-  jax.distributed.initialize()
+  if named and len(named) < 3:
+    missing = [k for k in given if k not in named]
+    raise ValueError(f"--distributed with {', '.join(named)} also needs {', '.join(missing)}: "
+                     "give all three (every process the same --coordinator_address and "
+                     "--num_processes, each its own --process_id), or none to let JAX detect "
+                     "them on a TPU slice or a SLURM / Open MPI / Kubernetes cluster.")
+  if named and not (num_processes >= 1 and 0 <= process_id < num_processes):
+    raise ValueError(f"--process_id must be in 0 ... --num_processes - 1 "
+                     f"({num_processes - 1}), got {process_id}.")
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except Exception as err:  # pylint: disable=broad-except
+    if named:   # e.g. a process that never came within JAX's 300 s initialization timeout
+      raise ValueError(
+          f"process {process_id} of {num_processes} could not join the cluster at "
+          f"{coordinator_address} ({type(err).__name__}: {err}). Start all "
+          f"{num_processes} processes with the same --coordinator_address (process 0's "
+          "host and a free port) and --num_processes, each with its own --process_id."
+      ) from err
+    raise ValueError(
+        f"--distributed could not find its cluster ({err}). Outside a TPU slice or a "
+        "SLURM / Open MPI / Kubernetes cluster, give --coordinator_address=HOST:PORT "
+        "(process 0's), --num_processes and --process_id to every process.") from err
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

@@ -150,7 +150,7 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
 
 
 def machine_description() -> str:
-  """One line: OS, CPU model and count, JAX backend and devices."""
+  """One line: OS, CPU model and count, JAX backend and devices (and processes, if several)."""
   cpu = platform.processor() or platform.machine()
   try:
     with open("/proc/cpuinfo") as f:
@@ -162,9 +162,10 @@ def machine_description() -> str:
     pass
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
+  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
   return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs; "
           f"jax {jax.__version__} on {jax.default_backend()} "
-          f"({len(devices)} x {', '.join(kinds)})")
+          f"({len(devices)} x {', '.join(kinds)}{processes})")
 
 
 def git_revision() -> str | None:

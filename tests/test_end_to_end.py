@@ -82,6 +82,12 @@ def _cli(*args, env_extra=None):
     (["--member_mode=fast"], "unknown --member_mode 'fast'"),
     (["--matmul_precision=fp8"], "unknown --matmul_precision 'fp8'"),
     (["--compact_in_background"], "add --compact"),
+    (["--num_processes=2"], "--num_processes needs --distributed"),
+    (["--distributed", "--coordinator_address=localhost:1"],
+     "also needs --num_processes, --process_id"),
+    (["--distributed", "--coordinator_address=localhost:1", "--num_processes=2",
+      "--process_id=2"], "--process_id must be in 0 ... --num_processes - 1 (1), got 2"),
+    (["--distributed"], "--distributed could not find its cluster"),
 ])
 def test_cli_refuses_bad_flags_clearly(args, message, tmp_path):
   proc = _cli(*args, f"--workdir={tmp_path}")
