@@ -13,6 +13,8 @@ kept, an interrupted task continues from its latest checkpoint.
 Members are sharded over every device (jaxact/sharding.py). On a multi-host
 TPU slice, run the SAME command on every host with --distributed (and a
 --workdir on a file system all hosts see); only process 0 writes files.
+Without a cluster manager, also give every process --coordinator_address
+(process 0's HOST:PORT), --num_processes and its own --process_id.
 """
 
 import logging as std_logging

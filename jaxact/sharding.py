@@ -24,12 +24,13 @@ Multi-host (e.g. a TPU pod slice): every host runs the SAME command with
 `--distributed`; `initialize_distributed` then calls
 `jax.distributed.initialize()`, which finds the coordinator, the number of
 processes and this process's id itself on Cloud TPU (and on SLURM, Open MPI
-and Kubernetes clusters). Every process builds the same state and data from
+and Kubernetes clusters; elsewhere the three are flags). Every process builds the same state and data from
 the same seeds and files, places its part of them on its own devices, and
 takes part in every jitted epoch. Host values (per-member metrics, the final
 state, snapshots) are gathered with `to_host`. Only process 0 writes files
 (`is_primary`); the workdir must be on a file system all hosts see (orbax's
-checkpoints need that too). None of this has run on real hosts yet.
+checkpoints need that too). It has run as 2 processes on one machine
+(tests/test_multiprocess.py), not yet on several hosts.
 """
 
 from __future__ import annotations
