@@ -54,9 +54,13 @@ def _start(workdir: Path, mnist_dir: Path, tfds_dir: Path, stderr, *extra: str,
 
 
 def _cluster(workdir: Path, mnist_dir: Path, tfds_dir: Path, logs) -> list[subprocess.Popen]:
-  """Starts the 2 processes of a cluster on a free local port, stderr to `logs`."""
+  """Starts the 2 processes of a cluster on a free local port, stderr to `logs`.
+
+  The cluster's runs share a compilation cache beside the workdir, so the
+  resumed run loads its programs instead of compiling them again.
+  """
   flags = ("--distributed", f"--coordinator_address=localhost:{_free_port()}",
-           "--num_processes=2")
+           "--num_processes=2", f"--compilation_cache_dir={workdir.parent / 'xla'}")
   return [_start(workdir, mnist_dir, tfds_dir, logs[i], *flags, f"--process_id={i}")
           for i in range(2)]
 
