@@ -24,9 +24,9 @@ Multi-host (e.g. a TPU pod slice): every host runs the SAME command with
 `--distributed`; `initialize_distributed` then calls
 `jax.distributed.initialize()`, which finds the coordinator, the number of
 processes and this process's id itself on Cloud TPU (and on SLURM, Open MPI
-and Kubernetes clusters; elsewhere the three are flags). Every process builds the same state and data from
-the same seeds and files, places its part of them on its own devices, and
-takes part in every jitted epoch. Host values (per-member metrics, the final
+and Kubernetes clusters; elsewhere the three are flags). Every process builds
+the same state and data from the same seeds and files, places its part of
+them on its own devices, and takes part in every jitted epoch. Host values (per-member metrics, the final
 state, snapshots) are gathered with `to_host`. Only process 0 writes files
 (`is_primary`); the workdir must be on a file system all hosts see (orbax's
 checkpoints need that too). It has run as 2 processes on one machine
@@ -71,7 +71,8 @@ def initialize_distributed(enabled: bool, coordinator_address: str | None = None
 
   Raises:
     ValueError: the three are given only in part, or without `enabled`, or
-      `process_id` is out of range; the message names the fix.
+      out of range, or the cluster cannot be found or joined; the message
+      names the fix.
   """
   given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
            "--process_id": process_id}
@@ -87,7 +88,9 @@ def initialize_distributed(enabled: bool, coordinator_address: str | None = None
                      "give all three (every process the same --coordinator_address and "
                      "--num_processes, each its own --process_id), or none to let JAX detect "
                      "them on a TPU slice or a SLURM / Open MPI / Kubernetes cluster.")
-  if named and not (num_processes >= 1 and 0 <= process_id < num_processes):
+  if named and num_processes < 1:
+    raise ValueError(f"--num_processes must be at least 1, got {num_processes}.")
+  if named and not 0 <= process_id < num_processes:
     raise ValueError(f"--process_id must be in 0 ... --num_processes - 1 "
                      f"({num_processes - 1}), got {process_id}.")
   try:

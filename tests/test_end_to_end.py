@@ -87,6 +87,8 @@ def _cli(*args, env_extra=None):
      "also needs --num_processes, --process_id"),
     (["--distributed", "--coordinator_address=localhost:1", "--num_processes=2",
       "--process_id=2"], "--process_id must be in 0 ... --num_processes - 1 (1), got 2"),
+    (["--distributed", "--coordinator_address=localhost:1", "--num_processes=0",
+      "--process_id=0"], "--num_processes must be at least 1, got 0"),
     (["--distributed"], "--distributed could not find its cluster"),
 ])
 def test_cli_refuses_bad_flags_clearly(args, message, tmp_path):
