@@ -66,11 +66,15 @@ def _cluster(workdir: Path, mnist_dir: Path, tfds_dir: Path, logs) -> list[subpr
 
 
 def _wait_all(procs, timeout: float) -> list[str]:
-  """Waits for every process (killing, after `timeout` s, those still running); their stdout."""
+  """Waits for every process, killing those still running after `timeout` s; their stdout."""
   outs = []
   try:
     for p in procs:
-      outs.append(p.communicate(timeout=timeout)[0])
+      try:
+        outs.append(p.communicate(timeout=timeout)[0])
+      except subprocess.TimeoutExpired:
+        p.kill()
+        outs.append(p.communicate()[0])
   finally:
     for p in procs:
       if p.poll() is None:
@@ -97,8 +101,9 @@ def runs(tmp_path_factory, mnist_dir, tfds_dir):
       time.sleep(0.2)
     for p in first:
       p.send_signal(signal.SIGTERM)
-    # A process left waiting in a collective for its stopped peer is killed: like a crash.
-    first_out = _wait_all(first, timeout=120)
+    # A process that was inside a collective when its peer stopped waits there for good
+    # (gloo has no timeout for it): it is killed, like a crashed host.
+    first_out = _wait_all(first, timeout=30)
     second = _cluster(root / "cluster", mnist_dir, tfds_dir, (files["second0"], files["second1"]))
     second_out = _wait_all(second, timeout=900)
     single_out = _wait_all([single], timeout=900)
@@ -122,9 +127,12 @@ def _progress(stderr: str) -> list[str]:
 
 def test_every_run_ended_as_it_should(runs):
   assert runs["single"][0] == 0, runs["single"][2][-3000:]
+  # How a process ends when its peer stops mid-collective is JAX's business: exit 130 after
+  # "interrupted", an abort from JAX's coordination service, or our kill after 30 s.
   for code, _, stderr in runs["first"]:
     assert "multiclass epoch 2:" in stderr, stderr[-3000:]
-    assert code == 130 and "jaxact: interrupted" in stderr, stderr[-3000:]
+    assert code != 0, stderr[-3000:]
+  assert any("jaxact: interrupted" in stderr for _, _, stderr in runs["first"])
   for i, (code, _, stderr) in enumerate(runs["second"]):
     assert code == 0, stderr[-3000:]
     assert f"process {i} of 2, 1 local / 2 global devices" in stderr
