@@ -1,15 +1,27 @@
 """Shared fixtures: where the real MNIST IDX files are, and a private tfds cache."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from jaxact import train
+
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
-# The CLI runs of the tests compile afresh and write nothing to ~/.cache/jaxact/xla; the test
-# of the compilation cache passes its own --compilation_cache_dir.
-os.environ.setdefault("JAXACT_COMPILATION_CACHE_DIR", "")
+# Every test, in this process and in the CLI runs it starts, shares one compilation cache made
+# for this session: many tests build a new Engine (a new jit) for a program an earlier test
+# already compiled, and load it instead of compiling it again (CI time, see BUILD_NOTES.md).
+# A program loaded from the cache is the executable that was compiled, so no result can
+# change. Nothing is written to ~/.cache/jaxact/xla; the tests of the cache itself pass their
+# own --compilation_cache_dir.
+_SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="jaxact-tests-xla-")
+os.environ.setdefault(train.COMPILATION_CACHE_ENV, _SESSION_XLA_CACHE)
+train.enable_compilation_cache(None)
+atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, ignore_errors=True)
 
 
 def real_mnist_dir() -> Path | None:

@@ -150,13 +150,15 @@ def test_compilation_cache_rerun_gives_the_same_results(tmp_path, mnist_dir, tfd
                 f"--compilation_cache_dir={cache}", env_extra={"JAXACT_TFDS_DIR": str(tfds_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     if name == "first":
-      entries = {p.name for p in cache.iterdir()}
-      assert any(e.startswith("jit__epoch") for e in entries), entries
+      epochs = {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")}
+      assert epochs, list(cache.iterdir())
     saved = json.loads((tmp_path / name / "results" / "probability.json").read_text())
     runs.append([(m["label"], m["seed"], m["train_loss"], m["valid_metric"], m["test"])
                  for m in saved["members"]])
   assert runs[0] == runs[1]
-  assert {p.name for p in cache.iterdir()} == entries      # nothing compiled anew
+  # The epoch program was loaded, not compiled anew. (Small programs near the cache's 0.5 s
+  # threshold may or may not be written, depending on the machine's load.)
+  assert {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")} == epochs
 
 
 def test_cli_unusable_compilation_cache_dir(tmp_path):
