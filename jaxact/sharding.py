@@ -26,10 +26,10 @@ Multi-host (e.g. a TPU pod slice): every host runs the SAME command with
 processes and this process's id itself on Cloud TPU (and on SLURM, Open MPI
 and Kubernetes clusters; elsewhere the three are flags). Every process builds
 the same state and data from the same seeds and files, places its part of
-them on its own devices, and takes part in every jitted epoch. Host values (per-member metrics, the final
-state, snapshots) are gathered with `to_host`. Only process 0 writes files
-(`is_primary`); the workdir must be on a file system all hosts see (orbax's
-checkpoints need that too). It has run as 2 processes on one machine
+them on its own devices, and takes part in every jitted epoch. Host values
+(per-member metrics, the final state, snapshots) are gathered with `to_host`.
+Only process 0 writes files (`is_primary`); the workdir must be on a file
+system all hosts see (orbax's checkpoints need that too). It has run as 2 processes on one machine
 (tests/test_multiprocess.py), not yet on several hosts.
 """
 

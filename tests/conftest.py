@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real MNIST IDX files are, and a private tfds cache."""
+"""Shared fixtures: where the real MNIST IDX files are, a private tfds cache, and one
+compilation cache for the whole test session."""
 
 import atexit
 import os
@@ -18,10 +19,12 @@ SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 # A program loaded from the cache is the executable that was compiled, so no result can
 # change. Nothing is written to ~/.cache/jaxact/xla; the tests of the cache itself pass their
 # own --compilation_cache_dir.
-_SESSION_XLA_CACHE = tempfile.mkdtemp(prefix="jaxact-tests-xla-")
-os.environ.setdefault(train.COMPILATION_CACHE_ENV, _SESSION_XLA_CACHE)
+# pytest-xdist's workers inherit the directory through the environment; the process that made
+# it removes it at exit.
+if train.COMPILATION_CACHE_ENV not in os.environ:
+  os.environ[train.COMPILATION_CACHE_ENV] = tempfile.mkdtemp(prefix="jaxact-tests-xla-")
+  atexit.register(shutil.rmtree, os.environ[train.COMPILATION_CACHE_ENV], ignore_errors=True)
 train.enable_compilation_cache(None)
-atexit.register(shutil.rmtree, _SESSION_XLA_CACHE, ignore_errors=True)
 
 
 def real_mnist_dir() -> Path | None:
