@@ -7,8 +7,9 @@ Two ways in (see `load_mnist`):
   small custom tensorflow-datasets builder (array_record format, no TensorFlow
   and no network needed) into a cache keyed by their content, and read back
   with tfds' random-access data source. Examples keep the IDX file order.
-* no `data_dir`: tfds' built-in `mnist` builder (needs TensorFlow and internet
-  to prepare; examples in tfds' own hashed order).
+* no `data_dir`: the four official IDX files are downloaded once through
+  tfds' download manager, checked against the checksums tfds registers for
+  them, and then go the same way (needs internet once, not TensorFlow).
 
 Every data problem a user can cause raises `DataError`, whose message is one
 paragraph naming the file, the problem and the fix. This module does I/O only;
@@ -22,11 +23,12 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import importlib.util
 import io
 import math
 import os
 import shutil
+import socket
+import urllib.parse
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,6 +57,10 @@ MNIST_FILES = {
 DATA_DIR_ENV = "JAXACT_DATA_DIR"
 TFDS_DIR_ENV = "JAXACT_TFDS_DIR"
 DEFAULT_TFDS_DIR = "~/.cache/jaxact/tfds"
+# Where tfds' built-in `mnist` builder downloads the four IDX files from; tfds
+# registers their sizes and SHA-256 under these URLs.
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+MNIST_URL_ENV = "JAXACT_MNIST_URL"
 
 _FIX_DIR = (
     "point --data_dir (or JAXACT_DATA_DIR) at a directory holding the four "
@@ -414,10 +420,6 @@ def _read_data_source(
   return result
 
 
-def _tensorflow_available() -> bool:
-  return importlib.util.find_spec("tensorflow") is not None
-
-
 def _load_from_idx_dir(
     data_dir: str, tfds_dir: Path,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -445,44 +447,119 @@ def _load_from_idx_dir(
   return loaded
 
 
-def _load_from_tfds(tfds_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+def mnist_url() -> str:
+  """The base URL the four MNIST files are downloaded from (ends in '/').
 
-  def failed(cause: str) -> DataError:
+  `$JAXACT_MNIST_URL` if set (a mirror serving the same files), else
+  `MNIST_URL`, where tfds' built-in `mnist` builder downloads them.
+  """
+  url = os.environ.get(MNIST_URL_ENV) or MNIST_URL
+  return url if url.endswith("/") else url + "/"
+
+
+def _registered_url_infos() -> dict[str, Any]:
+  """file name -> tfds' registered `UrlInfo` (size, SHA-256) of the official files.
+
+  tensorflow-datasets ships them (url_checksums/mnist.txt) for its built-in
+  `mnist` builder; every download is checked against them.
+  """
+  from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
+  registered = {url[len(MNIST_URL):]: info
+                for url, info in checksums.get_all_url_infos().items()
+                if url.startswith(MNIST_URL)}
+  names = [name + ".gz" for pair in MNIST_FILES.values() for name in pair]
+  missing = [name for name in names if name not in registered]
+  if missing:
+    raise DataError(
+        "This tensorflow-datasets registers no checksums for "
+        f"{', '.join(MNIST_URL + name for name in missing)}, so a download "
+        "could not be verified. Fix: install a tensorflow-datasets that "
+        f"registers them (4.9.x does), or {_FIX_DIR}.")
+  return {name: registered[name] for name in names}
+
+
+def _probe(url: str, timeout_s: float = 10.0) -> str | None:
+  """None if a TCP connection to `url`'s host opens, else why not.
+
+  tfds' downloader retries a failed connection for minutes (about 200 s
+  without a network here); this fails in seconds. Behind a proxy
+  (HTTP(S)_PROXY set) the probe is skipped: the downloader goes through it.
+  """
+  parts = urllib.parse.urlsplit(url)
+  if parts.scheme not in ("http", "https") or not parts.hostname:
+    return f"{url!r} is not an http(s) URL"
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                                     "http_proxy", "ALL_PROXY", "all_proxy")):
+    return None
+  port = parts.port or (443 if parts.scheme == "https" else 80)
+  try:
+    with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+      return None
+  except OSError as e:
+    return f"cannot connect to {parts.hostname}:{port} ({e})"
+
+
+def _download_idx_files(tfds_dir: Path) -> Path:
+  """Downloads the four MNIST IDX files once; returns the directory holding them.
+
+  Through tfds' `DownloadManager`, from `mnist_url()`, each file checked
+  against the size and SHA-256 that tensorflow-datasets registers for it.
+  The checked files are stored under their standard names in
+  `tfds_dir/downloads/mnist/` (renamed into place only when all four are
+  there), which later calls reuse without the network.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
+
+  downloads = tfds_dir / "downloads"
+  target = downloads / "mnist"
+  infos = _registered_url_infos()
+  if all((target / name).is_file() for name in infos):
+    return target
+  base = mnist_url()
+  or_data_dir = f"or {_FIX_DIR}"
+
+  def failed(cause: str, fix: str) -> DataError:
     return DataError(
         "No --data_dir (or JAXACT_DATA_DIR) was given, and downloading MNIST "
-        f"through tensorflow-datasets into {tfds_dir} failed: {cause}. Fix: "
-        "pass --data_dir=DIR, a directory holding the four MNIST IDX files "
-        "(e.g. --data_dir=../shared/data/mnist from the project root), or "
-        "install tensorflow and run with internet access.")
+        f"through tensorflow-datasets from {base} failed: {cause}. Fix: {fix}.")
 
-  with _build_lock(tfds_dir):
+  with _build_lock(downloads):
+    if all((target / name).is_file() for name in infos):   # another process did it
+      return target
+    problem = _probe(base)
+    if problem:
+      raise failed(problem, f"run again with internet access (a mirror of {MNIST_URL} "
+                   f"can be given in {MNIST_URL_ENV}), {or_data_dir}")
+    raw = downloads / "tfds"
+    tfds.disable_progress_bar()
+    manager = tfds.download.DownloadManager(
+        download_dir=raw, url_infos={base + name: info for name, info in infos.items()},
+        force_checksums_validation=True)
     try:
-      builder = tfds.builder("mnist", data_dir=os.fspath(tfds_dir),
-                             file_format="array_record")
+      paths = manager.download({name: base + name for name in infos})
+      incomplete = downloads / "mnist.incomplete"
+      shutil.rmtree(incomplete, ignore_errors=True)
+      incomplete.mkdir()
+      for name, path in paths.items():
+        shutil.copyfile(os.fspath(path), incomplete / name)
+      shutil.rmtree(target, ignore_errors=True)
+      incomplete.rename(target)
+    except download_manager.NonMatchingChecksumError as e:
+      # tfds' message spans lines and ends in a link; one paragraph here.
+      detail = " ".join(str(e).split("To debug")[0].split())
+      raise failed(
+          "a file is not the one tensorflow-datasets registers for MNIST (size "
+          f"or SHA-256 differ: {detail})",
+          f"make {base} serve the original files (or unset {MNIST_URL_ENV} to "
+          f"download from {MNIST_URL}), {or_data_dir}") from e
     except Exception as e:  # pylint: disable=broad-except
-      raise failed(f"{type(e).__name__}: {e}") from e
-    if not _is_prepared(builder):
-      # The built-in builder extracts and encodes with TensorFlow, but only
-      # after downloading (minutes of retries offline): check first.
-      if not _tensorflow_available():
-        raise failed("tensorflow is not installed (tfds' built-in mnist "
-                     "builder needs it to prepare the data)")
-      _remove_stale_build(Path(os.fspath(builder.data_path)))
-      try:
-        # try_download_gcs=False: the GCS copy is tfrecord, which the
-        # random-access data source cannot read.
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(
-                try_download_gcs=False))
-      except Exception as e:  # pylint: disable=broad-except
-        # Network errors come as requests/urllib3/tfds exceptions of many
-        # types; all get the same advice.
-        raise failed(f"{type(e).__name__}: {e}") from e
-  return _read_data_source(
-      builder, os.fspath(tfds_dir),
-      f"delete {builder.data_path} and run again (with internet), or pass "
-      "--data_dir=DIR with the four MNIST IDX files")
+      # Network errors come as requests/urllib3/tfds exceptions of many types.
+      raise failed(f"{type(e).__name__}: {e}",
+                   f"run again once {base} can be reached, {or_data_dir}") from e
+    finally:
+      shutil.rmtree(raw, ignore_errors=True)   # tfds' own copies, hashed names
+  return target
 
 
 def load_mnist(
@@ -499,9 +576,13 @@ def load_mnist(
   Builds are serialised with a file lock, and leftovers of an interrupted
   build are removed before building again.
 
-  Without `data_dir`, tfds' built-in `mnist` builder is used with
-  `data_dir=tfds_dir` (download and preparation need TensorFlow and
-  internet; examples come in tfds' hashed order).
+  Without `data_dir`, the four official IDX files are downloaded once
+  through tfds' download manager (`_download_idx_files`: checked against the
+  sizes and SHA-256 that tfds registers for its built-in `mnist` builder,
+  kept under `tfds_dir/downloads/mnist/`) and then prepared and read as
+  above, so the examples are in the files' order in both cases, and neither
+  path needs TensorFlow. (tfds' built-in builder would need it to prepare the
+  data, and would hand the examples over in its own hashed order.)
 
   Args:
     data_dir: directory holding the four MNIST IDX files, or None.
@@ -514,12 +595,13 @@ def load_mnist(
 
   Raises:
     DataError: invalid IDX files; a damaged prepared copy; or, without
-      `data_dir`, tfds could not download/prepare MNIST.
+      `data_dir`, the download failed (no network, a file that does not
+      match tfds' checksums).
   """
   tfds_root = _resolve_tfds_dir(tfds_dir)
-  if data_dir:
-    return _load_from_idx_dir(data_dir, tfds_root)
-  return _load_from_tfds(tfds_root)
+  if not data_dir:
+    data_dir = os.fspath(_download_idx_files(tfds_root))
+  return _load_from_idx_dir(data_dir, tfds_root)
 
 
 # ---------------------------------------------------------------------------
@@ -672,10 +754,10 @@ def load_split(
     tfds_dir: root of prepared tfds datasets (see `load_mnist`).
 
   Returns:
-    The Split; its source is the absolute data directory, or 'tfds'.
+    The Split; its source is the absolute data directory, or the download URL.
   """
   resolved = resolve_data_dir(data_dir)
   mnist = load_mnist(resolved, tfds_dir)
   source = (os.path.abspath(os.path.expanduser(resolved)) if resolved
-            else "tfds")
+            else f"downloaded through tensorflow-datasets from {mnist_url()}")
   return make_split(mnist, split_seed, source=source)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import http.server
 import os
+import socket
+import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import hypothesis
 from hypothesis import strategies as st
@@ -526,29 +531,116 @@ def test_load_mnist_recovers_from_interrupted_builds(tmp_path, monkeypatch):
   assert sorted(p.name for p in (cache / "mnist").iterdir()) == ["3.0.1"]
 
 
-def test_load_mnist_without_data_dir_and_tensorflow(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
+# ---------------------------------------------------------------------------
+# No data_dir: the download through tfds' download manager (from a local server)
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[tuple[str, list[str]]]:
+  """Serves `directory` over HTTP on localhost: yields (base URL, paths requested)."""
+  requested: list[str] = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, directory=os.fspath(directory), **kwargs)
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      requested.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield f"http://127.0.0.1:{server.server_address[1]}/", requested
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def _gz_names() -> list[str]:
+  return [name + ".gz" for pair in data.MNIST_FILES.values() for name in pair]
+
+
+def test_registered_checksums_cover_the_four_files():
+  infos = data._registered_url_infos()
+  assert sorted(infos) == sorted(_gz_names())
+  for name, info in infos.items():
+    assert info.filename == name and len(info.checksum) == 64
+  if REAL_DIR is not None:
+    # The offline copy's test files are the originals, byte for byte.
+    from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+      assert checksums.compute_url_info(REAL_DIR / name) == infos[name]
+
+
+def test_load_mnist_without_data_dir_downloads_once(tmp_path, monkeypatch):
+  from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
+  expected = write_mnist_dir(tmp_path / "mirror", 30, 7)
+  infos = {name: checksums.compute_url_info(tmp_path / "mirror" / name)
+           for name in _gz_names()}
+  monkeypatch.setattr(data, "_registered_url_infos", lambda: infos)
+  monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+  tfds_dir = tmp_path / "tfds"
+  with serve(tmp_path / "mirror") as (url, requested):
+    monkeypatch.setenv(data.MNIST_URL_ENV, url)
+    assert_mnist_equal(data.load_mnist(None, str(tfds_dir)), expected)
+    assert sorted(requested) == sorted("/" + name for name in _gz_names())
+    downloaded = tfds_dir / "downloads" / "mnist"
+    assert sorted(p.name for p in downloaded.iterdir()) == sorted(_gz_names())
+    assert sorted(p.name for p in (tfds_dir / "downloads").iterdir()) == [".lock", "mnist"]
+    # Prepared like a --data_dir of the same files: one content-keyed copy.
+    assert len(_cache_dirs(tfds_dir)) == 1
+    assert_mnist_equal(data.load_mnist(str(downloaded), str(tfds_dir)), expected)
+    assert len(_cache_dirs(tfds_dir)) == 1
+
+    _forbid_prepare(monkeypatch)
+    assert_mnist_equal(data.load_mnist(None, str(tfds_dir)), expected)
+    assert len(requested) == 4                       # no second download
+  monkeypatch.setenv(data.MNIST_URL_ENV, url.rstrip("/"))
+  assert data.mnist_url() == url
+  monkeypatch.delenv(data.MNIST_URL_ENV)
+  assert data.mnist_url() == data.MNIST_URL
+
+
+def test_load_mnist_download_checks_the_registered_checksums(tmp_path, monkeypatch):
+  # The offline copy's train files are a prefix of the originals: tfds'
+  # registered checksums must refuse them.
+  if REAL_DIR is None:
+    pytest.skip("real MNIST IDX files absent")
+  tfds_dir = tmp_path / "tfds"
+  with serve(REAL_DIR) as (url, _):
+    monkeypatch.setenv(data.MNIST_URL_ENV, url)
+    with pytest.raises(DataError) as e:
+      data.load_mnist(None, str(tfds_dir))
+  assert_names(e, "No --data_dir", "downloading MNIST", url,
+               "not the one tensorflow-datasets registers", "train-",
+               "point --data_dir", data.MNIST_URL_ENV)
+  assert sorted(p.name for p in (tfds_dir / "downloads").iterdir()) == [".lock"]
+  assert not _cache_dirs(tfds_dir)
+
+
+def test_load_mnist_download_fails_fast_without_network(tmp_path, monkeypatch):
+  with socket.socket() as s:          # a port that nothing listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+              "all_proxy"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv(data.MNIST_URL_ENV, f"http://127.0.0.1:{port}/mnist")
   start = time.perf_counter()
   with pytest.raises(DataError) as e:
     data.load_mnist(None, str(tmp_path / "tfds"))
-  assert time.perf_counter() - start < 30  # No download attempted.
-  assert_names(e, "No --data_dir", "JAXACT_DATA_DIR", "tensorflow-datasets",
-               "tensorflow is not installed", "--data_dir=DIR",
-               "install tensorflow", "internet")
-
-
-def test_load_mnist_without_data_dir_reads_prepared_copy(tmp_path,
-                                                         monkeypatch):
-  # A copy prepared earlier (array_record) reads without TensorFlow, through
-  # tfds' own registered mnist builder.
-  expected = write_mnist_dir(tmp_path / "idx", 12, 5)
-  tfds_dir = tmp_path / "tfds"
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = data.MnistIdx(data_dir=str(tfds_dir), file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(tmp_path / "idx")))
-  monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
-  assert_mnist_equal(data.load_mnist(None, str(tfds_dir)), expected)
+  assert time.perf_counter() - start < 30     # tfds' own retries take minutes
+  assert_names(e, "No --data_dir", "JAXACT_DATA_DIR", f"http://127.0.0.1:{port}/mnist/",
+               "cannot connect", "internet", data.MNIST_URL_ENV, "point --data_dir")
+  # Behind a proxy the probe leaves it to the downloader.
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+  assert data._probe(f"https://127.0.0.1:{port}/") is None
+  assert data._probe("ftp://example.org/") is not None
 
 
 # ---------------------------------------------------------------------------
