@@ -33,6 +33,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
+from absl import logging
 import numpy as np
 
 try:
@@ -532,6 +533,8 @@ def _download_idx_files(tfds_dir: Path) -> Path:
       raise failed(problem, f"run again with internet access (a mirror of {MNIST_URL} "
                    f"can be given in {MNIST_URL_ENV}), {or_data_dir}")
     raw = downloads / "tfds"
+    logging.info("data: downloading the four MNIST files (%.1f MB) from %s into %s",
+                 sum(int(info.size) for info in infos.values()) / 1e6, base, target)
     tfds.disable_progress_bar()
     manager = tfds.download.DownloadManager(
         download_dir=raw, url_infos={base + name: info for name, info in infos.items()},
