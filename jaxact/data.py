@@ -523,7 +523,8 @@ def _download_idx_files(tfds_dir: Path) -> Path:
   def failed(cause: str, fix: str) -> DataError:
     return DataError(
         "No --data_dir (or JAXACT_DATA_DIR) was given, and downloading MNIST "
-        f"through tensorflow-datasets from {base} failed: {cause}. Fix: {fix}.")
+        f"through tensorflow-datasets from {base} failed: {cause.rstrip('.')}. "
+        f"Fix: {fix}.")
 
   with _build_lock(downloads):
     if all((target / name).is_file() for name in infos):   # another process did it
@@ -558,8 +559,9 @@ def _download_idx_files(tfds_dir: Path) -> Path:
           f"download from {MNIST_URL}), {or_data_dir}") from e
     except Exception as e:  # pylint: disable=broad-except
       # Network errors come as requests/urllib3/tfds exceptions of many types.
-      raise failed(f"{type(e).__name__}: {e}",
-                   f"run again once {base} can be reached, {or_data_dir}") from e
+      raise failed(f"{type(e).__name__}: {' '.join(str(e).split())}",
+                   f"run again once {base} can be reached and serves the four files, "
+                   f"{or_data_dir}") from e
     finally:
       shutil.rmtree(raw, ignore_errors=True)   # tfds' own copies, hashed names
   return target

@@ -623,6 +623,23 @@ def test_load_mnist_download_checks_the_registered_checksums(tmp_path, monkeypat
   assert not _cache_dirs(tfds_dir)
 
 
+def test_load_mnist_download_names_a_missing_file(tmp_path, monkeypatch):
+  from tensorflow_datasets.core.download import checksums  # pylint: disable=g-import-not-at-top
+  write_mnist_dir(tmp_path / "mirror", 10, 3)
+  infos = {name: checksums.compute_url_info(tmp_path / "mirror" / name)
+           for name in _gz_names()}
+  monkeypatch.setattr(data, "_registered_url_infos", lambda: infos)
+  (tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz").unlink()
+  with serve(tmp_path / "mirror") as (url, _):
+    monkeypatch.setenv(data.MNIST_URL_ENV, url)
+    with pytest.raises(DataError) as e:
+      data.load_mnist(None, str(tmp_path / "tfds"))
+  assert_names(e, "downloading MNIST", url + "t10k-images-idx3-ubyte.gz", "404",
+               "serves the four files", "point --data_dir")
+  assert ". Fix:" in str(e.value) and ".. Fix:" not in str(e.value)
+  assert sorted(p.name for p in (tmp_path / "tfds" / "downloads").iterdir()) == [".lock"]
+
+
 def test_load_mnist_download_fails_fast_without_network(tmp_path, monkeypatch):
   with socket.socket() as s:          # a port that nothing listens on
     s.bind(("127.0.0.1", 0))
