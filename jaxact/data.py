@@ -541,7 +541,9 @@ def _download_idx_files(tfds_dir: Path) -> Path:
         download_dir=raw, url_infos={base + name: info for name, info in infos.items()},
         force_checksums_validation=True)
     try:
-      paths = manager.download({name: base + name for name in infos})
+      # One file at a time: after a failure no download thread is left
+      # writing into `raw`, which is removed below.
+      paths = {name: manager.download(base + name) for name in infos}
       incomplete = downloads / "mnist.incomplete"
       shutil.rmtree(incomplete, ignore_errors=True)
       incomplete.mkdir()
