@@ -2,7 +2,8 @@ r"""Throughput, scaling, memory and FLOP efficiency of jaxact's engine against P
 
 Measured side by side in one run on one machine (every measurement in its own
 subprocess, one after the other, so peaks of memory do not mix and compile
-caches are cold each time):
+caches are cold each time; `--repeats` rounds of the reference followed by
+every engine configuration, so that each round compares them within minutes):
 
   * the PyTorch reference (benchmarks/torch_reference.py): one model, batch 32,
     `--epochs` epochs without early stopping, torch threads = the CPU count;
@@ -276,12 +277,22 @@ def run_worker(kind: str, args, members: int | None = None, mode: str | None = N
   return result
 
 
-def summarise(runs: list[dict]) -> dict:
-  """Medians over repeats of one configuration."""
+def summarise(runs: list[dict], torch_runs: list[dict] | None = None) -> dict:
+  """Medians over repeats of one configuration.
+
+  With `torch_runs` (the reference's runs, one per round, in the same order as
+  `runs`), also `round_ratios`: per round, this configuration's model-epochs
+  per second over the reference's in that round.
+  """
   def med(key):
     return common.median([r.get(key) for r in runs if r.get(key) is not None])
   first = runs[0]
+  ratios = None
+  if torch_runs and len(torch_runs) == len(runs):
+    ratios = [(r["members"] / r["steady_epoch_s"]) / (1.0 / t["steady_epoch_s"])
+              for r, t in zip(runs, torch_runs)]
   return dict(kind=first["kind"], members=first["members"], repeats=len(runs),
+              round_ratios=ratios,
               member_mode=first.get("member_mode"),
               steady_epoch_s=med("steady_epoch_s"), first_epoch_s=med("first_epoch_s"),
               compile_s=med("compile_s") if first["kind"] == "engine" else None,
@@ -292,6 +303,13 @@ def summarise(runs: list[dict]) -> dict:
               threads=first.get("threads"), torch_version=first.get("torch_version"),
               device_name=first.get("device_name"), tf32=first.get("tf32"),
               backend=first.get("backend"))
+
+
+def _round_ratios(ratios: list[float] | None) -> str:
+  if not ratios:
+    return "-"
+  return (f"{common.fmt(common.median(ratios))} ({common.fmt(min(ratios))}-"
+          f"{common.fmt(max(ratios))})")
 
 
 def format_report(machine: dict, torch_summary: dict | None, engine_summaries: list[dict],
@@ -326,7 +344,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
               "epochs below are not the protocol's model-epochs (FLOPs are counted for these sizes).", ""]
   torch_rate = None
   header = ["implementation", "M", "s / epoch", "model-epochs / s", "x PyTorch",
-            "first epoch s", "compile s", "GFLOP/s", "% matmul peak", "peak mem MiB",
+            "x PyTorch per round: median (min-max)", "first epoch s", "compile s", "GFLOP/s", "% matmul peak", "peak mem MiB",
             "MiB / member", "marginal MiB / member", f"valid acc @ {args.epochs} ep"]
   rows = []
 
@@ -341,7 +359,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     where = (f"{s['device_name']}, TF32 {'allowed' if s.get('tf32') else 'off'}"
              if s.get("device_name") else f"{s['threads']} threads")
     rows.append([f"PyTorch {s['torch_version']} reference, {where}", "1",
-                 common.fmt(s["steady_epoch_s"]), common.fmt(torch_rate), "1",
+                 common.fmt(s["steady_epoch_s"]), common.fmt(torch_rate), "1", "-",
                  common.fmt(s["first_epoch_s"]), "-", common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mem(s)), common.mib(mem(s)), "-",
                  common.fmt(100 * s["valid_metric"], ".1f")])
@@ -359,7 +377,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     rows.append([f"jaxact Engine ({s['backend']}, {s.get('member_mode')})", str(m),
                  common.fmt(s["steady_epoch_s"]),
                  common.fmt(rate), common.fmt(rate / torch_rate) if torch_rate else "-",
-                 common.fmt(s["first_epoch_s"]), common.fmt(s["compile_s"]), common.fmt(gf),
+                 _round_ratios(s.get("round_ratios")), common.fmt(s["first_epoch_s"]), common.fmt(s["compile_s"]), common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mm),
                  common.mib(None if mm is None else mm / m), marginal,
                  common.fmt(100 * s["valid_metric"], ".1f")])
@@ -367,7 +385,10 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
   lines += [
       "How to read it: *s / epoch* is the steady time of one epoch of all M members (median of "
       "the epochs after the first); *model-epochs / s* = M / (s / epoch); *x PyTorch* divides it "
-      "by the reference's. *compile s* = first epoch - steady epoch (tracing + XLA compilation, "
+      "by the reference's (a ratio of medians); *per round* divides the two within each round "
+      "of measurements (the reference, then every configuration, in fresh processes; the rounds "
+      "repeat `--repeats` times), which follows a shared machine's drifting speed more closely. "
+      "*compile s* = first epoch - steady epoch (tracing + XLA compilation, "
       "paid once per task). *GFLOP/s* counts only the useful FLOPs above. *peak mem* is the "
       "growth of the peak resident set (CPU) or of jax's peak_bytes_in_use (GPU) during the run, "
       "data excluded, compilation included; *marginal* is its slope between consecutive M. "
@@ -479,20 +500,25 @@ def main(argv=None) -> int:
       shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
   date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
   members = [int(m) for m in args.members.split(",") if m.strip()]
-  _log("benchmark: machine and matmul peak; then PyTorch, then the engine at M = "
-       + ", ".join(map(str, members)))
+  _log(f"benchmark: machine and matmul peak; then {args.repeats} rounds of PyTorch and the "
+       "engine at M = " + ", ".join(map(str, members)))
   machine = run_worker("machine", args)
-  torch_summary = None
-  if not args.skip_torch:
-    if importlib.util.find_spec("torch") is None:
-      _log("torch is not installed (pip install -e '.[bench]'); skipping the reference")
-    else:
-      torch_summary = summarise([run_worker("torch", args)
-                                 for _ in range(args.repeats)])
-  modes = args.member_modes.split(",")
-  engine_summaries = [summarise([run_worker("engine", args, m, mode)
-                                 for _ in range(args.repeats)])
-                      for mode in modes for m in members]
+  with_torch = not args.skip_torch
+  if with_torch and importlib.util.find_spec("torch") is None:
+    _log("torch is not installed (pip install -e '.[bench]'); skipping the reference")
+    with_torch = False
+  configs = [(mode, m) for mode in args.member_modes.split(",") for m in members]
+  torch_runs, engine_runs = [], {c: [] for c in configs}
+  # Rounds, not all repeats of one configuration in a row: a shared machine's speed drifts
+  # (BUILD_NOTES, session 7), and each round compares the two side by side.
+  for r in range(args.repeats):
+    _log(f"round {r + 1} of {args.repeats}")
+    if with_torch:
+      torch_runs.append(run_worker("torch", args))
+    for mode, m in configs:
+      engine_runs[(mode, m)].append(run_worker("engine", args, m, mode))
+  torch_summary = summarise(torch_runs) if torch_runs else None
+  engine_summaries = [summarise(engine_runs[c], torch_runs) for c in configs]
   full = run_worker("full_table", args) if args.full_table else None
   report = format_report(machine, torch_summary, engine_summaries, full, command, date, args)
   print(report)

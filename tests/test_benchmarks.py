@@ -125,7 +125,26 @@ def test_report_format():
   assert len(rows) == 2
   cells = [c.strip() for c in rows[1].strip("|").split("|")]
   assert cells[1] == "2" and cells[3] == "2.5" and cells[4] == "2.5"   # 2 / 0.8 model-epochs/s
+  assert cells[5] == "-"                                               # no rounds given
   assert "WARNING" not in report
+
+
+def test_rounds_give_same_round_ratios():
+  # Three rounds in which the machine slows down: the reference and the engine both.
+  torch_runs = [dict(_fake_summary("torch", 1, t), statuses=["hit_cap"]) for t in (1.0, 1.5, 2.0)]
+  engine_runs = [dict(_fake_summary("engine", 2, e), statuses=["hit_cap"])
+                 for e in (0.8, 1.0, 1.0)]
+  s = bench_engine.summarise(engine_runs, torch_runs)
+  np.testing.assert_allclose(s["round_ratios"], [2.5, 3.0, 4.0])
+  assert s["steady_epoch_s"] == 1.0 and s["repeats"] == 3
+  assert bench_engine.summarise(engine_runs)["round_ratios"] is None
+  args = bench_engine.parse_args(["--epochs", "2", "--repeats", "3", "--synthetic"])
+  machine = dict(description="m", matmul=dict(n=64, repeats=5, gflops=100.0))
+  report = bench_engine.format_report(machine, bench_engine.summarise(torch_runs), [s], None,
+                                      "cmd", "2026-01-01", args)
+  (row,) = [l for l in report.splitlines() if l.startswith("| jaxact Engine")]
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[4] == "3" and cells[5] == "3 (2.5-4)"   # (2 / 1.0) / (1 / 1.5); per round
 
 
 # ---------------------------------------------------------------------------
