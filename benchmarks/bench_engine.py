@@ -327,7 +327,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
       f"- command: `{command}`",
       f"- workload: task {TASK}, cell softmax + cce (C = 10), batch 32, {args.epochs} epochs per "
       f"run without early stopping, data {'synthetic' if args.synthetic else 'the real split'}; "
-      f"every number is the median over {args.repeats} runs, each in a fresh process",
+      f"every number is the median over {args.repeats} rounds (the reference, then each "
+      "configuration, every run in a fresh process)",
       f"- one model-epoch = {args.n_train or 2000:,} training examples + the "
       f"{args.n_valid or 3000:,}-example valid pass = "
       f"{flops.total / 1e9:.1f} GFLOP ({flops.train / 1e9:.1f} train at 3 x forward, "
