@@ -3,9 +3,11 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -102,6 +104,23 @@ def test_cli_missing_data_dir(tmp_path):
   proc = _cli("--task=binary", f"--data_dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'w'}")
   assert proc.returncode == 2
   assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_without_data_dir_offline_stops_at_once(tmp_path):
+  # No --data_dir and no JAXACT_DATA_DIR: the download path, here from a port nothing listens on.
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {"JAXACT_DATA_DIR": "", "JAXACT_MNIST_URL": f"http://127.0.0.1:{port}/",
+         "JAXACT_TFDS_DIR": str(tmp_path / "tfds")}
+  env.update({v: "" for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                              "ALL_PROXY", "all_proxy")})
+  start = time.perf_counter()
+  proc = _cli("--task=binary", f"--workdir={tmp_path / 'w'}", env_extra=env)
+  assert time.perf_counter() - start < 120     # tfds' downloader alone retries for minutes
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "No --data_dir" in proc.stderr and "cannot connect" in proc.stderr
+  assert "JAXACT_MNIST_URL" in proc.stderr and "point --data_dir" in proc.stderr
 
 
 def test_cli_refuses_loop_mode_on_several_devices(tmp_path, mnist_dir):
