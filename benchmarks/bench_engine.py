@@ -78,7 +78,8 @@ def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> di
 
 
 def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str = TASK,
-                   member_mode: str = "auto", matmul_precision: str = "float32") -> dict:
+                   member_mode: str = "auto", matmul_precision: str = "float32",
+                   conv: str = "im2col") -> dict:
   """Trains `members` seeds of the task's recommended cell for `epochs` epochs with Engine.run."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
@@ -86,7 +87,8 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
 
   cell = studies.recommended_cell(task)
   config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1,
-                                  member_mode=member_mode, matmul_precision=matmul_precision)
+                                  member_mode=member_mode, matmul_precision=matmul_precision,
+                                  conv=conv)
   marks = []
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
                           progress=lambda _: marks.append(time.perf_counter()))
@@ -104,6 +106,7 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   out = dict(
       kind="engine", members=members, epochs=epochs, task=task, cell=cell.key,
       member_mode=eng.member_mode, eval_rows=eng.eval_rows, matmul_precision=matmul_precision,
+      conv=conv,
       epoch_s=epoch_s, first_epoch_s=epoch_s[0], steady_epoch_s=steady,
       compile_s=epoch_s[0] - steady, compilations=eng.traces, wall_s=wall,
       statuses=sorted({r.status for r in results}),
@@ -166,7 +169,7 @@ def measure_full_table(args) -> dict:
       engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact,
                                      compact_in_background=args.compact_in_background,
                                      member_mode=args.member_mode,
-                                     matmul_precision=args.matmul_precision))
+                                     matmul_precision=args.matmul_precision, conv=args.conv))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.
@@ -183,6 +186,7 @@ def measure_full_table(args) -> dict:
                           epochs_run=max(r.epochs_trained for r in rs), wall_s=task_wall)
   return dict(kind="full_table", study=args.study, seeds=args.seeds, conventions=conventions,
               member_mode=args.member_mode, matmul_precision=args.matmul_precision,
+              conv=args.conv,
               max_epochs=args.max_epochs, compact=args.compact,
               compact_in_background=args.compact_in_background,
               compile_ahead=args.compile_ahead, wall_s=wall, workdir=workdir,
@@ -218,7 +222,8 @@ def _worker(args) -> dict:
                          tf32=args.matmul_precision in ("tensorfloat32", "default"))
   if args.worker == "engine":
     return measure_engine(arrays, int(args.members), args.epochs,
-                          member_mode=args.member_mode, matmul_precision=args.matmul_precision)
+                          member_mode=args.member_mode, matmul_precision=args.matmul_precision,
+                          conv=args.conv)
   raise ValueError(f"unknown worker {args.worker!r}")
 
 
@@ -230,7 +235,8 @@ def _forwarded(args) -> list[str]:
   out = ["--epochs", str(args.epochs), "--repeats", str(args.repeats),
          "--split_seed", str(args.split_seed), "--matmul_n", str(args.matmul_n),
          "--seeds", str(args.seeds), "--study", args.study, "--conventions", args.conventions,
-         "--max_epochs", str(args.max_epochs), "--matmul_precision", args.matmul_precision]
+         "--max_epochs", str(args.max_epochs), "--matmul_precision", args.matmul_precision,
+         "--conv", args.conv]
   if args.torch_threads:
     out += ["--torch_threads", str(args.torch_threads)]
   if args.torch_device:
@@ -335,7 +341,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
       f"{flops.valid / 1e9:.1f} valid forward; {flops.forward_per_example / 1e6:.2f} MFLOP "
       "forward per example)",
       f"- jax devices: {', '.join(machine.get('devices') or ['-'])}",
-      f"- engine matmul precision: {args.matmul_precision}",
+      f"- engine matmul precision: {args.matmul_precision}; convolutions: {args.conv}",
       f"- float32 matmul peak at that precision (jax, {machine['matmul']['n']}^3, median of "
       f"{machine['matmul']['repeats']}): {peak:.1f} GFLOP/s",
       "",
@@ -451,6 +457,8 @@ def parse_args(argv=None):
   p.add_argument("--matmul_precision", default="float32",
                  help="EngineConfig.matmul_precision of the engine runs and of the matmul peak "
                       "(float32, tensorfloat32, bfloat16, default)")
+  p.add_argument("--conv", default="im2col",
+                 help="EngineConfig.conv of the engine runs (im2col, native)")
   p.add_argument("--matmul_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
   p.add_argument("--out", default=None, help="markdown file (default "
                  "benchmarks/results_<hostname>.md; '-' for stdout only)")
@@ -489,6 +497,9 @@ def parse_args(argv=None):
   from jaxact.engine import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
   if args.matmul_precision not in MATMUL_PRECISIONS:
     p.error(f"--matmul_precision: unknown {args.matmul_precision!r} ({', '.join(MATMUL_PRECISIONS)})")
+  from jaxact.model import CONV_IMPLS  # pylint: disable=g-import-not-at-top
+  if args.conv not in CONV_IMPLS:
+    p.error(f"--conv: unknown {args.conv!r} ({', '.join(CONV_IMPLS)})")
   return args
 
 

@@ -22,6 +22,8 @@
 # ahead_compact
 #         TF32 with --compile_ahead --compact --compact_in_background: no compilation on
 #         the critical path after the first task's, and stopped members dropped
+# conv    bench_engine with --conv=native (XLA's convolution; vmapped members become a grouped
+#         convolution) against the default im2col, float32, M = 1, 64, 1024, one round each
 #
 # Every table run compiles cold (--compilation_cache_dir=''): jax's persistent cache would
 # otherwise hand later runs the programs of earlier ones.
@@ -121,6 +123,14 @@ stage_ahead_compact() {
   # Both off the critical path: the next task's program and every compacted layout.
   table_run tf32_ahead_compact_bg --compile_ahead --compact --compact_in_background \
     --matmul_precision=tensorfloat32
+}
+
+stage_conv() {
+  local m=${CONV_MEMBERS:-1,64,1024}
+  $PY -m benchmarks.bench_engine --data_dir="$DATA" --members="$m" --member_modes=vmap \
+    --epochs=3 --repeats=1 --skip_torch --conv=native --out="$OUT/results_gpu_conv_native.md"
+  $PY -m benchmarks.bench_engine --data_dir="$DATA" --members="$m" --member_modes=vmap \
+    --epochs=3 --repeats=1 --skip_torch --conv=im2col --out="$OUT/results_gpu_conv_im2col.md"
 }
 
 for stage in "$@"; do

@@ -48,7 +48,7 @@ _NOT_IDENTITY = ("data_dir", "tfds_dir")
 # Engine fields that only choose how the same function is computed (the
 # results agree to float rounding); "auto" resolves per machine anyway, so a
 # run may be resumed on another machine or with another choice.
-_NOT_IDENTITY_ENGINE = ("member_mode", "eval_examples", "compact_in_background")
+_NOT_IDENTITY_ENGINE = ("member_mode", "eval_examples", "compact_in_background", "conv")
 _MISSING = object()
 
 

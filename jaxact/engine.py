@@ -118,6 +118,14 @@ class EngineConfig:
       (measured: the same 2.9e-7 relative error against float64 for all four).
       Part of a run's identity: on an accelerator the results differ beyond
       rounding order.
+    conv: how the convolutions are computed, one of model.CONV_IMPLS: "im2col"
+      (the default on every backend) or "native" (XLA's convolution and
+      reduce-window max-pool; vmapped members become a grouped convolution).
+      The same function and parameters, so results agree to float rounding
+      and a run may resume under the other. For accelerators, where im2col
+      materialises nine shifted copies of every convolution's input; not yet
+      measured on one (`benchmarks/gpu_suite.sh conv`). On a CPU its
+      gradients inside the training scan are 10-20x slower (jax-ml/jax#12868).
   """
   max_epochs: int = 200
   patience: int = 10
@@ -132,6 +140,7 @@ class EngineConfig:
   compact_in_background: bool = False
   member_mode: str = "auto"
   matmul_precision: str = "float32"
+  conv: str = "im2col"
 
 
 MEMBER_MODES = ("auto", "vmap", "loop")
@@ -447,6 +456,9 @@ class Engine:
     # batch-norm layers if any member uses them (see model.CNN).
     self.max_depth = max(c.depth for c in order)
     self.has_batch_norm = any(c.batch_norm for c in order)
+    if config.conv not in model_lib.CONV_IMPLS:
+      raise ValueError(f"unknown conv {config.conv!r}: choose one of "
+                       f"{', '.join(model_lib.CONV_IMPLS)}")
     abstract = nnx.eval_shape(lambda: self._make_model(jax.random.key(0), order[0]))
     self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     if config.member_mode not in MEMBER_MODES:
@@ -503,7 +515,8 @@ class Engine:
     return model_lib.CNN(self.task.num_outputs, init=cell.init, hidden_activation=cell.hidden,
                          dense_layers=cell.depth, batch_norm=cell.batch_norm,
                          max_dense_layers=self.max_depth,
-                         with_batch_norm=self.has_batch_norm, rngs=nnx.Rngs(params=key))
+                         with_batch_norm=self.has_batch_norm, conv=self.config.conv,
+                         rngs=nnx.Rngs(params=key))
 
   def diagnostic_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
     """name -> (per-member shape, dtype) of the diagnostics recorded every epoch.

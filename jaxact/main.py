@@ -87,6 +87,12 @@ _MATMUL_PRECISION = flags.DEFINE_string(
     "backend), tensorfloat32 (TF32 tensor cores, recent NVIDIA GPUs), bfloat16, or default "
     "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). See README, "
     "Speed, for what TF32 changes in the results.")
+_CONV = flags.DEFINE_string(
+    "conv", "im2col",
+    "How the convolutions are computed: im2col (patches + one matmul; the default on every "
+    "backend) or native (XLA's convolution and reduce-window max-pool, a grouped convolution "
+    "over vmapped members; meant for GPUs and TPUs, not yet measured there; on a CPU its "
+    "gradients are 10-20x slower). Results agree to float rounding.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
     "command with the same workdir resumes the run.")
@@ -159,7 +165,8 @@ def config_from_flags() -> train.RunConfig:
                                      compact=_COMPACT.value,
                                      compact_in_background=_COMPACT_IN_BACKGROUND.value,
                                      member_mode=_MEMBER_MODE.value,
-                                     matmul_precision=_MATMUL_PRECISION.value))
+                                     matmul_precision=_MATMUL_PRECISION.value,
+                                     conv=_CONV.value))
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -39,6 +39,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 INITS = ("torch", "flax", "he", "xavier")
+# How the convolutions are computed (EngineConfig.conv): "im2col" (the default, on every
+# backend) or "native" (`lax.conv_general_dilated` and `lax.reduce_window` max-pooling, which
+# XLA gives to cuDNN / the TPU's convolution units; under vmap over members, a grouped
+# convolution). The same function and parameters; on a CPU "native" hits jax-ml/jax#12868.
+CONV_IMPLS = ("im2col", "native")
 
 HIDDEN_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
@@ -85,11 +90,14 @@ class Conv3x3(nnx.Module):
   """
 
   def __init__(self, in_features: int, out_features: int, padding: str, *,
-               init: str, rngs: nnx.Rngs):
+               init: str, rngs: nnx.Rngs, impl: str = "im2col"):
     if padding not in ("SAME", "VALID"):
       raise ValueError(f"padding must be SAME or VALID, got {padding!r}")
+    if impl not in CONV_IMPLS:
+      raise ValueError(f"unknown convolution {impl!r}: choose one of {', '.join(CONV_IMPLS)}")
     kernel_init, bias_init = initializers(init, 9 * in_features)
     self.padding = padding
+    self.impl = impl
     self.kernel = nnx.Param(kernel_init(rngs.params(), (3, 3, in_features, out_features)))
     self.bias = nnx.Param(bias_init(rngs.params(), (out_features,)))
 
@@ -97,14 +105,22 @@ class Conv3x3(nnx.Module):
     return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))) if self.padding == "SAME" else x
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    if self.impl == "native":
+      return conv_native(self._padded(x), self.kernel[...], self.bias[...])
     return conv_valid(self._padded(x), self.kernel[...], self.bias[...])
 
-  def relu_pool(self, x: jax.Array) -> jax.Array:
-    """relu(max_pool_2x2(self(x))) with the backward pass of `conv_pool_relu`.
+  def relu_pool(self, x: jax.Array, hand_backward: bool = True) -> jax.Array:
+    """relu(max-pool 2x2 (self(x))): (B, H, W, Cin) -> (B, H'/2, W'/2, Cout); H', W' even.
 
-    The output H' and W' must be even. (B, H, W, Cin) -> (B, H'/2, W'/2, Cout).
+    im2col: with the backward pass of `conv_pool_relu` (`hand_backward`), else
+    autodiff of `max_pool_2x2`. native: `max_pool_window`, whose gradient also
+    goes to each window's first maximum.
     """
-    return conv_pool_relu(self._padded(x), self.kernel[...], self.bias[...])
+    if self.impl == "native":
+      return jax.nn.relu(max_pool_window(self(x)))
+    if hand_backward:
+      return conv_pool_relu(self._padded(x), self.kernel[...], self.bias[...])
+    return jax.nn.relu(max_pool_2x2(self(x)))
 
 
 def im2col(x: jax.Array, h: int, w: int, stride: int = 1) -> jax.Array:
@@ -119,6 +135,21 @@ def conv_valid(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   """VALID 3x3 convolution: x (B, H, W, Cin), kernel (3, 3, Cin, Cout) -> (B, H-2, W-2, Cout)."""
   patches = im2col(x, x.shape[1] - 2, x.shape[2] - 2)
   return patches @ kernel.reshape(-1, kernel.shape[-1]) + bias
+
+
+def conv_native(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """`conv_valid` as XLA's own convolution: x (B, H, W, Cin) -> (B, H-2, W-2, Cout)."""
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+
+
+def max_pool_window(x: jax.Array) -> jax.Array:
+  """2x2 max-pool, stride 2, as `lax.reduce_window` (B, H, W, C) -> (B, H/2, W/2, C).
+
+  Its gradient (XLA's select-and-scatter) goes to the first maximum of each
+  window in row-major order, as torch.nn.MaxPool2d routes it.
+  """
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
 
 
 def _window_patches(x: jax.Array) -> jax.Array:
@@ -235,6 +266,7 @@ class CNN(nnx.Module):
     dense_layers: number of dense hidden layers used (the original: 1).
     hidden_width: units per dense hidden layer (the original: 64).
     batch_norm: whether the dense hidden layers use batch norm.
+    conv: how the convolutions are computed, one of CONV_IMPLS.
     max_dense_layers: dense hidden layers carried (default `dense_layers`).
     with_batch_norm: carry batch-norm layers even when `batch_norm` is off
       (default `batch_norm`); they are then unused.
@@ -245,7 +277,7 @@ class CNN(nnx.Module):
                hidden_activation: str = "sigmoid", dense_layers: int = 1,
                hidden_width: int = HIDDEN_WIDTH, batch_norm: bool = False,
                max_dense_layers: int | None = None, with_batch_norm: bool | None = None,
-               rngs: nnx.Rngs):
+               conv: str = "im2col", rngs: nnx.Rngs):
     if hidden_activation not in HIDDEN_ACTIVATIONS:
       raise ValueError(f"unknown hidden activation {hidden_activation!r}: choose one of "
                        f"{', '.join(HIDDEN_ACTIVATIONS)}")
@@ -259,9 +291,9 @@ class CNN(nnx.Module):
     self.hidden_activation = hidden_activation
     self.dense_layers = dense_layers
     self.batch_norm = batch_norm
-    self.conv1 = Conv3x3(1, 32, "SAME", init=init, rngs=rngs)
-    self.conv2 = Conv3x3(32, 64, "VALID", init=init, rngs=rngs)
-    self.conv3 = Conv3x3(64, 64, "VALID", init=init, rngs=rngs)
+    self.conv1 = Conv3x3(1, 32, "SAME", init=init, rngs=rngs, impl=conv)
+    self.conv2 = Conv3x3(32, 64, "VALID", init=init, rngs=rngs, impl=conv)
+    self.conv3 = Conv3x3(64, 64, "VALID", init=init, rngs=rngs, impl=conv)
     widths = [FEATURES] + [hidden_width] * dense_layers
     used = [_dense(a, b, init, rngs) for a, b in zip(widths[:-1], widths[1:])]
     self.out = _dense(widths[-1], num_outputs, init, rngs)
@@ -279,7 +311,7 @@ class CNN(nnx.Module):
     """The convolutional part: x (B, 28, 28, 1) pixels in [-1, 1] -> features (B, 1024)."""
     # relu(max_pool(.)) is max_pool(relu(.)) (ReLU is monotone), on a quarter of the values.
     x = self.conv1.relu_pool(x)
-    x = jax.nn.relu(max_pool_2x2(self.conv2(x)))
+    x = self.conv2.relu_pool(x, hand_backward=False)   # for conv2 it costs more than it saves
     x = jax.nn.relu(self.conv3(x))
     return x.reshape(x.shape[0], -1)
 

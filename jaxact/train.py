@@ -32,6 +32,7 @@ from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import diagnostics as diagnostics_lib
+from jaxact import model as model_lib
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
@@ -128,6 +129,9 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
   if e.matmul_precision not in engine_lib.MATMUL_PRECISIONS:
     raise UserError(f"unknown --matmul_precision {e.matmul_precision!r}: choose one of "
                     f"{', '.join(engine_lib.MATMUL_PRECISIONS)}.")
+  if e.conv not in model_lib.CONV_IMPLS:
+    raise UserError(f"unknown --conv {e.conv!r}: choose one of "
+                    f"{', '.join(model_lib.CONV_IMPLS)}.")
   if e.compact_in_background and not e.compact:
     raise UserError("--compact_in_background changes how --compact compiles its smaller "
                     "layouts: add --compact, or leave --compact_in_background out.")

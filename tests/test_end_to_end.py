@@ -83,6 +83,7 @@ def _cli(*args, env_extra=None):
     (["--study=hidden", "--depth=3"], "no cell of the hidden grid"),
     (["--member_mode=fast"], "unknown --member_mode 'fast'"),
     (["--matmul_precision=fp8"], "unknown --matmul_precision 'fp8'"),
+    (["--conv=fft"], "unknown --conv 'fft'"),
     (["--compact_in_background"], "add --compact"),
     (["--num_processes=2"], "--num_processes needs --distributed"),
     (["--distributed", "--coordinator_address=localhost:1"],

@@ -458,3 +458,21 @@ def test_compile_ahead_leaves_run_nothing_to_compile():
     assert (a.cell, a.seed, a.best_epoch, a.status) == (b.cell, b.seed, b.best_epoch, b.status)
     np.testing.assert_array_equal(a.valid_metric, b.valid_metric)
     np.testing.assert_array_equal(a.test, b.test)
+
+
+def test_native_convolution_trains_like_im2col():
+  # vmap over two members: the native convolution becomes a grouped convolution.
+  data = _synthetic("multiclass")
+  cell = studies.recommended_cell("multiclass")
+  runs = {}
+  for conv in ("im2col", "native"):
+    cfg = dataclasses.replace(CFG, max_epochs=2, patience=5, member_mode="vmap", conv=conv)
+    runs[conv] = engine.Engine("multiclass", [(cell, 0), (cell, 1)], cfg,
+                               progress=lambda _: None).run(data)
+  for a, b in zip(runs["im2col"], runs["native"]):
+    assert (a.seed, a.epochs_trained, a.status) == (b.seed, b.epochs_trained, b.status)
+    np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-4)
+    np.testing.assert_allclose(b.valid_metric, a.valid_metric, atol=1e-6)
+    assert b.test == pytest.approx(a.test, abs=1e-6)
+  with pytest.raises(ValueError, match="unknown conv 'fft'"):
+    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, conv="fft"))

@@ -154,3 +154,34 @@ def test_trunk_uses_the_fused_first_block():
   h = m.conv1.relu_pool(x)
   chex.assert_shape(h, (3, 14, 14, 32))
   chex.assert_trees_all_close(h, jax.nn.relu(model.max_pool_2x2(m.conv1(x))), atol=1e-6)
+
+
+def test_native_convolution_computes_the_same_network():
+  x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1), minval=-1, maxval=1)
+  a = model.CNN(10, rngs=nnx.Rngs(0))
+  b = model.CNN(10, conv="native", rngs=nnx.Rngs(0))
+  chex.assert_trees_all_equal(nnx.state(a, nnx.Param), nnx.state(b, nnx.Param))
+  chex.assert_trees_all_close(a(x), b(x), atol=1e-5)
+  loss = lambda m: jnp.sum(jnp.sin(m(x)))
+  chex.assert_trees_all_close(nnx.grad(loss)(a), nnx.grad(loss)(b), atol=1e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="unknown convolution 'fft'"):
+    model.CNN(10, conv="fft", rngs=nnx.Rngs(0))
+
+
+def _native_block(x, kernel, bias):
+  return jax.nn.relu(model.max_pool_window(model.conv_native(x, kernel, bias)))
+
+
+@pytest.mark.parametrize("case", ["random", "tied", "flat_background"])
+def test_native_pool_routes_gradients_like_conv_pool_relu(case):
+  # conv_pool_relu's backward is checked against autodiff and against PyTorch above;
+  # reduce-window's gradient must route the same way, tied maxima included.
+  x, kernel, bias, g = _block_args(3, 10, seed=4)
+  if case == "tied":
+    kernel, bias = jnp.zeros_like(kernel), jnp.full((6,), 0.5)
+  if case == "flat_background":
+    x = jnp.where(x < 0.0, -1.0, x)
+  got, got_vjp = jax.vjp(_native_block, x, kernel, bias)
+  want, want_vjp = jax.vjp(model.conv_pool_relu, x, kernel, bias)
+  chex.assert_trees_all_close(got, want, atol=1e-5)
+  chex.assert_trees_all_close(got_vjp(g), want_vjp(g), atol=1e-4, rtol=1e-4)
