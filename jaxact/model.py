@@ -20,7 +20,9 @@ kernel reshaped to (9 Cin, Cout)). It computes the same function as
 `nnx.Conv` (tests check it against `lax.conv_general_dilated`) but avoids
 XLA:CPU's 10-20x slowdown of convolution gradients inside `lax.scan`
 (jax-ml/jax#12868, see BUILD_NOTES.md), and under `vmap` over members it
-becomes one batched matmul.
+becomes one batched matmul. `CNN(..., conv="native")` computes the same network
+with XLA's own convolution and a reduce-window max-pool (for accelerators;
+see `CONV_IMPLS`).
 
 conv1 + max-pool + ReLU has a hand-written backward pass (`conv_pool_relu`):
 the gradient of each pooling window goes to its first maximum, as PyTorch's
