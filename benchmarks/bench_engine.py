@@ -351,8 +351,9 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
               "epochs below are not the protocol's model-epochs (FLOPs are counted for these sizes).", ""]
   torch_rate = None
   header = ["implementation", "M", "s / epoch", "model-epochs / s", "x PyTorch",
-            "x PyTorch per round: median (min-max)", "first epoch s", "compile s", "GFLOP/s", "% matmul peak", "peak mem MiB",
-            "MiB / member", "marginal MiB / member", f"valid acc @ {args.epochs} ep"]
+            "x PyTorch per round: median (min-max)", "first epoch s", "compile s", "GFLOP/s",
+            "% matmul peak", "peak mem MiB", "MiB / member", "marginal MiB / member",
+            f"valid acc @ {args.epochs} ep"]
   rows = []
 
   def mem(s):
@@ -384,7 +385,8 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     rows.append([f"jaxact Engine ({s['backend']}, {s.get('member_mode')})", str(m),
                  common.fmt(s["steady_epoch_s"]),
                  common.fmt(rate), common.fmt(rate / torch_rate) if torch_rate else "-",
-                 _round_ratios(s.get("round_ratios")), common.fmt(s["first_epoch_s"]), common.fmt(s["compile_s"]), common.fmt(gf),
+                 _round_ratios(s.get("round_ratios")), common.fmt(s["first_epoch_s"]),
+                 common.fmt(s["compile_s"]), common.fmt(gf),
                  common.fmt(100 * gf / peak, ".0f"), common.mib(mm),
                  common.mib(None if mm is None else mm / m), marginal,
                  common.fmt(100 * s["valid_metric"], ".1f")])

@@ -62,6 +62,9 @@ DEFAULT_TFDS_DIR = "~/.cache/jaxact/tfds"
 # registers their sizes and SHA-256 under these URLs.
 MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 MNIST_URL_ENV = "JAXACT_MNIST_URL"
+# With any of these set, requests (tfds' downloader) goes through a proxy.
+PROXY_ENV_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                  "all_proxy")
 
 _FIX_DIR = (
     "point --data_dir (or JAXACT_DATA_DIR) at a directory holding the four "
@@ -489,8 +492,7 @@ def _probe(url: str, timeout_s: float = 10.0) -> str | None:
   parts = urllib.parse.urlsplit(url)
   if parts.scheme not in ("http", "https") or not parts.hostname:
     return f"{url!r} is not an http(s) URL"
-  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
-                                     "http_proxy", "ALL_PROXY", "all_proxy")):
+  if any(os.environ.get(v) for v in PROXY_ENV_VARS):
     return None
   port = parts.port or (443 if parts.scheme == "https" else 80)
   try:
@@ -510,12 +512,14 @@ def _download_idx_files(tfds_dir: Path) -> Path:
   there), which later calls reuse without the network.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core.download import download_manager  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tensorflow_datasets.core.download import download_manager
 
   downloads = tfds_dir / "downloads"
   target = downloads / "mnist"
   infos = _registered_url_infos()
-  if all((target / name).is_file() for name in infos):
+  downloaded = lambda: all((target / name).is_file() for name in infos)
+  if downloaded():
     return target
   base = mnist_url()
   or_data_dir = f"or {_FIX_DIR}"
@@ -527,7 +531,7 @@ def _download_idx_files(tfds_dir: Path) -> Path:
         f"Fix: {fix}.")
 
   with _build_lock(downloads):
-    if all((target / name).is_file() for name in infos):   # another process did it
+    if downloaded():   # another process did it meanwhile
       return target
     problem = _probe(base)
     if problem:

@@ -29,8 +29,8 @@ the same state and data from the same seeds and files, places its part of
 them on its own devices, and takes part in every jitted epoch. Host values
 (per-member metrics, the final state, snapshots) are gathered with `to_host`.
 Only process 0 writes files (`is_primary`); the workdir must be on a file
-system all hosts see (orbax's checkpoints need that too). It has run as 2 processes on one machine
-(tests/test_multiprocess.py), not yet on several hosts.
+system all hosts see (orbax's checkpoints need that too). It has run as 2
+processes on one machine (tests/test_multiprocess.py), not yet on several hosts.
 """
 
 from __future__ import annotations

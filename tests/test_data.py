@@ -644,8 +644,7 @@ def test_load_mnist_download_fails_fast_without_network(tmp_path, monkeypatch):
   with socket.socket() as s:          # a port that nothing listens on
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-              "all_proxy"):
+  for var in data.PROXY_ENV_VARS:
     monkeypatch.delenv(var, raising=False)
   monkeypatch.setenv(data.MNIST_URL_ENV, f"http://127.0.0.1:{port}/mnist")
   start = time.perf_counter()
