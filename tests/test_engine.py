@@ -181,6 +181,22 @@ def test_nonfinite_member_is_frozen_and_others_unaffected(monkeypatch):
   chex.assert_trees_all_close(_by(res, good, 0).train_loss, alone[0].train_loss, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_per_member_flags_each_member(bad):
+  """The freezing check equals all(isfinite) member by member, wherever the bad value sits."""
+  rng = np.random.default_rng(0)
+  big = np.float32(3.0e38)                       # finite, near float32's largest
+  for leaf, member, pos in [(0, 1, (0, 0)), (1, 2, (4,)), (2, 0, (1, 2, 3))]:
+    tree = [rng.normal(size=(3, 2, 5)).astype(np.float32),
+            np.full((3, 7), big, np.float32),
+            rng.normal(size=(3, 2, 3, 4)).astype(np.float32)]
+    tree[leaf][(member,) + pos] = bad
+    got = np.asarray(engine._all_finite_per_member([jnp.asarray(a) for a in tree]))
+    want = np.array([all(np.isfinite(a[m]).all() for a in tree) for m in range(3)])
+    np.testing.assert_array_equal(got, want)
+    assert not got[member] and got.sum() == 2
+
+
 def test_sigmoid_method_predictions_and_infinities():
   cell = Cell("regression", "sigmoid", "mse", norm=False, sigmoid_method=True)
   t = jnp.asarray([[1.0], [6.0]])
