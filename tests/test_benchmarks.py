@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+ROOT = Path(__file__).resolve().parents[1]      # the repository root
+sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_engine  # noqa: E402
 from benchmarks import common  # noqa: E402
@@ -145,6 +146,40 @@ def test_rounds_give_same_round_ratios():
   (row,) = [l for l in report.splitlines() if l.startswith("| jaxact Engine")]
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[4] == "3" and cells[5] == "3 (2.5-4)"   # (2 / 1.0) / (1 / 1.5); per round
+
+
+def test_engine_ab_paired_ratios():
+  from benchmarks import engine_ab  # pylint: disable=g-import-not-at-top
+  s = engine_ab.paired_summary([1.0, 2.0, 4.0, 1.0, 2.0], [0.9, 1.0, 4.4, 1.0, 1.6])
+  assert s["pairs"] == 5 and s["base_median_s"] == 2.0 and s["new_median_s"] == 1.0
+  # Ratios sorted: 0.5, 0.8, 0.9, 1.0, 1.1.
+  np.testing.assert_allclose([s["ratio_q25"], s["ratio_median"], s["ratio_q75"]], [0.8, 0.9, 1.0])
+
+
+def _git_checkout() -> bool:
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    return subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT,
+                          capture_output=True).returncode == 0
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout")
+def test_engine_ab_runs_head_against_the_working_tree(capsys):
+  from benchmarks import engine_ab  # pylint: disable=g-import-not-at-top
+  assert engine_ab.main(["--base", "HEAD", "--n_train", "64", "--n_valid", "32",
+                         "--epochs", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "2 interleaved epochs" in out and "working tree / base" in out
+  # HEAD's engine, imported as jaxact_base, is the same code: the same parameters.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  clean = not subprocess.run(["git", "status", "--porcelain", "jaxact"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.strip()
+  if clean:
+    assert "bitwise equal" in out
+  with pytest.raises(SystemExit, match="cannot read revision"):
+    engine_ab.main(["--base", "no-such-revision-xyz", "--epochs", "2"])
 
 
 # ---------------------------------------------------------------------------
