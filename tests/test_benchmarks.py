@@ -7,6 +7,7 @@ The PyTorch parts skip when torch is not installed (CI installs no torch;
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -157,7 +158,6 @@ def test_engine_ab_paired_ratios():
 
 
 def _git_checkout() -> bool:
-  import subprocess  # pylint: disable=g-import-not-at-top
   try:
     return subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=ROOT,
                           capture_output=True).returncode == 0
@@ -173,7 +173,6 @@ def test_engine_ab_runs_head_against_the_working_tree(capsys):
   out = capsys.readouterr().out
   assert "2 interleaved epochs" in out and "working tree / base" in out
   # HEAD's engine, imported as jaxact_base, is the same code: the same parameters.
-  import subprocess  # pylint: disable=g-import-not-at-top
   clean = not subprocess.run(["git", "status", "--porcelain", "jaxact"], cwd=ROOT,
                              capture_output=True, text=True).stdout.strip()
   if clean:
