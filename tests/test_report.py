@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from jaxact import figures
 from jaxact import report
 from jaxact import studies
 
@@ -214,7 +215,7 @@ def test_image_links(workdir):
 
 
 def test_plot_curves_writes_pngs(workdir):
-  paths = report.plot_curves(workdir)
+  paths = figures.plot_curves(workdir)
   assert sorted(os.path.basename(p) for p in paths) == [
       "curves_binary.png", "curves_multilabel.png", "curves_regression.png"]
   for p in paths:
@@ -228,7 +229,7 @@ def test_plot_curves_single_invalid_member(tmp_path):
   _write_results(wd, "probability", [
       _member("probability", "softmax", "bce", 0, float("nan"), float("nan"),
               status="invalid", reason="r", curve=[])])
-  (path,) = report.plot_curves(wd)
+  (path,) = figures.plot_curves(wd)
   with open(path, "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
 
@@ -316,7 +317,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
         members.append(m)
   _write_results(wd, "multiclass", members)
   plotted = {}
-  original = report._plot_gradients_depth
+  original = figures._plot_gradients_depth
 
   def spy(path, task, convention, sweep, command, plt):
     plotted[os.path.basename(path)] = {
@@ -324,7 +325,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
         for by_depth in sweep.values() for ms in by_depth.values() for m in ms}
     return original(path, task, convention, sweep, command, plt)
 
-  monkeypatch.setattr(report, "_plot_gradients_depth", spy)
+  monkeypatch.setattr(figures, "_plot_gradients_depth", spy)
   report.write_report(wd)
   assert plotted == {"gradients_depth_multiclass_torch.png": {"torch"},
                      "gradients_depth_multiclass_logits.png": {"logits"}}
