@@ -1,10 +1,16 @@
 """The claims of seeds 002-004 about hidden activations, checked against a hidden-study run.
 
 Each claim gets the measurement that tests it, from the members' results and
-in-program diagnostics (`engine.Engine.diagnostic_shapes`), and a verdict:
-"held", "not held", or "no clear difference" when the effect is within the
-seeds' noise (NOISE_SIGMAS x the larger seed std, and at least MIN_POINTS
-accuracy points). Plain Python on the results records; the report calls it.
+in-program diagnostics (`engine.Engine.diagnostic_shapes`), and a verdict.
+Claims about accuracy compare two cells member by member: members with the same
+seed share initial weights and batch order, so each comparison is a paired test
+of the test-accuracy differences (`jaxact.stats.paired_test`: mean difference
+in points with its 95% t interval, two-sided p of an exact sign-flip
+permutation test, Wilcoxon signed-rank above 16 pairs). A difference counts
+when p < ALPHA; a claim resting on one comparison is "held" / "not held" when
+the test finds the claimed / the opposite direction, else the test's own words
+("not distinguishable at n = 6", "too few pairs"). Cells without a seed in
+common are not compared. Plain Python on the results records; the report calls it.
 """
 
 from __future__ import annotations
@@ -15,11 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxact import stats
 from jaxact import studies
 from jaxact.studies import Cell
 
-NOISE_SIGMAS = 2.0
-MIN_POINTS = 0.2          # accuracy points
+ALPHA = 0.05              # significance level of the paired tests
 VANISHING_DROP = 100.0    # the gradient ratio shrinks at least this much from depth 1 to the deepest
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu", "mish")
 
@@ -44,16 +50,19 @@ def _find(groups: dict[Cell, list[dict]], **fields) -> list[dict]:
   return []
 
 
-def _test(members: list[dict]) -> tuple[float, float]:
-  """(mean, std) of the members' test accuracy in %, NaN if none is finite."""
-  v = [100 * float(m["test"]) for m in members
-       if m.get("test") is not None and math.isfinite(float(m["test"]))]
-  return (float(np.mean(v)), float(np.std(v))) if v else (math.nan, math.nan)
+def _test_points(members: list[dict]) -> list[float]:
+  """The members' finite test accuracies, in %."""
+  return [v for v in map(_points, members) if math.isfinite(v)]
 
 
 def _acc(members: list[dict]) -> str:
-  mean, std = _test(members)
-  return "n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}%"
+  """'98.05% [97.41, 98.69]': mean test accuracy over seeds with its 95% t interval."""
+  iv = stats.mean_interval(_test_points(members))
+  if iv.n == 0:
+    return "n/a"
+  if iv.n == 1:
+    return f"{iv.estimate:.2f}% (1 seed)"
+  return f"{iv.estimate:.2f}% [{iv.low:.2f}, {iv.high:.2f}]"
 
 
 def _ratio_at_init(members: list[dict], layer: str = "hidden1") -> float:
@@ -81,24 +90,71 @@ def _dead(members: list[dict]) -> float:
   return float(np.mean(out)) if out else math.nan
 
 
-def _compare(a: list[dict], b: list[dict]) -> tuple[float, bool]:
-  """(mean test difference a - b in points, whether it exceeds the noise)."""
-  (ma, sa), (mb, sb) = _test(a), _test(b)
-  diff = ma - mb
-  noise = max(MIN_POINTS, NOISE_SIGMAS * max(sa, sb))
-  return diff, abs(diff) > noise
+def _by_seed(members: list[dict]) -> dict[Any, dict]:
+  """seed -> member, for the members that record a seed (the first of a repeated seed)."""
+  out: dict[Any, dict] = {}
+  for m in members:
+    if m.get("seed") is not None:
+      out.setdefault(m["seed"], m)
+  return out
 
 
-def _verdict(diffs: list[tuple[float, bool]], want_positive: bool = True) -> str:
-  clear = [d for d, sig in diffs if sig]
+def _compare(a: list[dict], b: list[dict]) -> stats.PairedTest:
+  """The paired test of test accuracy a - b, in points, over the seeds both cells have."""
+  sa, sb = _by_seed(a), _by_seed(b)
+  seeds = [s for s in sa if s in sb]
+  return stats.paired_test([_points(sa[s]) for s in seeds], [_points(sb[s]) for s in seeds])
+
+
+def _points(member: dict) -> float:
+  """The member's test accuracy in %, NaN if missing or not a number."""
+  try:
+    return 100 * float(member["test"])
+  except (KeyError, TypeError, ValueError):
+    return math.nan
+
+
+def _short_test(test: str) -> str:
+  return {stats.TEST_SIGN_FLIP: "exact sign-flip", stats.TEST_WILCOXON: "Wilcoxon"}.get(test, test)
+
+
+def _p_text(p: float) -> str:
+  return "n/a" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _diff_text(t: stats.PairedTest) -> str:
+  """'difference +1.00 points [+0.95, +1.05], p = 0.031 (exact sign-flip, 6 pairs)'."""
+  if t.n == 0:
+    return "no seed with a finite test accuracy in both cells"
+  ci = "" if t.n < 2 else f" [{t.low:+.2f}, {t.high:+.2f}]"
+  return (f"difference {t.mean_difference:+.2f} points{ci}, p = {_p_text(t.p_value)} "
+          f"({_short_test(t.test)}, {t.n} {'pair' if t.n == 1 else 'pairs'})")
+
+
+def _verdict(tests: list[stats.PairedTest], want_positive: bool = True) -> str:
+  """The claim's verdict from its paired tests; want_positive: the claim says a - b > 0."""
+  measured = [t for t in tests if t.n >= 2]
+  if not measured:
+    return "not tested (fewer than 2 seeds in both cells)"
+  words = [stats.verdict(t, higher_is_better=want_positive, alpha=ALPHA) for t in measured]
+  if len(tests) == 1:
+    return {"better": "held", "worse": "not held"}.get(words[0], words[0])
+  clear = [w for w in words if w in ("better", "worse")]
   if not clear:
-    return "no clear difference"
-  good = [d for d in clear if (d > 0) == want_positive]
-  if len(good) == len(clear):
+    return f"no clear difference (no paired test with p < {ALPHA:g})"
+  good = clear.count("better")
+  if good == len(clear):
     return "held"
   if not good:
     return "not held"
-  return f"mixed ({len(good)} of {len(clear)} clear differences agree)"
+  return f"mixed ({good} of {len(clear)} clear differences agree)"
+
+
+def _direction_counts(tests: list[stats.PairedTest]) -> tuple[int, int, int]:
+  """(significantly above, significantly below, neither) over the paired tests."""
+  words = [stats.verdict(t, higher_is_better=True, alpha=ALPHA) for t in tests]
+  return (words.count("better"), words.count("worse"),
+          len(words) - words.count("better") - words.count("worse"))
 
 
 def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[int, list[dict]]]:
@@ -193,10 +249,10 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
                if _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
                         depth=c.depth)]
       dead_fracs.append(dead)
-      better = sum(1 for d, sig in pairs if sig and d > 0)
-      worse = sum(1 for d, sig in pairs if sig and d < 0)
-      fixes.append(f"{h}: dead {dead:.1%}, test accuracy clearly above ReLU's in {better}, "
-                   f"below in {worse} of {len(pairs)} configurations")
+      better, worse, neither = _direction_counts(pairs)
+      fixes.append(f"{h}: dead {dead:.1%}, test accuracy above ReLU's (paired p < {ALPHA:g}) "
+                   f"in {better}, below in {worse}, not distinguishable in {neither} of "
+                   f"{len(pairs)} configurations")
     if fixes:
       measured = [d for d in dead_fracs if not math.isnan(d)]
       add("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU", "; ".join(fixes),
@@ -212,14 +268,15 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
                                                                       batch_norm=bn)
       if a and b:
         diffs.append(_compare(a, b))
-        parts.append(f"depth 1{' + batch norm' if bn else ''}: {good} {_acc(a)} vs {bad} {_acc(b)}")
+        parts.append(f"depth 1{' + batch norm' if bn else ''}: {good} {_acc(a)} vs {bad} "
+                     f"{_acc(b)}, {_diff_text(diffs[-1])}")
     by_depth = sweep.get((h, good)), sweep.get((h, "torch"))
     if by_depth[0] and by_depth[1]:
       for d in sorted(set(by_depth[0]) & set(by_depth[1])):
         if d > 1:
           diffs.append(_compare(by_depth[0][d], by_depth[1][d]))
           parts.append(f"depth {d}: {good} {_acc(by_depth[0][d])} vs torch "
-                       f"{_acc(by_depth[1][d])}")
+                       f"{_acc(by_depth[1][d])}, {_diff_text(diffs[-1])}")
     if parts:
       add(f"{good.capitalize()} initialisation suits {h}", "; ".join(parts), _verdict(diffs))
 
@@ -232,12 +289,16 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
       if on and off:
         diffs.append(_compare(on, off))
   if diffs:
-    up = sum(1 for d, sig in diffs if sig and d > 0)
-    down = sum(1 for d, sig in diffs if sig and d < 0)
+    up, down, neither = _direction_counts(diffs)
+    measured = [t for t in diffs if t.n > 0]
+    mean = (f"mean of the paired mean differences "
+            f"{np.mean([t.mean_difference for t in measured]):+.2f} points" if measured
+            else "no pair of cells with a seed in common")
     add("Batch norm helps",
-        f"depth 1, batch norm on - off, test accuracy: mean {np.mean([d for d, _ in diffs]):+.2f} "
-        f"points over {len(diffs)} (activation, init) pairs; clearly better in {up}, clearly "
-        f"worse in {down}", _verdict(diffs))
+        f"depth 1, batch norm on - off, test accuracy paired by seed: {mean} over "
+        f"{len(diffs)} (activation, init) pairs of cells; significantly better (paired p < "
+        f"{ALPHA:g}) in {up}, significantly worse in {down}, not distinguishable in {neither}",
+        _verdict(diffs))
   return claims
 
 
@@ -245,9 +306,15 @@ def render(claims: list[Claim]) -> list[str]:
   """The claims as a Markdown table (under a heading)."""
   esc: Callable[[str], str] = lambda t: " ".join(str(t).split()).replace("|", "\\|")
   lines = ["### Claims of seeds 002-004, measured", "",
-           f"Verdicts: a difference counts when it exceeds {NOISE_SIGMAS:g} x the larger seed "
-           f"std and {MIN_POINTS} points; a gradient vanishes when its ratio to the output "
-           f"layer's shrinks {VANISHING_DROP:g}x or more from the shallowest to the deepest "
-           "network.", "", "| claim | measurement | held here? |", "|---|---|---|"]
+           "Verdicts: accuracies are the mean test accuracy over seeds [95% t interval]. Two "
+           "cells are compared seed by seed (same seed: same initial weights and batch order): "
+           "the mean of the paired differences in points [95% t interval] and the two-sided p "
+           "of an exact sign-flip permutation test of that mean (Wilcoxon signed-rank above "
+           f"16 pairs); a difference counts when p < {ALPHA:g}, with no correction for the "
+           "number of comparisons. With n seeds an exact test cannot go below 2 / 2^n, so "
+           "fewer than 6 seeds never give a clear difference. A gradient vanishes when its "
+           f"ratio to the output layer's shrinks {VANISHING_DROP:g}x or more from the "
+           "shallowest to the deepest network.", "",
+           "| claim | measurement | held here? |", "|---|---|---|"]
   lines += [f"| {esc(c.claim)} | {esc(c.measurement)} | {esc(c.verdict)} |" for c in claims]
   return lines

@@ -16,9 +16,18 @@ Kinds, checked in this order (the first that applies wins):
   vanishing_gradient  at chance level, and at initialisation the gradient
                       reaching the first layer is < VANISHING_RATIO of the
                       output layer's.
+  dead_head           the ReLU head is dead at the best epoch: its input is
+                      negative on every valid example, so it outputs 0 there
+                      (head_saturated 1, output spread 0) and passes no gradient
+                      to any layer below it. Not the saturated-hidden-layer
+                      collapse, hence checked before it. For records without
+                      per-epoch head diagnostics: a ReLU head whose valid metric
+                      is bit-for-bit the same in every epoch.
   collapsed           the best-epoch weights give a constant predictor (output
                       spread < COLLAPSE_SPREAD of the targets', or one argmax
-                      for every valid example).
+                      for every valid example), or, for regression, the best
+                      valid MSE equals the constant predictor's (`chance`)
+                      within COLLAPSE_MSE_TOLERANCE.
   ceiling             a multi-label task with a softmax head: at most one
                       label can be predicted (the data give the best possible
                       accuracy).
@@ -43,11 +52,18 @@ from jaxact import losses as losses_lib
 from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
 
-KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "collapsed", "ceiling",
-         "unbounded_loss", "no_learning", "underperforming", "hit_cap", "healthy")
+KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "dead_head", "collapsed",
+         "ceiling", "unbounded_loss", "no_learning", "underperforming", "hit_cap", "healthy")
 FAILURES = KINDS[:-2]          # hit_cap and healthy are not failures
 VANISHING_RATIO = 1e-3
 COLLAPSE_SPREAD = 0.01
+# Regression: a best valid MSE within 1% of the constant predictor's (the valid targets'
+# variance) is a collapse. A constant c scores (1 + (c - mean)^2 / var) x that variance, and
+# the collapsed members of experiments/activation_torch_3seeds (raw targets, split seed 0)
+# sit at ratios 1.00000-1.00016 (1.00016: predicting the training mean, 2.7425 against the
+# valid mean 2.7263); the next member up is at 1.069 (sigmoid method on raw targets, left
+# to no_learning) and every member that learned is below 0.38.
+COLLAPSE_MSE_TOLERANCE = 0.01
 CHANCE_MARGIN = 0.02           # accuracy within 2 points of chance is "at chance"
 CHANCE_MSE_SHARE = 0.95        # an MSE above 95% of the constant predictor's is "at chance"
 UNDERPERFORM_POINTS = 0.10
@@ -169,6 +185,91 @@ def _collapsed(d: dict, e: int, single_label: bool) -> bool:
           or (single_label and minority is not None and minority == 0.0))
 
 
+def _head_dead(d: dict, cell: Cell, e: int) -> bool | None:
+  """Whether the ReLU head outputs 0 on every valid example at epoch `e`.
+
+  head_saturated is exactly 1 (for a ReLU head the Jacobian is 0 where the input
+  is <= 0) and the output spread, if recorded, is exactly 0. False for other
+  heads; None if head_saturated is not recorded for `e` (older results).
+  """
+  if cell.head != "relu":
+    return False
+  sat = d.get("head_saturated") or []
+  if e >= len(sat) or sat[e] is None:
+    return None
+  spread = d.get("spread") or []
+  s = spread[e] if e < len(spread) else None
+  return bool(sat[e] >= 1.0 and (s is None or s == 0.0))
+
+
+def _layer_gradients(d: dict, epoch: int) -> str:
+  """'conv1 0, conv2 0, ..., out 0': the gradient norm of each layer in `epoch`."""
+  g = (d.get("grad_norm") or [])[epoch] or []
+  names = list(d.get("layers") or [])
+  names += [f"layer {i + 1}" for i in range(len(names), len(g))]
+  return ", ".join(f"{n} {v:.2g}" if v is not None else f"{n} ?" for n, v in zip(names, g))
+
+
+def _hidden_summary(d: dict, epoch: int) -> str:
+  """`_hidden_state`, led by whether hidden layer 1 is saturated (at least half its units)."""
+  if not _hidden_state(d, epoch):
+    return ""
+  sat, dead = d["saturated"][epoch][0], d["dead"][epoch][0]
+  return (f"hidden layer 1 {'' if sat >= 0.5 else 'not '}saturated ({_units(sat)}/64 units "
+          f"saturated, {_units(dead)}/64 dead)")
+
+
+def _dead_head(record: dict, d: dict, cell: Cell, t: tasks_lib.Task, e: int,
+               chance_text: str) -> Diagnosis | None:
+  """The dead_head Diagnosis if the member's ReLU head is dead at its best epoch `e`, else None."""
+  if cell.head != "relu":
+    return None
+  best = float(record["best_valid"]) if record.get("best_valid") is not None else math.nan
+  best_text = f"best valid {_fmt_metric(t, best)} at epoch {e + 1}{chance_text}"
+  if t.name == "regression":
+    best_text += (", the MSE of predicting the training targets' mean (0 in standardised units)"
+                  if cell.norm else ", the MSE of predicting 0")
+  state = _head_dead(d, cell, e)
+  if state is None:
+    # No per-epoch head diagnostics: a dead head's outputs are all 0 whatever weight decay
+    # does to the weights below it, so its valid MSE repeats bit for bit; a live head's
+    # outputs, and so the MSE, move with every update. (An accuracy can repeat while the
+    # outputs move, e.g. one argmax in every epoch: regression only.)
+    values = record.get("valid_metric") or []
+    if (t.name != "regression" or len(values) < 2 or any(v is None or not math.isfinite(v) for v in values)
+        or any(v != values[0] for v in values)):
+      return None
+    return Diagnosis("dead_head", "dead ReLU head (inferred; this record has no per-epoch "
+                     f"head diagnostics): the valid MSE is {values[0]!r} in every "
+                     f"one of the {len(values)} epochs, bit for bit, so the outputs never "
+                     "changed, as when the head's input is negative on every example (output "
+                     f"0, no gradient through the head); {best_text}")
+  if not state:
+    return None
+  n = len(d["head_saturated"])
+  flags = [bool(_head_dead(d, cell, i)) for i in range(n)]
+  start = _first_of_last_run(flags[:e + 1]) or 0
+  end = e
+  while end + 1 < n and flags[end + 1]:
+    end += 1
+  parts = [f"dead ReLU head: its output is 0 on 100% of valid examples (head saturated on "
+           f"all, output spread 0) from epoch {start + 1}"
+           + (" to the last epoch" if end == n - 1 else f" to epoch {end + 1}")
+           + (", alive before (the best epoch's weights, which the test metric uses, are dead)"
+              if start > 0 else ""),
+           best_text]
+  grads = d.get("grad_norm") or []
+  j = start + 1 if start + 1 <= end else start   # the first epoch trained with the head dead
+  if j < len(grads) and grads[j]:
+    g = [v for v in grads[j] if v is not None]
+    parts.append(f"gradient norm per layer in epoch {j + 1}: {_layer_gradients(d, j)}"
+                 + (" (no gradient passes the head)" if g and max(g) == 0.0 else ""))
+  hidden = _hidden_summary(d, e)
+  if hidden:
+    parts.append(hidden)
+  return Diagnosis("dead_head", "; ".join(parts))
+
+
 def gradient_ratio_at_init(d: dict) -> float | None:
   """||grad conv1|| / ||grad out|| on the first batch (None if unknown or out's is 0)."""
   first = d.get("grad_norm_first")
@@ -210,6 +311,9 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   if flat and max(flat) == 0.0:
     why = (" (a softmax over one output is the constant 1)"
            if cell.head == "softmax" and t.num_outputs == 1 else "")
+    dead = d.get("head_saturated") or []
+    if cell.head == "relu" and dead and all(v is not None and v >= 1.0 for v in dead):
+      why = " (the ReLU head's input is negative on every valid example in every epoch)"
     return Diagnosis("no_gradient", "no gradient reaches the weights: every layer's gradient "
                      f"is exactly 0 in all {len(grads)} epochs{why}")
   best_epoch = record.get("best_epoch", -1)
@@ -227,18 +331,38 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
                      f"vanishing gradient: at initialisation the gradient at conv1 is {ratio:.2g} x "
                      f"the output layer's; best valid {_fmt_metric(t, best_valid)}{chance_text}"
                      + (f"; {hidden}" if hidden else ""))
+  dead = _dead_head(record, d, cell, t, e, chance_text)
+  if dead is not None:
+    return dead
   n = len(d.get("spread") or [])
-  if n and e < n and _collapsed(d, e, t.single_label):
-    start = _first_of_last_run([_collapsed(d, i, t.single_label) for i in range(e + 1)]) or 0
-    spread = d["spread"][e]
-    parts = [f"collapsed to a constant output from epoch {start + 1}: output spread "
-             f"{spread:.2g} of the targets'" if spread is not None else
-             f"collapsed to a constant output from epoch {start + 1}"]
+  mse_ratio = (best_valid / chance if task == "regression" and chance
+               and math.isfinite(best_valid) else None)
+  mse_collapsed = mse_ratio is not None and abs(mse_ratio - 1.0) <= COLLAPSE_MSE_TOLERANCE
+  spread_collapsed = bool(n and e < n and _collapsed(d, e, t.single_label))
+  if mse_collapsed or spread_collapsed:
+    spread = d["spread"][e] if n and e < n else None
+    mse_text = "" if mse_ratio is None else (
+        f"best valid MSE {best_valid:.5g} against the constant predictor's {chance:.5g} "
+        f"(ratio {mse_ratio:.5f})")
+    if spread_collapsed:
+      start = _first_of_last_run([_collapsed(d, i, t.single_label) for i in range(e + 1)]) or 0
+      parts = [f"collapsed to a constant output from epoch {start + 1}: output spread "
+               f"{spread:.2g} of the targets'" if spread is not None else
+               f"collapsed to a constant output from epoch {start + 1}"]
+      if mse_text:
+        parts.append(mse_text)
+    else:
+      parts = [f"collapsed to the constant predictor: {mse_text}, equal within "
+               f"{100 * COLLAPSE_MSE_TOLERANCE:g}%",
+               f"output spread {spread:.2g} of the targets' at epoch {e + 1}"
+               if spread is not None else "output spread not recorded"]
+      if not hidden:
+        parts.append("hidden layers not recorded")
     if t.single_label:
       parts.append(f"{100 * (d['argmax_minority'][e] or 0):.2f}% of valid examples off the "
                    "most frequent argmax")
     if hidden:
-      parts.append(hidden)
+      parts.append(_hidden_summary(d, e) if task == "regression" else hidden)
     if head:
       parts.append(head)
     return Diagnosis("collapsed", "; ".join(parts) + ratio_text)

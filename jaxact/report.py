@@ -7,7 +7,10 @@ A training run writes a workdir:
 
 This module turns them into `WORKDIR/report.md`, with one table per study, task
 and loss convention laid out like the seed documents (PROTOCOL section 8), and
-one figure of validation curves per task, `WORKDIR/curves_<task>.png`. It never
+one figure of validation curves per task, `WORKDIR/curves_<task>.png`. Every
+statistic is over a cell's seeds (`jaxact.stats`): means with 95% t intervals,
+each misused cell paired by seed against the recommended one, and failure rates
+with Wilson intervals; the report's "How to read" section explains them. It never
 trains anything, so a report can be rebuilt from saved results:
 
   python -m jaxact.report --workdir=DIR
@@ -32,6 +35,7 @@ import numpy as np
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import losses as losses_lib
 from jaxact import claims as claims_lib
+from jaxact import stats as stats_lib
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -71,8 +75,13 @@ _STUDY_TITLES = {
 }
 _KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}
 _STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
-_STATUS_TEXT = {"ok": "ok", "hit_cap": "hit cap", "nonfinite": "nonfinite",
+# The stopping column says how training ended, not whether the member is healthy
+# (that is the diagnosis column): "ok" is shown as "early-stopped".
+_STATUS_TEXT = {"ok": "early-stopped", "hit_cap": "hit cap", "nonfinite": "nonfinite",
                 "invalid": "invalid"}
+_NOT_DIAGNOSED = "not diagnosed"
+CONFIDENCE = 0.95   # of every interval in the report
+ALPHA = 0.05        # significance level of the paired tests' verdicts
 _COMMAND_CHARS = 100
 
 
@@ -257,16 +266,71 @@ def _nonfinite_kinds(members: list[dict], field: str) -> str:
   return ", ".join(f"{k} {kind}" for kind, k in counts.items())
 
 
-def _metric_cells(members: list[dict], field: str, accuracy: bool) -> tuple[str, str]:
-  """The (mean ± std, [min – max]) cells of one metric of one row."""
-  s = summarize([m.get(field) for m in members])
+def _kind_of(member: dict) -> str | None:
+  """The member's diagnosis kind; without a diagnosis, its status when that is a failure kind
+  (invalid, nonfinite), else None (not diagnosed)."""
+  d = member.get("diagnosis")
+  if isinstance(d, dict) and d.get("kind"):
+    return str(d["kind"])
+  status = member.get("status")
+  return status if status in diagnostics_lib.FAILURES else None
+
+
+def _is_failure(kind: str | None) -> bool:
+  """Whether a kind is a failure (a kind this version does not know counts as one)."""
+  return kind is not None and (kind in diagnostics_lib.FAILURES
+                               or kind not in diagnostics_lib.KINDS)
+
+
+def _kind_name(kind: str | None) -> str:
+  return _NOT_DIAGNOSED if kind is None else kind.replace("_", " ")
+
+
+def _ordered_kinds(kinds: Iterable[str | None]) -> list[str | None]:
+  """The distinct kinds: healthy, the other non-failures (hit cap), the failure kinds in KINDS
+  order, unknown kinds (sorted), None (not diagnosed) last."""
+  kinds = set(kinds)
+  known = sorted((k for k in diagnostics_lib.KINDS if k in kinds),
+                 key=lambda k: (k != "healthy", _is_failure(k), diagnostics_lib.KINDS.index(k)))
+  return known + sorted(k for k in kinds if k is not None and k not in known) + (
+      [None] if None in kinds else [])
+
+
+def _class_name(members: list[dict]) -> str:
+  """'healthy', 'healthy or hit cap', 'collapsed': the kinds of `members`."""
+  return " or ".join(_kind_name(k) for k in _ordered_kinds(_kind_of(m) for m in members))
+
+
+def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
+  """'97.41 [97.30, 97.52]' (the unit after the mean); '97.41 [1 seed, no CI]' for n == 1."""
+  ci = (f"[{_fmt(iv.low, accuracy)}, {_fmt(iv.high, accuracy)}]" if iv.n > 1
+        else "[1 seed, no CI]")
+  return f"{_fmt(iv.estimate, accuracy)}{unit} {ci}"
+
+
+def _metric_cells(members: list[dict], field: str, accuracy: bool,
+                  unit: str = "") -> tuple[str, str]:
+  """The (mean [95% CI], median; min–max) cells of one metric of one row.
+
+  All finite members of one class (not failed: healthy, hit cap or not diagnosed; or
+  failed): their statistics. Failed and not-failed members mixed: the statistics of the
+  not-failed ones, prefixed with their count and class ("7 healthy: ..."). Failed members
+  only: their statistics, prefixed likewise ("3 collapsed: ...").
+  """
+  finite = [m for m in members if math.isfinite(_as_float(m.get(field)))]
   extra = _nonfinite_kinds(members, field)
-  if s["n"] == 0:
+  if not finite:
     return f"no finite value ({extra})", ""
-  mean = f"{_fmt(s['mean'], accuracy)} ± {_fmt(s['std'], accuracy)}"
+  failed = [m for m in finite if _is_failure(_kind_of(m))]
+  chosen = [m for m in finite if not _is_failure(_kind_of(m))] or failed
+  label = f"{len(chosen)} {_class_name(chosen)}: " if failed else ""
+  values = [_as_float(m.get(field)) for m in chosen]
+  mean = label + _fmt_ci(stats_lib.mean_interval(values, CONFIDENCE), accuracy, unit)
   if extra:
     mean += f" (+{extra})"
-  return mean, f"[{_fmt(s['min'], accuracy)} – {_fmt(s['max'], accuracy)}]"
+  spread = (f"median {_fmt(float(np.median(values)), accuracy)}; "
+            f"{_fmt(min(values), accuracy)}–{_fmt(max(values), accuracy)}")
+  return mean, spread
 
 
 def _status_counts(members: list[dict]) -> str:
@@ -353,7 +417,6 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   accuracy = _is_accuracy(result, task)
   unit = "accuracy %" if accuracy else "MSE"
   with_marker = any(r is not None for _, r, _ in rows)
-  with_diagnosis = any(isinstance(m.get("diagnosis"), dict) for _, _, ms in rows for m in ms)
   body = []
   for cell, recommended, members in rows:
     if all(m.get("status") == "invalid" for m in members):
@@ -364,20 +427,19 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
       test, test_range = _metric_cells(members, "test", accuracy)
     best = [m["best_epoch"] + 1 for m in members
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
-    cols = [_escape(cell.label), valid, valid_range, test, test_range,
-            _mean_text(best), _mean_text([m.get("epochs_trained") for m in members]),
-            _status_counts(members)] + (
-                [_diagnosis_counts(members)] if with_diagnosis else []) + [str(len(members))]
+    cols = [_escape(cell.label), str(len(members)), _diagnosis_counts(members),
+            valid, valid_range, test, test_range, _mean_text(best),
+            _mean_text([m.get("epochs_trained") for m in members]), _status_counts(members)]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
       cols.insert(0, mark)
     body.append((cols, _row_notes(members, result),
                  _original_text(study, cell, accuracy)))
-  header = ["variant", f"best valid {unit} (mean ± std)", "[min – max]",
-            f"test {unit} at best epoch (mean ± std)", "[min – max]",
-            "best epoch (1-based, mean)", "epochs trained (mean)", "status"] + (
-                ["diagnosis"] if with_diagnosis else []) + ["n seeds"]
+  header = ["variant", "n seeds", "diagnosis (members per class)",
+            f"best valid {unit}: mean [95% CI]", "median; min–max",
+            f"test {unit} at best epoch: mean [95% CI]", "median; min–max",
+            "best epoch (1-based, mean)", "epochs trained (mean)", "stopping"]
   if with_marker:
     header.insert(0, " ")
   any_note = any(note for _, note, _ in body)
@@ -395,6 +457,105 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
       cols.append(orig or "")
     lines.append("| " + " | ".join(cols) + " |")
   return lines
+
+
+def _paired_by_seed(a: list[dict], b: list[dict], field: str
+                    ) -> tuple[stats_lib.PairedTest, int]:
+  """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
+  def by_seed(ms: list[dict]) -> dict[Any, dict]:
+    out: dict[Any, dict] = {}
+    for m in ms:
+      if m.get("seed") is not None:
+        out.setdefault(m["seed"], m)
+    return out
+  sa, sb = by_seed(a), by_seed(b)
+  seeds = [s for s in sa if s in sb]
+  test = stats_lib.paired_test([_as_float(sa[s].get(field)) for s in seeds],
+                               [_as_float(sb[s].get(field)) for s in seeds], CONFIDENCE)
+  return test, len(seeds)
+
+
+def _reference(cell: Cell, recommended: list[tuple[Cell, list[dict]]]
+               ) -> tuple[Cell, list[dict]]:
+  """The recommended row a misused cell is compared with: the first with its target treatment."""
+  return next((r for r in recommended if r[0].norm == cell.norm), recommended[0])
+
+
+def _fmt_diff(v: float, accuracy: bool) -> str:
+  """A signed difference: accuracy points with 2 decimals, MSE with 4 significant digits."""
+  if not math.isfinite(v):
+    return _fmt(v, accuracy)
+  return f"{100.0 * v:+.2f}" if accuracy else f"{v:+#.4g}"
+
+
+def _p_text(p: float) -> str:
+  return "–" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+_TEST_SHORT = {stats_lib.TEST_SIGN_FLIP: "exact sign-flip", stats_lib.TEST_WILCOXON: "Wilcoxon"}
+
+
+def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
+                  result: dict) -> list[str]:
+  """Each misused row against the table's recommended row, test metric paired by seed."""
+  recommended = [(c, ms) for c, r, ms in rows if r is True]
+  misused = [(c, ms) for c, r, ms in rows if r is False]
+  if not recommended or not misused:
+    return []
+  accuracy = _is_accuracy(result, task)
+  higher = _higher_is_better(result, task)
+  unit = "accuracy points" if accuracy else "MSE"
+  lines = [f"Paired by seed: each {MARK_MISUSED} cell minus {MARK_RECOMMENDED}, test metric at "
+           "the best epoch, all finite pairs (failed members included).", "",
+           f"| {MARK_MISUSED} variant | compared with {MARK_RECOMMENDED} | pairs | "
+           f"test difference in {unit}: mean [95% CI] | p (test) | verdict |",
+           "|---|---|---|---|---|---|"]
+  for cell, members in misused:
+    ref_cell, ref_members = _reference(cell, recommended)
+    test, common = _paired_by_seed(members, ref_members, "test")
+    pairs = (f"{test.n}" if test.n == common else f"{test.n} of {common} common seeds")
+    if test.n == 0:
+      diff = "no finite pair" if common else "no seed in both"
+      p = "–"
+    else:
+      ci = (f"[{_fmt_diff(test.low, accuracy)}, {_fmt_diff(test.high, accuracy)}]"
+            if test.n > 1 else "[1 pair, no CI]")
+      diff = f"{_fmt_diff(test.mean_difference, accuracy)} {ci}"
+      p = f"{_p_text(test.p_value)} ({_TEST_SHORT.get(test.test, test.test)})"
+    lines.append(f"| {_escape(cell.label)} | {_escape(ref_cell.label)} | {pairs} | {diff} | {p} "
+                 f"| {stats_lib.verdict(test, higher, ALPHA)} |")
+  return lines
+
+
+def _rates_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
+  """Per cell, the share of members of each failure kind and that hit the cap (Wilson CIs)."""
+  body = []
+  for cell, members in groups.items():
+    n = len(members)
+    counts = collections.Counter(_kind_of(m) for m in members)
+    named = [(_kind_name(k), counts[k]) for k in _ordered_kinds(counts) if _is_failure(k)]
+    named.append(("hit cap", sum(1 for m in members if m.get("status") == "hit_cap")))
+    parts = [_rate_text(name, k, n) for name, k in named if k]
+    if parts:
+      body.append(f"| {_escape(cell.label)} | {n} | {'; '.join(parts)} |")
+  n_all = sum(len(ms) for ms in groups.values())
+  undiagnosed = sum(1 for ms in groups.values() for m in ms if _kind_of(m) is None)
+  caveat = ("" if not undiagnosed else
+            f" {_plural(undiagnosed, 'member')} not diagnosed: only invalid and nonfinite are "
+            "counted as failures for them.")
+  if not body:
+    return [f"Rates: no member of {task} failed or hit the epoch cap ({n_all} members)."
+            + caveat, ""]
+  return [f"### {task}: failure and hit-cap rates", "",
+          "Per cell: k/n members of each failure kind (diagnosis) and that hit the epoch cap "
+          "(stopping) = share [Wilson 95% CI], cells and kinds with k > 0." + caveat, "",
+          "| variant | n seeds | k/n = share [95% CI] |", "|---|---|---|"] + body + [""]
+
+
+def _rate_text(name: str, k: int, n: int) -> str:
+  """'collapsed 3/10 = 30.0% [10.8, 60.3]'."""
+  iv = stats_lib.wilson_interval(k, n, CONFIDENCE)
+  return f"{name} {k}/{n} = {100 * iv.estimate:.1f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
 
 def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
@@ -467,10 +628,13 @@ def _variant_title(variant: dict[str, Any]) -> str:
 
 
 def _diagnosis_counts(members: list[dict]) -> str:
-  """'collapsed 3' or 'healthy 2, no learning 1' from the members' diagnoses; '' if none."""
-  diags = [m["diagnosis"] for m in members if isinstance(m.get("diagnosis"), dict)]
-  counts = diagnostics_lib.count_kinds(diags)
-  return ", ".join(f"{_KIND_TEXT.get(k, k)} {n}" for k, n in counts.items())
+  """'7 healthy, 3 collapsed': the members per diagnosis kind (`_ordered_kinds`).
+
+  A member without a diagnosis counts by its status when that is a failure kind
+  (invalid, nonfinite), else as "not diagnosed".
+  """
+  counts = collections.Counter(_kind_of(m) for m in members)
+  return ", ".join(f"{counts[k]} {_kind_name(k)}" for k in _ordered_kinds(counts))
 
 
 def _diagnoses_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
@@ -515,6 +679,37 @@ def _common(results: dict[str, dict], key: str) -> Any:
   return next(iter(results.values())).get(key) if len(values) == 1 else None
 
 
+# What each diagnosis kind means, for the "How to read" section (kinds not listed here are
+# named only; jaxact/diagnostics.py defines them all).
+_KIND_HELP = {
+    "no_gradient": "every gradient exactly 0",
+    "vanishing_gradient": "at chance, and the first layer's gradient at initialisation below "
+                          "1e-3 of the output layer's",
+    "dead_head": "a ReLU head whose output is 0 on every example",
+    "collapsed": "a constant predictor at the best epoch; for regression also an MSE equal to "
+                 "the constant predictor's",
+    "ceiling": "the multi-label softmax bound, computed from the test labels",
+    "unbounded_loss": "a loss that should be >= 0 went below 0",
+    "no_learning": "at chance level",
+    "underperforming": "far below the best cell of the same run",
+    "hit_cap": "still improving at the epoch cap, otherwise healthy",
+    "invalid": "as the stopping column",
+    "nonfinite": "as the stopping column",
+}
+
+
+def _kinds_help() -> str:
+  """'**invalid** (...), ..., **healthy**' over diagnostics.KINDS, failures marked."""
+  parts = []
+  for k in diagnostics_lib.KINDS:
+    text = f"**{_kind_name(k)}**"
+    if k in _KIND_HELP:
+      text += f" ({_KIND_HELP[k]})"
+    parts.append(text)
+  failures = ", ".join(_kind_name(k) for k in diagnostics_lib.FAILURES)
+  return "; ".join(parts) + f". Failure kinds: {failures}."
+
+
 def _how_to_read(results: dict[str, dict]) -> list[str]:
   patience = _common(results, "patience")
   max_epochs = _common(results, "max_epochs")
@@ -524,13 +719,21 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "## How to read",
       "",
       "Each row is one cell (final activation, loss, target treatment, loss convention) "
-      "trained once per seed; all seeds share one data split. Numbers are the mean ± std "
-      "over seeds (population std, ddof 0) and the [min – max] over seeds, computed over "
-      "the finite values only (non-finite ones are counted next to the mean). Accuracies "
-      "are percentages; MSE is in the targets' original units. The test metric is measured "
-      "with each seed's best-valid-epoch weights, not its last epoch's. Epochs are "
+      "trained once per seed; all seeds share one data split. Every statistic of a row is "
+      "over its seeds (members of that cell), over the finite values only (non-finite ones "
+      "are counted next to the mean). Metric columns: the mean with its 95% confidence "
+      "interval [low, high] from Student's t distribution, mean ± t(0.975, n-1) · s / √n "
+      "with s the sample std (ddof 1) of the n finite values (no interval for one seed; the "
+      "interval is not clipped to the metric's range); then the median and min–max. With "
+      "few seeds the interval is wide: t(0.975, n-1) is 4.30 for 3 seeds, 2.26 for 10. When "
+      "a row's finite members are not all of one class (healthy or hit cap against a failure "
+      "kind of the diagnosis column), the statistics are over its members that did not fail "
+      "only, prefixed with their count and class (\"7 healthy: ...\"); when all failed, over "
+      "all finite members, prefixed with the failure kinds (\"10 collapsed: ...\"). "
+      "Accuracies are percentages; MSE is in the targets' original units. The test metric is "
+      "measured with each seed's best-valid-epoch weights, not its last epoch's. Epochs are "
       "1-based everywhere in this report (epoch 1 is the first pass over the training "
-      "data), so an ok member trained best epoch + patience epochs. "
+      "data), so an early-stopped member trained best epoch + patience epochs. "
       f"{MARK_RECOMMENDED} marks what the seed documents recommend, {MARK_MISUSED} a misuse. "
       "The torch convention feeds every loss the head's output, as the original PyTorch "
       "code did; the logits convention computes each loss from the pre-activation logits. "
@@ -538,25 +741,41 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "relu), the cell is trained once and its row, without the [logits] tag, appears in "
       "both conventions' tables.",
       "",
-      "Status: **ok**: early-stopped after "
-      f"{patience} epochs without strict improvement of the valid metric; "
-      f"**hit cap**: still improving at {cap}; "
+      f"Paired differences (below a table with {MARK_RECOMMENDED} and {MARK_MISUSED} rows): "
+      f"each misused cell minus the table's recommended cell (with several, the first with "
+      "the same target treatment), on the test metric. Members with the same seed share "
+      "initial weights and batch order, so they are compared pair by pair, using every pair "
+      "where both values are finite, failed members included: a collapsed member's test "
+      "accuracy is part of the misuse's effect. Given: the mean difference (accuracy points, "
+      "or MSE) with its 95% t interval over the pairs, and the two-sided p-value of an exact "
+      "sign-flip permutation test of the mean difference (Fisher 1935, Pitman 1937: all 2^n "
+      "sign patterns of the n differences are equally likely under no effect; used up to 16 "
+      "pairs) or, for more pairs, of the Wilcoxon signed-rank test. Verdict: \"worse\" or "
+      "\"better\" (the misuse against the recommended cell, in the metric's direction) when "
+      f"p < {ALPHA:g}, else \"not distinguishable at n = N\". With n pairs the exact test "
+      "cannot go below 2 / 2^n, so 5 or fewer seeds never show a difference at this level; "
+      "there is no correction for the number of comparisons.",
+      "",
+      "Rates: per cell, k/n members of each failure kind and k/n members that hit the epoch "
+      "cap, with a Wilson score 95% interval (Wilson 1927), which stays inside [0, 100]% and "
+      "is informative at k = 0 (0/10 still allows up to 27.8%).",
+      "",
+      "Stopping (how training ended, not whether the member learned: that is the diagnosis "
+      f"column): **early-stopped**: after {patience} epochs without strict improvement of "
+      f"the valid metric; **hit cap**: still improving at {cap}; "
       "**invalid**: the loss refused its input (as PyTorch raised an error), the reason "
       "is given; **nonfinite**: the loss or the parameters became NaN/inf at epoch k "
       "(see the note), the member was frozen at its last finite state.",
       "",
-      "Diagnosis (runs with in-program diagnostics): each member's failure class, from what "
-      "the training program measured every epoch (per-layer gradient and parameter norms; on "
-      "the valid set, the share of hidden units saturated (activation derivative below 1% of "
-      "its maximum on 99% of the examples) or dead (derivative exactly 0 on every example), "
-      "the output spread across inputs, the share of examples off the most frequent "
-      "argmax, and the share on which the head is saturated: no entry of its Jacobian above "
-      "1e-6). Classes: **no gradient** (every gradient exactly 0), **vanishing gradient** "
-      "(at chance, and the first layer's gradient at initialisation below 1e-3 of the output "
-      "layer's), **collapsed** (a constant predictor at the best epoch), **ceiling** (the "
-      "multi-label softmax bound, computed from the test labels), **unbounded loss** (a loss "
-      "that should be >= 0 went below 0), **no learning** (at chance level), **hit cap**, "
-      "**healthy**; invalid and nonfinite as the status. Definitions and thresholds: "
+      "Diagnosis: the members of the cell per class, e.g. \"7 healthy, 3 collapsed\". Each "
+      "member's class comes from what the training program measured every epoch (per-layer "
+      "gradient and parameter norms; on the valid set, the share of hidden units saturated "
+      "(activation derivative below 1% of its maximum on 99% of the examples) or dead "
+      "(derivative exactly 0 on every example), the output spread across inputs, the share "
+      "of examples off the most frequent argmax, and the share on which the head is "
+      "saturated: no entry of its Jacobian above 1e-6); members of runs without in-program "
+      "diagnostics are \"not diagnosed\" unless their stopping was invalid or nonfinite. "
+      f"Classes, the first that applies: {_kinds_help()} Definitions and thresholds: "
       "`jaxact/diagnostics.py`.",
   ]
 
@@ -567,6 +786,7 @@ def render_markdown(workdir: str) -> str:
   Raises:
     FileNotFoundError, ValueError: as load_results.
   """
+  from jaxact import figures  # pylint: disable=g-import-not-at-top  (figures imports report)
   results = load_results(workdir)
   info = load_run_info(workdir)
   command = info.get("command") or (" ".join(map(str, info["argv"])) if info.get("argv")
@@ -620,15 +840,22 @@ def render_markdown(workdir: str) -> str:
       net = "" if not variant else _variant_title(variant)
       lines += [f"### {task}: {title}, {conv} convention{net}", ""]
       lines += _table(rows, task, result, study) + [""]
+      paired = _paired_table(rows, task, result)
+      if paired:
+        lines += paired + [""]
     others = _other_cells(task, groups, which)
     if others:
       lines += [f"### {task}: Other cells (in no study grid)", ""]
       lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
+    lines += _rates_section(task, groups)
     lines += _diagnoses_section(task, groups)
     claims = claims_lib.hidden_claims(groups, result)
     if claims:
       lines += claims_lib.render(claims) + [""]
-    lines += [f"![valid curves](curves_{task}.png)", ""]
+    if figures.curves_figure(task, groups):
+      lines += [f"![valid curves](curves_{task}.png)", ""]
+    lines += [s for alt, name in figures.heatmap_figures(task, groups)
+              for s in (f"![{alt}]({name})", "")]
     if any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values() for m in ms):
       lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
     for conv, name in _depth_sweep_figures(task, groups):
@@ -642,13 +869,16 @@ def render_markdown(workdir: str) -> str:
 
 
 def render_summary(workdir: str, study: str = "activation", convention: str = "torch") -> str:
-  """One compact table over all tasks of one study: variant, valid and test (mean ± std), status.
+  """One compact table over all tasks of one study: variant, diagnosis, valid and test, stopping.
 
-  Made for README files; the full tables are in report.md.
+  Valid and test are the mean over seeds with its 95% t interval (of the healthy members
+  when some failed, labelled; see `_metric_cells`). Made for README files; the full tables,
+  paired differences and rates are in report.md.
   """
   results = load_results(workdir)
-  lines = ["| task | | variant | best valid (mean ± std) | test at best epoch (mean ± std) "
-           "| status |", "|---|---|---|---|---|---|"]
+  lines = ["| task | | variant | n seeds | diagnosis | best valid: mean [95% CI] "
+           "| test at best epoch: mean [95% CI] | stopping |",
+           "|---|---|---|---|---|---|---|---|"]
   for task, result in results.items():
     groups = _group_members(result)
     accuracy = _is_accuracy(result, task)
@@ -662,12 +892,14 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
         if all(m.get("status") == "invalid" for m in members):
           valid = test = f"invalid: {_invalid_reason(members)}"
         else:
-          valid = _metric_cells(members, "best_valid", accuracy)[0] + unit
-          test = _metric_cells(members, "test", accuracy)[0] + unit
+          valid = _metric_cells(members, "best_valid", accuracy, unit)[0]
+          test = _metric_cells(members, "test", accuracy, unit)[0]
         mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
-        lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {valid} | {test} | "
+        lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {len(members)} | "
+                     f"{_diagnosis_counts(members)} | {valid} | {test} | "
                      f"{_status_counts(members)} |")
   return "\n".join(lines) + "\n"
+
 
 def _depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
   """(convention, file name) of each gradients-against-depth figure of a task.

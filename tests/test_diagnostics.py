@@ -1,7 +1,9 @@
 """In-program diagnostics on hand-built cases, the failure classification, mixed-network programs."""
 
 import itertools
+import json
 import math
+import pathlib
 
 import chex
 import jax
@@ -341,6 +343,156 @@ def test_classify_ceiling_unbounded_and_no_learning():
   assert diagnostics.classify(flat, "multiclass", chance=0.1135).kind == "no_learning"
 
 
+# -- dead ReLU heads and regression collapse ---------------------------------------------------
+
+VALID_VAR = 1.652773222222222   # chance_level("regression", valid targets of split seed 0)
+REAL_REGRESSION = (pathlib.Path(__file__).resolve().parent.parent
+                   / "experiments/activation_torch_3seeds/results/regression.json")
+
+
+def _regression(head="relu", norm=True, best_valid=1.6530, best_epoch=0, epochs=11, **diag):
+  """A regression member record (depth 1: conv1-3, hidden1, out)."""
+  diag.setdefault("argmax_minority", [None] * epochs)
+  return _record(cell=Cell("regression", head, "mse", norm=norm), best_valid=best_valid,
+                 test=best_valid, best_epoch=best_epoch, epochs=epochs, **diag)
+
+
+def test_dead_relu_head_is_chosen_over_collapsed():
+  assert diagnostics.KINDS.index("dead_head") + 1 == diagnostics.KINDS.index("collapsed")
+  assert "dead_head" in diagnostics.FAILURES
+  # Dead from the first evaluation on: spread 0 and at the constant predictor's MSE, so the
+  # collapse rules would also apply.
+  rec = _regression(head_saturated=[1.0] * 11, spread=[0.0] * 11,
+                    grad_norm=[[0.2, 0.3, 0.4, 0.5, 0.6]] + [[0.0] * 5] * 10)
+  dg = diagnostics.classify(rec, "regression", chance=VALID_VAR)
+  assert dg.kind == "dead_head"
+  assert "output is 0 on 100% of valid examples" in dg.evidence
+  assert "from epoch 1 to the last epoch" in dg.evidence
+  assert ("gradient norm per layer in epoch 2: conv1 0, conv2 0, conv3 0, hidden1 0, out 0 "
+          "(no gradient passes the head)") in dg.evidence
+  assert "hidden layer 1 not saturated (0/64 units saturated, 0/64 dead)" in dg.evidence
+  assert "predicting the training targets' mean" in dg.evidence
+  # The same record without a ReLU head is the collapse.
+  assert diagnostics.classify(dict(rec, cell=Cell("regression", "none", "mse", norm=True)
+                                   .to_dict()), "regression", chance=VALID_VAR).kind == "collapsed"
+
+
+def test_dead_head_is_judged_at_the_best_epoch():
+  # Alive for 2 epochs (worse than the constant), dead from epoch 3, whose weights are the best.
+  hs, spread = [0.3, 0.6] + [1.0] * 9, [0.7, 0.4] + [0.0] * 9
+  grads = [[0.1] * 5] * 3 + [[0.0] * 5] * 8
+  rec = _regression(norm=False, best_valid=9.0857, best_epoch=2, head_saturated=hs,
+                    spread=spread, grad_norm=grads)
+  dg = diagnostics.classify(rec, "regression", chance=VALID_VAR)
+  assert dg.kind == "dead_head"
+  assert "from epoch 3 to the last epoch, alive before" in dg.evidence
+  assert "in epoch 4: conv1 0," in dg.evidence and "the MSE of predicting 0" in dg.evidence
+  # Dead only after the best epoch: the best weights (what the test metric uses) are alive.
+  late = _regression(norm=False, best_valid=0.3, best_epoch=1, head_saturated=hs, spread=spread,
+                     grad_norm=grads)
+  assert diagnostics.classify(late, "regression", chance=VALID_VAR).kind == "healthy"
+  # Dead on 99.9% of the examples only: gradient still passes; the collapse rules decide.
+  most = _regression(head_saturated=[0.999] * 11, spread=[0.005] * 11)
+  assert diagnostics.classify(most, "regression", chance=VALID_VAR).kind == "collapsed"
+
+
+def test_dead_relu_head_in_every_epoch_is_no_gradient_with_the_reason():
+  rec = _regression(head_saturated=[1.0] * 11, spread=[0.0] * 11, grad_norm=[[0.0] * 5] * 11)
+  dg = diagnostics.classify(rec, "regression", chance=VALID_VAR)
+  assert dg.kind == "no_gradient" and "ReLU head's input is negative" in dg.evidence
+
+
+def test_sigmoid_hidden_collapse_stays_collapsed():
+  # Raw targets: the hidden sigmoid layer saturates and the output is a constant (the
+  # experiments' regression_raw_vs_standardised probe: 64/64 saturated, spread 1e-6).
+  for head in ("none", "relu"):
+    rec = _regression(head=head, norm=False, best_valid=1.6529, best_epoch=5,
+                      spread=[0.3] + [1e-6] * 10, saturated=[[1.0]] * 11,
+                      head_saturated=[0.0] * 11 if head == "relu" else None)
+    dg = diagnostics.classify(rec, "regression", chance=VALID_VAR)
+    assert dg.kind == "collapsed", head
+    assert "from epoch 2: output spread 1e-06" in dg.evidence
+    assert "best valid MSE 1.6529 against the constant predictor's 1.6528 (ratio 1.00008)" in (
+        dg.evidence)
+    assert "hidden layer 1 saturated (64/64 units saturated" in dg.evidence
+  # Multiclass, sigmoid head and layer: unchanged (no MSE in the evidence).
+  mc = _record(cell=Cell("multiclass", "sigmoid", "bce"), best_valid=0.113, best_epoch=1,
+               spread=[0.5] + [1e-10] * 7, argmax_minority=[0.8] + [0.0] * 7,
+               saturated=[[1.0]] * 8)
+  dg = diagnostics.classify(mc, "multiclass", chance=0.113)
+  assert dg.kind == "collapsed" and "MSE" not in dg.evidence
+
+
+def test_regression_at_the_constant_predictors_mse_is_collapsed():
+  tol = diagnostics.COLLAPSE_MSE_TOLERANCE
+  assert tol == 0.01
+  # Output spread 0.5 (not a constant by the spread rule), MSE 0.5% above the constant's.
+  rec = _regression(head="none", norm=False, best_valid=1.005 * VALID_VAR, best_epoch=3,
+                    spread=[0.5] * 11, saturated=[[0.25]] * 11)
+  dg = diagnostics.classify(rec, "regression", chance=VALID_VAR)
+  assert dg.kind == "collapsed"
+  assert dg.evidence.startswith("collapsed to the constant predictor: best valid MSE 1.661 "
+                                "against the constant predictor's 1.6528 (ratio 1.00500), "
+                                "equal within 1%")
+  assert "output spread 0.5 of the targets' at epoch 4" in dg.evidence
+  assert "hidden layer 1 not saturated (16/64 units saturated" in dg.evidence
+  # Also below it, within the tolerance.
+  low = dict(rec, best_valid=0.995 * VALID_VAR)
+  assert diagnostics.classify(low, "regression", chance=VALID_VAR).kind == "collapsed"
+  # Just outside the tolerance, either side: at chance level (>= 95%), not collapsed.
+  for ratio in (1 + tol + 1e-4, 1 - tol - 1e-4):
+    out = dict(rec, best_valid=ratio * VALID_VAR)
+    assert diagnostics.classify(out, "regression", chance=VALID_VAR).kind == "no_learning"
+  # Without a chance level there is nothing to compare with.
+  assert diagnostics.classify(rec, "regression").kind != "collapsed"
+
+
+def test_count_kinds_orders_dead_head_before_collapsed():
+  ds = [diagnostics.Diagnosis(k, "") for k in
+        ("healthy", "collapsed", "dead_head", "no_gradient", "dead_head")]
+  counts = diagnostics.count_kinds(ds + [{"kind": "collapsed"}])
+  assert list(counts.items()) == [("no_gradient", 1), ("dead_head", 2), ("collapsed", 2),
+                                  ("healthy", 1)]
+
+
+def test_real_dead_relu_heads_and_collapses():
+  """experiments/activation_torch_3seeds (no per-epoch diagnostics in these records)."""
+  members = {(m["key"], m["seed"]): m for m in json.loads(REAL_REGRESSION.read_text())["members"]}
+  classify = lambda key, seed: diagnostics.classify(members[key, seed], "regression", VALID_VAR)
+  # ReLU head on standardised targets, seeds 1 and 2: valid MSE 1.6530349 in all 11 epochs,
+  # the training mean's MSE (output 0), not the saturated-hidden collapse.
+  for seed in (1, 2):
+    dg = classify("regression/relu+mse/norm", seed)
+    assert dg.kind == "dead_head"
+    assert "1.6530349254608154 in every one of the 11 epochs" in dg.evidence
+  # Raw targets, seed 1: output 0 everywhere, MSE 9.0857 = the targets' mean square.
+  dg = classify("regression/relu+mse/raw", 1)
+  assert dg.kind == "dead_head" and "the MSE of predicting 0" in dg.evidence
+  # Raw targets, linear head: the saturated-hidden collapse, at the constant predictor's MSE.
+  dg = classify("regression/none+mse/raw", 0)
+  assert dg.kind == "collapsed"
+  assert "best valid MSE 1.6529 against the constant predictor's 1.6528 (ratio 1.00006)" in (
+      dg.evidence)
+  assert classify("regression/relu+mse/norm", 0).kind not in ("dead_head", "collapsed")
+  assert classify("regression/sigmoid+mse/raw/sigmoid_method", 0).kind == "no_learning"
+  # Without head diagnostics a repeated accuracy is no evidence (one argmax in every epoch).
+  rec = dict(_record(cell=Cell("multiclass", "relu", "mse"), best_valid=0.1135, best_epoch=0,
+                     spread=[1e-8] * 8, argmax_minority=[0.0] * 8))
+  assert diagnostics.classify(rec, "multiclass", chance=0.1135).kind == "collapsed"
+
+
+def test_engine_records_a_dead_relu_head_as_the_rule_expects():
+  data = _synthetic("regression")
+  eng = engine.Engine("regression", [(Cell("regression", "relu", "mse", norm=True), 0)], CFG,
+                      **QUIET)
+  kill = lambda p: _set(p, ("out", "bias"), lambda b: jnp.full_like(b, -1e4))
+  d = _valid_diagnostics(eng, data, kill)
+  assert d["head_saturated"][0] == 1.0 and d["spread"][0] == 0.0
+  alive = _valid_diagnostics(eng, data, lambda p: _set(p, ("out", "bias"),
+                                                        lambda b: jnp.full_like(b, 1e4)))
+  assert alive["head_saturated"][0] == 0.0
+
+
 def test_first_of_last_run():
   assert diagnostics._first_of_last_run([True, False, True, True]) == 2
   assert diagnostics._first_of_last_run([True, True]) == 0
@@ -381,9 +533,9 @@ def test_cell_keys_name_only_non_default_network_fields():
 
 def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
   out = []
-  for acc in test_accs:
+  for seed, acc in enumerate(test_accs):   # member i has seed i: cells pair up by seed
     first = [0.01] * 3 + [ratio * 0.1] + [0.01] * (depth - 1) + [0.1]
-    out.append(dict(test=acc, best_epoch=0, diagnostics=dict(
+    out.append(dict(seed=seed, test=acc, best_epoch=0, diagnostics=dict(
         layers=engine.layer_names(depth), grad_norm_first=[first], dead=[[dead] * depth])))
   return out
 
@@ -396,17 +548,35 @@ def test_claims_verdicts_on_synthetic_runs():
       mc(hidden="sigmoid", depth=32): _claim_members([0.11, 0.11], ratio=1e-6, depth=32),
       mc(hidden="relu", depth=1): _claim_members([0.97, 0.97], ratio=0.5, dead=0.25),
       mc(hidden="relu", depth=32): _claim_members([0.95, 0.96], ratio=0.2, depth=32),
-      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986]),
-      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976]),
-      mc(hidden="relu", init="xavier"): _claim_members([0.974, 0.976]),
+      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 3),
+      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976] * 3),
+      mc(hidden="relu", init="xavier"): _claim_members([0.974, 0.976] * 3),
   }
   by_claim = {c.claim: c for c in claims.hidden_claims(groups)}
   vanish = by_claim["sigmoid hidden layers make the gradient vanish as depth grows"]
   assert vanish.verdict == "held" and "1e+05x smaller" in vanish.measurement
   assert by_claim["relu avoids the vanishing gradient as depth grows"].verdict == "held"
   assert by_claim["ReLU units can die (output 0 for every input)"].verdict == "held"
-  assert by_claim["Batch norm helps"].verdict == "held"            # +1.0 point, std 0.05
-  assert by_claim["He initialisation suits relu"].verdict == "no clear difference"
+  # +1.0 point in each of 6 pairs: exact sign-flip p = 2/64.
+  assert by_claim["Batch norm helps"].verdict == "held"
+  assert "significantly better (paired p < 0.05) in 1" in by_claim["Batch norm helps"].measurement
+  # Differences +0.1, 0, +0.1, 0, +0.1, 0 points: the three +0.1 must keep one sign, p = 2/8.
+  he = by_claim["He initialisation suits relu"]
+  assert he.verdict == "not distinguishable at n = 6"
+  assert "p = 0.250 (exact sign-flip, 6 pairs)" in he.measurement
+  # Two seeds only: the exact test cannot reach p < 0.05 (2/4 at best).
+  two = {c.claim: c for c in claims.hidden_claims({
+      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986]),
+      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976])})}
+  assert two["Batch norm helps"].verdict == "not distinguishable at n = 2"
+  # Cells without a seed in common are not compared.
+  unpaired = _claim_members([0.985, 0.986])
+  for m in unpaired:
+    m["seed"] += 10
+  none = {c.claim: c for c in claims.hidden_claims({
+      mc(hidden="relu", init="he", batch_norm=True): unpaired,
+      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976])})}
+  assert none["Batch norm helps"].verdict.startswith("not tested")
   table = "\n".join(claims.render(list(by_claim.values())))
   assert table.count("\n| ") == len(by_claim) + 1
 
@@ -418,13 +588,16 @@ def test_claims_are_measured_within_each_convention():
   def grid(convention, he_acc):
     mc = lambda **kw: Cell("multiclass", "softmax", "cce", convention=convention, **kw)
     return {mc(hidden="relu", init="he"): _claim_members(he_acc),
-            mc(hidden="relu", init="xavier"): _claim_members([0.970, 0.971]),
-            mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986])}
-  logits = {c.claim: c for c in claims.hidden_claims(grid("logits", [0.980, 0.981]))}
+            mc(hidden="relu", init="xavier"): _claim_members([0.970, 0.971] * 3),
+            mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 3)}
+  logits = {c.claim: c for c in claims.hidden_claims(grid("logits", [0.980, 0.981] * 3))}
   assert logits["He initialisation suits relu"].verdict == "held"
-  assert "he 98.05 ± 0.05% vs xavier 97.05 ± 0.05%" in logits["He initialisation suits relu"].measurement
+  # Mean 98.05, sample std 0.0548 over 6 seeds, t_{0.975, 5} = 2.5706: +-0.0575.
+  assert ("he 98.05% [97.99, 98.11] vs xavier 97.05% [96.99, 97.11], difference +1.00 points "
+          "[+1.00, +1.00], p = 0.031 (exact sign-flip, 6 pairs)"
+          in logits["He initialisation suits relu"].measurement)
   both = {c.claim: c for c in claims.hidden_claims(
-      {**grid("torch", [0.50, 0.52]), **grid("logits", [0.980, 0.981])})}
+      {**grid("torch", [0.50, 0.52] * 3), **grid("logits", [0.980, 0.981] * 3)})}
   assert both["[torch] He initialisation suits relu"].verdict == "not held"
   assert both["[logits] He initialisation suits relu"].verdict == "held"
   assert "98.05" not in both["[torch] He initialisation suits relu"].measurement

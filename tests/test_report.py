@@ -1,5 +1,6 @@
 """Tests for jaxact.report on hand-written workdirs (no training, no JAX compute)."""
 
+import itertools
 import json
 import math
 import os
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+from jaxact import diagnostics
 from jaxact import figures
 from jaxact import report
 from jaxact import studies
@@ -15,6 +17,9 @@ from jaxact import studies
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMAND = "python -m jaxact.main --workdir=/tmp/w --study=all --seeds=3"
+# Student t 0.975 quantiles (table) and the standard normal 0.975 quantile.
+T_975 = {1: 12.7062047362, 2: 4.3026527297, 5: 2.5705818366, 6: 2.4469118511, 9: 2.2621571628}
+Z_975 = 1.959963984540054
 
 
 def _member(task, head, loss, seed, valid, test, *, norm=False, sigmoid_method=False,
@@ -82,17 +87,50 @@ def workdir(tmp_path):
   return wd
 
 
-def _table_rows(text, heading):
-  """The table lines under the first heading containing `heading`."""
+def _table_rows(text, heading, which=0):
+  """The rows of table `which` (0: the first) under the first heading containing `heading`."""
   lines = text.splitlines()
   start = next(i for i, l in enumerate(lines) if l.startswith("#") and heading in l)
-  rows = []
+  tables, current = [], None
   for line in lines[start + 1:]:
     if line.startswith("#"):
       break
     if line.startswith("|"):
-      rows.append([c.strip() for c in line.strip("|").split(" | ")])
-  return rows
+      if current is None:
+        current = []
+        tables.append(current)
+      current.append([c.strip() for c in line.strip("|").split(" | ")])
+    else:
+      current = None
+  return tables[which] if which < len(tables) else []
+
+
+def _t_ci(values):
+  """(mean, low, high) of the Student t 95% interval, from the table quantiles."""
+  n = len(values)
+  mean = sum(values) / n
+  sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+  half = T_975[n - 1] * sd / math.sqrt(n)
+  return mean, mean - half, mean + half
+
+
+def _wilson(k, n, z=Z_975):
+  p = k / n
+  centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+  return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def _sign_flip_p(d):
+  """Two-sided exact sign-flip p of the mean, by enumerating all 2^n sign vectors."""
+  observed = abs(sum(d)) / len(d)
+  hits = sum(abs(sum(s * x for s, x in zip(signs, d))) / len(d) >= observed - 1e-9
+             for signs in itertools.product((1, -1), repeat=len(d)))
+  return hits / 2 ** len(d)
+
+
+def _diagnosed(member, kind):
+  member["diagnosis"] = {"kind": kind, "evidence": f"synthetic {kind}"}
+  return member
 
 
 def test_summarize_known_values():
@@ -147,19 +185,34 @@ def test_activation_table_numbers_markers_and_status(workdir):
   # Grid order: softmax + cce (recommended), sigmoid + bce, sigmoid + cce (misused).
   assert [(r[0], r[1]) for r in body] == [
       ("✅", "softmax + cce"), ("❌", "sigmoid + bce"), ("❌", "sigmoid + cce")]
+  assert header[10] == "stopping" and header[3].startswith("diagnosis")
+  assert "mean [95% CI]" in header[4] and "mean [95% CI]" in header[6]
   rec = body[0]
-  assert rec[2] == "98.00 ± 0.82"
-  assert rec[3] == "[97.00 – 99.00]"
-  assert rec[4] == "97.00 ± 0.82"
-  assert rec[5] == "[96.00 – 98.00]"
-  assert rec[6] == "2.0"  # best_epoch 1 (0-based) shown 1-based
-  assert rec[7] == "3.0"
-  assert rec[8] == "3 ok" and rec[9] == "3"
-  assert body[1][8] == "2 ok, 1 hit cap"
+  assert rec[2] == "3"
+  assert rec[3] == "3 not diagnosed"   # no in-program diagnostics in this run
+  mean, low, high = _t_ci([97.0, 98.0, 99.0])
+  assert rec[4] == f"{mean:.2f} [{low:.2f}, {high:.2f}]" == "98.00 [95.52, 100.48]"
+  assert rec[5] == "median 98.00; 97.00–99.00"
+  mean, low, high = _t_ci([96.0, 97.0, 98.0])
+  assert rec[6] == f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+  assert rec[7] == "median 97.00; 96.00–98.00"
+  assert rec[8] == "2.0"  # best_epoch 1 (0-based) shown 1-based
+  assert rec[9] == "3.0"
+  assert rec[10] == "3 early-stopped"
+  assert body[1][10] == "2 early-stopped, 1 hit cap"
   invalid = body[2]
-  assert invalid[2] == "invalid: all-invalid-reason-xyz"
+  assert invalid[3] == "3 invalid"
   assert invalid[4] == "invalid: all-invalid-reason-xyz"
-  assert invalid[8] == "3 invalid"
+  assert invalid[6] == "invalid: all-invalid-reason-xyz"
+  assert invalid[10] == "3 invalid"
+  # Paired differences to the recommended cell, below the table.
+  paired = _table_rows(text, "binary: final-activation study (seed 000), torch convention", 1)
+  assert [r[:3] for r in paired[2:]] == [["sigmoid + bce", "softmax + cce", "3"],
+                                        ["sigmoid + cce", "softmax + cce", "0 of 3 common seeds"]]
+  # Differences -6, -6, -6 points: 2 of the 8 sign vectors reach |mean| 6.
+  assert paired[2][3:] == ["-6.00 [-6.00, -6.00]", "0.250 (exact sign-flip)",
+                           "not distinguishable at n = 3"]
+  assert paired[3][3:] == ["no finite pair", "–", "too few pairs"]
 
 
 def test_loss_study_table_and_other_cells(workdir):
@@ -177,8 +230,8 @@ def test_conventions_get_separate_tables(workdir):
   torch_rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
   logits_rows = _table_rows(text, "binary: final-activation study (seed 000), logits convention")
   assert len(torch_rows) == 5
-  assert [(r[0], r[1], r[2]) for r in logits_rows[2:]] == [
-      ("✅", "softmax + cce [logits]", "95.50 ± 0.50")]
+  assert [(r[0], r[1], r[4]) for r in logits_rows[2:]] == [
+      ("✅", "softmax + cce [logits]", "95.50 [89.15, 101.85]")]   # t_{0.975, 1} = 12.71
   # Only torch cells in the multilabel results: no logits table there.
   assert "multilabel: final-activation study (seed 000), logits" not in text
 
@@ -190,9 +243,10 @@ def test_regression_mse_infinite_predictions(workdir):
   assert rows[0][-1] == "note"
   row = rows[2]
   assert row[0] == "❌" and row[1] == "sigmoid method + mse, standardised"
-  assert row[2] == "1.000 ± 0.5000"  # MSE values 0.5 and 1.5, 4 significant digits
-  assert row[3] == "[0.5000 – 1.500]"
-  assert row[4] == "0.6000 ± 0.000 (+1 inf)"
+  mean, low, high = _t_ci([0.5, 1.5])   # MSE values, 4 significant digits
+  assert row[4] == f"{mean:#.4g} [{low:#.4g}, {high:#.4g}]" == "1.000 [-5.353, 7.353]"
+  assert row[5] == "median 1.000; 0.5000–1.500"
+  assert row[6] == "0.6000 [1 seed, no CI] (+1 inf)"
   assert "7/10000 test predictions infinite (seed 1)" in row[-1]
 
 
@@ -253,7 +307,7 @@ def test_cli_rebuilds_report(workdir):
   proc = _cli(f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr
   with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
-    assert "98.00 ± 0.82" in f.read()
+    assert "98.00 [95.52, 100.48]" in f.read()
 
 
 def test_cli_missing_workdir(tmp_path):
@@ -287,14 +341,16 @@ def test_cell_shared_by_both_conventions_appears_in_both_tables(tmp_path):
   logits_rows = _table_rows(text, "probability: loss study (seed 001), logits convention")
   assert [r[1] for r in torch_rows[2:]] == ["sigmoid + bce", "sigmoid + mse"]
   assert [r[1] for r in logits_rows[2:]] == ["sigmoid + bce [logits]", "sigmoid + mse"]
-  assert logits_rows[3][2].startswith("93.00")
+  assert logits_rows[3][4].startswith("93.00")
   assert "Other cells" not in text
 
 
 def test_render_summary_one_row_per_cell(workdir):
   text = report.render_summary(workdir, study="activation")
   rows = [line for line in text.splitlines() if line.startswith("| binary |")]
-  assert rows and rows[0].startswith("| binary | ✅ | softmax + cce | 98.00 ± 0.82%")
+  assert rows and rows[0].startswith(
+      "| binary | ✅ | softmax + cce | 3 | 3 not diagnosed | 98.00% [95.52, 100.48] | "
+      "97.00% [94.52, 99.48] | 3 early-stopped |")
   assert all("[logits]" not in r for r in rows)
 
 
@@ -340,3 +396,155 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
   from jaxact import claims  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="one convention"):
     claims.depth_sweep({studies.Cell.from_dict(m["cell"]): [m] for m in members})
+
+
+# -- statistics in the tables: classes, confidence intervals, paired tests, rates -----------
+
+
+def _collapse_run(tmp_path):
+  """multiclass, 10 seeds: softmax + cce all healthy; sigmoid + bce with seeds 2, 5, 8 collapsed."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  _write_run(wd)
+  rec_test = [0.970 + 0.001 * s for s in range(10)]
+  mis_test = [0.1135 if s in (2, 5, 8) else rec_test[s] + (0.002 if s % 2 else -0.001)
+              for s in range(10)]
+  members = []
+  for s in range(10):
+    members.append(_diagnosed(_member("multiclass", "softmax", "cce", s, rec_test[s] + 0.004,
+                                      rec_test[s]), "healthy"))
+    kind = "collapsed" if s in (2, 5, 8) else "healthy"
+    members.append(_diagnosed(_member("multiclass", "sigmoid", "bce", s, mis_test[s] + 0.003,
+                                      mis_test[s]), kind))   # status "ok": stopped early
+  _write_results(wd, "multiclass", members)
+  return wd, rec_test, mis_test
+
+
+def test_collapsed_members_are_counted_and_left_out_of_the_healthy_statistics(tmp_path):
+  wd, rec_test, mis_test = _collapse_run(tmp_path)
+  text = report.render_markdown(wd)
+  rows = _table_rows(text, "multiclass: final-activation study (seed 000), torch convention")
+  rec, mis = rows[2], rows[3]
+  assert (rec[1], mis[1]) == ("softmax + cce", "sigmoid + bce")
+  assert rec[3] == "10 healthy" and mis[3] == "7 healthy, 3 collapsed"
+  assert mis[10] == "10 early-stopped"   # stopping, not health
+  # All-healthy row: plain statistics over the 10 seeds (t_{0.975, 9}).
+  mean, low, high = _t_ci([100 * v for v in rec_test])
+  assert rec[6] == f"{mean:.2f} [{low:.2f}, {high:.2f}]"
+  # Mixed row: the class counts, then the 7 healthy members' statistics, labelled.
+  healthy = [100 * mis_test[s] for s in range(10) if s not in (2, 5, 8)]
+  mean, low, high = _t_ci(healthy)
+  assert mis[6] == f"7 healthy: {mean:.2f} [{low:.2f}, {high:.2f}]"
+  median = sorted(healthy)[3]
+  assert mis[7] == f"median {median:.2f}; {min(healthy):.2f}–{max(healthy):.2f}"
+  valid = [100 * (mis_test[s] + 0.003) for s in range(10) if s not in (2, 5, 8)]
+  mean, low, high = _t_ci(valid)
+  assert mis[4] == f"7 healthy: {mean:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def test_paired_difference_uses_all_pairs_and_matches_enumeration(tmp_path):
+  wd, rec_test, mis_test = _collapse_run(tmp_path)
+  text = report.render_markdown(wd)
+  paired = _table_rows(text, "multiclass: final-activation study (seed 000), torch convention", 1)
+  assert paired[0][3] == "test difference in accuracy points: mean [95% CI]"
+  (row,) = paired[2:]
+  d = [100 * (m - r) for m, r in zip(mis_test, rec_test)]   # collapsed pairs included
+  mean, low, high = _t_ci(d)
+  p = _sign_flip_p(d)
+  assert row[:3] == ["sigmoid + bce", "softmax + cce", "10"]
+  assert row[3] == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+  assert row[4] == f"{p:.3f} (exact sign-flip)"
+  # Three collapses dominate the mean, but 10 pairs cannot tell the direction at 0.05.
+  assert p > 0.05 and row[5] == "not distinguishable at n = 10"
+
+
+def test_rates_with_wilson_intervals(tmp_path):
+  wd, _, _ = _collapse_run(tmp_path)
+  text = report.render_markdown(wd)
+  rates = _table_rows(text, "multiclass: failure and hit-cap rates")
+  assert rates[0] == ["variant", "n seeds", "k/n = share [95% CI]"]
+  low, high = _wilson(3, 10)
+  assert rates[2:] == [["sigmoid + bce", "10",
+                        f"collapsed 3/10 = 30.0% [{100 * low:.1f}, {100 * high:.1f}]"]]
+  assert f"[{100 * low:.1f}, {100 * high:.1f}]" == "[10.8, 60.3]"
+
+
+def test_summary_shows_intervals_and_diagnosis(tmp_path):
+  wd, _, mis_test = _collapse_run(tmp_path)
+  text = report.render_summary(wd)
+  (row,) = [l for l in text.splitlines() if "sigmoid + bce" in l]
+  healthy = [100 * mis_test[s] for s in range(10) if s not in (2, 5, 8)]
+  mean, low, high = _t_ci(healthy)
+  cols = [c.strip() for c in row.strip("|").split(" | ")]
+  assert cols[3:5] == ["10", "7 healthy, 3 collapsed"]
+  assert cols[6] == f"7 healthy: {mean:.2f}% [{low:.2f}, {high:.2f}]"
+  assert "±" not in text
+
+
+def test_statistics_of_failed_and_mixed_non_failure_classes(tmp_path):
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  kind = next(k for k in diagnostics.FAILURES if "_" in k)   # e.g. no_gradient
+  members = []
+  for s, v in enumerate([0.11, 0.12, 0.10]):   # every member failed: its class is named
+    members.append(_diagnosed(_member("binary", "sigmoid", "bce", s, v, v), kind))
+  for s, v in enumerate([0.95, 0.96, 0.97]):   # healthy and hit cap: one (not failed) class
+    members.append(_diagnosed(_member("binary", "softmax", "cce", s, v, v,
+                                      status="hit_cap" if s else "ok"),
+                              "hit_cap" if s else "healthy"))
+  members.append(_diagnosed(_member("binary", "softmax", "cce", 3, 0.5, 0.5), "collapsed"))
+  _write_results(wd, "binary", members)
+  text = report.render_markdown(wd)
+  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  rec, mis = rows[2], rows[3]
+  name = kind.replace("_", " ")
+  assert mis[3] == f"3 {name}"
+  mean, low, high = _t_ci([11.0, 12.0, 10.0])
+  assert mis[6] == f"3 {name}: {mean:.2f} [{low:.2f}, {high:.2f}]"
+  assert rec[3] == "1 healthy, 2 hit cap, 1 collapsed"   # healthy first, then KINDS order
+  mean, low, high = _t_ci([95.0, 96.0, 97.0])
+  assert rec[6] == f"3 healthy or hit cap: {mean:.2f} [{low:.2f}, {high:.2f}]"
+  rates = _table_rows(text, "binary: failure and hit-cap rates")
+  by_variant = {r[0]: r[2] for r in rates[2:]}
+  low, high = _wilson(1, 4)
+  assert by_variant["softmax + cce"] == (
+      f"collapsed 1/4 = 25.0% [{100 * low:.1f}, {100 * high:.1f}]; "
+      f"hit cap 2/4 = 50.0% [{100 * _wilson(2, 4)[0]:.1f}, {100 * _wilson(2, 4)[1]:.1f}]")
+  assert by_variant["sigmoid + bce"].startswith(f"{name} 3/3 = 100.0% [")
+
+
+def test_paired_verdict_follows_the_metric_direction_for_mse(tmp_path):
+  """Regression: a larger MSE is worse; each misused cell meets the recommended cell with
+  its target treatment."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  members = []
+  for s in range(6):
+    for norm, base in ((True, 0.50), (False, 40.0)):
+      members.append(_member("regression", "none", "mse", s, base, base + 0.01 * s, norm=norm))
+      members.append(_member("regression", "sigmoid", "mse", s, 2 * base, 2 * base + 0.02 * s,
+                             norm=norm, sigmoid_method=True))
+  _write_results(wd, "regression", members, metric="mse", higher=False)
+  text = report.render_markdown(wd)
+  paired = _table_rows(text, "regression: final-activation study (seed 000), torch convention", 1)
+  rows = {r[0]: r for r in paired[2:]}
+  std = rows["sigmoid method + mse, standardised"]
+  assert std[1] == "none + mse, standardised"
+  d = [0.50 + 0.01 * s for s in range(6)]   # misused minus recommended, MSE units
+  mean, low, high = _t_ci(d)
+  assert std[3] == f"{mean:+#.4g} [{low:+#.4g}, {high:+#.4g}]"
+  assert std[4] == f"{_sign_flip_p(d):.3f} (exact sign-flip)" == "0.031 (exact sign-flip)"
+  assert std[5] == "worse"
+  raw = rows["sigmoid method + mse, raw targets"]
+  assert raw[1] == "none + mse, raw targets" and raw[5] == "worse"
+
+
+def test_how_to_read_explains_the_statistics(workdir):
+  text = report.render_markdown(workdir)
+  how = text[text.index("## How to read"):]
+  for phrase in ("Student's t", "ddof 1", "over its seeds", "sign-flip permutation test",
+                 "Wilcoxon signed-rank", "Wilson", "failed members included", "same seed",
+                 "Stopping (how training ended"):
+    assert phrase in how, phrase
+  for kind in diagnostics.KINDS:
+    assert f"**{kind.replace('_', ' ')}**" in how
