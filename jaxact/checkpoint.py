@@ -132,7 +132,7 @@ def _host_template(engine: engine_lib.Engine) -> dict[str, Any]:
   def raw(state):
     return jax.tree_util.tree_map(
         lambda a: jax.random.key_data(a) if sharding.is_key(a) else a, state)
-  return jax.eval_shape(lambda: raw(engine.init_state()))
+  return jax.eval_shape(raw, engine.state_template())
 
 
 def _arrays_item(snapshot: engine_lib.Snapshot) -> dict[str, Any]:

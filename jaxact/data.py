@@ -55,6 +55,8 @@ MNIST_FILES = {
 }
 # Each may be present as NAME.gz (gzip) or NAME (raw); .gz is preferred.
 
+TRAIN_SIZE = 2000    # PROTOCOL section 1: the training and validation examples drawn
+VALID_SIZE = 3000    # from MNIST's training set; its test set is used whole
 DATA_DIR_ENV = "JAXACT_DATA_DIR"
 TFDS_DIR_ENV = "JAXACT_TFDS_DIR"
 DEFAULT_TFDS_DIR = "~/.cache/jaxact/tfds"
@@ -684,8 +686,8 @@ def _readonly(array: np.ndarray) -> np.ndarray:
 def make_split(
     mnist: dict[str, tuple[np.ndarray, np.ndarray]],
     split_seed: int,
-    n_train: int = 2000,
-    n_valid: int = 3000,
+    n_train: int = TRAIN_SIZE,
+    n_valid: int = VALID_SIZE,
     source: str = "",
 ) -> Split:
   """Draws the train/valid split from mnist['train']; test is mnist['test'].

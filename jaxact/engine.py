@@ -88,8 +88,17 @@ class EngineConfig:
       when it is reached get status HIT_CAP.
     patience: early-stopping rounds.
     batch_size: training batch size; the last partial batch is kept (masked).
+    optimizer: one of OPTIMIZERS: "adamw" (PROTOCOL: torch.optim.AdamW) or
+      "sgd" (torch.optim.SGD with momentum; see `make_optimizer`).
     learning_rate, b1, b2, eps, weight_decay: AdamW, decoupled weight decay on
-      every parameter, multiplied by the learning rate as in PyTorch.
+      every parameter, multiplied by the learning rate as in PyTorch. For
+      "sgd", weight_decay is PyTorch SGD's L2 term (added to the gradient)
+      and b1, b2, eps are unused.
+    momentum: "sgd" only: the heavy-ball momentum (PyTorch's, no dampening).
+    head_bias_init: one of HEAD_BIAS_INITS: "torch" (the output layer's bias
+      as the `init` scheme draws it) or "prior" (set so that the network's
+      output, before its last weights contribute, is the training targets'
+      mean: `prior_output_bias`).
     eval_examples: about how many (member x example) rows one evaluation chunk
       holds; bounds the memory of the valid/test passes. None: 32 on a CPU
       (larger chunks run out of its caches: the valid pass of one member takes
@@ -135,6 +144,9 @@ class EngineConfig:
   b2: float = 0.999
   eps: float = 1e-8
   weight_decay: float = 0.01
+  optimizer: str = "adamw"
+  momentum: float = 0.9
+  head_bias_init: str = "torch"
   eval_examples: int | None = None
   compact: bool = False
   compact_in_background: bool = False
@@ -144,6 +156,61 @@ class EngineConfig:
 
 
 MEMBER_MODES = ("auto", "vmap", "loop")
+OPTIMIZERS = ("adamw", "sgd")
+HEAD_BIAS_INITS = ("torch", "prior")
+PROTOCOL = EngineConfig()   # PROTOCOL section 3's training
+
+
+def make_optimizer(config: EngineConfig) -> optax.GradientTransformation:
+  """The optimizer of `config`, as PyTorch's optimizer of the same name computes it.
+
+  "adamw": torch.optim.AdamW(lr, betas=(b1, b2), eps, weight_decay), the
+  decay decoupled and multiplied by the learning rate (optax.adamw).
+  "sgd": torch.optim.SGD(lr, momentum, weight_decay): g + weight_decay * w
+  enters the momentum buffer v = momentum * v + g, and w -= lr * v.
+  """
+  if config.optimizer == "adamw":
+    return optax.adamw(config.learning_rate, b1=config.b1, b2=config.b2,
+                       eps=config.eps, weight_decay=config.weight_decay)
+  if config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(config.learning_rate, momentum=config.momentum or None))
+  raise ValueError(f"unknown optimizer {config.optimizer!r}: choose one of "
+                   f"{', '.join(OPTIMIZERS)}")
+
+
+def training_label(config: EngineConfig) -> str:
+  """The training choices of `config` that differ from PROTOCOL's, e.g. 'sgd (momentum 0.9), lr 0.01'.
+
+  '' for PROTOCOL's training; cells' labels carry it where it is not ''.
+  """
+  parts = []
+  if config.optimizer != PROTOCOL.optimizer:
+    parts.append(f"{config.optimizer} (momentum {config.momentum:g})"
+                 if config.optimizer == "sgd" else config.optimizer)
+  if config.learning_rate != PROTOCOL.learning_rate:
+    parts.append(f"lr {config.learning_rate:g}")
+  if config.weight_decay != PROTOCOL.weight_decay:
+    parts.append(f"weight decay {config.weight_decay:g}")
+  if config.batch_size != PROTOCOL.batch_size:
+    parts.append(f"batch {config.batch_size}")
+  if config.head_bias_init != PROTOCOL.head_bias_init:
+    parts.append(f"{config.head_bias_init} head bias")
+  return ", ".join(parts)
+
+
+def cell_label(cell: Cell, config: EngineConfig) -> str:
+  """`cell.label`, followed by the training choices that differ from PROTOCOL's, if any."""
+  training = training_label(config)
+  return f"{cell.label} [{training}]" if training else cell.label
+
+
+def training_record(config: EngineConfig) -> dict[str, Any]:
+  """The training choices a results file records (every field `training_label` may name)."""
+  return {"optimizer": config.optimizer, "learning_rate": config.learning_rate,
+          "momentum": config.momentum if config.optimizer == "sgd" else None,
+          "weight_decay": config.weight_decay, "batch_size": config.batch_size,
+          "head_bias_init": config.head_bias_init, "label": training_label(config)}
 MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
 
 
@@ -319,6 +386,27 @@ def predictions(cell: Cell, z: jax.Array, mean: float, std: float) -> jax.Array:
   return out
 
 
+def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) -> np.ndarray:
+  """(C,) the output bias of head_bias_init="prior": the targets' mean through the link.
+
+  The link is the function between the output layer and the loss's
+  probabilities or values: the head where it is a sigmoid or a softmax, else
+  what the loss applies (cce: a softmax, bce_logits: a sigmoid), else none.
+  With p the mean over training examples of the targets the loss sees
+  (`train_targets`), the bias is logit(p) for a sigmoid, log(p) for a
+  softmax and p itself otherwise, so that a network whose last weights
+  contribute nothing predicts the prior (Lin et al. 2017, Focal Loss,
+  section 3.3). p is kept in [1e-6, 1 - 1e-6] for the logarithms.
+  """
+  p = np.mean(np.asarray(train_targets(cell, jnp.asarray(t_train), mean, std)), axis=0)
+  link = cell.head if cell.head in ("sigmoid", "softmax") else {
+      "cce": "softmax", "bce_logits": "sigmoid"}.get(cell.loss, "none")
+  if link == "none":
+    return p.astype(np.float32)
+  q = np.clip(p, 1e-6, 1 - 1e-6)
+  return (np.log(q) - np.log1p(-q) if link == "sigmoid" else np.log(q)).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -455,8 +543,10 @@ class Engine:
     self.config = config
     self.progress = progress or logging.info
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
-    self.tx = optax.adamw(config.learning_rate, b1=config.b1, b2=config.b2,
-                          eps=config.eps, weight_decay=config.weight_decay)
+    self.tx = make_optimizer(config)
+    if config.head_bias_init not in HEAD_BIAS_INITS:
+      raise ValueError(f"unknown head_bias_init {config.head_bias_init!r}: choose one of "
+                       f"{', '.join(HEAD_BIAS_INITS)}")
     # The program's network carries the most dense layers any member uses, and
     # batch-norm layers if any member uses them (see model.CNN).
     self.max_depth = max(c.depth for c in order)
@@ -603,8 +693,17 @@ class Engine:
 
   # -- state ---------------------------------------------------------------
 
-  def init_state(self) -> dict[str, Any]:
-    """The stacked training state; member m's keys come from its seed alone."""
+  def state_template(self) -> dict[str, Any]:
+    """ShapeDtypeStructs of `init_state`'s output (they do not depend on the data)."""
+    return jax.eval_shape(lambda: self.init_state(_shapes_only=True))
+
+  def init_state(self, data: TaskData | None = None, *, _shapes_only: bool = False
+                 ) -> dict[str, Any]:
+    """The stacked training state; member m's keys come from its seed alone.
+
+    `data` gives the training targets' mean for `head_bias_init="prior"`
+    (ValueError without it); the "torch" bias needs none.
+    """
     seeds = jnp.asarray([s for _, s in self.members], jnp.uint32)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
@@ -615,6 +714,8 @@ class Engine:
         return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
       parts.append(jax.vmap(make)(init_keys[a:b]))
     params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+    if self.config.head_bias_init == "prior" and not _shapes_only:
+      params = self._with_prior_bias(params, data)
     m = self.num_members
     extra = dict(stats=stats, best_stats=jax.tree_util.tree_map(jnp.copy, stats)
                  ) if self.has_batch_norm else {}
@@ -632,6 +733,16 @@ class Engine:
         shuffle_keys=shuffle_keys,
         epoch=jnp.zeros((), jnp.int32),
     )
+
+  def _with_prior_bias(self, params: dict[str, Any], data: TaskData | None) -> dict[str, Any]:
+    """`params` with every member's output bias set to its cell's `prior_output_bias`."""
+    if data is None:
+      raise ValueError('head_bias_init="prior" needs the task\'s data: init_state(data)')
+    t_train = np.asarray(data.t_train)
+    bias = np.stack([prior_output_bias(cell, t_train, data.target_mean, data.target_std)
+                     for cell, _ in self.members])
+    out = dict(params["out"], bias=jnp.asarray(bias, params["out"]["bias"].dtype))
+    return dict(params, out=out)
 
   # -- the pure, jitted parts ------------------------------------------------
 
@@ -928,7 +1039,7 @@ class Engine:
     cfg = self.config
     r, m = self.num_members, len(self._stacked)   # real members; stacked, pads included
     data = sharding.replicate(data, self.mesh)
-    state = self._initial_state()
+    state = self._initial_state(data)
     full = None                      # full-size state, from the first compaction on
     layout = np.arange(m)
     epoch_fn = self._epoch_fn
@@ -1035,10 +1146,10 @@ class Engine:
                          np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
                          hist_diag, epoch)
 
-  def _initial_state(self) -> dict[str, Any]:
+  def _initial_state(self, data: TaskData | None = None) -> dict[str, Any]:
     """`init_state`, padded to the stacked members and placed on the mesh."""
     return sharding.shard_members(
-        sharding.pad_leading(self.init_state(), len(self._stacked)), self.mesh)
+        sharding.pad_leading(self.init_state(data), len(self._stacked)), self.mesh)
 
   @staticmethod
   def _test_args(state: dict[str, Any], data: TaskData) -> tuple:
@@ -1057,7 +1168,7 @@ class Engine:
     is how `train_and_evaluate(..., compile_ahead=True)` hides a task's
     compilation behind the previous task's epochs.
     """
-    state = self._initial_state()
+    state = self._initial_state(data)
     data = sharding.replicate(data, self.mesh)
     self._epoch_fn.lower(state, data).compile()
     self._test_fn.lower(*self._test_args(state, data)).compile()
@@ -1068,7 +1179,7 @@ class Engine:
     r = self.num_members             # the pads at the end of the last group are not shown
     for cell, a, b in self.groups:
       best = sign * np.max(host["best"][a:min(b, r)])
-      parts.append(f"{cell.label}: {best:.4g}")
+      parts.append(f"{cell_label(cell, self.config)}: {best:.4g}")
     return (f"{self.task.name} epoch {epoch}: {int(host['active'][:r].sum())}/{r} "
             f"training, {elapsed:.1f}s; best valid {self.task.metric_name} | "
             + " | ".join(parts))

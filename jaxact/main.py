@@ -65,6 +65,24 @@ _BATCH_NORM = flags.DEFINE_string(
 _DEPTH = flags.DEFINE_list(
     "depth", None, "Number(s) of dense hidden layers (1-64); default 1 (the original's). Sets "
     "or, for --study=hidden, filters, like --init.")
+_OPTIMIZER = flags.DEFINE_string(
+    "optimizer", engine_lib.PROTOCOL.optimizer,
+    f"Optimizer, of {', '.join(engine_lib.OPTIMIZERS)}: adamw (PROTOCOL: torch.optim.AdamW) or "
+    "sgd (torch.optim.SGD with --momentum; --weight_decay is then its L2 term).")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", engine_lib.PROTOCOL.learning_rate, "Learning rate (PROTOCOL: 1e-3).")
+_MOMENTUM = flags.DEFINE_float(
+    "momentum", engine_lib.PROTOCOL.momentum, "--optimizer=sgd: heavy-ball momentum, in [0, 1).")
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", engine_lib.PROTOCOL.weight_decay,
+    "Weight decay (PROTOCOL: 0.01, AdamW's decoupled decay).")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", engine_lib.PROTOCOL.batch_size, "Training batch size (PROTOCOL: 32).")
+_HEAD_BIAS_INIT = flags.DEFINE_string(
+    "head_bias_init", engine_lib.PROTOCOL.head_bias_init,
+    f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
+    "(as the --init scheme draws it) or prior (the training targets' mean through the head: "
+    "logit of each class's share for a sigmoid, its log for a softmax).")
 _MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
 _COMPACT = flags.DEFINE_bool(
@@ -162,6 +180,12 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
+                                     optimizer=_OPTIMIZER.value,
+                                     learning_rate=_LEARNING_RATE.value,
+                                     momentum=_MOMENTUM.value,
+                                     weight_decay=_WEIGHT_DECAY.value,
+                                     batch_size=_BATCH_SIZE.value,
+                                     head_bias_init=_HEAD_BIAS_INIT.value,
                                      compact=_COMPACT.value,
                                      compact_in_background=_COMPACT_IN_BACKGROUND.value,
                                      member_mode=_MEMBER_MODE.value,
@@ -213,7 +237,7 @@ def main(argv):
         f"the same command to go on {where}.\n")
     sys.exit(130)
   if sharding.is_primary():
-    print(train.format_results_table(results))
+    print(train.format_results_table(results, config.engine))
     print(f"\nreport: {_WORKDIR.value}/report.md")
 
 

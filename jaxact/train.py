@@ -123,6 +123,24 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
     raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
   if e.patience < 1:
     raise UserError(f"--patience must be positive, got {e.patience}.")
+  if e.optimizer not in engine_lib.OPTIMIZERS:
+    raise UserError(f"unknown --optimizer {e.optimizer!r}: choose one of "
+                    f"{', '.join(engine_lib.OPTIMIZERS)}.")
+  if not (math.isfinite(e.learning_rate) and e.learning_rate > 0):
+    raise UserError(f"--learning_rate must be a positive number, got {e.learning_rate}.")
+  if not (math.isfinite(e.weight_decay) and e.weight_decay >= 0):
+    raise UserError(f"--weight_decay must be 0 or a positive number, got {e.weight_decay}.")
+  if not 0 <= e.momentum < 1:
+    raise UserError(f"--momentum must be in [0, 1), got {e.momentum}.")
+  if e.optimizer != "sgd" and e.momentum != engine_lib.PROTOCOL.momentum:
+    raise UserError(f"--momentum is SGD's: add --optimizer=sgd, or leave --momentum out "
+                    f"(AdamW's moments are b1 = {e.b1}, b2 = {e.b2}).")
+  if not 1 <= e.batch_size <= data_lib.TRAIN_SIZE:
+    raise UserError(f"--batch_size must be from 1 to the {data_lib.TRAIN_SIZE} training "
+                    f"examples, got {e.batch_size}.")
+  if e.head_bias_init not in engine_lib.HEAD_BIAS_INITS:
+    raise UserError(f"unknown --head_bias_init {e.head_bias_init!r}: choose one of "
+                    f"{', '.join(engine_lib.HEAD_BIAS_INITS)}.")
   if e.member_mode not in engine_lib.MEMBER_MODES:
     raise UserError(f"unknown --member_mode {e.member_mode!r}: choose one of "
                     f"{', '.join(engine_lib.MEMBER_MODES)}.")
@@ -210,18 +228,21 @@ def prepare_workdir(workdir: str) -> None:
                     "choose a writable directory with --workdir.") from None
 
 
-def member_record(result: engine_lib.MemberResult) -> dict:
+def member_record(result: engine_lib.MemberResult,
+                  config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> dict:
+  """A member's results record; its label names `config`'s training where it is not PROTOCOL's."""
   d = dataclasses.asdict(result)
   d["cell"] = result.cell.to_dict()
   d["key"] = result.cell.key
-  d["label"] = result.cell.label
+  d["label"] = engine_lib.cell_label(result.cell, config)
   return d
 
 
 def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
-                      chance: float | None, ceiling: float | None) -> list[dict]:
+                      chance: float | None, ceiling: float | None,
+                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> list[dict]:
   """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
-  records = [member_record(r) for r in results]
+  records = [member_record(r, config) for r in results]
   for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling)):
     record["diagnosis"] = d.to_dict()
   return records
@@ -517,12 +538,13 @@ def _train_tasks(config: RunConfig, workdir: str,
         "task": task, "study": config.study, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
         "split_seed": config.split_seed,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
-        "patience": config.engine.patience, "wall_time_s": round(wall, 2),
+        "patience": config.engine.patience,
+        "training": engine_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
         # Layouts compiled in earlier sessions count once; the one resumed in is traced again.
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
-        "members": diagnosed_records(results, task, chance, ceiling),
+        "members": diagnosed_records(results, task, chance, ceiling, config.engine),
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
@@ -554,7 +576,8 @@ def _reuse_results(path: str, task: str,
   return results
 
 
-def format_results_table(results: dict[str, list[engine_lib.MemberResult]]) -> str:
+def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
+                         config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> str:
   """A compact plain-text table of mean best-valid / test metric per cell, for the console."""
   lines = []
   for task, rs in results.items():
@@ -569,8 +592,10 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]]) -> s
         v = sum(r.best_valid for r in finite) / len(finite) * scale
         te = sum(r.test for r in finite if math.isfinite(r.test)) / max(
             1, sum(math.isfinite(r.test) for r in finite)) * scale
-        lines.append(f"  {cell.label:<40} valid {v:8.4g}{unit}  test {te:8.4g}{unit}  "
+        lines.append(f"  {engine_lib.cell_label(cell, config):<40} valid {v:8.4g}{unit}  "
+                     f"test {te:8.4g}{unit}  "
                      f"[{len(mine)} seeds: {', '.join(statuses)}]")
       else:
-        lines.append(f"  {cell.label:<40} {', '.join(statuses)}: {mine[0].status_reason}")
+        lines.append(f"  {engine_lib.cell_label(cell, config):<40} {', '.join(statuses)}: "
+                     f"{mine[0].status_reason}")
   return "\n".join(lines)
