@@ -1,0 +1,103 @@
+"""jaxact.compare: arms from several runs, paired by seed with the protocol arm."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxact import compare
+from jaxact import studies
+
+
+def _member(head, loss, seed, test, kind, saturated, *, init="torch", hidden="sigmoid"):
+  cell = studies.Cell("multiclass", head, loss, init=init, hidden=hidden)
+  return {"cell": cell.to_dict(), "key": cell.key, "label": cell.label, "seed": seed,
+          "best_valid": test, "test": test, "best_epoch": 1, "epochs_trained": 3,
+          "status": "ok", "train_loss": [1.0] * 3, "valid_metric": [test] * 3,
+          "diagnostics": {"saturated": [[s] for s in saturated]},
+          "diagnosis": {"kind": kind, "evidence": "synthetic"}}
+
+
+def _write(workdir, members, training_label="", command="python -m jaxact.main ..."):
+  os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
+  with open(os.path.join(workdir, "results", "multiclass.json"), "w") as f:
+    json.dump({"task": "multiclass", "metric_name": "accuracy", "higher_is_better": True,
+               "command": command, "training": {"label": training_label},
+               "members": members}, f)
+
+
+@pytest.fixture
+def runs(tmp_path):
+  protocol = [_member("sigmoid", "bce", s, 0.1135, "collapsed", [0.2, 1.0, 1.0])
+              for s in range(6)]
+  protocol += [_member("softmax", "cce", s, 0.97 + 0.001 * s, "healthy", [0.0] * 3)
+               for s in range(6)]
+  prior = [_member("sigmoid", "bce", s, 0.96 + 0.002 * s, "healthy", [0.0] * 3)
+           for s in range(5)]
+  prior.append(_member("sigmoid", "bce", 5, 0.1135, "collapsed", [0.0, 0.0, 0.7]))
+  prior += [_member("softmax", "cce", s, 0.971 + 0.001 * s, "healthy", [0.0] * 3)
+            for s in range(6)]
+  tanh = [_member("sigmoid", "bce", s, 0.95, "healthy", [0.0] * 3, hidden="tanh")
+          for s in range(6)]
+  paths = [str(tmp_path / n) for n in ("protocol", "prior", "tanh")]
+  _write(paths[0], protocol)
+  _write(paths[1], prior, "prior head bias")
+  _write(paths[2], tanh)
+  return paths
+
+
+def test_arms_are_runs_and_network_variants(runs):
+  arms = compare.load_arms(runs, "multiclass")
+  assert [a.label for a in arms] == ["", "prior head bias", "tanh hidden"]
+  assert arms[0].is_protocol and not arms[1].is_protocol
+  assert set(arms[0].members) == {("sigmoid", "bce", "torch"), ("softmax", "cce", "torch")}
+  assert [m["seed"] for m in arms[1].members[("sigmoid", "bce", "torch")]] == list(range(6))
+
+
+def test_fc1_saturation_epoch_is_the_first_at_half():
+  assert compare.fc1_saturation_epoch({"diagnostics": {"saturated": [[0.2], [0.5], [1.0]]}}) == 2
+  assert compare.fc1_saturation_epoch({"diagnostics": {"saturated": [[0.49], [None]]}}) is None
+  assert compare.fc1_saturation_epoch({}) is None
+
+
+def test_arm_statistics_and_the_paired_test(runs):
+  arms = compare.load_arms(runs, "multiclass")
+  base = arms[0].members[("sigmoid", "bce", "torch")]
+  s = compare.arm_cell(arms[1].members[("sigmoid", "bce", "torch")], base)
+  assert s.n == 6 and s.rates["collapsed"].estimate == pytest.approx(1 / 6)
+  assert s.fc1_saturated == 1 and s.fc1_epochs == [3]
+  d = np.array([0.96 + 0.002 * k - 0.1135 for k in range(5)] + [0.0])
+  assert s.paired.mean_difference == pytest.approx(d.mean())
+  # The exact sign-flip p-value, by enumerating the 2^6 sign vectors here.
+  flips = [abs(np.mean(np.array(signs) * d)) >= abs(d.mean()) - 1e-12
+           for signs in itertools.product((-1, 1), repeat=6)]
+  assert s.paired.p_value == pytest.approx(sum(flips) / 64)
+  assert s.paired.n == 6
+
+
+def test_render_names_every_arm_and_verdict(runs):
+  text = compare.render(compare.load_arms(runs, "multiclass"), "multiclass")
+  assert "## multiclass: sigmoid + bce" in text and "## multiclass: softmax + cce" in text
+  assert "| protocol | 6 | 6 collapsed | 6/6" in text
+  assert "| prior head bias | 6 | 5 healthy, 1 collapsed | 1/6" in text
+  # sigmoid + bce: 5 positive pairs and a zero, p = 4/64, not below 0.05; softmax + cce: 6
+  # positive pairs, p = 2/64.
+  assert "| 0.0625 | not distinguishable at n = 6 |" in text
+  assert "| 0.0312 | better |" in text
+  assert "| tanh hidden | 6 |" in text
+
+
+def test_cli_refuses_a_workdir_without_the_task(runs, tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", f"--workdirs={runs[0]}",
+                         "--task=binary"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "holds no results of task 'binary'" in proc.stderr
+  out = tmp_path / "cmp.md"
+  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", f"--workdirs={','.join(runs)}",
+                         f"--out={out}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert out.read_text().startswith("# Interventions on multiclass: 3 arms")
