@@ -829,6 +829,11 @@ def render_markdown(workdir: str) -> str:
     n_members = sum(len(ms) for ms in groups.values())
     facts.append(f"{_plural(n_members, 'member')} in {_plural(len(groups), 'cell')}")
     lines += ["; ".join(facts) + ".", ""]
+    training = (result.get("training") or {}).get("label")
+    if training:
+      lines += [f"Training differs from PROTOCOL's (AdamW, lr 0.001, weight decay 0.01, batch "
+                f"32, PyTorch's head bias): **{_escape(training)}**; every cell below is "
+                "trained so.", ""]
     # A task trained by another command than run.json's (e.g. tasks run as
     # parallel processes into one workdir) says which command and machine made it.
     for key, name in (("command", "Made by"), ("machine", "Machine")):

@@ -1,7 +1,7 @@
 """Smoke tests of benchmarks/, and jaxact's losses and gradients checked against PyTorch's.
 
-The PyTorch parts skip when torch is not installed (CI installs no torch;
-`pip install -e '.[bench]'` provides it). Everything here runs on tiny sizes.
+The PyTorch parts skip, with their reason, where torch is not installed (.ci/run installs
+it; so does `pip install -e '.[bench]'`). Everything here runs on tiny sizes.
 """
 
 import json
@@ -187,7 +187,7 @@ def test_engine_ab_runs_head_against_the_working_tree(capsys):
 
 @pytest.fixture(scope="module")
 def ref():
-  pytest.importorskip("torch")
+  pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch)")
   from benchmarks import torch_reference  # pylint: disable=g-import-not-at-top
   return torch_reference
 
