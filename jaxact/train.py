@@ -287,14 +287,17 @@ def _has_outputs(workdir: str) -> bool:
 
 
 def remove_run_outputs(workdir: str) -> None:
-  """--restart: deletes results/*.json, checkpoints/, report.md and curves_<task>.png, nothing else."""
+  """--restart: deletes results/*.json, checkpoints/, report.md and the report's figures
+  (<kind>_<task>[_<convention>].png), nothing else."""
   shutil.rmtree(_checkpoints_dir(workdir), ignore_errors=True)
   results = _results_dir(workdir)
   for name in os.listdir(results) if os.path.isdir(results) else ():
     if name.endswith(".json"):
       os.unlink(os.path.join(results, name))
-  for name in ["report.md"] + [f"{kind}_{t}.png" for t in tasks_lib.TASKS
-                              for kind in ("curves", "saturation", "gradients_depth")]:
+  figures = {f"{kind}_{t}{suffix}.png" for t in tasks_lib.TASKS
+             for kind in ("curves", "saturation", "gradients_depth", "heatmap", "heatmap_depth")
+             for suffix in ("",) + tuple(f"_{c}" for c in studies.CONVENTIONS)}
+  for name in ["report.md"] + sorted(figures):
     if os.path.exists(os.path.join(workdir, name)):
       os.unlink(os.path.join(workdir, name))
 

@@ -196,3 +196,16 @@ def test_options_are_part_of_a_runs_identity(tmp_path):
     with pytest.raises(train.UserError, match=f"{next(iter(kw))}: "):
       train.check_workdir_config(wd, new)
   assert "optimizer" in checkpoint.config_identity(old.to_dict())
+
+
+def test_restart_removes_results_and_every_figure_kind(tmp_path):
+  (tmp_path / "results").mkdir()
+  made = ["results/binary.json", "report.md", "curves_binary.png", "heatmap_multiclass.png",
+          "heatmap_depth_multiclass_logits.png", "gradients_depth_multiclass_torch.png",
+          "saturation_multiclass.png"]
+  kept = ["run.json", "notes.md", "results/README"]
+  for name in made + kept:
+    (tmp_path / name).write_text("x")
+  train.remove_run_outputs(str(tmp_path))
+  assert [n for n in made if (tmp_path / n).exists()] == []
+  assert all((tmp_path / n).exists() for n in kept)
