@@ -127,7 +127,7 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
 
   device: torch's ("cpu", "cuda"); None: cuda when torch sees a GPU. tf32: let
   PyTorch use TF32 for its matmuls and cuDNN convolutions on a GPU (set to match
-  the engine's --matmul_precision; session 4's H100 figures ran with PyTorch's
+  the engine's --matmul_precision; the H100 figures of 2026-11-23 ran with PyTorch's
   defaults, under which cuDNN may use TF32).
   """
   import torch  # pylint: disable=g-import-not-at-top
@@ -524,7 +524,7 @@ def main(argv=None) -> int:
   configs = [(mode, m) for mode in args.member_modes.split(",") for m in members]
   torch_runs, engine_runs = [], {c: [] for c in configs}
   # Rounds, not all repeats of one configuration in a row: a shared machine's speed drifts
-  # (BUILD_NOTES, session 7), and each round compares the two side by side.
+  # (benchmarks/README.md), and each round compares the two side by side.
   for r in range(args.repeats):
     _log(f"round {r + 1} of {args.repeats}")
     if with_torch:

@@ -4,7 +4,7 @@
 #   OUT=/tmp/gpu DATA=../shared/data/mnist bash benchmarks/gpu_suite.sh check scale tf32 memory table
 #   OUT=/tmp/gpu DATA=../shared/data/mnist bash benchmarks/gpu_suite.sh ahead_tf32 ahead_float32
 #
-# One lent H100 gave (session 4): check about 3 min, scale (4 M values, 1 repeat) about 4 min,
+# One lent H100 gave (2026-11-23): check about 3 min, scale (4 M values, 1 repeat) about 4 min,
 # table about 4 min per run: give each stage its own call or `timeout`.
 #
 # check   versions, the GPU, and the engine's tests on it (member k == single run, modes agree, ...)

@@ -1,7 +1,7 @@
 r"""Measures why a cell collapses: hidden-unit saturation, output spread, gradient norms.
 
-A one-off measurement for the written readings in experiments/ (the in-program
-diagnostics of issue 4 are not built yet). For each cell given, it trains one
+A one-off measurement for the written readings in experiments/, made before the
+engine recorded diagnostics in every run (jaxact/diagnostics.py now does). For each cell given, it trains one
 member per seed with the engine for --epochs epochs (no early stopping), then,
 with the final weights, on the 3,000 valid images:
 

@@ -159,7 +159,7 @@ class TaskCheckpointer:
   Attributes:
     elapsed_before: wall time (s) spent on the task before the restored
       checkpoint was saved, 0.0 if nothing was restored.
-    session_start: `time.perf_counter()` when this session's work on the task
+    session_start: `time.perf_counter()` when this process's work on the task
       began (the constructor's time unless set).
   """
 

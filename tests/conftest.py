@@ -14,7 +14,7 @@ from jaxact import train
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
 # Every test, in this process and in the CLI runs it starts, shares one compilation cache made
-# for this session: many tests build a new Engine (a new jit) for a program an earlier test
+# for this test run: many tests build a new Engine (a new jit) for a program an earlier test
 # already compiled, and load it instead of compiling it again (CI time, see BUILD_NOTES.md).
 # A program loaded from the cache is the executable that was compiled, so no result can
 # change. Nothing is written to ~/.cache/jaxact/xla; the tests of the cache itself pass their
