@@ -6,7 +6,7 @@ Modules, one concept each:
   losses   heads (final activations) and losses, in the torch and logits conventions
   model    the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
   engine   the training engine: all cells x seeds of a task in one jitted program
-  studies  the study grids of seeds 000 and 001 and the cells a user's flags select
+  studies  the grids of the activation, loss and hidden-layer studies and the cells a user's flags select
   checkpoint  orbax checkpoints of a running task (resume after a kill)
   train    train_and_evaluate: runs a study into a workdir
   report   markdown tables and PNG curves from a workdir's saved results

@@ -1,4 +1,4 @@
-"""The claims of seeds 002-004 about hidden activations, checked against a hidden-study run.
+"""The hidden-layer study's claims about hidden activations, checked against a hidden-study run.
 
 Each claim gets the measurement that tests it, from the members' results and
 in-program diagnostics (`engine.Engine.diagnostic_shapes`), and a verdict.
@@ -305,7 +305,7 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
 def render(claims: list[Claim]) -> list[str]:
   """The claims as a Markdown table (under a heading)."""
   esc: Callable[[str], str] = lambda t: " ".join(str(t).split()).replace("|", "\\|")
-  lines = ["### Claims of seeds 002-004, measured", "",
+  lines = ["### Claims of the hidden-layer study, measured", "",
            "Verdicts: accuracies are the mean test accuracy over seeds [95% t interval]. Two "
            "cells are compared seed by seed (same seed: same initial weights and batch order): "
            "the mean of the paired differences in points [95% t interval] and the two-sided p "

@@ -6,7 +6,7 @@ A training run writes a workdir:
   WORKDIR/results/<task>.json  every member (cell x seed) trained for that task.
 
 This module turns them into `WORKDIR/report.md`, with one table per study, task
-and loss convention laid out like the seed documents (PROTOCOL section 8), and
+and loss convention laid out like the source documents (PROTOCOL section 8), and
 one figure of validation curves per task, `WORKDIR/curves_<task>.png`. Every
 statistic is over a cell's seeds (`jaxact.stats`): means with 95% t intervals,
 each misused cell paired by seed against the recommended one, and failure rates
@@ -41,8 +41,8 @@ from jaxact import tasks as tasks_lib
 
 Cell = studies.Cell
 
-# The seed documents' own single-run numbers, shown in an extra "original (seed
-# doc)" column for the rows that have one. Key: (study, Cell.key of the row,
+# The source documents' own single-run numbers, shown in an extra "original (source
+# document)" column for the rows that have one. Key: (study, Cell.key of the row,
 # convention included, so entries only match torch-convention rows unless a
 # key says otherwise); value: (valid, test) in the units of the results files
 # (accuracy as a fraction in [0, 1], MSE in original units), either may be
@@ -69,9 +69,9 @@ MARK_RECOMMENDED = "✅"
 MARK_MISUSED = "❌"
 
 _STUDY_TITLES = {
-    "activation": "final-activation study (seed 000)",
-    "loss": "loss study (seed 001)",
-    "hidden": "hidden-layer study (seeds 002-004)",
+    "activation": "final-activation study",
+    "loss": "loss study",
+    "hidden": "hidden-layer study",
 }
 _KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}
 _STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
@@ -447,7 +447,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   if any_note:
     header.append("note")
   if any_original:
-    header.append("original (seed doc)")
+    header.append("original (source document)")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for cols, note, orig in body:
     cols = list(cols)
@@ -734,7 +734,7 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "measured with each seed's best-valid-epoch weights, not its last epoch's. Epochs are "
       "1-based everywhere in this report (epoch 1 is the first pass over the training "
       "data), so an early-stopped member trained best epoch + patience epochs. "
-      f"{MARK_RECOMMENDED} marks what the seed documents recommend, {MARK_MISUSED} a misuse. "
+      f"{MARK_RECOMMENDED} marks what the source documents recommend, {MARK_MISUSED} a misuse. "
       "The torch convention feeds every loss the head's output, as the original PyTorch "
       "code did; the logits convention computes each loss from the pre-activation logits. "
       "Where both conventions compute the same loss (mse, mae and rmse; heads none and "

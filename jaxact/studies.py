@@ -3,7 +3,7 @@
 A *cell* is one trainable configuration (task, head, loss, regression target
 treatment, loss convention). A *member* of the engine is a cell trained with
 one seed. A study is an ordered list of rows per task; each row names a cell
-and whether the seed documents recommend it or call it a misuse.
+and whether the source documents recommend it or call it a misuse.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Cell:
     head: final activation, one of HEADS.
     loss: loss name, one of LOSSES.
     norm: regression only: targets standardised with the train mean/std.
-    sigmoid_method: regression only: the "sigmoid method" of seed 000 (sigmoid
+    sigmoid_method: regression only: the "sigmoid method" of the activation study (sigmoid
       on targets and on the output, logit of the output to predict).
     convention: "torch" (PROTOCOL section 6) or "logits".
     init: the parameter initialisation, one of INITS (PROTOCOL: torch).
@@ -215,7 +215,7 @@ def loss_grid() -> dict[str, list[Row]]:
 
 
 def hidden_grid() -> dict[str, list[Row]]:
-  """The hidden-layer study (seeds 002-004), on multiclass with softmax + cce.
+  """The hidden-layer study, on multiclass with softmax + cce.
 
   Two parts, all rows of one program:
   - every hidden activation x initialisation {he, xavier, torch} x batch norm
@@ -233,7 +233,7 @@ def hidden_grid() -> dict[str, list[Row]]:
 
 
 def matched_init(hidden: str) -> str:
-  """The initialisation seeds 002-004 recommend: Xavier for sigmoid / tanh, He for the ReLU family."""
+  """The initialisation the hidden-layer study recommends: Xavier for sigmoid / tanh, He for the ReLU family."""
   return "xavier" if hidden in ("sigmoid", "tanh") else "he"
 
 

@@ -179,7 +179,7 @@ def test_header_without_run_json(workdir):
 def test_activation_table_numbers_markers_and_status(workdir):
   text = report.render_markdown(workdir)
   assert "## binary: accuracy, higher is better" in text
-  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  rows = _table_rows(text, "binary: final-activation study, torch convention")
   header, body = rows[0], rows[2:]
   assert "n seeds" in header
   # Grid order: softmax + cce (recommended), sigmoid + bce, sigmoid + cce (misused).
@@ -206,7 +206,7 @@ def test_activation_table_numbers_markers_and_status(workdir):
   assert invalid[6] == "invalid: all-invalid-reason-xyz"
   assert invalid[10] == "3 invalid"
   # Paired differences to the recommended cell, below the table.
-  paired = _table_rows(text, "binary: final-activation study (seed 000), torch convention", 1)
+  paired = _table_rows(text, "binary: final-activation study, torch convention", 1)
   assert [r[:3] for r in paired[2:]] == [["sigmoid + bce", "softmax + cce", "3"],
                                         ["sigmoid + cce", "softmax + cce", "0 of 3 common seeds"]]
   # Differences -6, -6, -6 points: 2 of the 8 sign vectors reach |mean| 6.
@@ -217,7 +217,7 @@ def test_activation_table_numbers_markers_and_status(workdir):
 
 def test_loss_study_table_and_other_cells(workdir):
   text = report.render_markdown(workdir)
-  rows = _table_rows(text, "binary: loss study (seed 001), torch convention")
+  rows = _table_rows(text, "binary: loss study, torch convention")
   assert [(r[0], r[1]) for r in rows[2:]] == [("✅", "softmax + cce"), ("❌", "sigmoid + bce")]
   other = _table_rows(text, "binary: Other cells")
   assert other[0][0] == "variant"  # no ✅/❌ column
@@ -227,19 +227,19 @@ def test_loss_study_table_and_other_cells(workdir):
 
 def test_conventions_get_separate_tables(workdir):
   text = report.render_markdown(workdir)
-  torch_rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
-  logits_rows = _table_rows(text, "binary: final-activation study (seed 000), logits convention")
+  torch_rows = _table_rows(text, "binary: final-activation study, torch convention")
+  logits_rows = _table_rows(text, "binary: final-activation study, logits convention")
   assert len(torch_rows) == 5
   assert [(r[0], r[1], r[4]) for r in logits_rows[2:]] == [
       ("✅", "softmax + cce [logits]", "95.50 [89.15, 101.85]")]   # t_{0.975, 1} = 12.71
   # Only torch cells in the multilabel results: no logits table there.
-  assert "multilabel: final-activation study (seed 000), logits" not in text
+  assert "multilabel: final-activation study, logits" not in text
 
 
 def test_regression_mse_infinite_predictions(workdir):
   text = report.render_markdown(workdir)
   assert "## regression: MSE in original units, lower is better" in text
-  rows = _table_rows(text, "regression: final-activation study (seed 000), torch convention")
+  rows = _table_rows(text, "regression: final-activation study, torch convention")
   assert rows[0][-1] == "note"
   row = rows[2]
   assert row[0] == "❌" and row[1] == "sigmoid method + mse, standardised"
@@ -254,12 +254,12 @@ def test_original_numbers_column(workdir, monkeypatch):
   cell = studies.Cell("binary", "softmax", "cce")
   monkeypatch.setitem(report.ORIGINAL_NUMBERS, ("activation", cell.key), (0.9707, 0.9757))
   text = report.render_markdown(workdir)
-  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
-  assert rows[0][-1] == "original (seed doc)"
+  rows = _table_rows(text, "binary: final-activation study, torch convention")
+  assert rows[0][-1] == "original (source document)"
   assert rows[2][-1] == "97.07 / 97.57"
   assert rows[3][-1] == ""
-  loss_rows = _table_rows(text, "binary: loss study (seed 001), torch convention")
-  assert "original (seed doc)" not in loss_rows[0]
+  loss_rows = _table_rows(text, "binary: loss study, torch convention")
+  assert "original (source document)" not in loss_rows[0]
 
 
 def test_image_links(workdir):
@@ -321,7 +321,7 @@ def test_cli_missing_workdir(tmp_path):
 
 
 def test_original_numbers_name_cells_of_their_study():
-  """Every number transcribed from the seed documents belongs to a real grid row."""
+  """Every number transcribed from the source documents belongs to a real grid row."""
   assert report.ORIGINAL_NUMBERS
   for (study, key), (valid, test) in report.ORIGINAL_NUMBERS.items():
     keys = {row.cell.key for rows in studies.grid(study).values() for row in rows}
@@ -337,8 +337,8 @@ def test_cell_shared_by_both_conventions_appears_in_both_tables(tmp_path):
              _member("probability", "sigmoid", "mse", 0, 0.93, 0.92)]
   _write_results(wd, "probability", members)
   text = report.render_markdown(wd)
-  torch_rows = _table_rows(text, "probability: loss study (seed 001), torch convention")
-  logits_rows = _table_rows(text, "probability: loss study (seed 001), logits convention")
+  torch_rows = _table_rows(text, "probability: loss study, torch convention")
+  logits_rows = _table_rows(text, "probability: loss study, logits convention")
   assert [r[1] for r in torch_rows[2:]] == ["sigmoid + bce", "sigmoid + mse"]
   assert [r[1] for r in logits_rows[2:]] == ["sigmoid + bce [logits]", "sigmoid + mse"]
   assert logits_rows[3][4].startswith("93.00")
@@ -423,7 +423,7 @@ def _collapse_run(tmp_path):
 def test_collapsed_members_are_counted_and_left_out_of_the_healthy_statistics(tmp_path):
   wd, rec_test, mis_test = _collapse_run(tmp_path)
   text = report.render_markdown(wd)
-  rows = _table_rows(text, "multiclass: final-activation study (seed 000), torch convention")
+  rows = _table_rows(text, "multiclass: final-activation study, torch convention")
   rec, mis = rows[2], rows[3]
   assert (rec[1], mis[1]) == ("softmax + cce", "sigmoid + bce")
   assert rec[3] == "10 healthy" and mis[3] == "7 healthy, 3 collapsed"
@@ -445,7 +445,7 @@ def test_collapsed_members_are_counted_and_left_out_of_the_healthy_statistics(tm
 def test_paired_difference_uses_all_pairs_and_matches_enumeration(tmp_path):
   wd, rec_test, mis_test = _collapse_run(tmp_path)
   text = report.render_markdown(wd)
-  paired = _table_rows(text, "multiclass: final-activation study (seed 000), torch convention", 1)
+  paired = _table_rows(text, "multiclass: final-activation study, torch convention", 1)
   assert paired[0][3] == "test difference in accuracy points: mean [95% CI]"
   (row,) = paired[2:]
   d = [100 * (m - r) for m, r in zip(mis_test, rec_test)]   # collapsed pairs included
@@ -495,7 +495,7 @@ def test_statistics_of_failed_and_mixed_non_failure_classes(tmp_path):
   members.append(_diagnosed(_member("binary", "softmax", "cce", 3, 0.5, 0.5), "collapsed"))
   _write_results(wd, "binary", members)
   text = report.render_markdown(wd)
-  rows = _table_rows(text, "binary: final-activation study (seed 000), torch convention")
+  rows = _table_rows(text, "binary: final-activation study, torch convention")
   rec, mis = rows[2], rows[3]
   name = kind.replace("_", " ")
   assert mis[3] == f"3 {name}"
@@ -526,7 +526,7 @@ def test_paired_verdict_follows_the_metric_direction_for_mse(tmp_path):
                              norm=norm, sigmoid_method=True))
   _write_results(wd, "regression", members, metric="mse", higher=False)
   text = report.render_markdown(wd)
-  paired = _table_rows(text, "regression: final-activation study (seed 000), torch convention", 1)
+  paired = _table_rows(text, "regression: final-activation study, torch convention", 1)
   rows = {r[0]: r for r in paired[2:]}
   std = rows["sigmoid method + mse, standardised"]
   assert std[1] == "none + mse, standardised"
