@@ -1013,6 +1013,7 @@ class Engine:
 
   def run(self, data: TaskData, restore: Snapshot | None = None,
           on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
           ) -> list[MemberResult]:
     """Trains every member to its early stop (or the cap); returns per-member results.
 
@@ -1035,6 +1036,28 @@ class Engine:
         run, as `on_epoch_end(epochs_done, snapshot)`, after any compaction;
         `snapshot()` builds the `Snapshot` of that moment (a host copy; call it
         only when you need it). The engine does no file I/O itself.
+      on_epoch: called on the host after EVERY epoch (the last one included,
+        before `on_epoch_end`), as `on_epoch(epochs_done, host)`, with what the
+        loop fetched anyway; cheap, nothing is copied off the devices for it.
+        `host` holds numpy arrays over the real members in `self.members`
+        order, R of them, fresh copies the callee may keep:
+          train_loss (R,) float32: mean training loss of the epoch (NaN for a
+            member that did not train in it);
+          valid_metric (R,) float32: the valid metric after it (NaN likewise);
+          n_infinite (R,) int: non-finite valid predictions;
+          trained (R,) bool: the member trained in this epoch;
+          active (R,) bool: it is still training after it;
+          status (R,) int: its `Status` so far (TRAINING while active);
+          best_valid (R,) float32: its best valid metric so far, in the
+            metric's units (NaN before any finite one);
+          best_epoch (R,) int: the 0-based epoch of that best (-1: none);
+          diag: name -> (R, ...) this epoch's diagnostics (`diagnostic_shapes`);
+        and two floats: elapsed_s, the seconds since this call started, and
+        eta_s, an estimate of the seconds until the task ends: the mean
+        duration of the recent epochs (the first one, which compiles, left
+        out once there are others) times the epochs until the last active
+        member would stop if none improved again (capped by max_epochs). It
+        is low while members still improve; 0.0 once none trains.
     """
     cfg = self.config
     r, m = self.num_members, len(self._stacked)   # real members; stacked, pads included
@@ -1045,6 +1068,8 @@ class Engine:
     epoch_fn = self._epoch_fn
     active = np.ones((m,), bool)     # host copies over all members, for progress
     best = np.full((m,), -np.inf, np.float32)
+    best_epoch = np.full((m,), -1, np.int64)
+    status = np.full((m,), int(Status.TRAINING), np.int64)
     hist_loss = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
     hist_trained = np.zeros((cfg.max_epochs, m), bool)
@@ -1082,6 +1107,8 @@ class Engine:
         state = restored
       active = sharding.pad_leading(np.asarray(restore.state["active"], bool), m).copy()
       best = sharding.pad_leading(np.asarray(restore.state["best_score"], np.float32), m).copy()
+      best_epoch = sharding.pad_leading(np.asarray(restore.state["best_epoch"], np.int64), m).copy()
+      status = sharding.pad_leading(np.asarray(restore.state["status"], np.int64), m).copy()
       epoch = int(restore.epoch)
       self.compactions = int(restore.compactions)
 
@@ -1095,11 +1122,14 @@ class Engine:
                       hist_trained=hist_trained[:, :r].copy(), hist_inf=hist_inf[:, :r].copy(),
                       hist_diag={k: v[:, :r].copy() for k, v in hist_diag.items()})
 
-    start = time.perf_counter()
+    start = last = time.perf_counter()
+    durations = []                   # seconds of each epoch of this call, for the ETA
+    sign = 1.0 if self.task.higher_is_better else -1.0
     pending = None                   # a layout compiling in the background (compact_in_background)
     while epoch < cfg.max_epochs:
       state, metrics = epoch_fn(state, data)
-      host = sharding.to_host(dict(metrics, active=state["active"], best=state["best_score"]))
+      host = sharding.to_host(dict(metrics, active=state["active"], best=state["best_score"],
+                                   best_epoch=state["best_epoch"], status=state["status"]))
       hist_loss[epoch, layout] = host["train_loss"]
       hist_valid[epoch, layout] = host["valid_metric"]
       hist_trained[epoch, layout] = host["trained"]
@@ -1108,9 +1138,28 @@ class Engine:
         hist_diag[name][epoch, layout] = value
       active[layout] = host["active"]
       best[layout] = host["best"]
+      best_epoch[layout] = host["best_epoch"]
+      status[layout] = host["status"]
       epoch += 1
-      self.progress(self._progress_line(epoch, dict(active=active, best=best),
-                                        time.perf_counter() - start))
+      now = time.perf_counter()
+      durations.append(now - last)
+      last = now
+      # Epochs until the last active member would stop if no member improved again.
+      left = 0 if not active[:r].any() else min(
+          cfg.max_epochs - epoch,
+          int(np.max(best_epoch[:r][active[:r]])) + cfg.patience + 1 - epoch)
+      eta = float(np.mean((durations[1:] or durations)[-5:])) * left
+      self.progress(self._progress_line(epoch, dict(active=active, best=best), now - start, eta))
+      if on_epoch is not None:
+        on_epoch(epoch, dict(
+            train_loss=hist_loss[epoch - 1, :r].copy(),
+            valid_metric=hist_valid[epoch - 1, :r].copy(),
+            n_infinite=hist_inf[epoch - 1, :r].copy(), trained=hist_trained[epoch - 1, :r].copy(),
+            active=active[:r].copy(), status=status[:r].copy(),
+            best_valid=np.where(best_epoch[:r] >= 0, sign * best[:r], np.nan).astype(np.float32),
+            best_epoch=best_epoch[:r].copy(),
+            diag={k: v[epoch - 1, :r].copy() for k, v in hist_diag.items()},
+            elapsed_s=now - start, eta_s=eta))
       n_active = int(host["active"].sum())
       if not active[:r].any():       # pads are not waited for
         break
@@ -1173,16 +1222,57 @@ class Engine:
     self._epoch_fn.lower(state, data).compile()
     self._test_fn.lower(*self._test_args(state, data)).compile()
 
-  def _progress_line(self, epoch: int, host: dict, elapsed: float) -> str:
+  def _progress_line(self, epoch: int, host: dict, elapsed: float, eta: float) -> str:
+    """One short line: the epoch, members training, time, ETA, the best and the worst cell.
+
+    Its length does not grow with the grid (about 200 characters). The cells
+    are ranked by the mean over their members of the best valid metric so
+    far (members without a finite one left out), compared at 4 significant
+    digits so that float rounding does not reorder ties. Times are formatted
+    as '12.3s', '845s', then '1h02m' or '16m40s'.
+
+    Args:
+      epoch: epochs done.
+      host: active (M,) bool and best (M,) the signed best score (higher is
+        better; -inf before any), over the stacked members.
+      elapsed: seconds since `run` started.
+      eta: estimated seconds until the task ends (see `run`'s on_epoch).
+    """
+    def duration(s: float) -> str:
+      if s < 10:
+        return f"{s:.1f}s"
+      if s < 1000:
+        return f"{s:.0f}s"
+      minutes, seconds = divmod(int(round(s)), 60)
+      hours, minutes = divmod(minutes, 60)
+      return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+    def short(label: str, width: int = 60) -> str:
+      return label if len(label) <= width else label[:width - 3] + "..."
+
     sign = 1.0 if self.task.higher_is_better else -1.0
-    parts = []
     r = self.num_members             # the pads at the end of the last group are not shown
-    for cell, a, b in self.groups:
-      best = sign * np.max(host["best"][a:min(b, r)])
-      parts.append(f"{cell_label(cell, self.config)}: {best:.4g}")
-    return (f"{self.task.name} epoch {epoch}: {int(host['active'][:r].sum())}/{r} "
-            f"training, {elapsed:.1f}s; best valid {self.task.metric_name} | "
-            + " | ".join(parts))
+    n_active = int(host["active"][:r].sum())
+    ranked = []                      # (signed rounded mean, position, label, mean)
+    for i, (cell, a, b) in enumerate(self.groups):
+      scores = host["best"][a:min(b, r)]
+      scores = scores[np.isfinite(scores)]
+      if a < r and scores.size:
+        mean = sign * float(np.mean(scores))
+        ranked.append((sign * float(f"{mean:.4g}"), -i, cell_label(cell, self.config), mean))
+    metric = f"mean best valid {self.task.metric_name}"
+    if not ranked:
+      cells = f"{metric}: none yet"
+    elif len(ranked) == 1:
+      cells = f"{metric}: {short(ranked[0][2])} {ranked[0][3]:.4g}"
+    else:
+      hi, lo = max(ranked), min(ranked, key=lambda x: (x[0], -x[1]))
+      cells = (f"{metric}: best {short(hi[2])} {hi[3]:.4g}, "
+               f"worst {short(lo[2])} {lo[3]:.4g}")
+    done = n_active == 0 or epoch >= self.config.max_epochs
+    return (f"{self.task.name} epoch {epoch}: (cap {self.config.max_epochs}) "
+            f"{n_active}/{r} training; elapsed {duration(elapsed)}; "
+            f"{'done;' if done else f'eta ~{duration(eta)};'} {cells}")
 
   def _collect(self, state, test_metric, test_inf, hist_loss, hist_valid, hist_trained,
                hist_inf, hist_diag, epochs_run) -> list[MemberResult]:

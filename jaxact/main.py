@@ -1,7 +1,8 @@
 r"""jaxact command line: train a study's cells over many seeds and report.
 
-Examples:
+Examples (`jaxact` and `python -m jaxact` are the same command):
   python -m jaxact.main --task=binary --head=sigmoid --data_dir=../shared/data/mnist
+  jaxact --study=hidden --tensorboard --workdir=/tmp/h   # tensorboard --logdir=/tmp/h/tensorboard
   python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
   python -m jaxact.main --study=activation --task=multiclass --init=torch,he,xavier
   python -m jaxact.main --study=hidden --depth=1 --seeds=2      # seeds 002-004's claims
@@ -9,6 +10,10 @@ Examples:
 
 Rerunning a command with the same --workdir resumes it: finished tasks are
 kept, an interrupted task continues from its latest checkpoint.
+
+While a task trains, WORKDIR/metrics.jsonl grows by one JSON line per member
+and epoch (`tail -f` it, or pandas.read_json(path, lines=True)); finished
+tasks' results are also in WORKDIR/results.csv.
 
 Members are sharded over every device (jaxact/sharding.py). On a multi-host
 TPU slice, run the SAME command on every host with --distributed (and a
@@ -133,6 +138,12 @@ _COMPILE_AHEAD = flags.DEFINE_bool(
     "compile_ahead", False, "While a task trains, compile the next task's program in a "
     "background thread (same results). For accelerators, where the host idles during "
     "training; on a CPU it competes with training for the cores. See README, Speed.")
+_TENSORBOARD = flags.DEFINE_bool(
+    "tensorboard", False, "Also write TensorBoard scalars under WORKDIR/tensorboard/, one run "
+    "per cell (mean valid metric and train loss of its members training). Needs tensorboardX: "
+    "pip install 'jaxact[tensorboard]'.")
+_TENSORBOARD_MEMBERS = flags.DEFINE_bool(
+    "tensorboard_members", False, "With --tensorboard: also each member's (cell x seed) curves.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process (multi-host) run: call jax.distributed.initialize() "
     "first. Run the same command on every host; only process 0 writes files.")
@@ -224,7 +235,9 @@ def main(argv):
     results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv,
                                        checkpoint_every=_CHECKPOINT_EVERY.value,
                                        restart=_RESTART.value,
-                                       compile_ahead=_COMPILE_AHEAD.value)
+                                       compile_ahead=_COMPILE_AHEAD.value,
+                                       tensorboard=_TENSORBOARD.value,
+                                       tensorboard_members=_TENSORBOARD_MEMBERS.value)
   except (train.UserError, data_lib.DataError) as err:
     sys.stderr.write(f"jaxact: error: {err}\n")
     sys.exit(2)
@@ -241,5 +254,17 @@ def main(argv):
     print(f"\nreport: {_WORKDIR.value}/report.md")
 
 
-if __name__ == "__main__":
+def run():
+  """The `jaxact` console script and `python -m jaxact`: the same as `python -m jaxact.main`."""
+  entry = sys.modules["__main__"]
+  if entry is not sys.modules[__name__]:
+    # absl's --help prints __main__'s docstring and the flags of the module named
+    # sys.argv[0]; here __main__ is the console script or jaxact/__main__.py.
+    entry.__doc__ = __doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -3,11 +3,16 @@
 Layout of a workdir:
   run.json               the command, the machine, the configuration, start/finish times
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
+  results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
+  results.csv            the rows of every finished task, rewritten after each task
+  metrics.jsonl          one JSON line per member and epoch, appended while a task trains
+  tensorboard/<cell key>/  with tensorboard=True: TensorBoard event files, one run per cell
   checkpoints/<task>/    orbax checkpoints of the task still training (deleted when it ends)
   report.md              the tables (jaxact.report), rebuilt after every task
   curves_<task>.png      valid-metric curves per cell
 
-Only this module, jaxact.checkpoint and jaxact.report do I/O; the engine is pure JAX.
+Only this module, jaxact.checkpoint, jaxact.metrics_writer and jaxact.report do I/O; the
+engine is pure JAX.
 With several processes (multi-host, `--distributed`), every process trains and
 only process 0 writes files; the workdir must be on a file system all hosts see.
 """
@@ -32,6 +37,7 @@ from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import diagnostics as diagnostics_lib
+from jaxact import metrics_writer
 from jaxact import model as model_lib
 from jaxact import sharding
 from jaxact import studies
@@ -288,8 +294,10 @@ def _has_outputs(workdir: str) -> bool:
 
 def remove_run_outputs(workdir: str) -> None:
   """--restart: deletes results/*.json, checkpoints/, report.md and the report's figures
-  (<kind>_<task>[_<convention>].png), nothing else."""
+  (<kind>_<task>[_<convention>].png), and metrics.jsonl, results.csv, results/*.csv and
+  tensorboard/ (metrics_writer.remove_live_outputs), nothing else."""
   shutil.rmtree(_checkpoints_dir(workdir), ignore_errors=True)
+  metrics_writer.remove_live_outputs(workdir)
   results = _results_dir(workdir)
   for name in os.listdir(results) if os.path.isdir(results) else ():
     if name.endswith(".json"):
@@ -386,6 +394,7 @@ class _CompileAhead:
 def train_and_evaluate(config: RunConfig, workdir: str,
                        command: Sequence[str] | None = None, *, checkpoint_every: int = 5,
                        restart: bool = False, compile_ahead: bool = False,
+                       tensorboard: bool = False, tensorboard_members: bool = False,
                        ) -> dict[str, list[engine_lib.MemberResult]]:
   """Trains every planned member, task by task, writing results as each task ends.
 
@@ -394,6 +403,12 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   that was interrupted continues from its latest checkpoint, giving the same
   results as an uninterrupted run. A workdir with results or checkpoints of
   another configuration is refused unless `restart`.
+
+  While a task trains, WORKDIR/metrics.jsonl gets one line per member and
+  epoch (metrics_writer.MetricsLog). A task that starts at epoch k (k = 0
+  without a checkpoint) first loses its lines of later epochs, so a resumed
+  run has each (task, key, seed, epoch) once; a fresh run (a workdir without
+  results or checkpoints) starts a new metrics.jsonl and tensorboard/.
 
   Args:
     config: what to train.
@@ -407,6 +422,9 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       background thread (`Engine.compile_ahead`). Same results; it pays where
       the host is idle during training (an accelerator) and competes with
       training for the cores on a CPU. Single-process runs only.
+    tensorboard: also write TensorBoard scalars per cell under
+      WORKDIR/tensorboard/ (metrics_writer.TensorBoardLog; needs tensorboardX).
+    tensorboard_members: with `tensorboard`, also each member's scalars.
 
   Returns:
     task -> list of MemberResult.
@@ -415,6 +433,13 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   if checkpoint_every < 0:
     raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
                     f"got {checkpoint_every}.")
+  if tensorboard_members and not tensorboard:
+    raise UserError("--tensorboard_members adds each member's curves to --tensorboard's: add "
+                    "--tensorboard, or leave --tensorboard_members out.")
+  if tensorboard and not metrics_writer.tensorboard_available():
+    raise UserError("--tensorboard writes its event files with the tensorboardX package, which "
+                    f"is not installed: run {metrics_writer.TENSORBOARD_INSTALL} (or pip "
+                    "install tensorboardX), or leave --tensorboard out.")
   primary = sharding.is_primary()   # multi-host: only process 0 writes files
   if primary:
     prepare_workdir(workdir)
@@ -429,6 +454,8 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     previous = None
   else:
     previous = check_workdir_config(workdir, config)
+    if previous is None and primary:   # nothing to resume: start the live outputs afresh
+      metrics_writer.remove_live_outputs(workdir)
   now = datetime.datetime.now().isoformat(timespec="seconds")
   run_info = {
       "command": " ".join(["python -m jaxact.main"] + list((command or sys.argv)[1:])),
@@ -456,7 +483,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   ahead = _CompileAhead()
   try:
     return _train_tasks(config, workdir, members, run_info, run_path, checkpoint_every,
-                        ahead if compile_ahead else None)
+                        ahead if compile_ahead else None, tensorboard, tensorboard_members)
   finally:
     ahead.wait()
 
@@ -468,6 +495,7 @@ def _task_results_path(workdir: str, task: str) -> str:
 def _train_tasks(config: RunConfig, workdir: str,
                  members: dict[str, list[tuple[studies.Cell, int]]], run_info: dict,
                  run_path: str, checkpoint_every: int, ahead: _CompileAhead | None,
+                 tensorboard: bool = False, tensorboard_members: bool = False,
                  ) -> dict[str, list[engine_lib.MemberResult]]:
   """The task loop of `train_and_evaluate` (see there)."""
   from jaxact import report as report_lib  # matplotlib is imported lazily
@@ -488,6 +516,10 @@ def _train_tasks(config: RunConfig, workdir: str,
                    task, results_path)
       if primary and os.path.isdir(ckpt_dir):
         shutil.rmtree(ckpt_dir, ignore_errors=True)
+      if primary:
+        if not os.path.exists(os.path.splitext(results_path)[0] + ".csv"):
+          metrics_writer.write_task_csv(results_path)   # a workdir from before the CSVs
+        metrics_writer.write_run_csv(workdir)
       continue
     if split is None:
       split = data_lib.load_split(data_lib.resolve_data_dir(config.data_dir), config.split_seed,
@@ -520,6 +552,7 @@ def _train_tasks(config: RunConfig, workdir: str,
             "config": run_identity(config), "split_fingerprint": split.fingerprint,
             "task": task, "members": [[c.key, s] for c, s in engine.members]})
     checkpointer.session_start = start
+    live = []                        # this task's on_epoch hooks, closed when it ends
     try:
       try:
         snapshot = checkpointer.restore(engine)
@@ -528,10 +561,19 @@ def _train_tasks(config: RunConfig, workdir: str,
       if snapshot is not None:
         logging.info("task %s: resumed from epoch %d (checkpoint in %s)", task, snapshot.epoch,
                      ckpt_dir)
+      if primary:
+        live = _live_outputs(workdir, task, engine, config, checkpointer.elapsed,
+                             snapshot.epoch if snapshot is not None else 0, tensorboard,
+                             tensorboard_members)
+      bars = [h for h in live if isinstance(h, metrics_writer.ProgressBar)]
+      engine.progress = bars[0].log if bars else logging.info
       results = engine.run(task_data, restore=snapshot,
-                           on_epoch_end=checkpointer if checkpoint_every else None)
+                           on_epoch_end=checkpointer if checkpoint_every else None,
+                           on_epoch=metrics_writer.compose(*live))
     finally:
       checkpointer.close()   # waits for pending saves, also on errors and interrupts
+      for hook in live:
+        hook.close()
     wall = checkpointer.elapsed()
     t = tasks_lib.get_task(task)
     chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.y_valid))
@@ -552,6 +594,8 @@ def _train_tasks(config: RunConfig, workdir: str,
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
     if primary:
+      metrics_writer.write_task_csv(results_path)
+      metrics_writer.write_run_csv(workdir)
       report_lib.write_report(workdir)
     out[task] = results
 
@@ -560,6 +604,37 @@ def _train_tasks(config: RunConfig, workdir: str,
   if primary:
     logging.info("report: %s", report_lib.write_report(workdir))
   return out
+
+
+def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: RunConfig,
+                  clock, start_epoch: int, tensorboard: bool, tensorboard_members: bool,
+                  ) -> list:
+  """The on_epoch hooks of a task starting at `start_epoch` (process 0 only).
+
+  metrics.jsonl loses the task's lines after `start_epoch` first (those of an
+  interrupted session after its last checkpoint); TensorBoard gets a purge
+  step; a tqdm bar is added where stderr is a terminal.
+  """
+  path = os.path.join(workdir, metrics_writer.METRICS_FILE)
+  dropped = metrics_writer.drop_task_lines(path, task, start_epoch)
+  if dropped:
+    logging.info("task %s: dropped %d lines after epoch %d from %s (they are trained again)",
+                 task, dropped, start_epoch, path)
+  hooks = []
+  try:
+    hooks.append(metrics_writer.MetricsLog(path, task, engine.members, config.engine, clock))
+    if tensorboard:
+      hooks.append(metrics_writer.TensorBoardLog(
+          os.path.join(workdir, metrics_writer.TENSORBOARD_DIR), task, engine.members,
+          start_epoch, per_member=tensorboard_members))
+    if metrics_writer.ProgressBar.wanted():
+      hooks.append(metrics_writer.ProgressBar(task, config.engine.max_epochs, start_epoch,
+                                              engine.num_members))
+  except BaseException:
+    for hook in hooks:
+      hook.close()
+    raise
+  return hooks
 
 
 def _reuse_results(path: str, task: str,
