@@ -227,7 +227,7 @@ class TaskCheckpointer:
       self.save(snapshot())
 
   def elapsed(self) -> float:
-    """Wall time spent on the task so far, earlier sessions included."""
+    """Wall time spent on the task so far, earlier (interrupted) runs of it included."""
     return self.elapsed_before + (time.perf_counter() - self.session_start)
 
   def save(self, snapshot: engine_lib.Snapshot) -> None:

@@ -52,8 +52,7 @@ run rounds differently from an uncompacted one), and `--data_dir`, which chooses
 run resumes only on the same MNIST files.
 The options beyond the original protocol (optimizer, learning rate, batch size, head bias) are
 explained in [training_options.md](training_options.md); the flag values of the study grids in
-[how_it_works.md](how_it_works.md). In the help texts, "seed 000", "seed 001" and "seeds 002-004"
-are the source documents of the activation study, the loss study and the hidden-layer study.
+[how_it_works.md](how_it_works.md).
 """
 
 _GROUPS = (

@@ -5,7 +5,7 @@ Examples (`jaxact` and `python -m jaxact` are the same command):
   jaxact --study=hidden --tensorboard --workdir=/tmp/h   # tensorboard --logdir=/tmp/h/tensorboard
   python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
   python -m jaxact.main --study=activation --task=multiclass --init=torch,he,xavier
-  python -m jaxact.main --study=hidden --depth=1 --seeds=2      # seeds 002-004's claims
+  python -m jaxact.main --study=hidden --depth=1 --seeds=2      # the hidden-layer study
   python -m jaxact.report --workdir=/tmp/jaxact      # rebuild the report only
 
 Rerunning a command with the same --workdir resumes it: finished tasks are
@@ -41,8 +41,9 @@ from jaxact import train
 _TRISTATE = {"": None, "on": True, "off": False}
 
 _STUDY = flags.DEFINE_string(
-    "study", "activation", "activation (seed 000), loss (seed 001), all (both), or hidden "
-    "(seeds 002-004: hidden activation x init x batch norm, and a depth sweep; multiclass).")
+    "study", "activation", "activation (the final-activation study), loss (the loss study), "
+    "all (both), or hidden (the hidden-layer study: hidden activation x init x batch norm, and "
+    "a depth sweep; multiclass).")
 _TASK = flags.DEFINE_list(
     "task", None, f"One or more (comma-separated) of {', '.join(tasks_lib.TASKS)}; default all.")
 _HEAD = flags.DEFINE_string("head", None, f"Only cells with this head ({', '.join(studies.HEADS)}).")

@@ -109,7 +109,7 @@ class MetricsLog:
   epoch and best_epoch are 1-based; status is the member's so far (training,
   ok, invalid, nonfinite, or hit_cap in the last epoch of the cap); wall_s
   the seconds since the task started (its compilation and the earlier
-  sessions of a resumed task included); non-finite numbers are null. The file is flushed after every
+  runs of a resumed task included); non-finite numbers are null. The file is flushed after every
   epoch, so `tail -f` or `pandas.read_json(path, lines=True)` see it grow.
   """
 
@@ -185,7 +185,7 @@ class TensorBoardLog:
   Writes the event files synchronously with tensorboardX's record writer (no
   thread or queue per cell), flushed every epoch. Each run's new event file
   starts with a purge event at `start_epoch + 1`, which makes TensorBoard
-  discard the events of later steps an interrupted session had written.
+  discard the events of later steps an interrupted run had written.
   """
 
   def __init__(self, logdir: str, task: str, members: Sequence[tuple[studies.Cell, int]],
@@ -210,7 +210,7 @@ class TensorBoardLog:
     self._seeds = [int(s) for _, s in members]
     self._writers = {}
     # Event file names hold the time in whole seconds and the host; the suffix
-    # keeps a resumed session's file apart from one written in the same second.
+    # keeps a resumed run's file apart from one written in the same second.
     suffix = f".{os.getpid()}.{next(_EVENT_FILES)}.jaxact"
     for cell in cells:
       directory = os.path.join(logdir, *cell.key.split("/"))

@@ -36,6 +36,7 @@ from absl import logging
 from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
+from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
 from jaxact import model as model_lib
@@ -55,7 +56,7 @@ class RunConfig:
   """What to train.
 
   Attributes:
-    study: "activation" (seed 000), "loss" (seed 001) or "all".
+    study: "activation", "loss", "hidden" (the three studies) or "all" (activation and loss).
     task: a task, a tuple of tasks, or None for every task.
     head, loss, norm, sigmoid_method: optional filters on the grid (see
       studies.select_cells); None means "any".
@@ -173,8 +174,27 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
                                  config.network)
   except ValueError as err:
     raise UserError(str(err)) from None
+  check_memory(config, {t: len(cs) for t, cs in cells.items()},
+               max(c.depth for cs in cells.values() for c in cs))
   seeds = range(config.first_seed, config.first_seed + config.seeds)
   return {t: [(c, s) for c in cs for s in seeds] for t, cs in cells.items()}
+
+
+def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) -> None:
+  """Refuses, before anything is built, a run whose largest task cannot fit (jaxact.memory)."""
+  e = config.engine
+  platform_name = jax.devices()[0].platform
+  mode = e.member_mode
+  if mode == "auto":
+    mode = "loop" if platform_name == "cpu" and jax.device_count() == 1 else "vmap"
+  try:
+    memory_lib.check_fits(
+        cells_per_task, config.seeds, devices=jax.device_count() if mode == "vmap" else 1,
+        depth=depth, batch_size=e.batch_size, max_epochs=e.max_epochs, member_mode=mode,
+        optimizer=e.optimizer,
+        eval_rows=e.eval_examples or (32 if platform_name == "cpu" else 4096))
+  except memory_lib.DoesNotFit as err:
+    raise UserError(str(err)) from None
 
 
 def machine_description() -> str:
@@ -208,6 +228,22 @@ def git_revision() -> str | None:
   except (OSError, subprocess.SubprocessError):
     return None
   return rev + ("+dirty" if dirty else "")
+
+
+VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
+                      "chex", "absl-py", "numpy", "scipy", "matplotlib")
+
+
+def package_versions() -> dict[str, str | None]:
+  """The installed version of each package that can change a run's results (None: absent)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in VERSIONED_PACKAGES:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = None
+  return out
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -463,6 +499,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       "machine": machine_description(),
       "jaxact_version": __version__,
       "git_revision": git_revision(),
+      "versions": package_versions(),
       "started": now,
       "finished": None,
       "config": config.to_dict(),
@@ -585,7 +622,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience,
         "training": engine_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
-        # Layouts compiled in earlier sessions count once; the one resumed in is traced again.
+        # Layouts compiled before an interruption count once; the one resumed in is traced again.
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
@@ -612,7 +649,7 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
   """The on_epoch hooks of a task starting at `start_epoch` (process 0 only).
 
   metrics.jsonl loses the task's lines after `start_epoch` first (those of an
-  interrupted session after its last checkpoint); TensorBoard gets a purge
+  interrupted run after its last checkpoint); TensorBoard gets a purge
   step; a tqdm bar is added where stderr is a terminal.
   """
   path = os.path.join(workdir, metrics_writer.METRICS_FILE)

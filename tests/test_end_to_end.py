@@ -95,6 +95,7 @@ def _cli(*args, env_extra=None):
     (["--batch_size=0"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--batch_size=2001"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--head_bias_init=zero"], "unknown --head_bias_init 'zero'"),
+    (["--seeds=2000000000"], "this run does not fit in memory"),
     (["--num_processes=2"], "--num_processes needs --distributed"),
     (["--distributed", "--coordinator_address=localhost:1"],
      "also needs --num_processes, --process_id"),

@@ -209,3 +209,11 @@ def test_restart_removes_results_and_every_figure_kind(tmp_path):
   train.remove_run_outputs(str(tmp_path))
   assert [n for n in made if (tmp_path / n).exists()] == []
   assert all((tmp_path / n).exists() for n in kept)
+
+
+def test_package_versions_are_those_installed():
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  versions = train.package_versions()
+  assert versions["jax"] == jax.__version__
+  assert versions["flax"] == metadata.version("flax")
+  assert set(versions) == set(train.VERSIONED_PACKAGES)
