@@ -1,16 +1,25 @@
 """jaxact: what happens when a network's final activation or loss does not match its task.
 
 Modules, one concept each:
-  data     MNIST through tensorflow-datasets (download, or the four IDX files offline); the split
-  tasks    the five tasks: targets, output widths, metrics
-  losses   heads (final activations) and losses, in the torch and logits conventions
-  model    the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
-  engine   the training engine: all cells x seeds of a task in one jitted program
-  studies  the grids of the activation, loss and hidden-layer studies and the cells a user's flags select
-  checkpoint  orbax checkpoints of a running task (resume after a kill)
-  train    train_and_evaluate: runs a study into a workdir
-  report   markdown tables and PNG curves from a workdir's saved results
-  main     the absl command line
+  data            MNIST through tensorflow-datasets (download, or the four IDX files offline); the split
+  tasks           the five tasks: targets, output widths, metrics
+  losses          heads (final activations) and losses, in the torch and logits conventions
+  model           the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
+  studies         the grids of the activation, loss and hidden-layer studies; the cells flags select
+  engine          the training engine: all cells x seeds of a task in one jitted program
+  sharding        the member axis over every device and host
+  memory          a run's memory, estimated before anything is built
+  checkpoint      orbax checkpoints of a running task (resume after a kill)
+  metrics_writer  what a run writes while it trains (metrics.jsonl, TensorBoard) and its CSVs
+  train           train_and_evaluate: runs a study into a workdir
+  diagnostics     each finished member's failure class, with its evidence
+  stats           intervals and paired tests over seeds (scipy.stats)
+  claims          the hidden-layer study's claims, checked against a run
+  report          Markdown tables from a workdir's saved results
+  figures         the report's PNGs
+  compare         intervention arms across runs, paired by seed
+  flagdoc         docs/flags.md from the command line's flags
+  main            the absl command line (also `python -m jaxact` and the `jaxact` script)
 """
 
 __version__ = "0.1.0"
