@@ -5,11 +5,20 @@ The notebook's code cells are joined into one script and run in a subprocess
 configuration (JAXACT_NOTEBOOK_TINY=1: one task, one seed, two epochs), the
 real MNIST files (JAXACT_DATA_DIR) and a temporary workdir.
 
+The notebook's test hooks (environment variables it reads; on Colab none is set):
+JAXACT_NOTEBOOK_SOURCE, the jaxact source to install instead of REPO_URL /
+WHEEL_PATH (tests/test_install.py; here the notebook finds the checkout it lies
+in, as in a local Jupyter); JAXACT_NOTEBOOK_DRY_RUN=1, the install cell
+computes and prints its pip commands (the guard runs for real against this
+environment's jax) but runs none; JAXACT_NOTEBOOK_TINY and
+JAXACT_NOTEBOOK_WORKDIR. USE_DRIVE is off by default, so the Drive cell does
+nothing. The install guard itself is tested in tests/test_install.py.
+
 IPython-only lines cannot run in plain Python: every line whose first
 non-blank character is `!` (shell, e.g. `!pip install`) or `%` (a magic) is
 replaced by `pass` at the same indentation, so the surrounding code keeps its
 shape. Nothing is installed: the subprocess imports this checkout's jaxact
-through PYTHONPATH (the notebook also puts the checkout on sys.path itself).
+through PYTHONPATH (the notebook also puts a directory source on sys.path).
 """
 
 import json
@@ -18,6 +27,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "experiments" / "colab_tpu.ipynb"
@@ -32,6 +43,12 @@ def _load() -> dict:
 def _source(cell: dict) -> str:
   src = cell["source"]
   return "".join(src) if isinstance(src, list) else src
+
+
+def tagged_cells(nb: dict, *tags: str) -> str:
+  """The code cells carrying any of these tags (cell metadata "tags"), in notebook order."""
+  return "\n".join(_source(c) for c in nb["cells"]
+                   if c["cell_type"] == "code" and set(tags) & set(c["metadata"].get("tags", ())))
 
 
 def notebook_script(nb: dict) -> str:
@@ -58,9 +75,14 @@ def test_notebook_is_valid_nbformat_4():
   code = [_source(c) for c in nb["cells"] if c["cell_type"] == "code"]
   # What the notebook must do, in order: install, devices, config, train, report.
   joined = "\n".join(code)
-  for needle in ("REPO_URL", "!pip install", "jax.devices()", "JAXACT_NOTEBOOK_TINY",
-                 "train.train_and_evaluate", "report.write_report", "Image(filename="):
+  for needle in ("REPO_URL", "WHEEL_PATH", "def plan_install", '"--no-deps"', "USE_DRIVE",
+                 "drive.mount(", "jax.devices()", "JAXACT_NOTEBOOK_TINY", "DATA_DIR",
+                 "train.train_and_evaluate", "report.write_report", "Markdown(report_text)",
+                 "Image(filename="):
     assert needle in joined, needle
+  # The cells other tests run on their own, by tag.
+  for tag in ("settings", "source", "guard", "install", "drive"):
+    assert tagged_cells(nb, tag), tag
   assert re.search(r'seeds=10\b', joined) and 'study="all"' in joined and "task=None" in joined
   try:   # the schema check, where nbformat is installed (it is not a dependency)
     import nbformat  # pylint: disable=g-import-not-at-top
@@ -79,19 +101,37 @@ def test_ipython_only_lines_are_replaced_by_pass():
   compile(script, "<notebook>", "exec")
 
 
+def test_source_cell_says_what_to_set(tmp_path, monkeypatch):
+  """Neither REPO_URL nor WHEEL_PATH set, outside a checkout: a clear error, not a NameError."""
+  nb = _load()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv("JAXACT_NOTEBOOK_SOURCE", raising=False)
+  cells = tagged_cells(nb, "settings", "source")
+  with pytest.raises(RuntimeError, match=r"set REPO_URL .* or WHEEL_PATH"):
+    exec(compile(cells, "<notebook>", "exec"), {})   # pylint: disable=exec-used
+  missing_wheel = cells.replace('WHEEL_PATH = ""', f'WHEEL_PATH = "{tmp_path / "no.whl"}"', 1)
+  with pytest.raises(FileNotFoundError, match="upload the jaxact wheel"):
+    exec(compile(missing_wheel, "<notebook>", "exec"), {})   # pylint: disable=exec-used
+
+
 def test_notebook_runs_tiny_on_cpu(mnist_dir, tfds_dir, tmp_path):
   script = tmp_path / "notebook.py"
   script.write_text(notebook_script(_load()), encoding="utf-8")
   workdir = tmp_path / "workdir"
   env = dict(os.environ, JAXACT_NOTEBOOK_TINY="1", JAXACT_NOTEBOOK_WORKDIR=str(workdir),
+             JAXACT_NOTEBOOK_DRY_RUN="1",
              JAXACT_DATA_DIR=str(mnist_dir), JAXACT_TFDS_DIR=str(tfds_dir),
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
   env.pop("XLA_FLAGS", None)
+  env.pop("JAXACT_NOTEBOOK_SOURCE", None)
   proc = subprocess.run([sys.executable, str(script)], cwd=str(REPO / "experiments"), env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
   out = proc.stdout
-  assert "pip install -e " + str(REPO) in out        # found the checkout, REPO_URL not needed
+  # Found the checkout (REPO_URL not needed); the guard passed this environment's jax; only
+  # jaxact itself would be installed, without its dependencies (all there).
+  assert "pip install -q --no-deps -e " + str(REPO) in out
+  assert "kept as installed: jax==" in out
   assert "1 devices" in out and "cpu" in out
   saved = json.loads((workdir / "results" / "multilabel.json").read_text())
   assert {m["seed"] for m in saved["members"]} == {0}
