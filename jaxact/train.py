@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging as std_logging
 import math
 import os
 import platform
@@ -183,7 +184,15 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
 def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) -> None:
   """Refuses, before anything is built, a run whose largest task cannot fit (jaxact.memory)."""
   e = config.engine
-  platform_name = jax.devices()[0].platform
+  # The first call starts the backends; jax logs at INFO each one it cannot start (no TPU on a
+  # CPU machine), which would precede a one-paragraph refusal on stderr.
+  xla_bridge = std_logging.getLogger("jax._src.xla_bridge")
+  level = xla_bridge.level
+  xla_bridge.setLevel(std_logging.WARNING)
+  try:
+    platform_name = jax.devices()[0].platform
+  finally:
+    xla_bridge.setLevel(level)
   mode = e.member_mode
   if mode == "auto":
     mode = "loop" if platform_name == "cpu" and jax.device_count() == 1 else "vmap"

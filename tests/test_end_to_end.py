@@ -247,3 +247,12 @@ def test_compile_ahead_compiles_the_next_task_in_the_background(mnist_dir, tfds_
   for task in ("probability", "binary"):
     assert saved[True][task]["compilations"] == 1
     assert saved[True][task]["members"] == saved[False][task]["members"]
+
+
+def test_cli_refuses_a_run_too_big_for_memory_in_one_paragraph(tmp_path):
+  proc = _cli("--seeds=2000000000", f"--workdir={tmp_path}")
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("jaxact: error: this run does not fit in memory")
+  assert "seeds per cell fit" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr   # no log line before it
+  assert not os.listdir(tmp_path)                                  # nothing written
