@@ -90,7 +90,7 @@ def _dead(members: list[dict]) -> float:
   return float(np.mean(out)) if out else math.nan
 
 
-def _by_seed(members: list[dict]) -> dict[Any, dict]:
+def by_seed(members: list[dict]) -> dict[Any, dict]:
   """seed -> member, for the members that record a seed (the first of a repeated seed)."""
   out: dict[Any, dict] = {}
   for m in members:
@@ -101,7 +101,7 @@ def _by_seed(members: list[dict]) -> dict[Any, dict]:
 
 def _compare(a: list[dict], b: list[dict]) -> stats.PairedTest:
   """The paired test of test accuracy a - b, in points, over the seeds both cells have."""
-  sa, sb = _by_seed(a), _by_seed(b)
+  sa, sb = by_seed(a), by_seed(b)
   seeds = [s for s in sa if s in sb]
   return stats.paired_test([_points(sa[s]) for s in seeds], [_points(sb[s]) for s in seeds])
 

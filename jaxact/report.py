@@ -462,13 +462,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
 def _paired_by_seed(a: list[dict], b: list[dict], field: str
                     ) -> tuple[stats_lib.PairedTest, int]:
   """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
-  def by_seed(ms: list[dict]) -> dict[Any, dict]:
-    out: dict[Any, dict] = {}
-    for m in ms:
-      if m.get("seed") is not None:
-        out.setdefault(m["seed"], m)
-    return out
-  sa, sb = by_seed(a), by_seed(b)
+  sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
   seeds = [s for s in sa if s in sb]
   test = stats_lib.paired_test([_as_float(sa[s].get(field)) for s in seeds],
                                [_as_float(sb[s].get(field)) for s in seeds], CONFIDENCE)
