@@ -410,6 +410,15 @@ def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) 
 # ---------------------------------------------------------------------------
 
 
+def branch_cell(cell: Cell) -> Cell:
+  """`cell` as the traced program sees it: the initialisation changes only the initial weights.
+
+  Cells equal up to their `init` compute the same epoch from their state, so
+  "loop" mode compiles one branch of its member switch for all of them.
+  """
+  return dataclasses.replace(cell, init="torch")
+
+
 def _where_members(mask: jax.Array, new, old):
   """Per member: new where mask[m] else old, for pytrees stacked on axis 0."""
   def pick(a, b):
@@ -542,7 +551,8 @@ class Engine:
     self.groups = self._layout_groups(range(len(self._stacked)))
     self.config = config
     self.progress = progress or logging.info
-    self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention) for c in order}
+    self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention)
+                     for c in dict.fromkeys(order + [branch_cell(c) for c in order])}
     self.tx = make_optimizer(config)
     if config.head_bias_init not in HEAD_BIAS_INITS:
       raise ValueError(f"unknown head_bias_init {config.head_bias_init!r}: choose one of "
@@ -568,9 +578,11 @@ class Engine:
                        f"{self.mesh.size}: use 'vmap' (or 'auto') to shard the members")
     self.member_mode = mode
     self.eval_rows = config.eval_examples or (32 if platform == "cpu" else 4096)
-    # "loop" mode: the distinct cells, and each stacked member's index into them.
-    self._cells = tuple(order)
-    self._cell_index = np.asarray([order.index(c) for c, _ in self._stacked], np.int32)
+    # "loop" mode: the distinct branches of the member switch, and each stacked member's
+    # index into them. Cells that differ only in their initialisation share a branch.
+    self.branches = tuple(dict.fromkeys(branch_cell(c) for c in order))
+    self._cell_index = np.asarray([self.branches.index(branch_cell(c)) for c, _ in self._stacked],
+                                  np.int32)
     self.traces = 0
     self.compactions = 0             # in the task's whole history, restored runs included
     self._precise = functools.partial(with_matmul_precision, precision=config.matmul_precision)
@@ -896,7 +908,7 @@ class Engine:
     """
     def one(args):
       member, index = args
-      out = fn(jax.tree_util.tree_map(lambda a: a[None], member), _OneMember(index, self._cells))
+      out = fn(jax.tree_util.tree_map(lambda a: a[None], member), _OneMember(index, self.branches))
       return jax.tree_util.tree_map(lambda a: a[0], out)
     return jax.lax.map(one, (stacked, jnp.asarray(self._cell_index)))
 

@@ -335,13 +335,28 @@ class CNN(nnx.Module):
     depth = self.dense_layers if depth is None else depth
     batch_norm = self.batch_norm if batch_norm is None else batch_norm
     x, pre = features, []
-    for i in range(depth):
+    # Without batch norm, layers 2..depth (all width x width) run as one `lax.scan`:
+    # unrolled, a deep network's compile time grows faster than its depth
+    # (benchmarks/results_cpu_2core_compile.md).
+    unrolled = depth if batch_norm else 1
+    for i in range(unrolled):
       h = self.hidden[i](x)
       if batch_norm:
         h = self.norms[i](h, use_running_average=not train,
                           mask=None if mask is None else jnp.broadcast_to(mask[:, None], h.shape))
       pre.append(h)
       x = act(h)
+    if depth > unrolled:
+      layers = self.hidden[unrolled:depth]
+      kernels = jnp.stack([layer.kernel[...] for layer in layers])   # (depth - 1, width, width)
+      biases = jnp.stack([layer.bias[...] for layer in layers])      # (depth - 1, width)
+
+      def layer_step(x, kernel_bias):
+        h = x @ kernel_bias[0] + kernel_bias[1]
+        return act(h), h
+
+      x, hs = jax.lax.scan(layer_step, x, (kernels, biases))
+      pre += list(hs)
     return self.out(x), pre
 
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

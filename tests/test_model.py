@@ -89,6 +89,36 @@ def test_deep_dense_stack_shapes_and_gradients():
   chex.assert_shape(m.hidden[3].kernel[...], (64, 64))
 
 
+@pytest.mark.parametrize("depth,max_depth", [(2, 2), (5, 5), (3, 6)])
+def test_scanned_deep_layers_equal_the_layer_by_layer_network(depth, max_depth):
+  """Layers 2..depth run as one lax.scan; the value and gradients are the unrolled network's."""
+  m = model.CNN(10, hidden_activation="tanh", dense_layers=depth, max_dense_layers=max_depth,
+                rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(m)
+  feats = jax.random.normal(jax.random.key(1), (8, model.FEATURES))
+
+  def layer_by_layer(mm, f):
+    x, pre = f, []
+    for i in range(depth):
+      pre.append(mm.hidden[i](x))
+      x = jnp.tanh(pre[-1])
+    return mm.out(x), pre
+
+  def loss(p, dense):
+    z, pre = dense(nnx.merge(graphdef, p), feats)
+    return jnp.sum(z ** 2) + sum(jnp.sum(jnp.sin(h)) for h in pre)
+
+  scanned = jax.jit(lambda p: nnx.merge(graphdef, p).dense(feats))(params)
+  reference = jax.jit(lambda p: layer_by_layer(nnx.merge(graphdef, p), feats))(params)
+  assert len(scanned[1]) == depth
+  chex.assert_trees_all_close(scanned, reference, rtol=1e-6, atol=1e-7)
+  grads = jax.jit(jax.grad(lambda p: loss(p, lambda mm, f: mm.dense(f))))(params)
+  reference_grads = jax.jit(jax.grad(lambda p: loss(p, layer_by_layer)))(params)
+  chex.assert_trees_all_close(grads, reference_grads, rtol=1e-5, atol=1e-7)
+  spare = [g.kernel[...] for g in nnx.merge(graphdef, grads).hidden[depth:]]
+  assert all(not np.any(k) for k in spare)     # layers beyond the depth get no gradient
+
+
 def _conv_pool_relu_autodiff(x, kernel, bias):
   return jax.nn.relu(model.max_pool_2x2(model.conv_valid(x, kernel, bias)))
 
