@@ -136,7 +136,7 @@ class EngineConfig:
       measured on one (`benchmarks/gpu_suite.sh conv`). On a CPU its
       gradients inside the training scan are 10-20x slower (jax-ml/jax#12868).
   """
-  max_epochs: int = 200
+  max_epochs: int = 100
   patience: int = 10
   batch_size: int = 32
   learning_rate: float = 1e-3

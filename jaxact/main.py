@@ -1,6 +1,7 @@
 r"""jaxact command line: train a study's cells over many seeds and report.
 
 Examples (`jaxact` and `python -m jaxact` are the same command):
+  python -m jaxact.main --preset=smoke --data_dir=../shared/data/mnist   # a first look
   python -m jaxact.main --task=binary --head=sigmoid --data_dir=../shared/data/mnist
   jaxact --study=hidden --tensorboard --workdir=/tmp/h   # tensorboard --logdir=/tmp/h/tensorboard
   python -m jaxact.main --study=activation --seeds=10 --workdir=/tmp/jaxact
@@ -33,12 +34,17 @@ from absl import logging
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import model as model_lib
+from jaxact import presets as presets_lib
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 from jaxact import train
 
 _TRISTATE = {"": None, "on": True, "off": False}
+
+_PRESET = flags.DEFINE_string(
+    "preset", None, "A named run that fills in the flags left unset (given flags win): "
+    + "; ".join(f"{p.name}: {p.description}" for p in presets_lib.PRESETS.values()) + ".")
 
 _STUDY = flags.DEFINE_string(
     "study", "activation", "activation (the final-activation study), loss (the loss study), "
@@ -89,8 +95,11 @@ _HEAD_BIAS_INIT = flags.DEFINE_string(
     f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
     "(as the --init scheme draws it) or prior (the training targets' mean through the head: "
     "logit of each class's share for a sigmoid, its log for a softmax).")
-_MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 100, "Epoch cap; members that reach it are reported.")
-_PATIENCE = flags.DEFINE_integer("patience", 10, "Early-stopping rounds (PROTOCOL: 10).")
+_MAX_EPOCHS = flags.DEFINE_integer(
+    "max_epochs", engine_lib.PROTOCOL.max_epochs,
+    "Epoch cap (the original had none); members that reach it are reported.")
+_PATIENCE = flags.DEFINE_integer(
+    "patience", engine_lib.PROTOCOL.patience, "Early-stopping rounds (PROTOCOL: 10).")
 _COMPACT = flags.DEFINE_bool(
     "compact", False, "vmap mode: drop early-stopped members from the stacked state between "
     "epochs (fewer FLOPs once half the members have stopped; costs a recompilation each time). "
@@ -100,19 +109,19 @@ _COMPACT_IN_BACKGROUND = flags.DEFINE_bool(
     "background thread while the current one keeps training, and switch when it is ready "
     "(same results; takes the recompilation off the critical path on an accelerator).")
 _MEMBER_MODE = flags.DEFINE_string(
-    "member_mode", "auto",
+    "member_mode", engine_lib.PROTOCOL.member_mode,
     "How the members share the machine: 'vmap' (one batched computation per step: GPUs, "
     "TPUs, several devices), 'loop' (one member after another inside the jitted epoch, "
     "stopped members skipped: faster on a CPU), 'auto' (loop on one CPU device, else vmap). "
     "Results agree to float rounding.")
 _MATMUL_PRECISION = flags.DEFINE_string(
-    "matmul_precision", "float32",
+    "matmul_precision", engine_lib.PROTOCOL.matmul_precision,
     "Precision of the matmuls (the convolutions are matmuls): float32 (full, on every "
     "backend), tensorfloat32 (TF32 tensor cores, recent NVIDIA GPUs), bfloat16, or default "
     "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). See README, "
     "Speed, for what TF32 changes in the results.")
 _CONV = flags.DEFINE_string(
-    "conv", "im2col",
+    "conv", engine_lib.PROTOCOL.conv,
     "How the convolutions are computed: im2col (patches + one matmul; the default on every "
     "backend) or native (XLA's convolution and reduce-window max-pool, a grouped convolution "
     "over vmapped members; meant for GPUs and TPUs, not yet measured there; on a CPU its "
@@ -230,6 +239,11 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   signal.signal(signal.SIGTERM, _terminate)   # like Ctrl-C: pending checkpoints are finished
   try:
+    if _PRESET.value:
+      try:
+        presets_lib.apply_preset(_PRESET.value, flags.FLAGS)
+      except ValueError as err:
+        raise train.UserError(f"--preset: {err}.") from None
     config = config_from_flags()
     train.plan(config)  # validate everything before touching data or disk
     train.enable_compilation_cache(_COMPILATION_CACHE_DIR.value)

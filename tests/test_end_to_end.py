@@ -95,6 +95,7 @@ def _cli(*args, env_extra=None):
     (["--batch_size=0"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--batch_size=2001"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--head_bias_init=zero"], "unknown --head_bias_init 'zero'"),
+    (["--preset=fast"], "--preset: unknown preset 'fast': choose one of activation, loss"),
     (["--seeds=2000000000"], "this run does not fit in memory"),
     (["--num_processes=2"], "--num_processes needs --distributed"),
     (["--distributed", "--coordinator_address=localhost:1"],
@@ -151,7 +152,8 @@ def test_cli_unwritable_workdir(tmp_path, mnist_dir):
   assert "cannot write to the workdir" in proc.stderr and "Traceback" not in proc.stderr
 
 
-_CELL_ARGS = ("--task=probability", "--head=softmax", "--loss=bce", "--seeds=1", "--max_epochs=1")
+# The smoke preset: 1 seed, 1 epoch, no checkpoints.
+_CELL_ARGS = ("--task=probability", "--head=softmax", "--loss=bce", "--preset=smoke")
 
 
 def test_cli_runs_a_cell_end_to_end(tmp_path, mnist_dir, tfds_dir):
@@ -162,6 +164,7 @@ def test_cli_runs_a_cell_end_to_end(tmp_path, mnist_dir, tfds_dir):
   assert "softmax + bce" in proc.stdout and "sigmoid + bce" in proc.stdout
   assert "probability epoch 1" in proc.stderr  # progress, per task and epoch
   saved = json.loads((tmp_path / "results" / "probability.json").read_text())
+  assert [m["epochs_trained"] for m in saved["members"]] == [1, 1]   # the preset's 1 seed, 1 epoch
   by_cell = {m["label"]: m for m in saved["members"]}
   # Single-output softmax is the constant 1: it predicts "curved" for every digit, and no
   # gradient reaches its weights: the in-program diagnostics say so.
