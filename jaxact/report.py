@@ -48,9 +48,9 @@ Cell = studies.Cell
 # (accuracy as a fraction in [0, 1], MSE in original units), either may be
 # None; a str value is printed as it is.
 #
-# Seed 001 (loss study, section 3) printed single-run accuracies for six
+# The loss study's source document (section 3) printed single-run accuracies for six
 # cells; its final layer was a softmax unless the row names a sigmoid, so its
-# binary "Binary Cross-Entropy" row is softmax + bce. Seed 000 printed none.
+# binary "Binary Cross-Entropy" row is softmax + bce. The activation study's printed none.
 ORIGINAL_NUMBERS: dict[tuple[str, str], tuple[Any, Any]] = {
     ("loss", "binary/softmax+bce"): (0.9660, 0.9728),
     ("loss", "binary/softmax+mse"): (0.9733, 0.9785),

@@ -171,7 +171,7 @@ def _rows(task: str, recommended: Iterable[tuple], misused: Iterable[tuple]) -> 
 
 
 def activation_grid() -> dict[str, list[Row]]:
-  """Seed 000's grid (PROTOCOL section 8); regression always uses MSE."""
+  """The activation study's grid (PROTOCOL section 8); regression always uses MSE."""
   return {
       "regression": _rows(
           "regression",
@@ -190,7 +190,7 @@ def activation_grid() -> dict[str, list[Row]]:
 
 
 def loss_grid() -> dict[str, list[Row]]:
-  """Seed 001's final grid (PROTOCOL section 8); regression is standardised, head none."""
+  """The loss study's final grid (PROTOCOL section 8); regression is standardised, head none."""
   return {
       "regression": _rows(
           "regression",
