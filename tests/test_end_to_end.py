@@ -156,38 +156,34 @@ def test_cli_unwritable_workdir(tmp_path, mnist_dir):
 _CELL_ARGS = ("--task=probability", "--head=softmax", "--loss=bce", "--preset=smoke")
 
 
-def test_cli_runs_a_cell_end_to_end(tmp_path, mnist_dir, tfds_dir):
-  proc = _cli(*_CELL_ARGS, f"--data_dir={mnist_dir}", f"--workdir={tmp_path}",
-              f"--compilation_cache_dir={tmp_path / 'xla'}",
-              env_extra={"JAXACT_TFDS_DIR": str(tfds_dir)})
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "softmax + bce" in proc.stdout and "sigmoid + bce" in proc.stdout
-  assert "probability epoch 1" in proc.stderr  # progress, per task and epoch
-  saved = json.loads((tmp_path / "results" / "probability.json").read_text())
-  assert [m["epochs_trained"] for m in saved["members"]] == [1, 1]   # the preset's 1 seed, 1 epoch
-  by_cell = {m["label"]: m for m in saved["members"]}
-  # Single-output softmax is the constant 1: it predicts "curved" for every digit, and no
-  # gradient reaches its weights: the in-program diagnostics say so.
-  assert by_cell["softmax + bce"]["best_valid"] < 0.6
-  assert by_cell["softmax + bce"]["diagnosis"]["kind"] == "no_gradient"
-  assert by_cell["sigmoid + bce"]["diagnostics"]["grad_norm"][0][0] > 0
-
-
-def test_compilation_cache_rerun_gives_the_same_results(tmp_path, mnist_dir, tfds_dir):
-  # The first run fills the cache; the same grid in a fresh workdir loads the compiled
-  # epoch from it, and the executable being the same, every number is the same.
+def test_cli_runs_a_cell_end_to_end_and_reruns_it_from_the_compilation_cache(
+    tmp_path, mnist_dir, tfds_dir):
+  # The first run fills a fresh compilation cache; the same grid in a fresh workdir loads the
+  # compiled epoch from it, and the executable being the same, every number is the same.
   cache = tmp_path / "xla"
   runs = []
   for name in ("first", "second"):
-    proc = _cli(*_CELL_ARGS, f"--data_dir={mnist_dir}", f"--workdir={tmp_path / name}",
+    workdir = tmp_path / name
+    proc = _cli(*_CELL_ARGS, f"--data_dir={mnist_dir}", f"--workdir={workdir}",
                 f"--compilation_cache_dir={cache}", env_extra={"JAXACT_TFDS_DIR": str(tfds_dir)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    if name == "first":
-      epochs = {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")}
-      assert epochs, list(cache.iterdir())
-    saved = json.loads((tmp_path / name / "results" / "probability.json").read_text())
+    saved = json.loads((workdir / "results" / "probability.json").read_text())
     runs.append([(m["label"], m["seed"], m["train_loss"], m["valid_metric"], m["test"])
                  for m in saved["members"]])
+    if name == "second":
+      break
+    epochs = {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")}
+    assert epochs, list(cache.iterdir())
+    assert "softmax + bce" in proc.stdout and "sigmoid + bce" in proc.stdout
+    assert "probability epoch 1" in proc.stderr  # progress, per task and epoch
+    # The preset's 1 seed and 1 epoch.
+    assert [m["epochs_trained"] for m in saved["members"]] == [1, 1]
+    by_cell = {m["label"]: m for m in saved["members"]}
+    # Single-output softmax is the constant 1: it predicts "curved" for every digit, and no
+    # gradient reaches its weights: the in-program diagnostics say so.
+    assert by_cell["softmax + bce"]["best_valid"] < 0.6
+    assert by_cell["softmax + bce"]["diagnosis"]["kind"] == "no_gradient"
+    assert by_cell["sigmoid + bce"]["diagnostics"]["grad_norm"][0][0] > 0
   assert runs[0] == runs[1]
   # The epoch program was loaded, not compiled anew. (Small programs near the cache's 0.5 s
   # threshold may or may not be written, depending on the machine's load.)
