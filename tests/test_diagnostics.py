@@ -188,11 +188,13 @@ def test_mixed_network_member_equals_its_single_run(data):
     else:
       # The dense bias before batch norm cannot change the output, so its gradient is
       # rounding noise, which Adam normalises into full-size steps: the runs agree to
-      # rounding in the loss, and a couple of the 64 borderline valid predictions may flip.
+      # rounding in the loss (the tight check), while a few of the 64 borderline valid
+      # predictions flip, how many depending on the CPU's rounding (3 on an Intel Xeon CI
+      # machine, 0 on an AMD EPYC), so the valid metric gets a looser bound.
       chex.assert_trees_all_close(a.train_loss, b.train_loss, rtol=1e-3)
-      np.testing.assert_allclose(a.valid_metric, b.valid_metric, atol=2.5 / 64)
+      np.testing.assert_allclose(a.valid_metric, b.valid_metric, atol=6.5 / 64)
     chex.assert_trees_all_close(a.diagnostics["saturated"], b.diagnostics["saturated"],
-                                atol=2.5 / 64)
+                                atol=(2.5 if not cell.batch_norm else 6.5) / 64)
     assert len(b.diagnostics["grad_norm"][0]) == 4 + cell.depth
     assert len(b.diagnostics["saturated"][0]) == cell.depth
 
