@@ -313,7 +313,7 @@ def _download_idx_files(tfds_dir: Path) -> Path:
   base = mnist_url()
   or_data_dir = f"or {data_lib.FIX_DIR}"
 
-  def failed(cause: str, fix: str) -> DataError:
+  def failed(cause: str, fix: str) -> data_lib.DataError:
     return data_lib.DataError(
         "No --data_dir (or JAXACT_DATA_DIR) was given, and downloading MNIST "
         f"through tensorflow-datasets from {base} failed: {cause.rstrip('.')}. "
@@ -372,7 +372,7 @@ def load_mnist(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Loads MNIST through tensorflow-datasets.
 
-  With `data_dir`, the IDX files there are validated (`read_mnist_idx_dir`),
+  With `data_dir`, the IDX files there are validated (`data.read_mnist_idx_dir`),
   prepared once with the `MnistIdx` builder (array_record) under
   `tfds_dir/mnist_idx_<key>/`, where key is a short SHA-256 of their decoded
   contents, and read back with the tfds data source; later calls with the
@@ -394,7 +394,7 @@ def load_mnist(
       else ~/.cache/jaxact/tfds.
 
   Returns:
-    Same format as `read_mnist_idx_dir`: {'train': (images uint8 (N, 28, 28),
+    Same format as `data.read_mnist_idx_dir`: {'train': (images uint8 (N, 28, 28),
     labels uint8 (N,)), 'test': (...)}.
 
   Raises:

@@ -39,7 +39,6 @@ from jaxact import claims as claims_lib
 from jaxact import results_io
 from jaxact import stats as stats_lib
 from jaxact import studies
-from jaxact import tasks as tasks_lib
 
 Cell = studies.Cell
 
