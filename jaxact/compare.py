@@ -30,7 +30,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jaxact import files
 from jaxact import report as report_lib
+from jaxact import results_io
 from jaxact import stats as stats_lib
 from jaxact import studies
 
@@ -66,18 +68,18 @@ def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
 
   Raises:
     FileNotFoundError, ValueError: a workdir without results of `task`
-      (report.load_results's errors, or one naming the task).
+      (results_io.load_results's errors, or one naming the task).
   """
   arms = []
   for workdir in workdirs:
-    results = report_lib.load_results(workdir)
+    results = results_io.load_results(workdir)
     if task not in results:
       raise ValueError(f"{workdir!r} holds no results of task {task!r} (it has "
                        f"{', '.join(results)}): choose --task, or drop that workdir.")
     result = results[task]
     training = (result.get("training") or {}).get("label") or ""
     variants: dict[str, dict[tuple[str, str, str], list[dict]]] = {}
-    for cell, members in report_lib._group_members(result).items():   # pylint: disable=protected-access
+    for cell, members in results_io.group_members(result).items():
       network = _network_label(cell)
       key = (cell.head, cell.loss, cell.convention)
       variants.setdefault(network, {})[key] = members
@@ -114,18 +116,18 @@ class ArmCell:
 
 def arm_cell(members: list[dict], protocol: list[dict] | None) -> ArmCell:
   """The statistics of one arm's members in one cell, paired with the protocol's by seed."""
-  kinds = [report_lib._kind_of(m) for m in members]   # pylint: disable=protected-access
+  kinds = [results_io.kind_of(m) for m in members]
   n = len(members)
   rates = {k: stats_lib.wilson_interval(kinds.count(k), n) for k in FAILURE_RATES
            if k in kinds or k == "collapsed"}
   epochs = [e for e in (fc1_saturation_epoch(m) for m in members) if e is not None]
   paired = None
   if protocol is not None:
-    paired, _ = report_lib._paired_by_seed(members, protocol, "test")   # pylint: disable=protected-access
+    paired, _ = report_lib.paired_by_seed(members, protocol, "test")
   return ArmCell(
-      n=n, diagnosis=report_lib._diagnosis_counts(members),   # pylint: disable=protected-access
+      n=n, diagnosis=report_lib.diagnosis_counts(members),
       rates=rates, fc1_saturated=len(epochs), fc1_epochs=epochs,
-      test=stats_lib.mean_interval([report_lib._as_float(m.get("test")) for m in members]),   # pylint: disable=protected-access
+      test=stats_lib.mean_interval([results_io.as_float(m.get("test")) for m in members]),
       paired=paired)
 
 
@@ -221,7 +223,7 @@ def main(argv: Sequence[str]) -> None:
     sys.exit(2)
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    report_lib.atomic_write(_OUT.value, lambda f: f.write(text))
+    files.atomic_write(_OUT.value, lambda f: f.write(text))
     print(f"wrote {_OUT.value}")
   else:
     print(text)

@@ -1,7 +1,8 @@
 """Figures of a run's saved results: validation curves, hidden-study heatmaps, diagnostics.
 
-Reads the same workdir files as `jaxact.report` (which calls `plot_curves`
-and `plot_diagnostics` from `write_report`) and writes PNGs beside them:
+Reads the same workdir files as `jaxact.report`, through `jaxact.results_io`
+(report calls `plot_curves` and `plot_diagnostics` from `write_report`), and
+writes PNGs beside them:
 
   WORKDIR/curves_<task>.png           validation metric per epoch, one panel per cell;
   WORKDIR/heatmap_<task>.png          hidden-study tasks: mean test metric by hidden
@@ -40,11 +41,11 @@ import numpy as np
 
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import claims as claims_lib
+from jaxact import files
 from jaxact import losses as losses_lib
+from jaxact import report
+from jaxact import results_io
 from jaxact import studies
-from jaxact.report import (_COMMAND_CHARS, _KIND_TEXT, _as_float, _depth_sweep_figures,
-                           _group_members, _is_accuracy, _other_cells, _plural, _studies_of,
-                           _study_tables, atomic_write, load_results, load_run_info)
 
 Cell = studies.Cell
 
@@ -52,6 +53,7 @@ CURVES_MAX_CELLS = 12     # a hidden-study task with more cells gets heatmaps in
 CARRIED_TEXT = "mean over seeds, a stopped member's last value carried forward"
 CHANCE_TEXT = "chance / constant predictor (valid)"
 _DPI = 100
+_COMMAND_CHARS = 100   # a caption's command is cut to this length
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def _figure(**kwargs):
 
 
 def _save(fig, path: str) -> str:
-  atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), binary=True)
+  files.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=_DPI), binary=True)
   return path
 
 
@@ -102,7 +104,7 @@ def made_by_text(result: dict, info: dict, width: int = 110) -> str:
 
 
 def _chance(result: dict) -> float | None:
-  v = _as_float(result.get("chance_valid"))
+  v = results_io.as_float(result.get("chance_valid"))
   return v if math.isfinite(v) else None
 
 
@@ -119,12 +121,12 @@ def _plot_cells(task: str, groups: dict[Cell, list[dict]],
   """Every cell of the task once, in table order, with its recommendation (or None)."""
   out: list[tuple[Cell, bool | None]] = []
   seen = set()
-  for _, _, rows, _ in _study_tables(task, groups, which=which):
+  for _, _, rows, _ in report.study_tables(task, groups, which=which):
     for cell, recommended, _ in rows:
       if cell not in seen:
         seen.add(cell)
         out.append((cell, recommended))
-  return out + [(c, None) for c in _other_cells(task, groups, which) if c not in seen]
+  return out + [(c, None) for c in report.other_cells(task, groups, which) if c not in seen]
 
 
 def _curve_matrix(members: list[dict], scale: float) -> np.ndarray:
@@ -132,7 +134,7 @@ def _curve_matrix(members: list[dict], scale: float) -> np.ndarray:
   length = max((len(m.get("valid_metric") or []) for m in members), default=0)
   mat = np.full((len(members), length), np.nan)
   for i, m in enumerate(members):
-    v = np.array([_as_float(x) for x in (m.get("valid_metric") or [])], np.float64)
+    v = np.array([results_io.as_float(x) for x in (m.get("valid_metric") or [])], np.float64)
     mat[i, :v.size] = v * scale
   return mat
 
@@ -215,11 +217,11 @@ def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
     ax.set_yticks([])
     return False
   if n_empty:
-    notes.append(f"{_plural(n_empty, 'seed')} invalid")
+    notes.append(f"{report.plural(n_empty, 'seed')} invalid")
   n_bad = sum(1 for m in members if m.get("status") == "nonfinite" or not all(
-      math.isfinite(_as_float(x)) for x in (m.get("valid_metric") or [])))
+      math.isfinite(results_io.as_float(x)) for x in (m.get("valid_metric") or [])))
   if n_bad:
-    notes.append(f"{_plural(n_bad, 'seed')} non-finite")
+    notes.append(f"{report.plural(n_bad, 'seed')} non-finite")
   finite_raw = np.where(np.isfinite(raw), raw, np.nan)
   carried = carried_forward(members, scale)
   epochs = np.arange(1, raw.shape[1] + 1)
@@ -262,9 +264,9 @@ def _figure_legend(fig, axes, **kwargs) -> None:
 
 def curves_figure_object(task: str, result: dict, info: dict):
   """The curves Figure of one task (not saved): one panel per cell, y-axis shared."""
-  groups = _group_members(result)
-  cells = _plot_cells(task, groups, _studies_of(result, info))
-  accuracy = _is_accuracy(result, task)
+  groups = results_io.group_members(result)
+  cells = _plot_cells(task, groups, results_io.studies_of(result, info))
+  accuracy = results_io.is_accuracy(result, task)
   chance = _chance(result)
   n = max(len(cells), 1)
   ncols = min(4, n)
@@ -321,13 +323,13 @@ def plot_curves(workdir: str) -> list[str]:
     The paths written, in task order.
 
   Raises:
-    FileNotFoundError, ValueError: as load_results.
+    FileNotFoundError, ValueError: as results_io.load_results.
   """
-  results = load_results(workdir)
-  info = load_run_info(workdir)
+  results = results_io.load_results(workdir)
+  info = results_io.load_run_info(workdir)
   paths = []
   for task, result in results.items():
-    groups = _group_members(result)
+    groups = results_io.group_members(result)
     name = curves_figure(task, groups)
     if name is not None:
       paths.append(_save(curves_figure_object(task, result, info), os.path.join(workdir, name)))
@@ -411,7 +413,7 @@ def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[dict]], rows: Seq
   for i, r in enumerate(rows):
     for j, c in enumerate(cols):
       members = cells.get((r, c)) or []
-      vals = np.array([_as_float(m.get(field)) for m in members], np.float64)
+      vals = np.array([results_io.as_float(m.get(field)) for m in members], np.float64)
       vals = vals[np.isfinite(vals)]
       total[i, j] = len(members)
       n[i, j] = vals.size
@@ -431,7 +433,7 @@ def heatmap_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str
   """
   if not groups or not _one_head_and_loss(groups):
     return []
-  metric = "accuracy" if _is_accuracy({}, task) else "MSE"
+  metric = "accuracy" if results_io.is_accuracy({}, task) else "MSE"
   per_convention = claims_lib.by_convention(groups)
   suffix = _conv_suffix(per_convention)
   out = []
@@ -450,7 +452,7 @@ def heatmap_figure_object(task: str, result: dict, info: dict, panels: list[Pane
                           what: str, col_label: str, conv_text: str = ""):
   """One heatmap Figure (not saved): a panel per entry of `panels`, one shared colour scale."""
   from matplotlib import colors  # pylint: disable=g-import-not-at-top
-  accuracy = _is_accuracy(result, task)
+  accuracy = results_io.is_accuracy(result, task)
   scale = 100.0 if accuracy else 1.0
   chance = _chance(result)
   mats = [heatmap_matrix(cells, rows, cols, "test", scale) for _, rows, cols, cells in panels]
@@ -518,7 +520,7 @@ def _colormap(name: str):
 
 def plot_heatmaps(workdir: str, task: str, result: dict, info: dict) -> list[str]:
   """Writes the task's heatmap figures (`heatmap_figures`); returns their paths."""
-  groups = _group_members(result)
+  groups = results_io.group_members(result)
   names = dict((name, alt) for alt, name in heatmap_figures(task, groups))
   if not names:
     return []
@@ -550,8 +552,9 @@ def _mean_history(members: list[dict], name: str, layer: int | None = 0) -> np.n
   rows = []
   for m in members:
     h = (m.get("diagnostics") or {}).get(name) or []
-    rows.append([np.nan if v is None else (_as_float(v[layer]) if layer is not None and
-                                           isinstance(v, list) else _as_float(v)) for v in h])
+    rows.append([np.nan if v is None else
+                 results_io.as_float(v[layer] if layer is not None and isinstance(v, list) else v)
+                 for v in h])
   return mean_curve([{"valid_metric": r} for r in rows])
 
 
@@ -579,11 +582,11 @@ def plot_diagnostics(workdir: str) -> list[str]:
   activation and init of the depth sweep, the gradient norm of every layer at
   initialisation (first batch, median over seeds) for each depth.
   """
-  results = load_results(workdir)
-  info = load_run_info(workdir)
+  results = results_io.load_results(workdir)
+  info = results_io.load_run_info(workdir)
   paths = []
   for task, result in results.items():
-    groups = _group_members(result)
+    groups = results_io.group_members(result)
     made_by = made_by_text(result, info)
     if not any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values()
                for m in ms):
@@ -599,7 +602,7 @@ def plot_diagnostics(workdir: str) -> list[str]:
       style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], linewidth=1.2)
       kinds = diagnostics_lib.count_kinds(
           [m["diagnosis"] for m in groups[cell] if isinstance(m.get("diagnosis"), dict)])
-      label = f"{cell.label} [{', '.join(_KIND_TEXT[k] for k in kinds)}]"
+      label = f"{cell.label} [{', '.join(report.KIND_TEXT[k] for k in kinds)}]"
       sat = _mean_history(groups[cell], "saturated")
       ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
       spread = _mean_history(groups[cell], "spread", None)
@@ -621,7 +624,7 @@ def plot_diagnostics(workdir: str) -> list[str]:
                  fontsize=10)
     paths.append(_save(fig, os.path.join(workdir, f"saturation_{task}.png")))
     per_convention = claims_lib.by_convention(groups)
-    for conv, name in _depth_sweep_figures(task, groups):
+    for conv, name in report.depth_sweep_figures(task, groups):
       paths.append(_plot_gradients_depth(
           os.path.join(workdir, name), task, conv, claims_lib.depth_sweep(per_convention[conv]),
           made_by, None))

@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from jaxact import engine as engine_lib
+from jaxact import files
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -49,11 +50,6 @@ CSV_COLUMNS = ("task", "metric", "key", "label", "head", "loss", "convention", "
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
 _EVENT_FILES = itertools.count()
-
-
-def _atomic_write(path: str, write: Callable) -> None:
-  from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
-  report_lib.atomic_write(path, write)
 
 
 def _number(x, digits: int = 7) -> float | None:
@@ -94,7 +90,7 @@ def drop_task_lines(path: str, task: str, after_epoch: int) -> int:
       else:
         keep.append(line)
   if dropped:
-    _atomic_write(path, lambda f: f.writelines(keep))
+    files.atomic_write(path, lambda f: f.writelines(keep))
   return dropped
 
 
@@ -347,7 +343,7 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-  _atomic_write(path, write)
+  files.atomic_write(path, write)
 
 
 def write_task_csv(json_path: str) -> str:

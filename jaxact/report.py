@@ -5,13 +5,14 @@ A training run writes a workdir:
   WORKDIR/run.json             how the run was made (command, machine, times, flags);
   WORKDIR/results/<task>.json  every member (cell x seed) trained for that task.
 
-This module turns them into `WORKDIR/report.md`, with one table per study, task
-and loss convention laid out like the source documents (PROTOCOL section 8), and
-one figure of validation curves per task, `WORKDIR/curves_<task>.png`. Every
-statistic is over a cell's seeds (`jaxact.stats`): means with 95% t intervals,
-each misused cell paired by seed against the recommended one, and failure rates
-with Wilson intervals; the report's "How to read" section explains them. It never
-trains anything, so a report can be rebuilt from saved results:
+This module turns them (read through `jaxact.results_io`) into `WORKDIR/report.md`,
+with one table per study, task and loss convention laid out like the source
+documents (PROTOCOL section 8), and one figure of validation curves per task,
+`WORKDIR/curves_<task>.png`. Every statistic is over a cell's seeds
+(`jaxact.stats`): means with 95% t intervals, each misused cell paired by seed
+against the recommended one, and failure rates with Wilson intervals; the
+report's "How to read" section explains them. It never trains anything, so a
+report can be rebuilt from saved results:
 
   python -m jaxact.report --workdir=DIR
 """
@@ -25,7 +26,6 @@ import json
 import math
 import os
 import sys
-import uuid
 from typing import Any, Iterable, Sequence
 
 from absl import app
@@ -33,11 +33,12 @@ from absl import flags
 import numpy as np
 
 from jaxact import diagnostics as diagnostics_lib
+from jaxact import files
 from jaxact import losses as losses_lib
 from jaxact import claims as claims_lib
+from jaxact import results_io
 from jaxact import stats as stats_lib
 from jaxact import studies
-from jaxact import tasks as tasks_lib
 
 Cell = studies.Cell
 
@@ -73,7 +74,7 @@ _STUDY_TITLES = {
     "loss": "loss study",
     "hidden": "hidden-layer study",
 }
-_KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}
+KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}   # kind -> its words
 _STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
 # The stopping column says how training ended, not whether the member is healthy
 # (that is the diagnosis column): "ok" is shown as "early-stopped".
@@ -82,114 +83,10 @@ _STATUS_TEXT = {"ok": "early-stopped", "hit_cap": "hit cap", "nonfinite": "nonfi
 _NOT_DIAGNOSED = "not diagnosed"
 CONFIDENCE = 0.95   # of every interval in the report
 ALPHA = 0.05        # significance level of the paired tests' verdicts
-_COMMAND_CHARS = 100
-
-
-# ---------------------------------------------------------------------------
-# Loading.
-
-
-def load_run_info(workdir: str) -> dict:
-  """Returns WORKDIR/run.json parsed, or {} when it is missing or unreadable."""
-  path = os.path.join(workdir, "run.json")
-  try:
-    with open(path, encoding="utf-8") as f:
-      info = json.load(f)
-  except (OSError, ValueError):
-    return {}
-  return info if isinstance(info, dict) else {}
-
-
-def load_results(workdir: str) -> dict[str, dict]:
-  """Reads every WORKDIR/results/<task>.json.
-
-  Args:
-    workdir: the directory a training run wrote.
-
-  Returns:
-    task -> the parsed results file, in tasks.TASKS order (unknown tasks last,
-    sorted by name).
-
-  Raises:
-    FileNotFoundError: the workdir, its results/ directory or any results file
-      in it is missing.
-    ValueError: a results file is not valid JSON.
-  """
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir {workdir!r} does not exist or is not a directory")
-  results_dir = os.path.join(workdir, "results")
-  names = sorted(os.listdir(results_dir)) if os.path.isdir(results_dir) else []
-  names = [n for n in names if n.endswith(".json") and not n.startswith(".")]
-  if not names:
-    raise FileNotFoundError(
-        f"no results in {results_dir!r}: expected results/<task>.json files written by "
-        "`python -m jaxact.main --workdir=...`")
-  out = {}
-  for name in names:
-    path = os.path.join(results_dir, name)
-    with open(path, encoding="utf-8") as f:
-      try:
-        data = json.load(f)
-      except ValueError as e:
-        raise ValueError(f"results file {path!r} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-      raise ValueError(f"results file {path!r} does not hold a JSON object")
-    task = str(data.get("task") or name[:-len(".json")])
-    _rediagnose(data, task)
-    out[task] = data
-  return {t: out[t] for t in _ordered_tasks(out)}
-
-
-def _rediagnose(result: dict, task: str) -> None:
-  """Classifies again, with this version's rules, the members that carry diagnostics."""
-  members = [m for m in result.get("members") or []
-             if isinstance(m, dict) and m.get("diagnostics") and "cell" in m]
-  if not members or task not in tasks_lib.TASKS:
-    return
-  try:
-    diags = diagnostics_lib.diagnose_task(members, task, result.get("chance_valid"),
-                                          result.get("softmax_ceiling_test"))
-  except (KeyError, TypeError, ValueError):
-    return   # a record this version cannot read: keep what was saved
-  for m, d in zip(members, diags):
-    m["diagnosis"] = d.to_dict()
-
-
-def _ordered_tasks(tasks: Iterable[str]) -> list[str]:
-  tasks = list(tasks)
-  known = [t for t in tasks_lib.TASKS if t in tasks]
-  return known + sorted(t for t in tasks if t not in tasks_lib.TASKS)
-
-
-def _cell_of(member: dict) -> Cell:
-  """The member's Cell; keys a newer writer may add are ignored."""
-  d = dict(member["cell"])
-  try:
-    return Cell.from_dict(d)
-  except TypeError:
-    names = {f.name for f in dataclasses.fields(Cell)}
-    return Cell.from_dict({k: v for k, v in d.items() if k in names})
-
-
-def _group_members(result: dict) -> dict[Cell, list[dict]]:
-  """Cell -> its members sorted by seed, cells in order of first appearance."""
-  groups: dict[Cell, list[dict]] = collections.OrderedDict()
-  for m in result.get("members") or []:
-    groups.setdefault(_cell_of(m), []).append(m)
-  for ms in groups.values():
-    ms.sort(key=lambda m: (m.get("seed") is None, m.get("seed") or 0))
-  return groups
 
 
 # ---------------------------------------------------------------------------
 # Statistics and formatting.
-
-
-def _as_float(v: Any) -> float:
-  try:
-    return float(v)
-  except (TypeError, ValueError):
-    return float("nan")
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -202,7 +99,7 @@ def summarize(values: Sequence[float]) -> dict:
     {"mean", "std", "min", "max"} (floats, NaN when no value is finite),
     "n" (number of finite values) and "n_nonfinite".
   """
-  arr = np.array([_as_float(v) for v in values], dtype=np.float64)
+  arr = np.array([results_io.as_float(v) for v in values], dtype=np.float64)
   finite = arr[np.isfinite(arr)]
   n_nonfinite = int(arr.size - finite.size)
   if finite.size == 0:
@@ -213,27 +110,11 @@ def summarize(values: Sequence[float]) -> dict:
               n=int(finite.size), n_nonfinite=n_nonfinite)
 
 
-def _is_accuracy(result: dict, task: str) -> bool:
-  name = result.get("metric_name")
-  if name is None:
-    try:
-      name = tasks_lib.get_task(task).metric_name
-    except ValueError:
-      name = "mse" if task == "regression" else "accuracy"
-  return str(name).lower() != "mse"
-
-
-def _higher_is_better(result: dict, task: str) -> bool:
-  if "higher_is_better" in result:
-    return bool(result["higher_is_better"])
-  return _is_accuracy(result, task)
-
-
 def _fmt(v: Any, accuracy: bool) -> str:
   """Accuracy as a percentage with 2 decimals, MSE with 4 significant digits."""
   if isinstance(v, str):
     return v
-  v = _as_float(v)
+  v = results_io.as_float(v)
   if math.isnan(v):
     return "nan"
   if math.isinf(v):
@@ -242,11 +123,11 @@ def _fmt(v: Any, accuracy: bool) -> str:
 
 
 def _metric_title(result: dict, task: str) -> str:
-  if _is_accuracy(result, task):
+  if results_io.is_accuracy(result, task):
     return "accuracy, higher is better"
   if str(result.get("metric_name", "mse")).lower() == "mse":
     return "MSE in original units, lower is better"
-  better = "higher" if _higher_is_better(result, task) else "lower"
+  better = "higher" if results_io.higher_is_better(result, task) else "lower"
   return f"{result.get('metric_name')}, {better} is better"
 
 
@@ -254,7 +135,7 @@ def _nonfinite_kinds(members: list[dict], field: str) -> str:
   """E.g. '1 invalid, 2 inf' for the members whose `field` is not finite."""
   counts: collections.Counter = collections.Counter()
   for m in members:
-    v = _as_float(m.get(field))
+    v = results_io.as_float(m.get(field))
     if math.isfinite(v):
       continue
     if math.isnan(v) and m.get("status") == "invalid":
@@ -264,16 +145,6 @@ def _nonfinite_kinds(members: list[dict], field: str) -> str:
     else:
       counts["NaN"] += 1
   return ", ".join(f"{k} {kind}" for kind, k in counts.items())
-
-
-def _kind_of(member: dict) -> str | None:
-  """The member's diagnosis kind; without a diagnosis, its status when that is a failure kind
-  (invalid, nonfinite), else None (not diagnosed)."""
-  d = member.get("diagnosis")
-  if isinstance(d, dict) and d.get("kind"):
-    return str(d["kind"])
-  status = member.get("status")
-  return status if status in diagnostics_lib.FAILURES else None
 
 
 def _is_failure(kind: str | None) -> bool:
@@ -298,7 +169,7 @@ def _ordered_kinds(kinds: Iterable[str | None]) -> list[str | None]:
 
 def _class_name(members: list[dict]) -> str:
   """'healthy', 'healthy or hit cap', 'collapsed': the kinds of `members`."""
-  return " or ".join(_kind_name(k) for k in _ordered_kinds(_kind_of(m) for m in members))
+  return " or ".join(_kind_name(k) for k in _ordered_kinds(results_io.kind_of(m) for m in members))
 
 
 def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
@@ -317,14 +188,14 @@ def _metric_cells(members: list[dict], field: str, accuracy: bool,
   not-failed ones, prefixed with their count and class ("7 healthy: ..."). Failed members
   only: their statistics, prefixed likewise ("3 collapsed: ...").
   """
-  finite = [m for m in members if math.isfinite(_as_float(m.get(field)))]
+  finite = [m for m in members if math.isfinite(results_io.as_float(m.get(field)))]
   extra = _nonfinite_kinds(members, field)
   if not finite:
     return f"no finite value ({extra})", ""
-  failed = [m for m in finite if _is_failure(_kind_of(m))]
-  chosen = [m for m in finite if not _is_failure(_kind_of(m))] or failed
+  failed = [m for m in finite if _is_failure(results_io.kind_of(m))]
+  chosen = [m for m in finite if not _is_failure(results_io.kind_of(m))] or failed
   label = f"{len(chosen)} {_class_name(chosen)}: " if failed else ""
-  values = [_as_float(m.get(field)) for m in chosen]
+  values = [results_io.as_float(m.get(field)) for m in chosen]
   mean = label + _fmt_ci(stats_lib.mean_interval(values, CONFIDENCE), accuracy, unit)
   if extra:
     mean += f" (+{extra})"
@@ -351,7 +222,8 @@ def _seeds_text(members: list[dict]) -> str:
   return f"{word} " + ", ".join(str(m.get("seed", "?")) for m in members)
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+  """'1 seed', '3 seeds'."""
   return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
@@ -414,7 +286,7 @@ def _original_text(study: str | None, cell: Cell, accuracy: bool) -> str | None:
 def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: dict,
            study: str | None) -> list[str]:
   """One Markdown table; `rows` are (cell, recommended or None, members)."""
-  accuracy = _is_accuracy(result, task)
+  accuracy = results_io.is_accuracy(result, task)
   unit = "accuracy %" if accuracy else "MSE"
   with_marker = any(r is not None for _, r, _ in rows)
   body = []
@@ -427,7 +299,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
       test, test_range = _metric_cells(members, "test", accuracy)
     best = [m["best_epoch"] + 1 for m in members
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
-    cols = [_escape(cell.label), str(len(members)), _diagnosis_counts(members),
+    cols = [_escape(cell.label), str(len(members)), diagnosis_counts(members),
             valid, valid_range, test, test_range, _mean_text(best),
             _mean_text([m.get("epochs_trained") for m in members]), _status_counts(members)]
     if with_marker:
@@ -459,13 +331,13 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   return lines
 
 
-def _paired_by_seed(a: list[dict], b: list[dict], field: str
-                    ) -> tuple[stats_lib.PairedTest, int]:
+def paired_by_seed(a: list[dict], b: list[dict], field: str
+                   ) -> tuple[stats_lib.PairedTest, int]:
   """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
   sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
   seeds = [s for s in sa if s in sb]
-  test = stats_lib.paired_test([_as_float(sa[s].get(field)) for s in seeds],
-                               [_as_float(sb[s].get(field)) for s in seeds], CONFIDENCE)
+  test = stats_lib.paired_test([results_io.as_float(sa[s].get(field)) for s in seeds],
+                               [results_io.as_float(sb[s].get(field)) for s in seeds], CONFIDENCE)
   return test, len(seeds)
 
 
@@ -496,8 +368,8 @@ def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
   misused = [(c, ms) for c, r, ms in rows if r is False]
   if not recommended or not misused:
     return []
-  accuracy = _is_accuracy(result, task)
-  higher = _higher_is_better(result, task)
+  accuracy = results_io.is_accuracy(result, task)
+  higher = results_io.higher_is_better(result, task)
   unit = "accuracy points" if accuracy else "MSE"
   lines = [f"Paired by seed: each {MARK_MISUSED} cell minus {MARK_RECOMMENDED}, test metric at "
            "the best epoch, all finite pairs (failed members included).", "",
@@ -506,7 +378,7 @@ def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
            "|---|---|---|---|---|---|"]
   for cell, members in misused:
     ref_cell, ref_members = _reference(cell, recommended)
-    test, common = _paired_by_seed(members, ref_members, "test")
+    test, common = paired_by_seed(members, ref_members, "test")
     pairs = (f"{test.n}" if test.n == common else f"{test.n} of {common} common seeds")
     if test.n == 0:
       diff = "no finite pair" if common else "no seed in both"
@@ -526,16 +398,16 @@ def _rates_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
   body = []
   for cell, members in groups.items():
     n = len(members)
-    counts = collections.Counter(_kind_of(m) for m in members)
+    counts = collections.Counter(results_io.kind_of(m) for m in members)
     named = [(_kind_name(k), counts[k]) for k in _ordered_kinds(counts) if _is_failure(k)]
     named.append(("hit cap", sum(1 for m in members if m.get("status") == "hit_cap")))
     parts = [_rate_text(name, k, n) for name, k in named if k]
     if parts:
       body.append(f"| {_escape(cell.label)} | {n} | {'; '.join(parts)} |")
   n_all = sum(len(ms) for ms in groups.values())
-  undiagnosed = sum(1 for ms in groups.values() for m in ms if _kind_of(m) is None)
+  undiagnosed = sum(1 for ms in groups.values() for m in ms if results_io.kind_of(m) is None)
   caveat = ("" if not undiagnosed else
-            f" {_plural(undiagnosed, 'member')} not diagnosed: only invalid and nonfinite are "
+            f" {plural(undiagnosed, 'member')} not diagnosed: only invalid and nonfinite are "
             "counted as failures for them.")
   if not body:
     return [f"Rates: no member of {task} failed or hit the epoch cap ({n_all} members)."
@@ -558,19 +430,9 @@ def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
           + sorted(c for c in present if c not in studies.CONVENTIONS))
 
 
-def _studies_of(result: dict, info: dict | None = None) -> tuple[str, ...]:
-  """The studies whose tables to show: the run's (results file, else run.json), else all."""
-  study = result.get("study") or ((info or {}).get("config") or {}).get("study")
-  if study in studies.STUDIES:
-    return (study,)
-  if study == "hidden":
-    return ("hidden",)
-  return ("activation", "loss") if study == "all" or study is None else studies.STUDIES
-
-
-def _study_tables(task: str, groups: dict[Cell, list[dict]],
-                  conventions: Sequence[str] | None = None,
-                  which: Sequence[str] = studies.STUDIES):
+def study_tables(task: str, groups: dict[Cell, list[dict]],
+                 conventions: Sequence[str] | None = None,
+                 which: Sequence[str] = studies.STUDIES):
   """Yields (study, convention, [(cell, recommended, members)]) for every table of a task.
 
   `conventions` (default: those of the task's members) lets a workdir trained
@@ -621,13 +483,13 @@ def _variant_title(variant: dict[str, Any]) -> str:
   return ", " + label[label.index("(") + 1:-1] if "(" in label else ""
 
 
-def _diagnosis_counts(members: list[dict]) -> str:
+def diagnosis_counts(members: list[dict]) -> str:
   """'7 healthy, 3 collapsed': the members per diagnosis kind (`_ordered_kinds`).
 
   A member without a diagnosis counts by its status when that is a failure kind
   (invalid, nonfinite), else as "not diagnosed".
   """
-  counts = collections.Counter(_kind_of(m) for m in members)
+  counts = collections.Counter(results_io.kind_of(m) for m in members)
   return ", ".join(f"{counts[k]} {_kind_name(k)}" for k in _ordered_kinds(counts))
 
 
@@ -641,7 +503,7 @@ def _diagnoses_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
       if isinstance(d, dict) and d.get("kind") in diagnostics_lib.FAILURES:
         by_kind.setdefault(d["kind"], []).append(m)
     for kind, ms in by_kind.items():
-      lines.append(f"- **{_escape(cell.label)}**: {_KIND_TEXT[kind]} in {len(ms)}/{len(members)} "
+      lines.append(f"- **{_escape(cell.label)}**: {KIND_TEXT[kind]} in {len(ms)}/{len(members)} "
                    f"seeds. Seed {ms[0].get('seed', '?')}: {_escape(ms[0]['diagnosis']['evidence'])}.")
   if not lines:
     return []
@@ -650,8 +512,9 @@ def _diagnoses_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
           "cell and kind.", ""] + lines + [""]
 
 
-def _other_cells(task: str, groups: dict[Cell, list[dict]],
-                 which: Sequence[str] = studies.STUDIES) -> list[Cell]:
+def other_cells(task: str, groups: dict[Cell, list[dict]],
+                which: Sequence[str] = studies.STUDIES) -> list[Cell]:
+  """The cells of `groups` on none of the `which` studies' grids (any convention, network)."""
   on_grid = set()
   for study in which:
     variants = [{}] if study == "hidden" else _network_variants(groups)
@@ -778,11 +641,11 @@ def render_markdown(workdir: str) -> str:
   """The report for the run in `workdir`, as Markdown text (nothing is written).
 
   Raises:
-    FileNotFoundError, ValueError: as load_results.
+    FileNotFoundError, ValueError: as results_io.load_results.
   """
   from jaxact import figures  # pylint: disable=g-import-not-at-top  (figures imports report)
-  results = load_results(workdir)
-  info = load_run_info(workdir)
+  results = results_io.load_results(workdir)
+  info = results_io.load_run_info(workdir)
   command = info.get("command") or (" ".join(map(str, info["argv"])) if info.get("argv")
                                     else None)
   lines = [
@@ -808,9 +671,9 @@ def render_markdown(workdir: str) -> str:
       "",
   ]
   workdir_conventions = _conventions(
-      {c: [] for r in results.values() for c in _group_members(r)})
+      {c: [] for r in results.values() for c in results_io.group_members(r)})
   for task, result in results.items():
-    groups = _group_members(result)
+    groups = results_io.group_members(result)
     lines += [f"## {task}: {_metric_title(result, task)}", ""]
     facts = []
     for key, name in (("init", "init"), ("split_seed", "split seed"),
@@ -821,7 +684,7 @@ def render_markdown(workdir: str) -> str:
     if isinstance(result.get("wall_time_s"), (int, float)):
       facts.append(f"wall time {result['wall_time_s']:.1f} s")
     n_members = sum(len(ms) for ms in groups.values())
-    facts.append(f"{_plural(n_members, 'member')} in {_plural(len(groups), 'cell')}")
+    facts.append(f"{plural(n_members, 'member')} in {plural(len(groups), 'cell')}")
     lines += ["; ".join(facts) + ".", ""]
     training = (result.get("training") or {}).get("label")
     if training:
@@ -833,8 +696,8 @@ def render_markdown(workdir: str) -> str:
     for key, name in (("command", "Made by"), ("machine", "Machine")):
       if result.get(key) and result.get(key) != info.get(key):
         lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
-    which = _studies_of(result, info)
-    for study, conv, rows, variant in _study_tables(task, groups, workdir_conventions, which):
+    which = results_io.studies_of(result, info)
+    for study, conv, rows, variant in study_tables(task, groups, workdir_conventions, which):
       title = _STUDY_TITLES.get(study, f"{study} study")
       net = "" if not variant else _variant_title(variant)
       lines += [f"### {task}: {title}, {conv} convention{net}", ""]
@@ -842,7 +705,7 @@ def render_markdown(workdir: str) -> str:
       paired = _paired_table(rows, task, result)
       if paired:
         lines += paired + [""]
-    others = _other_cells(task, groups, which)
+    others = other_cells(task, groups, which)
     if others:
       lines += [f"### {task}: Other cells (in no study grid)", ""]
       lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
@@ -857,7 +720,7 @@ def render_markdown(workdir: str) -> str:
               for s in (f"![{alt}]({name})", "")]
     if any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values() for m in ms):
       lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
-    for conv, name in _depth_sweep_figures(task, groups):
+    for conv, name in depth_sweep_figures(task, groups):
       lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
   lines += _how_to_read(results)
   return "\n".join(lines).rstrip("\n") + "\n"
@@ -874,15 +737,15 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
   when some failed, labelled; see `_metric_cells`). Made for README files; the full tables,
   paired differences and rates are in report.md.
   """
-  results = load_results(workdir)
+  results = results_io.load_results(workdir)
   lines = ["| task | | variant | n seeds | diagnosis | best valid: mean [95% CI] "
            "| test at best epoch: mean [95% CI] | stopping |",
            "|---|---|---|---|---|---|---|---|"]
   for task, result in results.items():
-    groups = _group_members(result)
-    accuracy = _is_accuracy(result, task)
+    groups = results_io.group_members(result)
+    accuracy = results_io.is_accuracy(result, task)
     unit = "%" if accuracy else " MSE"
-    for s, conv, rows, variant in _study_tables(task, groups, [convention]):
+    for s, conv, rows, variant in study_tables(task, groups, [convention]):
       if not _is_default(variant):
         continue   # the summary shows PROTOCOL's network
       if s != study or conv != convention:
@@ -895,12 +758,12 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
           test = _metric_cells(members, "test", accuracy, unit)[0]
         mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
         lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {len(members)} | "
-                     f"{_diagnosis_counts(members)} | {valid} | {test} | "
+                     f"{diagnosis_counts(members)} | {valid} | {test} | "
                      f"{_status_counts(members)} |")
   return "\n".join(lines) + "\n"
 
 
-def _depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
+def depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
   """(convention, file name) of each gradients-against-depth figure of a task.
 
   One figure per loss convention with a depth sweep: gradients_depth_<task>.png when the
@@ -916,26 +779,6 @@ def _depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tupl
 # Writing and the command line.
 
 
-def atomic_write(path: str, write, binary: bool = False) -> None:
-  """Calls write(file) on a temporary file next to `path`, then renames it onto `path`.
-
-  The temporary file is opened normally (not with tempfile.mkstemp) so that the
-  result gets the usual permissions of the process's umask.
-  """
-  directory, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    with open(tmp, "xb" if binary else "x", **({} if binary else {"encoding": "utf-8"})) as f:
-      write(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_report(workdir: str) -> str:
   """Writes WORKDIR/report.md (atomically) and the curve PNGs; returns the report's path."""
   from jaxact import figures  # pylint: disable=g-import-not-at-top  (imports report)
@@ -943,7 +786,7 @@ def write_report(workdir: str) -> str:
   figures.plot_curves(workdir)
   figures.plot_diagnostics(workdir)
   path = os.path.join(workdir, "report.md")
-  atomic_write(path, lambda f: f.write(text))
+  files.atomic_write(path, lambda f: f.write(text))
   return path
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging as std_logging
 import math
 import os
@@ -37,6 +36,7 @@ from absl import logging
 from jaxact import checkpoint as checkpoint_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
+from jaxact import files
 from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
@@ -256,14 +256,10 @@ def package_versions() -> dict[str, str | None]:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temporary file in the same directory, then renames it over `path`.
-
-  Only process 0 writes (with several processes the others return at once).
-  """
+  """`files.write_json_atomic` on process 0 (with several processes the others return at once)."""
   if not sharding.is_primary():
     return
-  from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
-  report_lib.atomic_write(path, lambda f: json.dump(obj, f, indent=1))
+  files.write_json_atomic(path, obj)
 
 
 def prepare_workdir(workdir: str) -> None:
@@ -355,15 +351,6 @@ def remove_run_outputs(workdir: str) -> None:
       os.unlink(os.path.join(workdir, name))
 
 
-def _load_json(path: str) -> dict | None:
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return data if isinstance(data, dict) else None
-
-
 def check_workdir_config(workdir: str, config: RunConfig) -> dict | None:
   """The earlier run.json when the workdir holds outputs of this same configuration.
 
@@ -376,7 +363,7 @@ def check_workdir_config(workdir: str, config: RunConfig) -> dict | None:
   """
   if not _has_outputs(workdir):
     return None
-  previous = _load_json(os.path.join(workdir, "run.json"))
+  previous = files.read_json_object(os.path.join(workdir, "run.json"))
   if previous is None or not isinstance(previous.get("config"), dict):
     raise UserError(
         f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
@@ -555,7 +542,7 @@ def _train_tasks(config: RunConfig, workdir: str,
     ckpt_dir = os.path.join(_checkpoints_dir(workdir), task)
     if os.path.exists(results_path):
       out[task] = _reuse_results(results_path, task, task_members)
-      saved_fp = (_load_json(results_path) or {}).get("split_fingerprint")
+      saved_fp = (files.read_json_object(results_path) or {}).get("split_fingerprint")
       if saved_fp and not run_info.get("split_fingerprint"):
         run_info["split_fingerprint"] = saved_fp   # a run.json written before it was recorded
       logging.info("task %s: already done, results kept from %s (not trained again)",
@@ -686,7 +673,7 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
 def _reuse_results(path: str, task: str,
                    task_members: list[tuple[studies.Cell, int]]) -> list[engine_lib.MemberResult]:
   """The MemberResults of a finished task's results file; UserError if it does not fit the plan."""
-  saved = _load_json(path)
+  saved = files.read_json_object(path)
   try:
     results = [member_from_record(r) for r in saved["members"]]
   except (TypeError, KeyError, ValueError):

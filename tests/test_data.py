@@ -1,4 +1,4 @@
-"""Tests for jaxact.data: IDX parsing, validation, tfds loading, the split."""
+"""Tests for jaxact.data (IDX files, validation, the split) and jaxact.mnist_tfds (tfds loading)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxact import data
+from jaxact import mnist_tfds
 from jaxact.data import DataError
 
 # The 19,690-example prefix in ../shared/data/mnist; and the full MNIST.
@@ -451,14 +452,13 @@ def _cache_dirs(tfds_dir: Path) -> list[Path]:
 def _forbid_prepare(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("download_and_prepare called again")
-  monkeypatch.setattr(data._mnist_idx_builder_cls(), "download_and_prepare",
-                      fail)
+  monkeypatch.setattr(mnist_tfds.MnistIdx, "download_and_prepare", fail)
 
 
 def test_load_mnist_from_idx_dir_round_trip_and_reuse(tmp_path, monkeypatch):
   expected = write_mnist_dir(tmp_path / "idx", 40, 12)
   tfds_dir = tmp_path / "tfds"
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
                      expected)
   (cache,) = _cache_dirs(tfds_dir)
   variant = cache / "mnist" / "3.0.1"
@@ -467,11 +467,11 @@ def test_load_mnist_from_idx_dir_round_trip_and_reuse(tmp_path, monkeypatch):
   mtime = variant.stat().st_mtime_ns
 
   _forbid_prepare(monkeypatch)
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
                      expected)
   # The same contents stored raw share the prepared copy.
   write_mnist_dir(tmp_path / "raw", 40, 12, gz=False)
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "raw"), str(tfds_dir)),
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "raw"), str(tfds_dir)),
                      expected)
   assert _cache_dirs(tfds_dir) == [cache]
   assert variant.stat().st_mtime_ns == mtime
@@ -479,8 +479,8 @@ def test_load_mnist_from_idx_dir_round_trip_and_reuse(tmp_path, monkeypatch):
 
 def test_load_mnist_tfds_dir_from_env(tmp_path, monkeypatch):
   expected = write_mnist_dir(tmp_path / "idx", 10, 3)
-  monkeypatch.setenv(data.TFDS_DIR_ENV, str(tmp_path / "env_tfds"))
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "idx")), expected)
+  monkeypatch.setenv(mnist_tfds.TFDS_DIR_ENV, str(tmp_path / "env_tfds"))
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "idx")), expected)
   assert len(_cache_dirs(tmp_path / "env_tfds")) == 1
 
 
@@ -488,17 +488,17 @@ def test_load_mnist_different_dirs_do_not_collide(tmp_path):
   a = write_mnist_dir(tmp_path / "a", 10, 3, seed=1)
   b = write_mnist_dir(tmp_path / "b", 10, 3, seed=2)
   tfds_dir = str(tmp_path / "tfds")
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "a"), tfds_dir), a)
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "b"), tfds_dir), b)
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "a"), tfds_dir), a)
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "b"), tfds_dir), b)
   assert len(_cache_dirs(tmp_path / "tfds")) == 2
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "a"), tfds_dir), a)
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "a"), tfds_dir), a)
 
 
 def test_load_mnist_validates_before_building(tmp_path):
   write_mnist_dir(tmp_path / "idx", 10, 3)
   (tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz").unlink()
   with pytest.raises(DataError, match="t10k-labels-idx1-ubyte"):
-    data.load_mnist(str(tmp_path / "idx"), str(tmp_path / "tfds"))
+    mnist_tfds.load_mnist(str(tmp_path / "idx"), str(tmp_path / "tfds"))
   assert not (tmp_path / "tfds").exists()
 
 
@@ -506,7 +506,7 @@ def test_load_mnist_recovers_from_interrupted_builds(tmp_path, monkeypatch):
   expected = write_mnist_dir(tmp_path / "idx", 30, 10)
   tfds_dir = tmp_path / "tfds"
   calls = []
-  png_bytes = data._png_bytes
+  png_bytes = mnist_tfds.png_bytes
 
   def interrupted(image):
     calls.append(1)
@@ -514,10 +514,10 @@ def test_load_mnist_recovers_from_interrupted_builds(tmp_path, monkeypatch):
       raise KeyboardInterrupt
     return png_bytes(image)
 
-  monkeypatch.setattr(data, "_png_bytes", interrupted)
+  monkeypatch.setattr(mnist_tfds, "png_bytes", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    data.load_mnist(str(tmp_path / "idx"), str(tfds_dir))
-  monkeypatch.setattr(data, "_png_bytes", png_bytes)
+    mnist_tfds.load_mnist(str(tmp_path / "idx"), str(tfds_dir))
+  monkeypatch.setattr(mnist_tfds, "png_bytes", png_bytes)
   (cache,) = _cache_dirs(tfds_dir)
   assert not (cache / "mnist" / "3.0.1").exists()
 
@@ -525,7 +525,7 @@ def test_load_mnist_recovers_from_interrupted_builds(tmp_path, monkeypatch):
   stale = cache / "mnist" / "incomplete.ABC123_3.0.1"
   stale.mkdir(parents=True)
   (stale / "mnist-train.array_record-00000-of-00001").write_bytes(b"junk")
-  assert_mnist_equal(data.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
+  assert_mnist_equal(mnist_tfds.load_mnist(str(tmp_path / "idx"), str(tfds_dir)),
                      expected)
   assert not stale.exists()
   assert sorted(p.name for p in (cache / "mnist").iterdir()) == ["3.0.1"]
@@ -566,7 +566,7 @@ def _gz_names() -> list[str]:
 
 
 def test_registered_checksums_cover_the_four_files():
-  infos = data._registered_url_infos()
+  infos = mnist_tfds.registered_url_infos()
   assert sorted(infos) == sorted(_gz_names())
   for name, info in infos.items():
     assert info.filename == name and len(info.checksum) == 64
@@ -582,28 +582,28 @@ def test_load_mnist_without_data_dir_downloads_once(tmp_path, monkeypatch):
   expected = write_mnist_dir(tmp_path / "mirror", 30, 7)
   infos = {name: checksums.compute_url_info(tmp_path / "mirror" / name)
            for name in _gz_names()}
-  monkeypatch.setattr(data, "_registered_url_infos", lambda: infos)
+  monkeypatch.setattr(mnist_tfds, "registered_url_infos", lambda: infos)
   monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
   tfds_dir = tmp_path / "tfds"
   with serve(tmp_path / "mirror") as (url, requested):
-    monkeypatch.setenv(data.MNIST_URL_ENV, url)
-    assert_mnist_equal(data.load_mnist(None, str(tfds_dir)), expected)
+    monkeypatch.setenv(mnist_tfds.MNIST_URL_ENV, url)
+    assert_mnist_equal(mnist_tfds.load_mnist(None, str(tfds_dir)), expected)
     assert sorted(requested) == sorted("/" + name for name in _gz_names())
     downloaded = tfds_dir / "downloads" / "mnist"
     assert sorted(p.name for p in downloaded.iterdir()) == sorted(_gz_names())
     assert sorted(p.name for p in (tfds_dir / "downloads").iterdir()) == [".lock", "mnist"]
     # Prepared like a --data_dir of the same files: one content-keyed copy.
     assert len(_cache_dirs(tfds_dir)) == 1
-    assert_mnist_equal(data.load_mnist(str(downloaded), str(tfds_dir)), expected)
+    assert_mnist_equal(mnist_tfds.load_mnist(str(downloaded), str(tfds_dir)), expected)
     assert len(_cache_dirs(tfds_dir)) == 1
 
     _forbid_prepare(monkeypatch)
-    assert_mnist_equal(data.load_mnist(None, str(tfds_dir)), expected)
+    assert_mnist_equal(mnist_tfds.load_mnist(None, str(tfds_dir)), expected)
     assert len(requested) == 4                       # no second download
-  monkeypatch.setenv(data.MNIST_URL_ENV, url.rstrip("/"))
-  assert data.mnist_url() == url
-  monkeypatch.delenv(data.MNIST_URL_ENV)
-  assert data.mnist_url() == data.MNIST_URL
+  monkeypatch.setenv(mnist_tfds.MNIST_URL_ENV, url.rstrip("/"))
+  assert mnist_tfds.mnist_url() == url
+  monkeypatch.delenv(mnist_tfds.MNIST_URL_ENV)
+  assert mnist_tfds.mnist_url() == mnist_tfds.MNIST_URL
 
 
 def test_load_mnist_download_checks_the_registered_checksums(tmp_path, monkeypatch):
@@ -613,12 +613,12 @@ def test_load_mnist_download_checks_the_registered_checksums(tmp_path, monkeypat
     pytest.skip("real MNIST IDX files absent")
   tfds_dir = tmp_path / "tfds"
   with serve(REAL_DIR) as (url, _):
-    monkeypatch.setenv(data.MNIST_URL_ENV, url)
+    monkeypatch.setenv(mnist_tfds.MNIST_URL_ENV, url)
     with pytest.raises(DataError) as e:
-      data.load_mnist(None, str(tfds_dir))
+      mnist_tfds.load_mnist(None, str(tfds_dir))
   assert_names(e, "No --data_dir", "downloading MNIST", url,
                "not the one tensorflow-datasets registers", "train-",
-               "point --data_dir", data.MNIST_URL_ENV)
+               "point --data_dir", mnist_tfds.MNIST_URL_ENV)
   assert sorted(p.name for p in (tfds_dir / "downloads").iterdir()) == [".lock"]
   assert not _cache_dirs(tfds_dir)
 
@@ -628,12 +628,12 @@ def test_load_mnist_download_names_a_missing_file(tmp_path, monkeypatch):
   write_mnist_dir(tmp_path / "mirror", 10, 3)
   infos = {name: checksums.compute_url_info(tmp_path / "mirror" / name)
            for name in _gz_names()}
-  monkeypatch.setattr(data, "_registered_url_infos", lambda: infos)
+  monkeypatch.setattr(mnist_tfds, "registered_url_infos", lambda: infos)
   (tmp_path / "mirror" / "t10k-images-idx3-ubyte.gz").unlink()
   with serve(tmp_path / "mirror") as (url, _):
-    monkeypatch.setenv(data.MNIST_URL_ENV, url)
+    monkeypatch.setenv(mnist_tfds.MNIST_URL_ENV, url)
     with pytest.raises(DataError) as e:
-      data.load_mnist(None, str(tmp_path / "tfds"))
+      mnist_tfds.load_mnist(None, str(tmp_path / "tfds"))
   assert_names(e, "downloading MNIST", url + "t10k-images-idx3-ubyte.gz", "404",
                "serves the four files", "point --data_dir")
   assert ". Fix:" in str(e.value) and ".. Fix:" not in str(e.value)
@@ -644,19 +644,19 @@ def test_load_mnist_download_fails_fast_without_network(tmp_path, monkeypatch):
   with socket.socket() as s:          # a port that nothing listens on
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  for var in data.PROXY_ENV_VARS:
+  for var in mnist_tfds.PROXY_ENV_VARS:
     monkeypatch.delenv(var, raising=False)
-  monkeypatch.setenv(data.MNIST_URL_ENV, f"http://127.0.0.1:{port}/mnist")
+  monkeypatch.setenv(mnist_tfds.MNIST_URL_ENV, f"http://127.0.0.1:{port}/mnist")
   start = time.perf_counter()
   with pytest.raises(DataError) as e:
-    data.load_mnist(None, str(tmp_path / "tfds"))
+    mnist_tfds.load_mnist(None, str(tmp_path / "tfds"))
   assert time.perf_counter() - start < 30     # tfds' own retries take minutes
   assert_names(e, "No --data_dir", "JAXACT_DATA_DIR", f"http://127.0.0.1:{port}/mnist/",
-               "cannot connect", "internet", data.MNIST_URL_ENV, "point --data_dir")
+               "cannot connect", "internet", mnist_tfds.MNIST_URL_ENV, "point --data_dir")
   # Behind a proxy the probe leaves it to the downloader.
   monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-  assert data._probe(f"https://127.0.0.1:{port}/") is None
-  assert data._probe("ftp://example.org/") is not None
+  assert mnist_tfds.probe_url(f"https://127.0.0.1:{port}/") is None
+  assert mnist_tfds.probe_url("ftp://example.org/") is not None
 
 
 # ---------------------------------------------------------------------------
@@ -683,7 +683,7 @@ needs_real_data = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
   tfds_dir = tmp_path_factory.mktemp("real_tfds")
-  return tfds_dir, data.load_mnist(str(REAL_DIR), str(tfds_dir))
+  return tfds_dir, mnist_tfds.load_mnist(str(REAL_DIR), str(tfds_dir))
 
 
 @needs_real_data
@@ -733,8 +733,16 @@ def test_real_mnist_second_load_reuses_prepared(real, monkeypatch):
 def test_import_does_not_load_tfds():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = ("import sys, jaxact.data; "
+  code = ("import sys, jaxact.data, jaxact.mnist_tfds; "
           "print('tensorflow_datasets' in sys.modules, 'jax' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True, cwd=Path(__file__).parents[1])
   assert out.stdout.split() == ["False", "False"]
+
+
+def test_builder_class_is_defined_once_on_first_access():
+  builder_cls = mnist_tfds.MnistIdx
+  assert builder_cls is mnist_tfds.MnistIdx
+  assert (builder_cls.name, str(builder_cls.VERSION)) == ("mnist", "3.0.1")
+  with pytest.raises(AttributeError, match="no attribute 'NoSuchBuilder'"):
+    mnist_tfds.NoSuchBuilder  # pylint: disable=pointless-statement

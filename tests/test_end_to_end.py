@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from jaxact import data as data_lib
+from jaxact import mnist_tfds
 from jaxact import engine
 from jaxact import train
 from jaxact.studies import Cell
@@ -126,7 +126,7 @@ def test_cli_without_data_dir_offline_stops_at_once(tmp_path):
     port = s.getsockname()[1]
   env = {"JAXACT_DATA_DIR": "", "JAXACT_MNIST_URL": f"http://127.0.0.1:{port}/",
          "JAXACT_TFDS_DIR": str(tmp_path / "tfds")}
-  env.update({v: "" for v in data_lib.PROXY_ENV_VARS})
+  env.update({v: "" for v in mnist_tfds.PROXY_ENV_VARS})
   start = time.perf_counter()
   proc = _cli("--task=binary", f"--workdir={tmp_path / 'w'}", env_extra=env)
   assert time.perf_counter() - start < 120     # tfds' downloader alone retries for minutes

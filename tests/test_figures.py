@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxact import figures
-from jaxact import report
+from jaxact import results_io
 from jaxact import studies
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,15 +114,15 @@ def test_plot_curves_writes_curves_and_heatmaps(workdir):
 
 
 def test_heatmap_figures_names_the_files_written(workdir):
-  results = report.load_results(workdir)
-  groups = report._group_members(results["multiclass"])
+  results = results_io.load_results(workdir)
+  groups = results_io.group_members(results["multiclass"])
   assert len(groups) == 30 > figures.CURVES_MAX_CELLS
   links = figures.heatmap_figures("multiclass", groups)
   assert [name for _, name in links] == ["heatmap_multiclass.png",
                                          "heatmap_depth_multiclass.png"]
   assert all(alt.startswith("mean test accuracy by hidden activation") for alt, _ in links)
   assert figures.curves_figure("multiclass", groups) is None
-  binary = report._group_members(results["binary"])
+  binary = results_io.group_members(results["binary"])
   assert figures.heatmap_figures("binary", binary) == []      # heads and losses differ
   assert figures.curves_figure("binary", binary) == "curves_binary.png"
   figures.plot_curves(workdir)
@@ -147,7 +147,7 @@ def test_both_conventions_one_heatmap_each(tmp_path):
   members = (_hidden_members(("sigmoid", "relu"), ("torch", "he"), (2,), "torch", 1)
              + _hidden_members(("sigmoid", "relu"), ("torch", "he"), (2,), "logits", 1))
   _write_results(wd, "multiclass", members, study="hidden")
-  groups = report._group_members(report.load_results(wd)["multiclass"])
+  groups = results_io.group_members(results_io.load_results(wd)["multiclass"])
   names = [n for _, n in figures.heatmap_figures("multiclass", groups)]
   assert names == ["heatmap_multiclass_torch.png", "heatmap_depth_multiclass_torch.png",
                    "heatmap_multiclass_logits.png", "heatmap_depth_multiclass_logits.png"]
@@ -206,12 +206,12 @@ def test_made_by_wraps_a_long_command_over_two_lines():
 
 
 def test_each_figure_names_its_tasks_command(workdir):
-  results = report.load_results(workdir)
-  info = report.load_run_info(workdir)
+  results = results_io.load_results(workdir)
+  info = results_io.load_run_info(workdir)
   curves = figures.curves_figure_object("binary", results["binary"], info)
   title = curves._suptitle.get_text()
   assert f"made by: {RUN_COMMAND}" in title and f"run finished {FINISHED}" in title
-  groups = report._group_members(results["multiclass"])
+  groups = results_io.group_members(results["multiclass"])
   heat = figures.heatmap_figure_object("multiclass", results["multiclass"], info,
                                        figures._init_panels(groups), "x", "initialisation")
   title = heat._suptitle.get_text()
@@ -251,7 +251,7 @@ def test_curves_share_y_limits_and_draw_chance_on_every_panel(tmp_path):
                                 _member(high, 0, [0.95, 0.99, 0.98], 0.98),
                                 _member(high, 1, [0.96, 0.97], 0.97)],
                  chance_valid=0.5)
-  result = report.load_results(wd)["binary"]
+  result = results_io.load_results(wd)["binary"]
   fig = figures.curves_figure_object("binary", result, {})
   axes = _data_axes(fig)
   assert len(axes) == 2
@@ -281,7 +281,7 @@ def test_curves_mse_log_scale_shared(tmp_path):
   _write_results(wd, "regression", [_member(a, 0, [2.0, 1.0, 0.5], 0.5),
                                     _member(b, 0, [5000.0, 4000.0], 4000.0)],
                  metric_name="mse", higher_is_better=False, chance_valid=3.0)
-  fig = figures.curves_figure_object("regression", report.load_results(wd)["regression"], {})
+  fig = figures.curves_figure_object("regression", results_io.load_results(wd)["regression"], {})
   axes = _data_axes(fig)
   assert len(axes) == 2
   assert {ax.get_yscale() for ax in axes} == {"log"}
@@ -305,7 +305,7 @@ def test_heatmap_matrix_by_hand():
 
 
 def test_heatmap_panels_of_a_hidden_run(workdir):
-  groups = report._group_members(report.load_results(workdir)["multiclass"])
+  groups = results_io.group_members(results_io.load_results(workdir)["multiclass"])
   panels = figures._init_panels(groups)
   assert [p[0] for p in panels] == ["depth 1, no batch norm", "depth 1, with batch norm"]
   for (_, rows, cols, cells), bn in zip(panels, (False, True)):
@@ -329,10 +329,10 @@ def test_heatmap_panels_of_a_hidden_run(workdir):
 
 
 def test_heatmap_figure_annotates_values_and_seeds(workdir):
-  results = report.load_results(workdir)
+  results = results_io.load_results(workdir)
   result = results["multiclass"]
   result["members"][0]["test"] = float("nan")       # sigmoid, torch, no bn, seed 0
-  groups = report._group_members(result)
+  groups = results_io.group_members(result)
   fig = figures.heatmap_figure_object("multiclass", result, {}, figures._init_panels(groups),
                                       "hidden activation and initialisation", "initialisation")
   texts = [t.get_text() for t in fig.axes[0].texts]

@@ -12,6 +12,7 @@ import pytest
 from jaxact import diagnostics
 from jaxact import figures
 from jaxact import report
+from jaxact import results_io
 from jaxact import studies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,11 +155,11 @@ def test_summarize_nothing_finite():
 
 
 def test_load_results_order_and_errors(workdir, tmp_path):
-  assert list(report.load_results(workdir)) == ["regression", "binary", "multilabel"]
+  assert list(results_io.load_results(workdir)) == ["regression", "binary", "multilabel"]
   with pytest.raises(FileNotFoundError, match="no results"):
-    report.load_results(str(tmp_path))
+    results_io.load_results(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    report.load_results(str(tmp_path / "missing"))
+    results_io.load_results(str(tmp_path / "missing"))
 
 
 def test_header(workdir):
