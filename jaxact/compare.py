@@ -104,13 +104,18 @@ def fc1_saturation_epoch(member: dict) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class ArmCell:
-  """One arm's statistics in one cell (fractions for accuracies, epochs 1-based)."""
+  """One arm's statistics in one cell (fractions for accuracies, epochs 1-based).
+
+  test: the test-accuracy cell as the report writes it (`report.metric_cells`): mean [95% t
+  interval] in %, over the members not failed when failed ones are mixed in, with their count
+  and class ("8 hit cap: ...").
+  """
   n: int
   diagnosis: str
   rates: dict[str, stats_lib.Interval]
   fc1_saturated: int
   fc1_epochs: list[int]
-  test: stats_lib.Interval
+  test: str
   paired: stats_lib.PairedTest | None
 
 
@@ -127,12 +132,8 @@ def arm_cell(members: list[dict], protocol: list[dict] | None) -> ArmCell:
   return ArmCell(
       n=n, diagnosis=report_lib.diagnosis_counts(members),
       rates=rates, fc1_saturated=len(epochs), fc1_epochs=epochs,
-      test=stats_lib.mean_interval([results_io.as_float(m.get("test")) for m in members]),
+      test=report_lib.metric_cells(members, "test", accuracy=True)[0],
       paired=paired)
-
-
-def _pct(v: float) -> str:
-  return "–" if not math.isfinite(v) else f"{100 * v:.2f}"
 
 
 def _rate(iv: stats_lib.Interval) -> str:
@@ -172,8 +173,9 @@ def render(arms: list[Arm], task: str) -> str:
             f"- **fc1 saturated**: members in which at least {FC1_SATURATED_SHARE:.0%} of the "
             "dense hidden layer's units were saturated on the valid set after some epoch, and "
             "the first such epoch (1-based: 1 = during the first epoch).",
-            "- **test accuracy**: mean over all members with its t 95% interval (collapsed "
-            "members included).",
+            "- **test accuracy**: mean with its t 95% interval, as in the run reports: where "
+            "failed members (collapsed, ...) and others are mixed, over the others only, "
+            "prefixed with their count and class; the paired difference uses every pair.",
             "- **vs protocol**: the paired difference of test accuracy to the protocol arm, "
             "same cell, same seeds (accuracy points, t 95% interval), the p-value of the exact "
             "sign-flip test (Wilcoxon signed-rank above 16 pairs) and the verdict at "
@@ -194,10 +196,8 @@ def render(arms: list[Arm], task: str) -> str:
         continue
       s = arm_cell(members, None if arm.is_protocol or base is None else base)
       diff, p, verdict = _paired_text(s.paired)
-      test = (f"{_pct(s.test.estimate)} [{_pct(s.test.low)}, {_pct(s.test.high)}]"
-              if s.test.n > 1 else _pct(s.test.estimate))
       lines.append(f"| {arm.label or 'protocol'} | {s.n} | {s.diagnosis} | "
-                   f"{_rate(s.rates['collapsed'])} | {_epochs_text(s)} | {test} | {diff} | {p} | "
+                   f"{_rate(s.rates['collapsed'])} | {_epochs_text(s)} | {s.test} | {diff} | {p} | "
                    f"{verdict} |")
     lines.append("")
   lines += ["## How each arm was made", ""]

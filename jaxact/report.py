@@ -179,7 +179,7 @@ def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
   return f"{_fmt(iv.estimate, accuracy)}{unit} {ci}"
 
 
-def _metric_cells(members: list[dict], field: str, accuracy: bool,
+def metric_cells(members: list[dict], field: str, accuracy: bool,
                   unit: str = "") -> tuple[str, str]:
   """The (mean [95% CI], median; min–max) cells of one metric of one row.
 
@@ -295,8 +295,8 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
       text = f"invalid: {_invalid_reason(members)}"
       valid, valid_range, test, test_range = text, "", text, ""
     else:
-      valid, valid_range = _metric_cells(members, "best_valid", accuracy)
-      test, test_range = _metric_cells(members, "test", accuracy)
+      valid, valid_range = metric_cells(members, "best_valid", accuracy)
+      test, test_range = metric_cells(members, "test", accuracy)
     best = [m["best_epoch"] + 1 for m in members
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
     cols = [_escape(cell.label), str(len(members)), diagnosis_counts(members),
@@ -734,7 +734,7 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
   """One compact table over all tasks of one study: variant, diagnosis, valid and test, stopping.
 
   Valid and test are the mean over seeds with its 95% t interval (of the healthy members
-  when some failed, labelled; see `_metric_cells`). Made for README files; the full tables,
+  when some failed, labelled; see `metric_cells`). Made for README files; the full tables,
   paired differences and rates are in report.md.
   """
   results = results_io.load_results(workdir)
@@ -754,8 +754,8 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
         if all(m.get("status") == "invalid" for m in members):
           valid = test = f"invalid: {_invalid_reason(members)}"
         else:
-          valid = _metric_cells(members, "best_valid", accuracy, unit)[0]
-          test = _metric_cells(members, "test", accuracy, unit)[0]
+          valid = metric_cells(members, "best_valid", accuracy, unit)[0]
+          test = metric_cells(members, "test", accuracy, unit)[0]
         mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
         lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {len(members)} | "
                      f"{diagnosis_counts(members)} | {valid} | {test} | "

@@ -84,6 +84,8 @@ def test_render_names_every_arm_and_verdict(runs):
   assert "## multiclass: sigmoid + bce" in text and "## multiclass: softmax + cce" in text
   assert "| protocol | 6 | 6 collapsed | 6/6" in text
   assert "| prior head bias | 6 | 5 healthy, 1 collapsed | 1/6" in text
+  # The mixed arm's test accuracy is over its 5 healthy members (0.96 + 0.002 k), not all 6.
+  assert "| 5 healthy: 96.40 [" in text
   # sigmoid + bce: 5 positive pairs and a zero, p = 4/64, not below 0.05; softmax + cce: 6
   # positive pairs, p = 2/64.
   assert "| 0.0625 | not distinguishable at n = 6 |" in text
