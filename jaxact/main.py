@@ -103,11 +103,13 @@ _PATIENCE = flags.DEFINE_integer(
 _COMPACT = flags.DEFINE_bool(
     "compact", False, "vmap mode: drop early-stopped members from the stacked state between "
     "epochs (fewer FLOPs once half the members have stopped; costs a recompilation each time). "
-    "Loop mode skips stopped members anyway.")
+    "Loop mode skips stopped members anyway. Experimental: no gain measured yet (on one H100 "
+    "each compaction's 20-25 s compilation cost more than it saved; docs/speed.md).")
 _COMPACT_IN_BACKGROUND = flags.DEFINE_bool(
     "compact_in_background", False, "With --compact: compile each smaller layout in a "
     "background thread while the current one keeps training, and switch when it is ready "
-    "(same results; takes the recompilation off the critical path on an accelerator).")
+    "(same results; takes the recompilation off the critical path on an accelerator). "
+    "Experimental: not yet measured on an accelerator (docs/speed.md).")
 _MEMBER_MODE = flags.DEFINE_string(
     "member_mode", engine_lib.PROTOCOL.member_mode,
     "How the members share the machine: 'vmap' (one batched computation per step: GPUs, "
@@ -125,7 +127,8 @@ _CONV = flags.DEFINE_string(
     "How the convolutions are computed: im2col (patches + one matmul; the default on every "
     "backend) or native (XLA's convolution and reduce-window max-pool, a grouped convolution "
     "over vmapped members; meant for GPUs and TPUs, not yet measured there; on a CPU its "
-    "gradients are 10-20x slower). Results agree to float rounding.")
+    "gradients are 10-20x slower). Results agree to float rounding. native is experimental: "
+    "no gain measured on any machine yet (docs/speed.md).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
     "command with the same workdir resumes the run.")
@@ -147,7 +150,8 @@ _COMPILATION_CACHE_DIR = flags.DEFINE_string(
 _COMPILE_AHEAD = flags.DEFINE_bool(
     "compile_ahead", False, "While a task trains, compile the next task's program in a "
     "background thread (same results). For accelerators, where the host idles during "
-    "training; on a CPU it competes with training for the cores. See README, Speed.")
+    "training; on a CPU it competes with training for the cores (measured slower there). "
+    "Experimental: not yet measured on an accelerator (docs/speed.md).")
 _TENSORBOARD = flags.DEFINE_bool(
     "tensorboard", False, "Also write TensorBoard scalars under WORKDIR/tensorboard/, one run "
     "per cell (mean valid metric and train loss of its members training). Needs tensorboardX: "
