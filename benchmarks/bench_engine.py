@@ -198,10 +198,10 @@ def measure_full_table(args) -> dict:
 
 
 def machine_info(matmul_n: int, repeats: int, precision: str = "float32") -> dict:
-  from jaxact import train  # pylint: disable=g-import-not-at-top
+  from jaxact import provenance  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  return dict(kind="machine", description=train.machine_description(),
-              git_revision=train.git_revision(), backend=jax.default_backend(),
+  return dict(kind="machine", description=provenance.machine_description(),
+              git_revision=provenance.git_revision(), backend=jax.default_backend(),
               jax_version=jax.__version__, devices=[str(d) for d in jax.devices()],
               device_kind=jax.devices()[0].device_kind,
               matmul=matmul_peak(matmul_n, max(repeats, 5), precision))

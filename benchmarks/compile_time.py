@@ -95,7 +95,7 @@ def main(argv=None) -> None:
   if args.worker:
     print(_MARK + json.dumps(measure(args.subsets, ks[0], args.member_mode)), flush=True)
     return
-  from jaxact import train  # pylint: disable=g-import-not-at-top
+  from jaxact import provenance  # pylint: disable=g-import-not-at-top
   rows = []
   for subset in args.subsets.split(","):
     for k in ([None] if subset == "all" else ks):
@@ -104,8 +104,8 @@ def main(argv=None) -> None:
       rows.append(r)
   lines = [
       f"Command: `python -m benchmarks.compile_time {' '.join(argv or sys.argv[1:])}`  ",
-      f"Machine: {train.machine_description()}  ",
-      f"Commit: {train.git_revision()}, {time.strftime('%Y-%m-%d')}",
+      f"Machine: {provenance.machine_description()}  ",
+      f"Commit: {provenance.git_revision()}, {time.strftime('%Y-%m-%d')}",
       "",
       "| subset | activations | cells | networks | dense layers | member mode | switch branches "
       "| compile s |",

@@ -31,7 +31,7 @@ from flax import nnx
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import losses as losses_lib
-from jaxact import train
+from jaxact import provenance
 from jaxact.studies import Cell
 
 _CELLS = flags.DEFINE_list("cells", ["multiclass/sigmoid+bce", "multiclass/softmax+cce"],
@@ -105,7 +105,7 @@ def main(argv):
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump({"command": " ".join(["python"] + sys.argv),
-                 "machine": train.machine_description(), "rows": rows}, f, indent=1)
+                 "machine": provenance.machine_description(), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import datetime
 import logging as std_logging
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -41,6 +40,7 @@ from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
 from jaxact import model as model_lib
+from jaxact import provenance
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
@@ -204,55 +204,6 @@ def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) 
         eval_rows=e.eval_examples or (32 if platform_name == "cpu" else 4096))
   except memory_lib.DoesNotFit as err:
     raise UserError(str(err)) from None
-
-
-def machine_description() -> str:
-  """One line: OS, CPU model and count, JAX backend and devices (and processes, if several)."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
-  devices = jax.devices()
-  kinds = sorted({d.device_kind for d in devices})
-  processes = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
-  return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs; "
-          f"jax {jax.__version__} on {jax.default_backend()} "
-          f"({len(devices)} x {', '.join(kinds)}{processes})")
-
-
-def git_revision() -> str | None:
-  """The checkout's commit (with '+dirty' if modified), or None outside a git checkout."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return rev + ("+dirty" if dirty else "")
-
-
-VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
-                      "chex", "absl-py", "numpy", "scipy", "matplotlib")
-
-
-def package_versions() -> dict[str, str | None]:
-  """The installed version of each package that can change a run's results (None: absent)."""
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
-  out = {}
-  for name in VERSIONED_PACKAGES:
-    try:
-      out[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      out[name] = None
-  return out
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -492,10 +443,10 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   run_info = {
       "command": " ".join(["python -m jaxact.main"] + list((command or sys.argv)[1:])),
       "argv": list(command or sys.argv),
-      "machine": machine_description(),
+      "machine": provenance.machine_description(),
       "jaxact_version": __version__,
-      "git_revision": git_revision(),
-      "versions": package_versions(),
+      "git_revision": provenance.git_revision(),
+      "versions": provenance.package_versions(),
       "started": now,
       "finished": None,
       "config": config.to_dict(),

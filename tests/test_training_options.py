@@ -16,6 +16,7 @@ from jaxact import checkpoint
 from jaxact import engine
 from jaxact import studies
 from jaxact import tasks
+from jaxact import provenance
 from jaxact import train
 from jaxact.studies import Cell
 
@@ -213,7 +214,7 @@ def test_restart_removes_results_and_every_figure_kind(tmp_path):
 
 def test_package_versions_are_those_installed():
   from importlib import metadata  # pylint: disable=g-import-not-at-top
-  versions = train.package_versions()
+  versions = provenance.package_versions()
   assert versions["jax"] == jax.__version__
   assert versions["flax"] == metadata.version("flax")
-  assert set(versions) == set(train.VERSIONED_PACKAGES)
+  assert set(versions) == set(provenance.VERSIONED_PACKAGES)
