@@ -78,8 +78,16 @@ def prepare(pkg: str, arrays, task: str, members: int, member_mode: str):
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
                           progress=lambda _: None)
   data = jax.block_until_ready(engine_lib.TaskData.from_split(arrays, task))
-  state, _ = eng._epoch_fn(eng._initial_state(), data)   # pylint: disable=protected-access
-  return eng._epoch_fn, jax.block_until_ready(state), data  # pylint: disable=protected-access
+  # The public seams where the revision has them, else the engine's private ones.
+  epoch_fn = getattr(eng, "epoch_fn", None) or eng._epoch_fn     # pylint: disable=protected-access
+  initial = getattr(eng, "initial_state", None) or eng._initial_state   # pylint: disable=protected-access
+  state, _ = epoch_fn(initial(), data)
+  return epoch_fn, jax.block_until_ready(state), data
+
+
+def params_of(state):
+  """The parameters of an engine's state: a `TrainState` or (older revisions) a dict."""
+  return state["params"] if isinstance(state, dict) else state.params
 
 
 def paired_summary(base_s: list[float], new_s: list[float]) -> dict:
@@ -122,8 +130,8 @@ def main(argv=None) -> int:
         runs[name] = (fn, state, data)
     last = {name: jax.device_get(run[1]) for name, run in runs.items()}
   same = all(np.array_equal(a, b) for a, b in zip(
-      jax.tree_util.tree_leaves(last[BASE_PACKAGE]["params"]),
-      jax.tree_util.tree_leaves(last["jaxact"]["params"])))
+      jax.tree_util.tree_leaves(params_of(last[BASE_PACKAGE])),
+      jax.tree_util.tree_leaves(params_of(last["jaxact"]))))
   s = paired_summary(times[BASE_PACKAGE], times["jaxact"])
   print(f"engine_ab: {args.task}, {args.members} member(s), {args.member_mode}, "
         f"{s['pairs']} interleaved epochs of each after one compiled epoch")

@@ -7,6 +7,10 @@ Modules, one concept each:
   model           the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
   studies         the grids of the activation, loss and hidden-layer studies; the cells flags select
   engine          the training engine: all cells x seeds of a task in one jitted program
+  program         the engine's pure program: TrainState, one epoch, evaluation
+  layout          the engine's member layouts: vmapped or looped members
+  probes          the engine's per-epoch diagnostics, one class each
+  runner          the engine's host loop: histories, compaction, snapshots, results
   sharding        the member axis over every device and host
   memory          a run's memory, estimated before anything is built
   checkpoint      orbax checkpoints of a running task (resume after a kill)

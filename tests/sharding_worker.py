@@ -57,13 +57,13 @@ def spy(calls: list, fn):
   """`fn` (an epoch function) recording the layout of its state and data on every call."""
   def wrapped(state, data):
     seen = {k: layout_of(v) for k, v in (   # before the call: the state is donated
-        ("kernel", state["params"]["out"]["kernel"]), ("keys", state["shuffle_keys"]),
-        ("active", state["active"]), ("epoch", state["epoch"]))}
+        ("kernel", state.params["out"]["kernel"]), ("keys", state.shuffle_keys),
+        ("active", state.active), ("epoch", state.epoch))}
     new_state, metrics = fn(state, data)
     calls.append({
         "in": seen,
-        "out": {"kernel": layout_of(new_state["params"]["out"]["kernel"]),
-                "metric": layout_of(metrics["valid_metric"])},
+        "out": {"kernel": layout_of(new_state.params["out"]["kernel"]),
+                "metric": layout_of(metrics.valid_metric)},
         "data": layout_of(data.x_train),
     })
     return new_state, metrics
@@ -74,9 +74,9 @@ def run(data, compact: bool, restore=None, keep_snapshot_at=None) -> tuple[dict,
   lines, calls, snaps = [], [], {}
   eng = engine.Engine("multiclass", members(), dataclasses.replace(CFG, compact=compact),
                       progress=lambda l: lines.append(re.sub(r"[\d.]+s;", "", l)))
-  eng._epoch_fn = spy(calls, eng._epoch_fn)  # pylint: disable=protected-access
-  layout_fn = eng._layout_epoch_fn            # pylint: disable=protected-access
-  eng._layout_epoch_fn = lambda groups: spy(calls, layout_fn(groups))
+  eng.epoch_fn = spy(calls, eng.epoch_fn)
+  layout_fn = eng.layout_epoch_fn
+  eng.layout_epoch_fn = lambda groups: spy(calls, layout_fn(groups))
 
   def hook(epoch, snapshot):
     if epoch == keep_snapshot_at:
@@ -89,7 +89,7 @@ def run(data, compact: bool, restore=None, keep_snapshot_at=None) -> tuple[dict,
       "lines": lines,
       "traces": eng.traces,
       "compactions": eng.compactions,
-      "layouts": [[[c.key, a, b] for c, a, b in g] for g in eng._layout_epoch_fns],  # pylint: disable=protected-access
+      "layouts": [[[c.key, a, b] for c, a, b in g] for g in eng.layout_epoch_fns],
       "calls": calls,
       "final_rows": sorted({np.shape(l)[0] for l in jax.tree_util.tree_leaves(eng.final_state)
                             if np.ndim(l)}),

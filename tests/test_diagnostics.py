@@ -15,6 +15,7 @@ from flax import nnx
 from jaxact import diagnostics
 from jaxact import engine
 from jaxact import model
+from jaxact import probes
 from jaxact import studies
 from jaxact.studies import Cell
 from test_engine import _synthetic
@@ -27,8 +28,8 @@ def _valid_diagnostics(eng, data, edit):
   """The valid-set diagnostics of `eng`'s initial parameters after `edit(params)`."""
   state = eng.init_state()
   params = edit(state["params"])
-  _, _, diag = eng._evaluate(params, state.get("stats", {}), data.x_valid, data.t_valid,
-                             data.target_mean, data.target_std, diagnostics=True)
+  _, _, diag = eng.evaluate(params, state.get("stats", {}), data.x_valid, data.t_valid,
+                            data.target_mean, data.target_std, diagnostics=True)
   return jax.tree_util.tree_map(np.asarray, diag)
 
 
@@ -121,7 +122,7 @@ def test_layer_norms_match_a_direct_computation():
   m = model.CNN(10, dense_layers=3, rngs=nnx.Rngs(0))
   params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
   stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params)
-  sq = np.asarray(engine._layer_sq_norms(stacked, 3))
+  sq = np.asarray(probes.layer_sq_norms(stacked, 3))
   assert sq.shape == (2, len(engine.layer_names(3)))
   want = [float(jnp.sum(m.conv1.kernel[...] ** 2) + jnp.sum(m.conv1.bias[...] ** 2)),
           float(jnp.sum(m.hidden[2].kernel[...] ** 2) + jnp.sum(m.hidden[2].bias[...] ** 2)),
@@ -162,7 +163,7 @@ def test_grad_norm_first_is_the_gradient_at_initialisation(data):
 
   grads = nnx.to_pure_dict(jax.grad(loss)(params))
   stacked = jax.tree_util.tree_map(lambda a: a[None], grads)
-  want = np.sqrt(np.asarray(engine._layer_sq_norms(stacked, 1))[0])
+  want = np.sqrt(np.asarray(probes.layer_sq_norms(stacked, 1))[0])
   np.testing.assert_allclose(r.diagnostics["grad_norm_first"][0], want, rtol=2e-3)
   assert r.diagnostics["layers"] == ["conv1", "conv2", "conv3", "hidden1", "out"]
 

@@ -13,6 +13,7 @@ import pytest
 
 from jaxact import engine
 from jaxact import losses
+from jaxact import program
 from jaxact import studies
 from jaxact import tasks
 from jaxact.studies import Cell
@@ -115,7 +116,7 @@ def test_early_stopping_bookkeeping(multiclass_grid):
 
 def test_best_weights_give_the_best_valid_metric(multiclass_grid):
   data, eng, results = multiclass_grid
-  metric, _ = eng._test_fn(eng.final_state["best_params"], data.x_valid, data.t_valid,
+  metric, _ = eng.test_fn(eng.final_state["best_params"], data.x_valid, data.t_valid,
                            data.target_mean, data.target_std)
   for i, r in enumerate(results):
     assert float(metric[i]) == pytest.approx(r.best_valid, abs=1e-6)
@@ -189,7 +190,7 @@ def test_all_finite_per_member_flags_each_member(bad, jit):
   Jitted too, with leaves of the real layers' sizes: XLA:CPU hands large reductions
   to a library whose max-reduction drops NaNs, so the check must not rest on one.
   """
-  check = jax.jit(engine._all_finite_per_member) if jit else engine._all_finite_per_member
+  check = jax.jit(program.all_finite_per_member) if jit else program.all_finite_per_member
   rng = np.random.default_rng(0)
   big = np.float32(3.0e38)                       # finite, near float32's largest
   shapes = [(3, 1024, 64), (3, 7), (3, 3, 3, 32, 64)]
@@ -230,7 +231,7 @@ def test_chex_trace_budget():
   data = _synthetic("probability", n_train=40, n_valid=20, n_test=20)
   eng = engine.Engine("probability", [(studies.recommended_cell("probability"), 0)],
                       dataclasses.replace(CFG, max_epochs=3, patience=5), progress=lambda _: None)
-  eng._epoch_fn = jax.jit(chex.assert_max_traces(eng._epoch, n=1), donate_argnums=(0,))
+  eng.epoch_fn = jax.jit(chex.assert_max_traces(eng.epoch_program(), n=1), donate_argnums=(0,))
   (r,) = eng.run(data)
   assert r.epochs_trained == 3
 
@@ -337,7 +338,7 @@ def test_compaction_down_to_one_member(regression_runs):
   # Three members are invalid in epoch 0: from epoch 1 on only the good one is computed,
   # and its cell's slice is the whole (1-member) layout.
   assert eng.traces == 2
-  assert list(eng._layout_epoch_fns) == [((_GOOD, 0, 1),)]
+  assert list(eng.layout_epoch_fns) == [((_GOOD, 0, 1),)]
   assert [(r.cell, r.seed) for r in res] == members
   for r in res[:3]:
     assert r.status == "invalid" and r.status_epoch == 0 and r.epochs_trained == 0
@@ -453,9 +454,9 @@ def test_matmul_precision_reaches_every_matmul(precision, expected):
   for mode in ("loop", "vmap"):
     eng = engine.Engine("multiclass", [(cell, 0), (cell, 1)],
                         dataclasses.replace(CFG, matmul_precision=precision, member_mode=mode))
-    state = eng.init_state()
-    epoch = eng._epoch_fn.lower(state, data).as_text()
-    test = eng._test_fn.lower(state["params"], data.x_test, data.t_test, data.target_mean,
+    state = eng.initial_state()
+    epoch = eng.epoch_fn.lower(state, data).as_text()
+    test = eng.test_fn.lower(state.params, data.x_test, data.t_test, data.target_mean,
                               data.target_std).as_text()
     for text in (epoch, test):
       found = re.findall(r"precision = \[(\w+), (\w+)\]", text)

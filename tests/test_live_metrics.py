@@ -3,6 +3,7 @@ and the `jaxact` / `python -m jaxact` entry points."""
 
 import collections
 import csv
+import functools
 import io
 import json
 import math
@@ -18,6 +19,7 @@ import pytest
 
 from jaxact import engine
 from jaxact import metrics_writer
+from jaxact import runner
 from jaxact import studies
 from jaxact import train
 from test_engine import _synthetic
@@ -152,13 +154,13 @@ def test_progress_line_of_a_48_cell_grid():
   cells = studies.select_cells("hidden", "multiclass")["multiclass"][:48]
   members = [(c, s) for c in cells for s in range(10)]
   cfg = engine.EngineConfig(max_epochs=100, patience=10)
-  # pylint: disable=protected-access
   eng = engine.Engine("multiclass", members, cfg, progress=lambda _: None)
-  m = len(eng._stacked)
+  m = len(eng.stacked_members)
+  line_of = functools.partial(runner.progress_line, eng.task, cfg, eng.groups, eng.num_members)
   rng = np.random.default_rng(0)
   best = rng.uniform(0.1, 0.99, m).astype(np.float32)
   active = rng.uniform(size=m) < 0.5
-  line = eng._progress_line(37, dict(active=active, best=best), 3725.0, 1234.0)
+  line = line_of(37, active, best, 3725.0, 1234.0)
   means = {engine.cell_label(c, cfg): float(np.mean(best[a:b])) for c, a, b in eng.groups}
   hi, lo = max(means, key=means.get), min(means, key=means.get)
   assert len(line) < 300, line
@@ -166,8 +168,7 @@ def test_progress_line_of_a_48_cell_grid():
   assert "elapsed 1h02m;" in line and "eta ~20m34s;" in line
   assert f"best {hi} {means[hi]:.4g}" in line and f"worst {lo} {means[lo]:.4g}" in line
   # Members without a best yet are left out; a grid without any says so.
-  nothing = dict(active=active, best=np.full(m, -np.inf, np.float32))
-  none = eng._progress_line(1, nothing, 1.0, 2.0)
+  none = line_of(1, active, np.full(m, -np.inf, np.float32), 1.0, 2.0)
   assert none.endswith("mean best valid accuracy: none yet") and "eta ~2.0s;" in none
 
 

@@ -152,6 +152,37 @@ def test_resumed_engine_run_is_bitwise_identical(probability_data, uninterrupted
   assert eng.traces == 1
 
 
+# A snapshot's state as the engine wrote it before its state became a `TrainState`, and as
+# the checkpoints on disk hold it: a flat dict (with batch norm also "stats", "best_stats").
+_DICT_STATE_KEYS = ["active", "best_epoch", "best_params", "best_score", "epoch",
+                    "epochs_trained", "opt_state", "params", "shuffle_keys", "status",
+                    "status_epoch"]
+
+
+def test_snapshot_in_the_dict_layout_restores(probability_data, uninterrupted):
+  """Snapshots keep the flat dict layout; one built from its keys alone resumes bitwise."""
+  ref_eng, ref = uninterrupted
+  snaps = {}
+
+  def grab(epoch, snapshot):
+    snaps[epoch] = snapshot()
+    if epoch == 2:
+      raise _Stop
+
+  with pytest.raises(_Stop):
+    engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None).run(
+        probability_data, on_epoch_end=grab)
+  assert sorted(snaps[2].state) == _DICT_STATE_KEYS
+  old = dataclasses.replace(snaps[2], state={k: snaps[2].state[k] for k in _DICT_STATE_KEYS})
+  eng = engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None)
+  assert _dump(eng.run(probability_data, restore=old)) == _dump(ref)
+  chex.assert_trees_all_equal(engine.state_to_host(eng.final_state),
+                              engine.state_to_host(ref_eng.final_state))
+  bn = dataclasses.replace(_CELL, batch_norm=True)
+  template = engine.Engine("probability", [(bn, 0)], _CFG).state_template()
+  assert sorted(template) == sorted(_DICT_STATE_KEYS + ["best_stats", "stats"])
+
+
 def test_resume_inside_a_compacted_layout(tmp_path):
   """A checkpoint taken right after a compaction keeps the layout; the rest is bitwise equal."""
   data = _synthetic("regression")
@@ -172,7 +203,7 @@ def test_resume_inside_a_compacted_layout(tmp_path):
   assert _dump(res) == _dump(ref)
   chex.assert_trees_all_equal(engine.state_to_host(eng.final_state),
                               engine.state_to_host(ref_eng.final_state))
-  assert list(eng._layout_epoch_fns) == [((_GOOD, 0, 1),)]
+  assert list(eng.layout_epoch_fns) == [((_GOOD, 0, 1),)]
   assert eng.compactions == ref_eng.compactions == 1
   assert eng.traces + snapshot.compactions == ref_eng.traces == 2
 

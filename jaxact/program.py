@@ -1,0 +1,752 @@
+"""The training program: pure JAX functions of one task's stacked members.
+
+A *member* is one (cell, seed). All members of a task share the network's
+shapes (the output width C is the task's), so their parameters and optimizer
+states are stacked along a leading member axis in one `TrainState`. The
+program is built once per task (`Program`, after purejaxrl's `make_train`):
+`init_state` makes the initial state, `epoch` runs one epoch (a `lax.scan`
+over the batches with the data resident on the device, a pass over the
+valid set in chunks, the early-stopping update), `evaluate` and `test` the
+metric of stacked parameters. Each takes the members' cells as a layout's
+cells object (layout.py: static per-cell slices, or one member's cell picked
+at run time); layout.py maps it over the members, and the engine jits it.
+Nothing here does I/O or keeps state between calls.
+
+Per member (PROTOCOL section 3):
+- its own initialisation and shuffle order, both from `jax.random.key(seed)`
+  (so member k equals a single run with seed k, whatever else is in the grid);
+- early stopping on the valid metric with strict improvement, stop when
+  `epoch - best_epoch >= patience`; a stopped member is frozen (its
+  parameters and optimizer state no longer change) and its best-epoch
+  weights give the test metric;
+- a member whose loss receives inputs outside the loss's domain (bce on raw
+  outputs) is marked invalid before any update of that batch, as PyTorch
+  raised there; a member whose loss or parameters go non-finite is marked
+  with the epoch and frozen at its last finite state. Neither affects the
+  others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxact import losses as losses_lib
+from jaxact import model as model_lib
+from jaxact import probes as probes_lib
+from jaxact import tasks as tasks_lib
+from jaxact.studies import Cell
+
+class Status(enum.IntEnum):
+  TRAINING = 0
+  OK = 1          # early-stopped normally
+  INVALID = 2     # the loss refused its input (PyTorch raised)
+  NONFINITE = 3   # loss or parameters became NaN/inf
+  HIT_CAP = 4     # still improving when --max_epochs was reached
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Training hyper-parameters (PROTOCOL section 3 by default).
+
+  Attributes:
+    max_epochs: epoch cap (the original had none); members still training
+      when it is reached get status HIT_CAP.
+    patience: early-stopping rounds.
+    batch_size: training batch size; the last partial batch is kept (masked).
+    optimizer: one of OPTIMIZERS: "adamw" (PROTOCOL: torch.optim.AdamW) or
+      "sgd" (torch.optim.SGD with momentum; see `make_optimizer`).
+    learning_rate, b1, b2, eps, weight_decay: AdamW, decoupled weight decay on
+      every parameter, multiplied by the learning rate as in PyTorch. For
+      "sgd", weight_decay is PyTorch SGD's L2 term (added to the gradient)
+      and b1, b2, eps are unused.
+    momentum: "sgd" only: the heavy-ball momentum (PyTorch's, no dampening).
+    head_bias_init: one of HEAD_BIAS_INITS: "torch" (the output layer's bias
+      as the `init` scheme draws it) or "prior" (set so that the network's
+      output, before its last weights contribute, is the training targets'
+      mean: `prior_output_bias`).
+    eval_examples: about how many (member x example) rows one evaluation chunk
+      holds; bounds the memory of the valid/test passes. None: 32 on a CPU
+      (larger chunks run out of its caches: the valid pass of one member takes
+      about 2x longer at 200 rows, 8x at 3,000), 4096 on an accelerator.
+    compact: ("vmap" mode) drop finished members from the stacked state once
+      at most half of it is still training, so later epochs compute only the
+      members still training (one extra compilation per compaction, at most
+      about log2(M)). Results are those of the uncompacted run up to float
+      rounding of the batched matmuls. "loop" mode skips finished members
+      anyway and ignores it.
+    compact_in_background: with `compact`, compile each smaller layout in a
+      background thread while the current layout keeps training, and switch
+      at the first epoch end after it is ready (the members that stopped in
+      between are carried frozen, which changes nothing). Takes the
+      recompilation off the critical path where the host idles during an
+      epoch (an accelerator); the results are the same as `compact`'s. Not
+      part of a run's identity.
+    member_mode: "vmap", "loop" or "auto" (see engine.py).
+    matmul_precision: the precision of the float32 matmuls (the convolutions
+      are matmuls here), one of MATMUL_PRECISIONS: "float32" (default: full
+      float32 on every backend, what PyTorch computes on a CPU),
+      "tensorfloat32" (TF32 tensor cores on NVIDIA GPUs since Ampere; a 10-bit
+      mantissa for the products), "bfloat16" (bf16 products), or "default"
+      (the backend's own choice: TF32 on recent NVIDIA GPUs, bf16 passes on
+      TPUs, float32 on CPUs). XLA:CPU computes float32 for every choice
+      (measured: the same 2.9e-7 relative error against float64 for all four).
+      Part of a run's identity: on an accelerator the results differ beyond
+      rounding order.
+    conv: how the convolutions are computed, one of model.CONV_IMPLS: "im2col"
+      (the default on every backend) or "native" (XLA's convolution and
+      reduce-window max-pool; vmapped members become a grouped convolution).
+      The same function and parameters, so results agree to float rounding
+      and a run may resume under the other. For accelerators, where im2col
+      materialises nine shifted copies of every convolution's input; not yet
+      measured on one (`benchmarks/gpu_suite.sh conv`). On a CPU its
+      gradients inside the training scan are 10-20x slower (jax-ml/jax#12868).
+  """
+  max_epochs: int = 100
+  patience: int = 10
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  optimizer: str = "adamw"
+  momentum: float = 0.9
+  head_bias_init: str = "torch"
+  eval_examples: int | None = None
+  compact: bool = False
+  compact_in_background: bool = False
+  member_mode: str = "auto"
+  matmul_precision: str = "float32"
+  conv: str = "im2col"
+
+
+MEMBER_MODES = ("auto", "vmap", "loop")
+OPTIMIZERS = ("adamw", "sgd")
+HEAD_BIAS_INITS = ("torch", "prior")
+PROTOCOL = EngineConfig()   # PROTOCOL section 3's training
+
+
+def make_optimizer(config: EngineConfig) -> optax.GradientTransformation:
+  """The optimizer of `config`, as PyTorch's optimizer of the same name computes it.
+
+  "adamw": torch.optim.AdamW(lr, betas=(b1, b2), eps, weight_decay), the
+  decay decoupled and multiplied by the learning rate (optax.adamw).
+  "sgd": torch.optim.SGD(lr, momentum, weight_decay): g + weight_decay * w
+  enters the momentum buffer v = momentum * v + g, and w -= lr * v.
+  """
+  if config.optimizer == "adamw":
+    return optax.adamw(config.learning_rate, b1=config.b1, b2=config.b2,
+                       eps=config.eps, weight_decay=config.weight_decay)
+  if config.optimizer == "sgd":
+    return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                       optax.sgd(config.learning_rate, momentum=config.momentum or None))
+  raise ValueError(f"unknown optimizer {config.optimizer!r}: choose one of "
+                   f"{', '.join(OPTIMIZERS)}")
+
+
+
+MATMUL_PRECISIONS = ("float32", "tensorfloat32", "bfloat16", "default")
+
+
+def with_matmul_precision(fn: Callable, precision: str) -> Callable:
+  """`fn` traced under `jax.default_matmul_precision(precision)` ("default": as is)."""
+  if precision not in MATMUL_PRECISIONS:
+    raise ValueError(f"unknown matmul_precision {precision!r}: choose one of "
+                     f"{', '.join(MATMUL_PRECISIONS)}")
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    if precision == "default":
+      return fn(*args, **kwargs)
+    with jax.default_matmul_precision(precision):
+      return fn(*args, **kwargs)
+  if isinstance(fn, functools.partial):   # the name jit, logs and HLO dumps show
+    traced.__name__ = getattr(fn.func, "__name__", traced.__name__)
+  return traced
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """One task's data, resident on the device.
+
+  x_*: (N, 28, 28, 1) float32 pixels in [-1, 1]; t_*: (N, C) float32 dense
+  targets in original units (tasks.make_targets). target_mean / target_std:
+  the TRAIN targets' mean and population std (regression standardisation).
+  """
+  x_train: jax.Array
+  t_train: jax.Array
+  x_valid: jax.Array
+  t_valid: jax.Array
+  x_test: jax.Array
+  t_test: jax.Array
+  target_mean: float
+  target_std: float
+
+  @classmethod
+  def from_split(cls, split, task: str) -> "TaskData":
+    t_train = tasks_lib.make_targets(task, split.y_train)
+    return cls(
+        x_train=jnp.asarray(split.x_train), t_train=jnp.asarray(t_train),
+        x_valid=jnp.asarray(split.x_valid),
+        t_valid=jnp.asarray(tasks_lib.make_targets(task, split.y_valid)),
+        x_test=jnp.asarray(split.x_test),
+        t_test=jnp.asarray(tasks_lib.make_targets(task, split.y_test)),
+        target_mean=float(np.mean(t_train)), target_std=float(np.std(t_train)))
+
+# Per-cell target transforms (regression standardisation, sigmoid method).
+
+
+def train_targets(cell: Cell, t: jax.Array, mean: float, std: float) -> jax.Array:
+  """Targets in the space the loss sees: standardised and/or squashed by a sigmoid."""
+  if cell.norm:
+    t = (t - mean) / std
+  if cell.sigmoid_method:
+    t = jax.nn.sigmoid(t)
+  return t
+
+
+def predictions(cell: Cell, z: jax.Array, mean: float, std: float) -> jax.Array:
+  """The head's output mapped back to original target units, (..., C).
+
+  For the sigmoid method, logit(sigmoid(z)) is computed from the float32
+  sigmoid output as the original method prescribes: outputs that round to
+  exactly 0 or 1 give -inf / +inf predictions (counted, not hidden).
+  """
+  out = losses_lib.apply_head(cell.head, z)
+  if cell.sigmoid_method:
+    out = jnp.log(out) - jnp.log1p(-out)
+  if cell.norm:
+    out = out * std + mean
+  return out
+
+
+def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) -> np.ndarray:
+  """(C,) the output bias of head_bias_init="prior": the targets' mean through the link.
+
+  The link is the function between the output layer and the loss's
+  probabilities or values: the head where it is a sigmoid or a softmax, else
+  what the loss applies (cce: a softmax, bce_logits: a sigmoid), else none.
+  With p the mean over training examples of the targets the loss sees
+  (`train_targets`), the bias is logit(p) for a sigmoid, log(p) for a
+  softmax and p itself otherwise, so that a network whose last weights
+  contribute nothing predicts the prior (Lin et al. 2017, Focal Loss,
+  section 3.3). p is kept in [1e-6, 1 - 1e-6] for the logarithms.
+  """
+  p = np.mean(np.asarray(train_targets(cell, jnp.asarray(t_train), mean, std)), axis=0)
+  link = cell.head if cell.head in ("sigmoid", "softmax") else {
+      "cce": "softmax", "bce_logits": "sigmoid"}.get(cell.loss, "none")
+  if link == "none":
+    return p.astype(np.float32)
+  q = np.clip(p, 1e-6, 1 - 1e-6)
+  return (np.log(q) - np.log1p(-q) if link == "sigmoid" else np.log(q)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+
+
+def branch_cell(cell: Cell) -> Cell:
+  """`cell` as the traced program sees it: the initialisation changes only the initial weights.
+
+  Cells equal up to their `init` compute the same epoch from their state, so
+  "loop" mode compiles one branch of its member switch for all of them.
+  """
+  return dataclasses.replace(cell, init="torch")
+
+
+
+def where_members(mask: jax.Array, new, old):
+  """Per member: new where mask[m] else old, for pytrees stacked on axis 0."""
+  def pick(a, b):
+    return jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b)
+  return jax.tree_util.tree_map(pick, new, old)
+
+
+def all_finite_per_member(tree) -> jax.Array:
+  """(M,) bool: every leaf of member m is finite. Leaves (M, ...)."""
+  # sum(x * 0) is 0 if every x is finite and NaN otherwise (inf * 0 is NaN, and
+  # a sum keeps a NaN). On XLA:CPU it is one fused reduction; all(isfinite(x))
+  # wrote a bool array and reduced it in stages, about 2% of a training step
+  # (measured 2026-11-30). Not max |x|: XLA:CPU's fused max-reduction drops NaNs.
+  leaves = jax.tree_util.tree_leaves(tree)
+  zeros = [jnp.sum(l.reshape(l.shape[0], -1) * 0.0, axis=1) for l in leaves]
+  return jnp.isfinite(jnp.stack(zeros)).all(axis=0)
+
+
+def network_groups(groups) -> list[tuple[tuple[str, bool, int], int, int]]:
+  """Consecutive cell slices with the same network merged: [(cell.network, start, stop)]."""
+  out: list[tuple[tuple[str, bool, int], int, int]] = []
+  for cell, a, b in groups:
+    if out and out[-1][0] == cell.network and out[-1][2] == a:
+      out[-1] = (cell.network, out[-1][1], b)
+    else:
+      out.append((cell.network, a, b))
+  return out
+
+
+def vmap_members(fn: Callable, in_axes) -> Callable:
+  """`jax.vmap(fn, in_axes)`, except that ONE member is computed unbatched.
+
+  A vmap over a member axis of size 1 turns every matmul into a batched one
+  with batch 1, which XLA:CPU runs about 15% slower than the plain matmul
+  ("loop" mode computes one member at a time). Outputs get the member axis back.
+  """
+  batched = jax.vmap(fn, in_axes=in_axes)
+
+  def call(*args):
+    sizes = {leaf.shape[ax] for arg, ax in zip(args, in_axes) if ax is not None
+             for leaf in jax.tree_util.tree_leaves(arg)}
+    if sizes != {1}:
+      return batched(*args)
+    one = [a if ax is None else jax.tree_util.tree_map(lambda l: l[0], a)
+           for a, ax in zip(args, in_axes)]
+    return jax.tree_util.tree_map(lambda l: l[None], fn(*one))
+  return call
+
+
+def _slice_members(tree, a: int, b: int):
+  return jax.tree_util.tree_map(lambda l: l[a:b], tree)
+
+
+# ---------------------------------------------------------------------------
+# The state and the scan's carry.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The training state of stacked members: every leaf but `epoch` is (M, ...).
+
+  Attributes:
+    params, opt_state: the parameters (a nested dict of the network's layers)
+      and the optimizer's state.
+    best_params: the parameters after each member's best epoch so far.
+    best_score: (M,) float32 the best valid metric so far, signed so that
+      higher is better (-inf before any).
+    best_epoch: (M,) int32 its 0-based epoch (-1: none).
+    active: (M,) bool still training.
+    status: (M,) int32 the `Status` (TRAINING while active).
+    status_epoch: (M,) int32 the epoch the status was set in (-1: none).
+    epochs_trained: (M,) int32 epochs each member trained.
+    shuffle_keys: (M,) PRNG keys of the members' shuffle orders.
+    epoch: () int32 epochs done, shared by all members.
+    stats, best_stats: batch-norm running statistics now and at the best
+      epoch; {} when no member uses batch norm.
+  """
+  params: Any
+  opt_state: Any
+  best_params: Any
+  best_score: jax.Array
+  best_epoch: jax.Array
+  active: jax.Array
+  status: jax.Array
+  status_epoch: jax.Array
+  epochs_trained: jax.Array
+  shuffle_keys: jax.Array
+  epoch: Any
+  stats: Any = dataclasses.field(default_factory=dict)
+  best_stats: Any = dataclasses.field(default_factory=dict)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The state as the flat dict of its fields that snapshots and checkpoints
+    hold ("stats" and "best_stats" only with batch norm)."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    if not jax.tree_util.tree_leaves(self.stats):
+      del out["stats"], out["best_stats"]
+    return out
+
+  @classmethod
+  def from_dict(cls, state: dict[str, Any]) -> "TrainState":
+    """The inverse of `to_dict`."""
+    return cls(**state)
+
+
+class StepCarry(NamedTuple):
+  """The training scan's carry (leaves (M, ...)): what a step updates."""
+  params: Any
+  stats: Any
+  opt_state: Any
+  active: jax.Array      # (M,) bool: the member's last update was applied
+  status: jax.Array
+  status_epoch: jax.Array
+  loss_sum: jax.Array    # (M,) sum of the applied updates' losses
+  probes: dict[str, Any]  # name -> accumulator of the "train" probes
+
+
+@flax.struct.dataclass
+class EpochMetrics:
+  """What one epoch reports per member (leaves (M, ...)).
+
+  train_loss: float32 the mean training loss over the epoch's batches (the
+  updates not applied count as 0); valid_metric: float32 the valid metric
+  after the epoch; n_infinite: int32 non-finite valid predictions; trained:
+  bool the member trained in this epoch; diag: name -> the epoch's
+  diagnostics (`probes.PROBES`).
+  """
+  train_loss: jax.Array
+  valid_metric: jax.Array
+  n_infinite: jax.Array
+  trained: jax.Array
+  diag: dict[str, jax.Array]
+
+
+# ---------------------------------------------------------------------------
+
+
+class Program:
+  """The pure functions of one task's training, built once (after purejaxrl's `make_train`).
+
+  Holds only static things (the task, the configuration, the network's graph,
+  the losses); its methods are pure functions of their arguments. `cells` is
+  a layout's cells object (layout.py), through which the cell-specific parts
+  (dense layers, head, loss) are computed.
+
+  Attributes:
+    task: the task (tasks.Task).
+    config: the EngineConfig.
+    max_depth: the most dense hidden layers of any member (the network's).
+    has_batch_norm: any member uses batch norm (the network has the layers).
+    loss_fns: cell -> its loss (losses.get_loss), for the members' cells and
+      their branch cells.
+    tx: the optimizer (`make_optimizer`).
+    graphdef: the network's graph (nnx.split).
+    eval_rows: about how many (member x example) rows an evaluation chunk holds.
+    probes: the diagnostics recorded (probes.PROBES).
+  """
+
+  def __init__(self, task, cells: Sequence[Cell], config: EngineConfig, eval_rows: int,
+               probes: tuple[probes_lib.Probe, ...] = probes_lib.PROBES):
+    self.task = task
+    self.config = config
+    self.max_depth = max(c.depth for c in cells)
+    self.has_batch_norm = any(c.batch_norm for c in cells)
+    self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention)
+                     for c in dict.fromkeys(list(cells) + [branch_cell(c) for c in cells])}
+    self.tx = make_optimizer(config)
+    abstract = nnx.eval_shape(lambda: self.make_model(jax.random.key(0), cells[0]))
+    self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+    self.eval_rows = eval_rows
+    self.probes = probes
+    self.dims = probes_lib.Dims(layers=len(probes_lib.layer_names(self.max_depth)),
+                                depth=self.max_depth, width=model_lib.HIDDEN_WIDTH,
+                                outputs=task.num_outputs)
+    self._max_derivative = {h: model_lib.max_derivative(h)
+                            for h in dict.fromkeys(c.hidden for c in cells)}
+
+  def make_model(self, key, cell: Cell) -> model_lib.CNN:
+    return model_lib.CNN(self.task.num_outputs, init=cell.init, hidden_activation=cell.hidden,
+                         dense_layers=cell.depth, batch_norm=cell.batch_norm,
+                         max_dense_layers=self.max_depth,
+                         with_batch_norm=self.has_batch_norm, conv=self.config.conv,
+                         rngs=nnx.Rngs(params=key))
+
+  def diagnostic_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """name -> (per-member shape, dtype) of the diagnostics recorded every epoch."""
+    return probes_lib.shapes(self.dims, self.probes)
+
+  # -- state ---------------------------------------------------------------
+
+  def init_state(self, seeds: Sequence[int], groups, bias: np.ndarray | None = None
+                 ) -> TrainState:
+    """The stacked initial state; member m's keys come from its seed alone.
+
+    Args:
+      seeds: (M,) the members' seeds.
+      groups: static per-cell slices (cell, start, stop) of the members (the
+        initialisation and depth are static).
+      bias: (M, C) output biases to start from (head_bias_init="prior"), or
+        None for the initialisation's.
+    """
+    seeds = jnp.asarray(seeds, jnp.uint32)
+    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
+    init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
+    parts = []
+    for cell, a, b in groups:
+      def make(k, cell=cell):
+        _, p, st = nnx.split(self.make_model(k, cell), nnx.Param, nnx.BatchStat)
+        return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
+      parts.append(jax.vmap(make)(init_keys[a:b]))
+    params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+    if bias is not None:
+      out = dict(params["out"], bias=jnp.asarray(bias, params["out"]["bias"].dtype))
+      params = dict(params, out=out)
+    m = len(seeds)
+    extra = dict(stats=stats, best_stats=jax.tree_util.tree_map(jnp.copy, stats)
+                 ) if self.has_batch_norm else {}
+    return TrainState(
+        **extra,
+        params=params,
+        opt_state=jax.vmap(self.tx.init)(params),
+        best_params=jax.tree_util.tree_map(jnp.copy, params),
+        best_score=jnp.full((m,), -jnp.inf, jnp.float32),
+        best_epoch=jnp.full((m,), -1, jnp.int32),
+        active=jnp.ones((m,), bool),
+        status=jnp.full((m,), Status.TRAINING, jnp.int32),
+        status_epoch=jnp.full((m,), -1, jnp.int32),
+        epochs_trained=jnp.zeros((m,), jnp.int32),
+        shuffle_keys=shuffle_keys,
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+  def prior_bias(self, cells: Sequence[Cell], data: TaskData | None) -> np.ndarray:
+    """(M, C) every member's output bias for head_bias_init="prior" (`prior_output_bias`)."""
+    if data is None:
+      raise ValueError('head_bias_init="prior" needs the task\'s data: init_state(data)')
+    t_train = np.asarray(data.t_train)
+    return np.stack([prior_output_bias(cell, t_train, data.target_mean, data.target_std)
+                     for cell in cells])
+
+  # -- the network -----------------------------------------------------------
+
+  def trunk(self, params, stats, x):
+    """The conv trunk of every stacked member: x (M, B, 28, 28, 1), or
+    (B, 28, 28, 1) shared -> features (M, B, 1024)."""
+    return vmap_members(lambda p, s, xx: nnx.merge(self.graphdef, p, s).trunk(xx),
+                        in_axes=(0, 0, None if x.ndim == 4 else 0))(params, stats, x)
+
+  def dense(self, groups, params, stats, feats, mask=None, *, train: bool):
+    """The dense part of every stacked member, for static `groups`.
+
+    Args:
+      groups: the per-cell slices of the stacked members.
+      params, stats: parameters and batch-norm statistics stacked on axis 0 (M).
+      feats: (M, B, 1024) the trunk's features.
+      mask: (M, B) the real rows of padded batches (train only).
+      train: batch norm on batch statistics (and updating them).
+
+    Returns:
+      z (M, B, C); the pre-activations (M, max_depth, B, width), zero beyond a
+      member's depth; the new batch-norm statistics.
+    """
+    zs, pres, new_stats = [], [], []
+    for (hidden, batch_norm, depth), a, b in network_groups(groups):
+      def one(p, s, f, mk, hidden=hidden, batch_norm=batch_norm, depth=depth):
+        model = nnx.merge(self.graphdef, p, s)
+        z, pre = model.dense(f, activation=hidden, depth=depth, batch_norm=batch_norm,
+                             train=train, mask=mk)
+        pre = jnp.stack(pre + [jnp.zeros_like(pre[0])] * (self.max_depth - depth))
+        return z, pre, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+      z, pre, st = vmap_members(one, in_axes=(0, 0, 0, None if mask is None else 0))(
+          _slice_members(params, a, b), _slice_members(stats, a, b), feats[a:b],
+          None if mask is None else mask[a:b] > 0)
+      zs.append(z)
+      pres.append(pre)
+      new_stats.append(st)
+    cat = lambda *xs: jnp.concatenate(xs, axis=0)
+    return (cat(*zs), cat(*pres),
+            jax.tree_util.tree_map(cat, *new_stats) if self.has_batch_norm else stats)
+
+  def member_losses(self, params, stats, x, t, mask, mean, std, cells):
+    """Per-member batch losses (M,), input validity (M,) and new batch-norm stats, x (M, B, ...)."""
+    feats = self.trunk(params, stats, x)
+
+    def dense_and_loss(groups, params, stats, feats, t, mask):
+      z, _, new_stats = self.dense(groups, params, stats, feats, mask, train=True)
+      losses, valid = [], []
+      for cell, a, b in groups:
+        fn = self.loss_fns[cell]
+        tt = train_targets(cell, t[a:b], mean, std)
+        pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
+        mean_pe = jnp.sum(pe * mask[a:b], axis=1) / jnp.sum(mask[a:b], axis=1)
+        losses.append(jax.vmap(fn.finalize)(mean_pe))
+        if fn.valid_input is None:
+          valid.append(jnp.ones((b - a,), bool))
+        else:
+          ok = jax.vmap(fn.valid_input)(z[a:b])                          # (S, B)
+          valid.append(jnp.all(ok | (mask[a:b] == 0), axis=1))
+      return jnp.concatenate(losses), jnp.concatenate(valid), new_stats
+
+    return cells.per_cell(dense_and_loss, params, stats, feats, t, mask)
+
+  # -- one epoch -------------------------------------------------------------
+
+  def epoch(self, state: TrainState, data: TaskData, cells) -> tuple[TrainState, EpochMetrics]:
+    """One epoch of the stacked members of `state`: (new state, per-member metrics).
+
+    The training scan over the batches (a frozen member's update is computed
+    and discarded), the valid pass with the diagnostics, the early-stopping
+    update. `cells`: the members' cells (layout.py).
+    """
+    cfg = self.config
+    m = state.best_score.shape[0]
+    n = data.x_train.shape[0]
+    nb = -(-n // cfg.batch_size)
+    epoch = state.epoch
+    perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
+        state.shuffle_keys)                                             # (M, N)
+    pad = nb * cfg.batch_size - n
+    perms = jnp.pad(perms, ((0, 0), (0, pad)))
+    masks = jnp.pad(jnp.ones((m, n), jnp.float32), ((0, 0), (0, pad)))
+    perms = perms.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
+    masks = masks.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
+    mean, std = data.target_mean, data.target_std
+    train_probes = probes_lib.of_phase("train", self.probes)
+
+    def grad_fn(params, stats, x, t, mask):
+      def total(p):
+        l, v, st = self.member_losses(p, stats, x, t, mask, mean, std, cells)
+        return jnp.sum(jnp.where(jnp.isfinite(l), l, 0.0)), (l, v, st)
+      return jax.grad(total, has_aux=True)(params)
+
+    def step(carry: StepCarry, batch):
+      idx, mask, i = batch
+      x, t = data.x_train[idx], data.t_train[idx]
+      grads, (loss, valid, new_stats) = grad_fn(carry.params, carry.stats, x, t, mask)
+      updates, new_opt = jax.vmap(self.tx.update)(grads, carry.opt_state, carry.params)
+      new_params = optax.apply_updates(carry.params, updates)
+      finite = jnp.isfinite(loss) & all_finite_per_member(new_params)
+      active = carry.active
+      invalid_now = active & ~valid
+      nonfinite_now = active & valid & ~finite
+      apply = active & valid & finite
+      status = jnp.where(invalid_now, Status.INVALID, carry.status)
+      status = jnp.where(nonfinite_now, Status.NONFINITE, status)
+      obs = probes_lib.TrainObservation(
+          sq_norms=probes_lib.layer_sq_norms(grads, self.max_depth), applied=apply, first=i == 0)
+      return StepCarry(
+          params=where_members(apply, new_params, carry.params),
+          stats=where_members(apply, new_stats, carry.stats),
+          opt_state=where_members(apply, new_opt, carry.opt_state),
+          active=apply, status=status,
+          status_epoch=jnp.where(invalid_now | nonfinite_now, epoch, carry.status_epoch),
+          loss_sum=carry.loss_sum + jnp.where(apply, loss, 0.0),
+          probes={p.name: p.merge(carry.probes[p.name], p.update(obs)) for p in train_probes},
+      ), apply
+
+    carry = StepCarry(state.params, state.stats, state.opt_state, state.active, state.status,
+                      state.status_epoch, jnp.zeros((m,), jnp.float32),
+                      {p.name: p.init(self.dims, m) for p in train_probes})
+    carry, applied = jax.lax.scan(step, carry, (perms, masks, jnp.arange(nb)))
+    params, stats, still = carry.params, carry.stats, carry.active
+    train_loss = carry.loss_sum / nb
+
+    valid_metric, n_inf, diag = self.evaluate(params, stats, data.x_valid, data.t_valid,
+                                              mean, std, cells, diagnostics=True)
+    totals = probes_lib.Totals(n=0, width=self.dims.width,
+                               applied=jnp.sum(applied, axis=0), target_spread=None,  # (M,)
+                               single_label=self.task.single_label)
+    for p in train_probes:
+      diag[p.name] = p.finalize(carry.probes[p.name], totals)
+    end = probes_lib.EndObservation(params=params, depth=self.max_depth)
+    for p in probes_lib.of_phase("end", self.probes):
+      diag[p.name] = p.finalize(p.update(end), totals)
+    diag = {p.name: diag[p.name] for p in self.probes}
+    score = valid_metric if self.task.higher_is_better else -valid_metric
+    score = jnp.where(jnp.isnan(score), -jnp.inf, score)
+    improved = still & (score > state.best_score)
+    best_score = jnp.where(improved, score, state.best_score)
+    best_epoch = jnp.where(improved, epoch, state.best_epoch)
+    best_params = where_members(improved, params, state.best_params)
+    best_stats = where_members(improved, stats, state.best_stats)
+    stop = still & (epoch - best_epoch >= cfg.patience)
+    status = jnp.where(stop, Status.OK, carry.status)
+    status_epoch = jnp.where(stop, epoch, carry.status_epoch)
+    epochs_trained = jnp.where(still, epoch + 1, state.epochs_trained)
+    new_state = TrainState(
+        params=params, opt_state=carry.opt_state, best_params=best_params,
+        best_score=best_score, best_epoch=best_epoch, active=still & ~stop,
+        status=status, status_epoch=status_epoch, epochs_trained=epochs_trained,
+        shuffle_keys=state.shuffle_keys, epoch=epoch + 1, stats=stats, best_stats=best_stats)
+    metrics = EpochMetrics(train_loss=train_loss, valid_metric=valid_metric, n_infinite=n_inf,
+                           trained=still, diag=diag)
+    return new_state, metrics
+
+  def skipped_metrics(self, m: int) -> EpochMetrics:
+    """The metrics of m members that did not train in an epoch: NaN, none trained."""
+    nan = jnp.full((m,), jnp.nan, jnp.float32)
+    return EpochMetrics(train_loss=nan, valid_metric=nan,
+                        n_infinite=jnp.zeros((m,), jnp.int32), trained=jnp.zeros((m,), bool),
+                        diag={k: jnp.full((m,) + shape, jnp.nan, dtype)
+                              for k, (shape, dtype) in self.diagnostic_shapes().items()})
+
+  # -- evaluation ------------------------------------------------------------
+
+  def evaluate(self, params, stats, x, t, mean, std, cells, diagnostics=False):
+    """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).
+
+    Runs in chunks of examples (`lax.scan`) so memory stays bounded; the last
+    chunk is padded and masked. With `diagnostics`, the third value holds the
+    "valid" probes' values (probes.PROBES), each (M, ...); else it is {}.
+
+    Args:
+      params, stats: parameters and batch-norm statistics stacked on axis 0
+        ({} for stats without batch norm).
+      x: (N, 28, 28, 1) images; t: (N, C) targets in original units.
+      mean, std: the training targets' mean and std.
+      cells: the members' cells (layout.py).
+      diagnostics: also compute the diagnostics.
+    """
+    m = jax.tree_util.tree_leaves(params)[0].shape[0]
+    n = x.shape[0]
+    target = max(8, min(n, self.eval_rows // m))
+    nc = -(-n // target)
+    chunk = -(-n // nc)                    # balanced chunks: the padding stays below nc rows
+    pad = nc * chunk - n
+    # Padded as rows of pixels: padding the (n, 28, 28, 1) images themselves got a
+    # layout that XLA:CPU then copied, about 10 ms of every epoch's valid pass.
+    xs = jnp.pad(x.reshape(n, -1), ((0, pad), (0, 0))).reshape((nc, chunk, -1))
+    ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
+    ms = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad)).reshape(nc, chunk)
+    cat = lambda xs: jnp.concatenate(xs, axis=0)
+    valid_probes = probes_lib.of_phase("valid", self.probes) if diagnostics else ()
+
+    def chunk_stats(groups, params, stats, feats, tc, mc):
+      """Per-chunk sums of one layout (static groups), from the trunk's features."""
+      z, pre, _ = self.dense(groups, params, stats, feats, train=False)  # (M, chunk, C)
+      scores, infs, outs, heads = [], [], [], []
+      for cell, a, b in groups:
+        pred = predictions(cell, z[a:b], mean, std)
+        s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
+        scores.append(jnp.sum(s * mc, axis=1))
+        bad = jnp.any(~jnp.isfinite(pred), axis=-1)
+        infs.append(jnp.sum(bad * mc, axis=1))
+        outs.append(losses_lib.apply_head(cell.head, z[a:b]))
+        heads.append(losses_lib.head_jacobian_max(cell.head, z[a:b]))       # (Mg, chunk)
+      res = dict(score=cat(scores), inf=cat(infs))
+      if valid_probes:
+        deriv = cat([model_lib.activation_derivative(hidden, pre[a:b])
+                     / self._max_derivative[hidden]
+                     for (hidden, _, _), a, b in network_groups(groups)])    # (M, D, chunk, W)
+        obs = probes_lib.ValidObservation(pre=pre, deriv=deriv, out=cat(outs),
+                                          head_jac=cat(heads), mask=mc)
+        res["probes"] = {p.name: p.update(obs) for p in valid_probes}
+      return res
+
+    def one(carry, args):
+      xc, tc, mc = args
+      xc = xc.reshape((-1,) + x.shape[1:])
+      feats = self.trunk(params, stats, xc)
+      res = cells.per_cell(chunk_stats, params, stats, feats, tc, mc)
+      new = dict(score=carry["score"] + res["score"], inf=carry["inf"] + res["inf"])
+      if valid_probes:
+        new["probes"] = {p.name: p.merge(carry["probes"][p.name], res["probes"][p.name])
+                         for p in valid_probes}
+      return new, None
+
+    carry = dict(score=jnp.zeros((m,), jnp.float32), inf=jnp.zeros((m,), jnp.float32))
+    if valid_probes:
+      carry["probes"] = {p.name: p.init(self.dims, m) for p in valid_probes}
+    acc, _ = jax.lax.scan(one, carry, (xs, ts, ms))
+    metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
+    if not diagnostics:
+      return metric, n_inf, {}
+    target_spread = cells.per_cell(lambda groups, t: cat([
+        jnp.full((b - a,), jnp.mean(jnp.std(train_targets(cell, t, mean, std), axis=0)))
+        for cell, a, b in groups]), t)
+    totals = probes_lib.Totals(n=n, width=self.dims.width, applied=None,
+                               target_spread=target_spread,
+                               single_label=self.task.single_label)
+    return metric, n_inf, {p.name: p.finalize(acc["probes"][p.name], totals)
+                           for p in valid_probes}
+
+  def test(self, params, stats, x, t, mean, std, cells):
+    """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
+    return self.evaluate(params, stats, x, t, mean, std, cells)[:2]
