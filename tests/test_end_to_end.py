@@ -158,8 +158,9 @@ _CELL_ARGS = ("--task=probability", "--head=softmax", "--loss=bce", "--preset=sm
 
 def test_cli_runs_a_cell_end_to_end_and_reruns_it_from_the_compilation_cache(
     tmp_path, mnist_dir, tfds_dir):
-  # The first run fills a fresh compilation cache; the same grid in a fresh workdir loads the
-  # compiled epoch from it, and the executable being the same, every number is the same.
+  # The first run fills a fresh compilation cache (the epoch program is jit_epoch-*); the same
+  # grid in a fresh workdir loads the compiled epoch from it, and the executable being the
+  # same, every number is the same.
   cache = tmp_path / "xla"
   runs = []
   for name in ("first", "second"):
@@ -172,7 +173,7 @@ def test_cli_runs_a_cell_end_to_end_and_reruns_it_from_the_compilation_cache(
                  for m in saved["members"]])
     if name == "second":
       break
-    epochs = {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")}
+    epochs = {p.name for p in cache.iterdir() if p.name.startswith("jit_epoch")}
     assert epochs, list(cache.iterdir())
     assert "softmax + bce" in proc.stdout and "sigmoid + bce" in proc.stdout
     assert "probability epoch 1" in proc.stderr  # progress, per task and epoch
@@ -187,7 +188,7 @@ def test_cli_runs_a_cell_end_to_end_and_reruns_it_from_the_compilation_cache(
   assert runs[0] == runs[1]
   # The epoch program was loaded, not compiled anew. (Small programs near the cache's 0.5 s
   # threshold may or may not be written, depending on the machine's load.)
-  assert {p.name for p in cache.iterdir() if p.name.startswith("jit__epoch")} == epochs
+  assert {p.name for p in cache.iterdir() if p.name.startswith("jit_epoch")} == epochs
 
 
 def test_cli_unusable_compilation_cache_dir(tmp_path):
