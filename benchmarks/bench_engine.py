@@ -61,7 +61,7 @@ def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> di
   """Median time and GFLOP/s of an (n, n) @ (n, n) float32 matmul with jax.
 
   n = 0 picks 2048 on CPU and 8192 on an accelerator. `precision` as
-  EngineConfig.matmul_precision (on a GPU, "tensorfloat32" uses the TF32
+  ExecutionConfig.matmul_precision (on a GPU, "tensorfloat32" uses the TF32
   tensor cores: the peak the engine can reach at that precision).
   """
   from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
@@ -86,11 +86,11 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   from jaxact import studies  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
-  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1,
-                                  member_mode=member_mode, matmul_precision=matmul_precision,
-                                  conv=conv)
+  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
+  execution = engine_lib.ExecutionConfig(member_mode=member_mode,
+                                         matmul_precision=matmul_precision, conv=conv)
   marks = []
-  eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
+  eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config, execution,
                           progress=lambda _: marks.append(time.perf_counter()))
   data = jax.block_until_ready(engine_lib.TaskData.from_split(arrays, task))
   device_before = common.device_memory_stats()
@@ -166,10 +166,10 @@ def measure_full_table(args) -> dict:
   config = train.RunConfig(
       study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
       data_dir=args.data_dir,
-      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs, compact=args.compact,
-                                     compact_in_background=args.compact_in_background,
-                                     member_mode=args.member_mode,
-                                     matmul_precision=args.matmul_precision, conv=args.conv))
+      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs),
+      execution=engine_lib.ExecutionConfig(member_mode=args.member_mode,
+                                           matmul_precision=args.matmul_precision,
+                                           conv=args.conv, compact=args.compact))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.
@@ -188,7 +188,6 @@ def measure_full_table(args) -> dict:
               member_mode=args.member_mode, matmul_precision=args.matmul_precision,
               conv=args.conv,
               max_epochs=args.max_epochs, compact=args.compact,
-              compact_in_background=args.compact_in_background,
               compile_ahead=args.compile_ahead, wall_s=wall, workdir=workdir,
               members=sum(v["members"] for v in per_task.values()),
               useful_model_epochs=sum(v["useful"] for v in per_task.values()),
@@ -251,8 +250,6 @@ def _forwarded(args) -> list[str]:
     out.append("--compact")
   if args.compile_ahead:
     out.append("--compile_ahead")
-  if args.compact_in_background:
-    out.append("--compact_in_background")
   if args.full_table_workdir:
     out += ["--full_table_workdir", args.full_table_workdir]
   return out
@@ -417,8 +414,7 @@ def format_report(machine: dict, torch_summary: dict | None, engine_summaries: l
     f = full_table
     lines += ["## Wall time to the full table (train_and_evaluate, early stopping included)", "",
               f"- study {f['study']}, conventions {', '.join(f['conventions'])}, {f['seeds']} "
-              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}"
-              f"{' (in the background)' if f.get('compact_in_background') else ''}, compile ahead "
+              f"seeds, max_epochs {f['max_epochs']}, compact {f['compact']}, compile ahead "
               f"{f.get('compile_ahead', False)}, member mode "
               f"{f.get('member_mode')}, matmul precision {f.get('matmul_precision', 'float32')}: "
               f"{f['members']} members",
@@ -457,10 +453,10 @@ def parse_args(argv=None):
   p.add_argument("--torch_device", default=None,
                  help="the reference's torch device (default: cuda if torch sees a GPU, else cpu)")
   p.add_argument("--matmul_precision", default="float32",
-                 help="EngineConfig.matmul_precision of the engine runs and of the matmul peak "
+                 help="ExecutionConfig.matmul_precision of the engine runs and of the matmul peak "
                       "(float32, tensorfloat32, bfloat16, default)")
   p.add_argument("--conv", default="im2col",
-                 help="EngineConfig.conv of the engine runs (im2col, native)")
+                 help="ExecutionConfig.conv of the engine runs (im2col, native)")
   p.add_argument("--matmul_n", type=int, default=0, help="matmul size (0: 2048 CPU, 8192 GPU)")
   p.add_argument("--out", default=None, help="markdown file (default "
                  "benchmarks/results_<hostname>.md; '-' for stdout only)")
@@ -472,14 +468,12 @@ def parse_args(argv=None):
   p.add_argument("--seeds", type=int, default=3, help="--full_table: seeds per cell")
   p.add_argument("--conventions", default="torch", help="--full_table: torch, logits or both")
   p.add_argument("--max_epochs", type=int, default=100, help="--full_table: epoch cap")
-  p.add_argument("--compact", action="store_true", help="--full_table: EngineConfig.compact")
-  p.add_argument("--compact_in_background", action="store_true",
-                 help="--full_table: EngineConfig.compact_in_background (with --compact)")
+  p.add_argument("--compact", action="store_true", help="--full_table: ExecutionConfig.compact")
   p.add_argument("--compile_ahead", action="store_true",
                  help="--full_table: compile the next task while one trains (train_and_evaluate)")
   p.add_argument("--full_table_workdir", default=None, help="--full_table: keep results here")
   p.add_argument("--member_modes", default="auto",
-                 help="comma-separated EngineConfig.member_mode values to measure, each at "
+                 help="comma-separated ExecutionConfig.member_mode values to measure, each at "
                       "every M (auto, loop, vmap); --full_table uses the first")
   p.add_argument("--member_mode", default=None, help=argparse.SUPPRESS)   # a worker's one mode
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

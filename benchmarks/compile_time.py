@@ -61,7 +61,8 @@ def measure(subset: str, k: int, member_mode: str) -> dict:
 
   cells = subset_cells(subset, k)
   eng = engine_lib.Engine("multiclass", [(c, 0) for c in cells],
-                          engine_lib.EngineConfig(max_epochs=1, member_mode=member_mode))
+                          engine_lib.EngineConfig(max_epochs=1),
+                          engine_lib.ExecutionConfig(member_mode=member_mode))
   data = jax.block_until_ready(engine_lib.TaskData.from_split(common.synthetic_arrays(), "multiclass"))
   t0 = time.perf_counter()
   eng.compile_ahead(data)

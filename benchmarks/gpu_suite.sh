@@ -19,9 +19,6 @@
 #         the same table with --compile_ahead (each next task compiled while a task trains)
 #         and without, at one precision (two table runs: about 8 min on an H100); run to the
 #         end, the pair also compares TF32 with float32 metrics, member by member
-# ahead_compact
-#         TF32 with --compile_ahead --compact --compact_in_background: no compilation on
-#         the critical path after the first task's, and stopped members dropped
 # conv    bench_engine with --conv=native (XLA's convolution; vmapped members become a grouped
 #         convolution) against the default im2col, float32, M = 1, 64, 1024, one round each
 #
@@ -117,12 +114,6 @@ stage_ahead_tf32() {
 stage_ahead_float32() {
   table_run float32_ahead --compile_ahead
   table_run float32
-}
-
-stage_ahead_compact() {
-  # Both off the critical path: the next task's program and every compacted layout.
-  table_run tf32_ahead_compact_bg --compile_ahead --compact --compact_in_background \
-    --matmul_precision=tensorfloat32
 }
 
 stage_conv() {

@@ -10,12 +10,16 @@ and trained together; `Engine` composes the parts:
 - runner.py: the host loop (histories, compaction, snapshots, progress,
   results).
 It keeps one jitted epoch function per task (plus one per compacted layout)
-and the public names the rest of the code base uses (`engine.X`).
+and the public names the rest of the code base uses (`engine.X`, `__all__`).
 
-How the members share the machine (`EngineConfig.member_mode`):
+An Engine takes two configurations: `EngineConfig`, the training
+hyper-parameters (what is trained), and `ExecutionConfig`, how it is computed
+(member mode, matmul precision, convolutions, compaction, evaluation chunks).
+
+How the members share the machine (`ExecutionConfig.member_mode`):
 - "vmap": every step is one vmapped computation over all members (batched
   matmuls): what fills a GPU or a TPU. Stopped members are frozen but still
-  computed until the last member stops; with `EngineConfig.compact`, the
+  computed until the last member stops; with `ExecutionConfig.compact`, the
   runner instead drops them from the stacked state (runner.py).
 - "loop": inside the same jitted epoch, the members run one after another
   (`lax.map`), each its whole epoch: its working set stays in the CPU's
@@ -43,28 +47,36 @@ from jaxact import runner as runner_lib
 from jaxact import sharding
 from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
-# The engine's public names, defined by its parts.  pylint: disable=unused-import
 from jaxact.layout import Groups
-from jaxact.probes import SATURATION_RATIO, SATURATION_SHARE, layer_names
-from jaxact.program import (EngineConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS, MEMBER_MODES,
-                            OPTIMIZERS, PROTOCOL, Status, TaskData, TrainState, branch_cell,
-                            make_optimizer, predictions, prior_output_bias, train_targets,
-                            with_matmul_precision)
-from jaxact.runner import (BackgroundCompile, MemberResult, Snapshot, cell_label,
-                           state_from_host, state_to_host, training_label, training_record)
+from jaxact.probes import layer_names
+from jaxact.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS,
+                            MEMBER_MODES, OPTIMIZERS, PROTOCOL, Status, TaskData, TrainState,
+                            branch_cell, make_optimizer, predictions, prior_output_bias,
+                            train_targets, with_matmul_precision)
+from jaxact.runner import (MemberResult, Snapshot, cell_label, state_from_host, state_to_host,
+                           training_label, training_record)
+
+# The engine's public names: its own, and those of its parts that the rest of the code uses.
+__all__ = [
+    "Engine", "EngineConfig", "ExecutionConfig", "Groups", "HEAD_BIAS_INITS",
+    "MATMUL_PRECISIONS", "MEMBER_MODES", "MemberResult", "OPTIMIZERS", "PROTOCOL", "Snapshot",
+    "Status", "TaskData", "TrainState", "branch_cell", "cell_label", "layer_names",
+    "make_optimizer", "predictions", "prior_output_bias", "state_from_host", "state_to_host",
+    "train_targets", "training_label", "training_record", "with_matmul_precision",
+]
 
 
 class Engine:
   """Trains members (cell, seed) of ONE task together.
 
   Usage:
-    engine = Engine(task, members, config)
+    engine = Engine(task, members, config, execution)
     results = engine.run(data)
     # resumable: engine.run(data, restore=snapshot, on_epoch_end=hook), see `run`
 
   `engine.traces` counts how often the epoch function was traced, over all
   layouts: one compilation per task (it stays 1 however many epochs run),
-  plus one per compaction with `config.compact`.
+  plus one per compaction with `execution.compact`.
 
   Seams (for the runner, tests and benchmarks): `epoch_fn` (jitted, all
   stacked members), `layout_epoch_fn(groups)` and `layout_epoch_fns` (the
@@ -75,6 +87,7 @@ class Engine:
 
   def __init__(self, task: str, members: Sequence[tuple[Cell, int]],
                config: EngineConfig = EngineConfig(),
+               execution: ExecutionConfig = ExecutionConfig(),
                progress: Callable[[str], None] | None = None):
     self.task = tasks_lib.get_task(task)
     if not members:
@@ -94,28 +107,30 @@ class Engine:
     self.stacked_members = sharding.pad_members(self.members, self.mesh.size)
     self.groups = self.layout_groups(range(len(self.stacked_members)))
     self.config = config
+    self.execution = execution
     self.progress = progress or logging.info
     if config.head_bias_init not in HEAD_BIAS_INITS:
       raise ValueError(f"unknown head_bias_init {config.head_bias_init!r}: choose one of "
                        f"{', '.join(HEAD_BIAS_INITS)}")
-    if config.conv not in model_lib.CONV_IMPLS:
-      raise ValueError(f"unknown conv {config.conv!r}: choose one of "
+    if execution.conv not in model_lib.CONV_IMPLS:
+      raise ValueError(f"unknown conv {execution.conv!r}: choose one of "
                        f"{', '.join(model_lib.CONV_IMPLS)}")
-    if config.member_mode not in MEMBER_MODES:
-      raise ValueError(f"unknown member_mode {config.member_mode!r}: choose one of "
+    if execution.member_mode not in MEMBER_MODES:
+      raise ValueError(f"unknown member_mode {execution.member_mode!r}: choose one of "
                        f"{', '.join(MEMBER_MODES)}")
     platform = self.mesh.devices.flat[0].platform
-    mode = config.member_mode
+    mode = execution.member_mode
     if mode == "auto":
       mode = "loop" if platform == "cpu" and self.mesh.size == 1 else "vmap"
     if mode == "loop" and self.mesh.size > 1:
       raise ValueError(f"member_mode 'loop' runs on one device, this run has "
                        f"{self.mesh.size}: use 'vmap' (or 'auto') to shard the members")
     self.member_mode = mode
-    self.eval_rows = config.eval_examples or (32 if platform == "cpu" else 4096)
+    self.eval_rows = execution.eval_examples or (32 if platform == "cpu" else 4096)
     # The program's network carries the most dense layers any member uses, and
     # batch-norm layers if any member uses them (see model.CNN).
-    self.program = program_lib.Program(self.task, order, config, self.eval_rows)
+    self.program = program_lib.Program(self.task, order, config, self.eval_rows,
+                                       conv=execution.conv)
     self.max_depth = self.program.max_depth
     self.has_batch_norm = self.program.has_batch_norm
     self.loss_fns = self.program.loss_fns
@@ -139,7 +154,7 @@ class Engine:
     return len(self.members)
 
   def _precise(self, fn: Callable) -> Callable:
-    return with_matmul_precision(fn, self.config.matmul_precision)
+    return with_matmul_precision(fn, self.execution.matmul_precision)
 
   def layout_groups(self, indices: Sequence[int]) -> Groups:
     """Static per-cell slices (cell, start, stop) of the stacked members `indices`.
@@ -250,7 +265,7 @@ class Engine:
           ) -> list[MemberResult]:
     """Trains every member to its early stop (or the cap); returns per-member results.
 
-    With `config.compact`, after an epoch in which at most half of the
+    With `execution.compact`, after an epoch in which at most half of the
     stacked members are still training, the state is cut down to those
     members (`layout` maps stacked position -> index in `self.members`) and
     the others' final state is kept in `full`, the full-size state in the

@@ -20,6 +20,7 @@ Run it in a process of its own: jaxact.main and jaxact.compare both define
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any, Sequence
 
@@ -28,10 +29,12 @@ from absl import flags
 MODULE = "jaxact.main"
 COMMAND = "python -m jaxact.flagdoc > docs/flags.md"
 
-# The flags that change only speed or where results go; every other flag of
-# jaxact.main is one of the study's options.
-SPEED_AND_PLACE = (
-    "member_mode", "conv", "matmul_precision", "compact", "compact_in_background",
+# The flags of engine.ExecutionConfig's fields: how each task's program is computed.
+EXECUTION = ("member_mode", "conv", "matmul_precision", "compact")
+# The flags that change only speed or where results go: the execution group, then the
+# run-level ones (what is compiled when, where files go, the processes). Every other flag
+# of jaxact.main is one of the study's options.
+SPEED_AND_PLACE = EXECUTION + (
     "compile_ahead", "compilation_cache_dir", "checkpoint_every", "restart", "workdir",
     "data_dir", "tfds_dir", "tensorboard", "tensorboard_members", "distributed",
     "coordinator_address", "num_processes", "process_id")
@@ -50,6 +53,12 @@ its resumption, except `--matmul_precision` and `--compact`, which are part of t
 all the same (TF32 or bfloat16 on an accelerator changes results beyond rounding; a compacted
 run rounds differently from an uncompacted one), and `--data_dir`, which chooses the data: a
 run resumes only on the same MNIST files.
+From Python ([running.md](running.md#from-python)), the first table's options are the fields of
+`train.RunConfig` (the training ones in its `engine` group, `engine.EngineConfig`), and
+`--member_mode`, `--conv`, `--matmul_precision` and `--compact` those of its `execution` group
+(`engine.ExecutionConfig`); of the rest, `--data_dir` and `--tfds_dir` are `RunConfig` fields
+too, and the others arguments of `train.train_and_evaluate` or the command line's own. The
+flags take their defaults from those classes.
 The options beyond the original protocol (optimizer, learning rate, batch size, head bias) are
 explained in [training_options.md](training_options.md); the flag values of the study grids in
 [how_it_works.md](how_it_works.md).
@@ -64,7 +73,7 @@ _GROUPS = (
 
 def main_flags() -> list[Any]:
   """The absl flags defined in jaxact.main, in definition order (imports jaxact.main)."""
-  import jaxact.main  # pylint: disable=g-import-not-at-top,unused-import  (defines the flags)
+  importlib.import_module(MODULE)   # defines the flags
   return list(flags.FLAGS.get_flags_for_module(MODULE))
 
 

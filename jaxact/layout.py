@@ -3,7 +3,7 @@
 The program (program.py) is written for a stack of members (a leading member
 axis on every leaf) and reaches the cell-specific parts of its computation
 (dense layers, head, loss) through `Cells.per_cell`. A layout decides how the
-members share the machine (`EngineConfig.member_mode`):
+members share the machine (`ExecutionConfig.member_mode`):
 - `Vmapped`: every member at once; cells are static, contiguous slices of the
   stack, so the per-cell code is a Python loop over them and each slice is one
   vmapped call (no `lax.switch`, whose vmapped `select` would run every branch

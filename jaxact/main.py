@@ -42,88 +42,119 @@ from jaxact import train
 
 _TRISTATE = {"": None, "on": True, "off": False}
 
+# Every flag that sets a RunConfig field takes its default from RunConfig (or the
+# training / execution group inside it), so the command line and the Python API agree.
+DEFAULTS = train.RunConfig()
+
+
+def _tristate_flag(value) -> str:
+  """The --norm / --sigmoid_method / --batch_norm spelling of a filter value (None: '')."""
+  if isinstance(value, tuple):   # NetworkChoice.batch_norm: None or one value
+    (value,) = value
+  return {v: k for k, v in _TRISTATE.items()}[value]
+
+
+def _convention_flag(conventions: tuple[str, ...]) -> str:
+  """The --convention spelling of RunConfig.conventions ('both' for all of them)."""
+  return "both" if tuple(conventions) == tuple(studies.CONVENTIONS) else ",".join(conventions)
+
+
+def _list_flag(values) -> list[str] | None:
+  """A DEFINE_list default for a str or tuple field (None stays None)."""
+  if values is None:
+    return None
+  return [values] if isinstance(values, str) else [str(v) for v in values]
+
+
 _PRESET = flags.DEFINE_string(
     "preset", None, "A named run that fills in the flags left unset (given flags win): "
     + "; ".join(f"{p.name}: {p.description}" for p in presets_lib.PRESETS.values()) + ".")
 
 _STUDY = flags.DEFINE_string(
-    "study", "activation", "activation (the final-activation study), loss (the loss study), "
+    "study", DEFAULTS.study, "activation (the final-activation study), loss (the loss study), "
     "all (both), or hidden (the hidden-layer study: hidden activation x init x batch norm, and "
     "a depth sweep; multiclass).")
 _TASK = flags.DEFINE_list(
-    "task", None, f"One or more (comma-separated) of {', '.join(tasks_lib.TASKS)}; default all.")
-_HEAD = flags.DEFINE_string("head", None, f"Only cells with this head ({', '.join(studies.HEADS)}).")
-_LOSS = flags.DEFINE_string("loss", None, f"Only cells with this loss ({', '.join(studies.LOSSES)}).")
+    "task", _list_flag(DEFAULTS.task),
+    f"One or more (comma-separated) of {', '.join(tasks_lib.TASKS)}; default all.")
+_HEAD = flags.DEFINE_string(
+    "head", DEFAULTS.head, f"Only cells with this head ({', '.join(studies.HEADS)}).")
+_LOSS = flags.DEFINE_string(
+    "loss", DEFAULTS.loss, f"Only cells with this loss ({', '.join(studies.LOSSES)}).")
 _NORM = flags.DEFINE_string(
-    "norm", "", "Regression: 'on' standardised targets only, 'off' raw targets only, '' both.")
+    "norm", _tristate_flag(DEFAULTS.norm),
+    "Regression: 'on' standardised targets only, 'off' raw targets only, '' both.")
 _SIGMOID_METHOD = flags.DEFINE_string(
-    "sigmoid_method", "", "Regression: 'on' the sigmoid method only, 'off' without it, '' both.")
+    "sigmoid_method", _tristate_flag(DEFAULTS.sigmoid_method),
+    "Regression: 'on' the sigmoid method only, 'off' without it, '' both.")
 _CONVENTION = flags.DEFINE_string(
-    "convention", "torch", "Loss convention: torch (the original's), logits, or both.")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per cell (members per cell).")
-_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first member seed.")
-_SPLIT_SEED = flags.DEFINE_integer("split_seed", 0, "Seed of the shared 2,000/3,000 split.")
+    "convention", _convention_flag(DEFAULTS.conventions),
+    "Loss convention: torch (the original's), logits, or both.")
+_SEEDS = flags.DEFINE_integer("seeds", DEFAULTS.seeds, "Seeds per cell (members per cell).")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", DEFAULTS.first_seed, "The first member seed.")
+_SPLIT_SEED = flags.DEFINE_integer("split_seed", DEFAULTS.split_seed,
+                                   "Seed of the shared 2,000/3,000 split.")
 _INIT = flags.DEFINE_list(
-    "init", None, f"Initialisation(s), of {', '.join(model_lib.INITS)}; default torch "
-    "(PyTorch's). Several train every cell under each, as members of one program. For "
-    "--study=hidden: keep only these rows.")
+    "init", _list_flag(DEFAULTS.network.init),
+    f"Initialisation(s), of {', '.join(model_lib.INITS)}; default torch (PyTorch's). Several "
+    "train every cell under each, as members of one program. For --study=hidden: keep only "
+    "these rows.")
 _HIDDEN = flags.DEFINE_list(
-    "hidden", None, f"Hidden activation(s) of the dense layers, of "
+    "hidden", _list_flag(DEFAULTS.network.hidden),
+    f"Hidden activation(s) of the dense layers, of "
     f"{', '.join(model_lib.HIDDEN_ACTIVATIONS)}; default sigmoid (the original's). Sets or, "
     "for --study=hidden, filters, like --init.")
 _BATCH_NORM = flags.DEFINE_string(
-    "batch_norm", "", "'on': batch norm in the dense hidden layers, 'off': without, '' "
-    "(default) without, or for --study=hidden both.")
+    "batch_norm", _tristate_flag(DEFAULTS.network.batch_norm),
+    "'on': batch norm in the dense hidden layers, 'off': without, '' (default) without, or for "
+    "--study=hidden both.")
 _DEPTH = flags.DEFINE_list(
-    "depth", None, "Number(s) of dense hidden layers (1-64); default 1 (the original's). Sets "
-    "or, for --study=hidden, filters, like --init.")
+    "depth", _list_flag(DEFAULTS.network.depth),
+    "Number(s) of dense hidden layers (1-64); default 1 (the original's). Sets or, for "
+    "--study=hidden, filters, like --init.")
 _OPTIMIZER = flags.DEFINE_string(
-    "optimizer", engine_lib.PROTOCOL.optimizer,
+    "optimizer", DEFAULTS.engine.optimizer,
     f"Optimizer, of {', '.join(engine_lib.OPTIMIZERS)}: adamw (PROTOCOL: torch.optim.AdamW) or "
     "sgd (torch.optim.SGD with --momentum; --weight_decay is then its L2 term).")
 _LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", engine_lib.PROTOCOL.learning_rate, "Learning rate (PROTOCOL: 1e-3).")
+    "learning_rate", DEFAULTS.engine.learning_rate, "Learning rate (PROTOCOL: 1e-3).")
 _MOMENTUM = flags.DEFINE_float(
-    "momentum", engine_lib.PROTOCOL.momentum, "--optimizer=sgd: heavy-ball momentum, in [0, 1).")
+    "momentum", DEFAULTS.engine.momentum, "--optimizer=sgd: heavy-ball momentum, in [0, 1).")
 _WEIGHT_DECAY = flags.DEFINE_float(
-    "weight_decay", engine_lib.PROTOCOL.weight_decay,
+    "weight_decay", DEFAULTS.engine.weight_decay,
     "Weight decay (PROTOCOL: 0.01, AdamW's decoupled decay).")
 _BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", engine_lib.PROTOCOL.batch_size, "Training batch size (PROTOCOL: 32).")
+    "batch_size", DEFAULTS.engine.batch_size, "Training batch size (PROTOCOL: 32).")
 _HEAD_BIAS_INIT = flags.DEFINE_string(
-    "head_bias_init", engine_lib.PROTOCOL.head_bias_init,
+    "head_bias_init", DEFAULTS.engine.head_bias_init,
     f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
     "(as the --init scheme draws it) or prior (the training targets' mean through the head: "
     "logit of each class's share for a sigmoid, its log for a softmax).")
 _MAX_EPOCHS = flags.DEFINE_integer(
-    "max_epochs", engine_lib.PROTOCOL.max_epochs,
+    "max_epochs", DEFAULTS.engine.max_epochs,
     "Epoch cap (the original had none); members that reach it are reported.")
 _PATIENCE = flags.DEFINE_integer(
-    "patience", engine_lib.PROTOCOL.patience, "Early-stopping rounds (PROTOCOL: 10).")
+    "patience", DEFAULTS.engine.patience, "Early-stopping rounds (PROTOCOL: 10).")
 _COMPACT = flags.DEFINE_bool(
-    "compact", False, "vmap mode: drop early-stopped members from the stacked state between "
+    "compact", DEFAULTS.execution.compact,
+    "vmap mode: drop early-stopped members from the stacked state between "
     "epochs (fewer FLOPs once half the members have stopped; costs a recompilation each time). "
     "Loop mode skips stopped members anyway. Experimental: no gain measured yet (on one H100 "
     "each compaction's 20-25 s compilation cost more than it saved; docs/speed.md).")
-_COMPACT_IN_BACKGROUND = flags.DEFINE_bool(
-    "compact_in_background", False, "With --compact: compile each smaller layout in a "
-    "background thread while the current one keeps training, and switch when it is ready "
-    "(same results; takes the recompilation off the critical path on an accelerator). "
-    "Experimental: not yet measured on an accelerator (docs/speed.md).")
 _MEMBER_MODE = flags.DEFINE_string(
-    "member_mode", engine_lib.PROTOCOL.member_mode,
+    "member_mode", DEFAULTS.execution.member_mode,
     "How the members share the machine: 'vmap' (one batched computation per step: GPUs, "
     "TPUs, several devices), 'loop' (one member after another inside the jitted epoch, "
     "stopped members skipped: faster on a CPU), 'auto' (loop on one CPU device, else vmap). "
     "Results agree to float rounding.")
 _MATMUL_PRECISION = flags.DEFINE_string(
-    "matmul_precision", engine_lib.PROTOCOL.matmul_precision,
+    "matmul_precision", DEFAULTS.execution.matmul_precision,
     "Precision of the matmuls (the convolutions are matmuls): float32 (full, on every "
     "backend), tensorfloat32 (TF32 tensor cores, recent NVIDIA GPUs), bfloat16, or default "
     "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). See README, "
     "Speed, for what TF32 changes in the results.")
 _CONV = flags.DEFINE_string(
-    "conv", engine_lib.PROTOCOL.conv,
+    "conv", DEFAULTS.execution.conv,
     "How the convolutions are computed: im2col (patches + one matmul; the default on every "
     "backend) or native (XLA's convolution and reduce-window max-pool, a grouped convolution "
     "over vmapped members; meant for GPUs and TPUs, not yet measured there; on a CPU its "
@@ -133,15 +164,17 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where results, report, plots and checkpoints go. Rerunning the same "
     "command with the same workdir resumes the run.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
-    "checkpoint_every", 5, "Save the running task's whole state every this many epochs into "
+    "checkpoint_every", train.CHECKPOINT_EVERY,
+    "Save the running task's whole state every this many epochs into "
     "WORKDIR/checkpoints/<task> (the latest 2 are kept; deleted when the task ends); 0: never.")
 _RESTART = flags.DEFINE_bool(
     "restart", False, "Delete the workdir's results, checkpoints and report first and train "
     "from scratch (needed to reuse a workdir with another configuration).")
 _DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "Directory with the four MNIST IDX files (.gz or raw); default "
+    "data_dir", DEFAULTS.data_dir, "Directory with the four MNIST IDX files (.gz or raw); default "
     "$JAXACT_DATA_DIR, else tensorflow-datasets downloads MNIST.")
-_TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "Where tensorflow-datasets keeps prepared data.")
+_TFDS_DIR = flags.DEFINE_string("tfds_dir", DEFAULTS.tfds_dir,
+                                "Where tensorflow-datasets keeps prepared data.")
 _COMPILATION_CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None, "Where compiled programs are kept between runs (jax's "
     "persistent compilation cache): a resumed run or a rerun of the same grid skips "
@@ -178,16 +211,14 @@ def _tristate(name: str, value: str):
 
 
 def config_from_flags() -> train.RunConfig:
+  """The RunConfig of the parsed flags; UserError for values that are not even of the right form.
+
+  Only the parsing of strings into values happens here (the tristates, --depth's
+  numbers, --convention=both); every check of the values is `train.validate`'s
+  (called by `train.plan`), shared with the Python API.
+  """
   conv = _CONVENTION.value
   conventions = tuple(studies.CONVENTIONS) if conv == "both" else (conv,)
-  study = _STUDY.value
-  if study not in studies.STUDIES + ("all",):
-    raise train.UserError(f"unknown --study {study!r}: choose one of "
-                          f"{', '.join(studies.STUDIES)} or all.")
-  for task in _TASK.value or ():
-    if task not in tasks_lib.TASKS:
-      raise train.UserError(f"unknown --task {task!r}: choose one of "
-                            f"{', '.join(tasks_lib.TASKS)}.")
   try:
     depth = tuple(int(d) for d in _DEPTH.value) if _DEPTH.value else None
   except ValueError:
@@ -199,8 +230,8 @@ def config_from_flags() -> train.RunConfig:
       hidden=tuple(_HIDDEN.value) if _HIDDEN.value else None,
       batch_norm=None if bn is None else (bn,), depth=depth)
   return train.RunConfig(
-      study=study, task=tuple(_TASK.value) if _TASK.value else None, head=_HEAD.value, loss=_LOSS.value,
-      norm=_tristate("norm", _NORM.value),
+      study=_STUDY.value, task=tuple(_TASK.value) if _TASK.value else None, head=_HEAD.value,
+      loss=_LOSS.value, norm=_tristate("norm", _NORM.value),
       sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
@@ -210,12 +241,10 @@ def config_from_flags() -> train.RunConfig:
                                      momentum=_MOMENTUM.value,
                                      weight_decay=_WEIGHT_DECAY.value,
                                      batch_size=_BATCH_SIZE.value,
-                                     head_bias_init=_HEAD_BIAS_INIT.value,
-                                     compact=_COMPACT.value,
-                                     compact_in_background=_COMPACT_IN_BACKGROUND.value,
-                                     member_mode=_MEMBER_MODE.value,
-                                     matmul_precision=_MATMUL_PRECISION.value,
-                                     conv=_CONV.value))
+                                     head_bias_init=_HEAD_BIAS_INIT.value),
+      execution=engine_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,
+                                           matmul_precision=_MATMUL_PRECISION.value,
+                                           conv=_CONV.value, compact=_COMPACT.value))
 
 
 class _QuietOrbax(std_logging.Filter):

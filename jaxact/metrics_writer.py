@@ -159,9 +159,10 @@ class MetricsLog:
 def tensorboard_available() -> bool:
   """Whether tensorboardX can be imported."""
   try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorboardX  # pylint: disable=g-import-not-at-top
   except ImportError:
     return False
+  del tensorboardX   # imported only to see that it can be
   return True
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 INITS = ("torch", "flax", "he", "xavier")
-# How the convolutions are computed (EngineConfig.conv): "im2col" (the default, on every
+# How the convolutions are computed (ExecutionConfig.conv): "im2col" (the default, on every
 # backend) or "native" (`lax.conv_general_dilated` and `lax.reduce_window` max-pooling, which
 # XLA gives to cuDNN / the TPU's convolution units; under vmap over members, a grouped
 # convolution). The same function and parameters; on a CPU "native" hits jax-ml/jax#12868.

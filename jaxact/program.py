@@ -56,42 +56,48 @@ class Status(enum.IntEnum):
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-  """Training hyper-parameters (PROTOCOL section 3 by default).
+  """Training hyper-parameters (PROTOCOL section 3 by default): what is trained, not how fast.
 
   Attributes:
     max_epochs: epoch cap (the original had none); members still training
       when it is reached get status HIT_CAP.
     patience: early-stopping rounds.
     batch_size: training batch size; the last partial batch is kept (masked).
-    optimizer: one of OPTIMIZERS: "adamw" (PROTOCOL: torch.optim.AdamW) or
-      "sgd" (torch.optim.SGD with momentum; see `make_optimizer`).
     learning_rate, b1, b2, eps, weight_decay: AdamW, decoupled weight decay on
       every parameter, multiplied by the learning rate as in PyTorch. For
       "sgd", weight_decay is PyTorch SGD's L2 term (added to the gradient)
       and b1, b2, eps are unused.
+    optimizer: one of OPTIMIZERS: "adamw" (PROTOCOL: torch.optim.AdamW) or
+      "sgd" (torch.optim.SGD with momentum; see `make_optimizer`).
     momentum: "sgd" only: the heavy-ball momentum (PyTorch's, no dampening).
     head_bias_init: one of HEAD_BIAS_INITS: "torch" (the output layer's bias
       as the `init` scheme draws it) or "prior" (set so that the network's
       output, before its last weights contribute, is the training targets'
       mean: `prior_output_bias`).
-    eval_examples: about how many (member x example) rows one evaluation chunk
-      holds; bounds the memory of the valid/test passes. None: 32 on a CPU
-      (larger chunks run out of its caches: the valid pass of one member takes
-      about 2x longer at 200 rows, 8x at 3,000), 4096 on an accelerator.
-    compact: ("vmap" mode) drop finished members from the stacked state once
-      at most half of it is still training, so later epochs compute only the
-      members still training (one extra compilation per compaction, at most
-      about log2(M)). Results are those of the uncompacted run up to float
-      rounding of the batched matmuls. "loop" mode skips finished members
-      anyway and ignores it.
-    compact_in_background: with `compact`, compile each smaller layout in a
-      background thread while the current layout keeps training, and switch
-      at the first epoch end after it is ready (the members that stopped in
-      between are carried frozen, which changes nothing). Takes the
-      recompilation off the critical path where the host idles during an
-      epoch (an accelerator); the results are the same as `compact`'s. Not
-      part of a run's identity.
-    member_mode: "vmap", "loop" or "auto" (see engine.py).
+  """
+  max_epochs: int = 100
+  patience: int = 10
+  batch_size: int = 32
+  learning_rate: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.01
+  optimizer: str = "adamw"
+  momentum: float = 0.9
+  head_bias_init: str = "torch"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecutionConfig:
+  """How one task's program is computed: choices that change speed, not what is trained.
+
+  Every choice computes the same function; results agree to float rounding,
+  except `matmul_precision` beyond float32 on an accelerator. `matmul_precision`
+  and `compact` are part of a run's identity all the same (checkpoint.py).
+
+  Attributes:
+    member_mode: one of MEMBER_MODES: "vmap", "loop" or "auto" (see engine.py).
     matmul_precision: the precision of the float32 matmuls (the convolutions
       are matmuls here), one of MATMUL_PRECISIONS: "float32" (default: full
       float32 on every backend, what PyTorch computes on a CPU),
@@ -110,24 +116,22 @@ class EngineConfig:
       materialises nine shifted copies of every convolution's input; not yet
       measured on one (`benchmarks/gpu_suite.sh conv`). On a CPU its
       gradients inside the training scan are 10-20x slower (jax-ml/jax#12868).
+    compact: ("vmap" mode) drop finished members from the stacked state once
+      at most half of it is still training, so later epochs compute only the
+      members still training (one extra compilation per compaction, at most
+      about log2(M)). Results are those of the uncompacted run up to float
+      rounding of the batched matmuls. "loop" mode skips finished members
+      anyway and ignores it.
+    eval_examples: about how many (member x example) rows one evaluation chunk
+      holds; bounds the memory of the valid/test passes. None: 32 on a CPU
+      (larger chunks run out of its caches: the valid pass of one member takes
+      about 2x longer at 200 rows, 8x at 3,000), 4096 on an accelerator.
   """
-  max_epochs: int = 100
-  patience: int = 10
-  batch_size: int = 32
-  learning_rate: float = 1e-3
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  weight_decay: float = 0.01
-  optimizer: str = "adamw"
-  momentum: float = 0.9
-  head_bias_init: str = "torch"
-  eval_examples: int | None = None
-  compact: bool = False
-  compact_in_background: bool = False
   member_mode: str = "auto"
   matmul_precision: str = "float32"
   conv: str = "im2col"
+  compact: bool = False
+  eval_examples: int | None = None
 
 
 MEMBER_MODES = ("auto", "vmap", "loop")
@@ -419,13 +423,15 @@ class Program:
     tx: the optimizer (`make_optimizer`).
     graphdef: the network's graph (nnx.split).
     eval_rows: about how many (member x example) rows an evaluation chunk holds.
+    conv: how the convolutions are computed (ExecutionConfig.conv).
     probes: the diagnostics recorded (probes.PROBES).
   """
 
   def __init__(self, task, cells: Sequence[Cell], config: EngineConfig, eval_rows: int,
-               probes: tuple[probes_lib.Probe, ...] = probes_lib.PROBES):
+               probes: tuple[probes_lib.Probe, ...] = probes_lib.PROBES, conv: str = "im2col"):
     self.task = task
     self.config = config
+    self.conv = conv
     self.max_depth = max(c.depth for c in cells)
     self.has_batch_norm = any(c.batch_norm for c in cells)
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention)
@@ -445,7 +451,7 @@ class Program:
     return model_lib.CNN(self.task.num_outputs, init=cell.init, hidden_activation=cell.hidden,
                          dense_layers=cell.depth, batch_norm=cell.batch_norm,
                          max_dense_layers=self.max_depth,
-                         with_batch_norm=self.has_batch_norm, conv=self.config.conv,
+                         with_batch_norm=self.has_batch_norm, conv=self.conv,
                          rngs=nnx.Rngs(params=key))
 
   def diagnostic_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:

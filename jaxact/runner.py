@@ -6,26 +6,23 @@ valid metric, diagnostics) are kept here, on the host, and so are the
 progress line, the `on_epoch` / `on_epoch_end` hooks (snapshots for
 checkpoints; the runner does no file I/O itself) and the `MemberResult`s.
 
-With `EngineConfig.compact` ("vmap" mode) the runner drops finished members
+With `ExecutionConfig.compact` ("vmap" mode) the runner drops finished members
 from the stacked state whenever at most half of the stacked members are
 still training, and switches to an epoch function compiled for the
 remaining members (a *layout*); finished members keep their results in a
 full-size copy of the state. At most about log2(M) extra compilations per
-task; with `compact_in_background` each one is compiled in a thread
-(`BackgroundCompile`) while the current layout keeps training.
+task, each where the loop first calls its layout: the runner starts no thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from jaxact import probes as probes_lib
 from jaxact import sharding
@@ -304,7 +301,6 @@ def run(engine, data: TaskData, restore: Snapshot | None = None,
   start = last = time.perf_counter()
   durations = []                   # seconds of each epoch of this call, for the ETA
   sign = 1.0 if engine.task.higher_is_better else -1.0
-  pending = None                   # a layout compiling in the background (compact_in_background)
   while epoch < cfg.max_epochs:
     state, metrics = epoch_fn(state, data)
     host = sharding.to_host(dict(
@@ -347,25 +343,11 @@ def run(engine, data: TaskData, restore: Snapshot | None = None,
     if not active[:r].any():       # pads are not waited for
       break
     keep = sharding.pad_indices(np.flatnonzero(host["active"]), len(layout), engine.mesh.size)
-    compacting = cfg.compact and engine.member_mode == "vmap" and epoch < cfg.max_epochs
-    ready = None                   # positions in `layout` to compact to now
-    if (compacting and pending is None and 2 * n_active <= len(layout)
-        and len(keep) < len(layout)):
-      if cfg.compact_in_background:
-        # The compacted state of this moment gives the shapes and shardings only.
-        fn = engine.layout_epoch_fn(engine.layout_groups(layout[keep]))
-        shapes = sharding.shard_members(take_members(state, keep), engine.mesh)
-        pending = keep, BackgroundCompile(
-            lambda fn=fn, shapes=shapes: fn.lower(shapes, data).compile(),
-            f"{engine.task.name}: a layout of {len(keep)} members", "jaxact-compact-compile")
-      else:
-        ready = keep
-    if compacting and pending is not None and pending[1].done():
-      ready, pending = pending[0], None
-    if ready is not None:
+    if (engine.execution.compact and engine.member_mode == "vmap" and epoch < cfg.max_epochs
+        and 2 * n_active <= len(layout) and len(keep) < len(layout)):
       full = state if full is None else put_members(full, state, layout)
-      state = sharding.shard_members(take_members(state, ready), engine.mesh)
-      layout = layout[ready]
+      state = sharding.shard_members(take_members(state, keep), engine.mesh)
+      layout = layout[keep]
       epoch_fn = engine.layout_epoch_fn(engine.layout_groups(layout))
       engine.compactions += 1
     if on_epoch_end is not None and epoch < cfg.max_epochs:
@@ -453,34 +435,3 @@ def round_list(a: np.ndarray):
     return None if not np.isfinite(x) else float(f"{x:.4g}")
   return [round_list(v) for v in a]
 
-
-class BackgroundCompile:
-  """Runs `compile_fn` (lowerings and compilations) in a thread; a failure is logged, not raised.
-
-  For compilations that can overlap training: `Engine.run`'s smaller layouts
-  (`compact_in_background`) and `train_and_evaluate`'s next task
-  (`compile_ahead`). jax keeps what it compiles in its in-memory cache, so the
-  first call of the same jitted function on the same shapes finds it there; if
-  compiling here failed, that call compiles it, and only time is lost. The
-  thread is not a daemon: a process that ends while it compiles waits for it.
-  """
-
-  def __init__(self, compile_fn: Callable[[], Any], what: str, name: str = "jaxact-compile"):
-    def work():
-      t0 = time.perf_counter()
-      try:
-        compile_fn()
-      except Exception as err:  # pylint: disable=broad-except
-        logging.warning("%s: compiling in the background failed (%s: %s); it compiles when "
-                        "first needed instead", what, type(err).__name__, err)
-      else:
-        logging.info("%s: compiled in the background in %.1f s", what, time.perf_counter() - t0)
-
-    self._thread = threading.Thread(target=work, name=name)
-    self._thread.start()
-
-  def done(self) -> bool:
-    return not self._thread.is_alive()
-
-  def wait(self) -> None:
-    self._thread.join()

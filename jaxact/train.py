@@ -33,6 +33,7 @@ import jax
 from absl import logging
 
 from jaxact import checkpoint as checkpoint_lib
+from jaxact import compile_ahead as compile_ahead_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import files
@@ -69,7 +70,15 @@ class RunConfig:
     split_seed: the seed of the shared 2,000 / 3,000 split.
     data_dir: directory with the four MNIST IDX files, or None for the tfds download.
     tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
-    engine: training hyper-parameters.
+    engine: the training hyper-parameters (engine.EngineConfig: epochs, patience,
+      optimizer, ...): they change results.
+    execution: how each task's program is computed (engine.ExecutionConfig:
+      member mode, matmul precision, convolutions, compaction, evaluation
+      chunks): speed only, results agree to float rounding.
+
+  The command line's flags take their defaults from this class (jaxact/main.py),
+  `validate` checks every field, and a run's identity is computed from
+  `to_dict()` (checkpoint.config_identity).
   """
   study: str = "activation"
   task: str | tuple[str, ...] | None = None
@@ -85,10 +94,14 @@ class RunConfig:
   data_dir: str | None = None
   tfds_dir: str | None = None
   engine: engine_lib.EngineConfig = engine_lib.EngineConfig()
+  execution: engine_lib.ExecutionConfig = engine_lib.ExecutionConfig()
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
+
+# train_and_evaluate's checkpoint interval, in epochs (--checkpoint_every's default too).
+CHECKPOINT_EVERY = 5
 
 COMPILATION_CACHE_ENV = "JAXACT_COMPILATION_CACHE_DIR"
 DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/jaxact/xla"
@@ -120,8 +133,22 @@ def enable_compilation_cache(path: str | None) -> str | None:
   return path
 
 
-def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
-  """The members (cell, seed) to train, per task. Raises UserError for bad requests."""
+def validate(config: RunConfig) -> None:
+  """Checks every option of `config` that can be checked alone; UserError names the first bad one.
+
+  The one place where options are checked, for the command line and the
+  Python API alike; the cells the filters select are checked by `plan`.
+  """
+  if config.study not in studies.STUDIES + ("all", None):
+    raise UserError(f"unknown --study {config.study!r}: choose one of "
+                    f"{', '.join(studies.STUDIES)} or all.")
+  for task in (config.task,) if isinstance(config.task, str) else config.task or ():
+    if task not in tasks_lib.TASKS:
+      raise UserError(f"unknown --task {task!r}: choose one of {', '.join(tasks_lib.TASKS)}.")
+  for conv in config.conventions:
+    if conv not in studies.CONVENTIONS:
+      raise UserError(f"unknown convention {conv!r}: choose one of "
+                      f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
   if config.seeds < 1:
     raise UserError(f"--seeds must be a positive number of seeds per cell, got {config.seeds}.")
   if config.first_seed < 0 or config.split_seed < 0:
@@ -149,26 +176,33 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
   if e.head_bias_init not in engine_lib.HEAD_BIAS_INITS:
     raise UserError(f"unknown --head_bias_init {e.head_bias_init!r}: choose one of "
                     f"{', '.join(engine_lib.HEAD_BIAS_INITS)}.")
-  if e.member_mode not in engine_lib.MEMBER_MODES:
-    raise UserError(f"unknown --member_mode {e.member_mode!r}: choose one of "
+  x = config.execution
+  if x.member_mode not in engine_lib.MEMBER_MODES:
+    raise UserError(f"unknown --member_mode {x.member_mode!r}: choose one of "
                     f"{', '.join(engine_lib.MEMBER_MODES)}.")
-  if e.matmul_precision not in engine_lib.MATMUL_PRECISIONS:
-    raise UserError(f"unknown --matmul_precision {e.matmul_precision!r}: choose one of "
+  if x.matmul_precision not in engine_lib.MATMUL_PRECISIONS:
+    raise UserError(f"unknown --matmul_precision {x.matmul_precision!r}: choose one of "
                     f"{', '.join(engine_lib.MATMUL_PRECISIONS)}.")
-  if e.conv not in model_lib.CONV_IMPLS:
-    raise UserError(f"unknown --conv {e.conv!r}: choose one of "
+  if x.conv not in model_lib.CONV_IMPLS:
+    raise UserError(f"unknown --conv {x.conv!r}: choose one of "
                     f"{', '.join(model_lib.CONV_IMPLS)}.")
-  if e.compact_in_background and not e.compact:
-    raise UserError("--compact_in_background changes how --compact compiles its smaller "
-                    "layouts: add --compact, or leave --compact_in_background out.")
-  if e.member_mode == "loop" and jax.device_count() > 1:
+  if x.eval_examples is not None and x.eval_examples < 0:
+    raise UserError(f"eval_examples must be a positive number of rows, or None (or 0) for the "
+                    f"backend's default, got {x.eval_examples}.")
+  if x.member_mode == "loop" and jax.device_count() > 1:
     raise UserError(f"--member_mode=loop runs on one device and this run has "
                     f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "
                     "members over them.")
-  for conv in config.conventions:
-    if conv not in studies.CONVENTIONS:
-      raise UserError(f"unknown convention {conv!r}: choose one of "
-                      f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
+
+
+def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
+  """The members (cell, seed) to train, per task. Raises UserError for bad requests.
+
+  `validate`s the options, then selects the cells (UserError where the filters
+  select none or an impossible one) and checks that the largest task fits in
+  memory (`check_memory`).
+  """
+  validate(config)
   try:
     cells = studies.select_cells(config.study, config.task, config.head, config.loss,
                                  config.norm, config.sigmoid_method, config.conventions,
@@ -183,7 +217,7 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
 
 def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) -> None:
   """Refuses, before anything is built, a run whose largest task cannot fit (jaxact.memory)."""
-  e = config.engine
+  e, x = config.engine, config.execution
   # The first call starts the backends; jax logs at INFO each one it cannot start (no TPU on a
   # CPU machine), which would precede a one-paragraph refusal on stderr.
   xla_bridge = std_logging.getLogger("jax._src.xla_bridge")
@@ -193,7 +227,7 @@ def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) 
     platform_name = jax.devices()[0].platform
   finally:
     xla_bridge.setLevel(level)
-  mode = e.member_mode
+  mode = x.member_mode
   if mode == "auto":
     mode = "loop" if platform_name == "cpu" and jax.device_count() == 1 else "vmap"
   try:
@@ -201,7 +235,7 @@ def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) 
         cells_per_task, config.seeds, devices=jax.device_count() if mode == "vmap" else 1,
         depth=depth, batch_size=e.batch_size, max_epochs=e.max_epochs, member_mode=mode,
         optimizer=e.optimizer,
-        eval_rows=e.eval_examples or (32 if platform_name == "cpu" else 4096))
+        eval_rows=x.eval_examples or (32 if platform_name == "cpu" else 4096))
   except memory_lib.DoesNotFit as err:
     raise UserError(str(err)) from None
 
@@ -341,41 +375,9 @@ def _check_split(workdir: str, run_info: dict, split) -> None:
         "to resume it, or pass --restart to delete its results and checkpoints and start over.")
 
 
-class _CompileAhead:
-  """The next task's engine and data, its programs compiling in the background.
-
-  On an accelerator the host mostly waits while the device runs an epoch, so
-  the next task's tracing and XLA compilation (11-28 s per task on the H100 of
-  BUILD_NOTES) can overlap the current task's training instead of following
-  it (`engine.BackgroundCompile`).
-  """
-
-  def __init__(self):
-    self._task = self._engine = self._data = self._compile = None
-
-  def start(self, task: str, engine: engine_lib.Engine, data: engine_lib.TaskData) -> None:
-    self.wait()
-    self._task, self._engine, self._data = task, engine, data
-    self._compile = engine_lib.BackgroundCompile(
-        lambda: engine.compile_ahead(data), f"task {task}", f"jaxact-compile-{task}")
-
-  def take(self, task: str) -> tuple[engine_lib.Engine, engine_lib.TaskData] | None:
-    """The engine and data prepared for `task` (after its compilation ended), or None."""
-    if self._task != task:
-      return None
-    self.wait()
-    out = (self._engine, self._data)
-    self._task = self._engine = self._data = None
-    return out
-
-  def wait(self) -> None:
-    if self._compile is not None:
-      self._compile.wait()
-      self._compile = None
-
-
 def train_and_evaluate(config: RunConfig, workdir: str,
-                       command: Sequence[str] | None = None, *, checkpoint_every: int = 5,
+                       command: Sequence[str] | None = None, *,
+                       checkpoint_every: int = CHECKPOINT_EVERY,
                        restart: bool = False, compile_ahead: bool = False,
                        tensorboard: bool = False, tensorboard_members: bool = False,
                        ) -> dict[str, list[engine_lib.MemberResult]]:
@@ -402,9 +404,10 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       deleted once its results are written.
     restart: first delete the workdir's results, checkpoints and report.
     compile_ahead: while a task trains, compile the next task's programs in a
-      background thread (`Engine.compile_ahead`). Same results; it pays where
-      the host is idle during training (an accelerator) and competes with
-      training for the cores on a CPU. Single-process runs only.
+      background thread (jaxact.compile_ahead, `Engine.compile_ahead`). Same
+      results; it pays where the host is idle during training (an
+      accelerator) and competes with training for the cores on a CPU.
+      Single-process runs only.
     tensorboard: also write TensorBoard scalars per cell under
       WORKDIR/tensorboard/ (metrics_writer.TensorBoardLog; needs tensorboardX).
     tensorboard_members: with `tensorboard`, also each member's scalars.
@@ -464,7 +467,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     logging.warning("--compile_ahead is for single-process runs; this run has %d processes: "
                     "each task compiles when it starts", jax.process_count())
     compile_ahead = False
-  ahead = _CompileAhead()
+  ahead = compile_ahead_lib.CompileAhead()
   try:
     return _train_tasks(config, workdir, members, run_info, run_path, checkpoint_every,
                         ahead if compile_ahead else None, tensorboard, tensorboard_members)
@@ -478,7 +481,8 @@ def _task_results_path(workdir: str, task: str) -> str:
 
 def _train_tasks(config: RunConfig, workdir: str,
                  members: dict[str, list[tuple[studies.Cell, int]]], run_info: dict,
-                 run_path: str, checkpoint_every: int, ahead: _CompileAhead | None,
+                 run_path: str, checkpoint_every: int,
+                 ahead: compile_ahead_lib.CompileAhead | None,
                  tensorboard: bool = False, tensorboard_members: bool = False,
                  ) -> dict[str, list[engine_lib.MemberResult]]:
   """The task loop of `train_and_evaluate` (see there)."""
@@ -523,13 +527,14 @@ def _train_tasks(config: RunConfig, workdir: str,
     if prepared is not None:
       engine, task_data = prepared
     else:
-      engine = engine_lib.Engine(task, task_members, config.engine)
+      engine = engine_lib.Engine(task, task_members, config.engine, config.execution)
       task_data = engine_lib.TaskData.from_split(split, task)
     if ahead is not None:
       later = [t for t in order[order.index(task) + 1:]
                if not os.path.exists(_task_results_path(workdir, t))]
       if later:
-        ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine),
+        ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
+                                                config.execution),
                     engine_lib.TaskData.from_split(split, later[0]))
     checkpointer = checkpoint_lib.TaskCheckpointer(
         ckpt_dir, every=checkpoint_every, identity={

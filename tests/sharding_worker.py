@@ -29,7 +29,8 @@ from jaxact import engine  # pylint: disable=g-import-not-at-top
 from jaxact import studies
 from test_engine import _synthetic
 
-CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32, member_mode="vmap")
+CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32)
+VMAP = engine.ExecutionConfig(member_mode="vmap")
 
 
 def members():
@@ -72,7 +73,7 @@ def spy(calls: list, fn):
 
 def run(data, compact: bool, restore=None, keep_snapshot_at=None) -> tuple[dict, object]:
   lines, calls, snaps = [], [], {}
-  eng = engine.Engine("multiclass", members(), dataclasses.replace(CFG, compact=compact),
+  eng = engine.Engine("multiclass", members(), CFG, dataclasses.replace(VMAP, compact=compact),
                       progress=lambda l: lines.append(re.sub(r"[\d.]+s;", "", l)))
   eng.epoch_fn = spy(calls, eng.epoch_fn)
   layout_fn = eng.layout_epoch_fn

@@ -1,6 +1,5 @@
 """In-program diagnostics on hand-built cases, the failure classification, mixed-network programs."""
 
-import itertools
 import json
 import math
 import pathlib

@@ -85,7 +85,6 @@ def _cli(*args, env_extra=None):
     (["--member_mode=fast"], "unknown --member_mode 'fast'"),
     (["--matmul_precision=fp8"], "unknown --matmul_precision 'fp8'"),
     (["--conv=fft"], "unknown --conv 'fft'"),
-    (["--compact_in_background"], "add --compact"),
     (["--optimizer=adam"], "unknown --optimizer 'adam'"),
     (["--learning_rate=0"], "--learning_rate must be a positive number, got 0.0"),
     (["--learning_rate=nan"], "--learning_rate must be a positive number"),

@@ -40,6 +40,8 @@ def _synthetic(task, n_train=160, n_valid=64, n_test=80, seed=0):
 
 
 CFG = engine.EngineConfig(max_epochs=3, patience=2, batch_size=32)
+VMAP = engine.ExecutionConfig(member_mode="vmap")
+LOOP = engine.ExecutionConfig(member_mode="loop")
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +238,7 @@ def test_chex_trace_budget():
   assert r.epochs_trained == 3
 
 
-# -- compaction of finished members (EngineConfig.compact) -------------------
+# -- compaction of finished members (ExecutionConfig.compact) ----------------
 
 
 def _expected_compactions(results, cfg) -> int:
@@ -260,7 +262,12 @@ def _assert_same_results(ref, res):
                                 rtol=1e-4, atol=1e-5)
 
 
-def test_compaction_matches_the_uncompacted_run():
+def test_compaction_matches_the_uncompacted_run(monkeypatch):
+  # The training loop starts no thread: every layout compiles on the caller's.
+  started = []
+  start = threading.Thread.start
+  monkeypatch.setattr(threading.Thread, "start",
+                      lambda self: (started.append(self.name), start(self))[1])
   data = _synthetic("multiclass")
   cells = studies.select_cells("activation", "multiclass")["multiclass"]
   cells = [cells[0], cells[2]]  # softmax + cce stops early; sigmoid + cce seeds at 2, 5, 6 epochs
@@ -269,7 +276,7 @@ def test_compaction_matches_the_uncompacted_run():
   runs = {}
   for compact in (False, True):
     lines = []
-    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, compact=compact, member_mode="vmap"),
+    eng = engine.Engine("multiclass", members, cfg, dataclasses.replace(VMAP, compact=compact),
                         progress=lines.append)
     runs[compact] = eng, eng.run(data), [re.sub(r"[\d.]+s;", "", l) for l in lines]
   (full, ref, ref_lines), (compact, res, lines) = runs[False], runs[True]
@@ -277,6 +284,7 @@ def test_compaction_matches_the_uncompacted_run():
   n = _expected_compactions(ref, cfg)
   assert n >= 1, [r.epochs_trained for r in ref]  # the grid does exercise compaction
   assert compact.traces == 1 + n <= 1 + math.ceil(math.log2(len(members)))
+  assert started == []
   assert compact.members == full.members
   _assert_same_results(ref, res)
   # The progress lines report every member, finished or not, in both runs.
@@ -289,50 +297,10 @@ def test_compaction_matches_the_uncompacted_run():
     np.testing.assert_array_equal(full.final_state[key], compact.final_state[key])
 
 
-@pytest.mark.parametrize("wait", [True, False], ids=["switch_when_decided", "switch_when_ready"])
-def test_compaction_in_background_matches_the_uncompacted_run(wait, monkeypatch):
-  """compact_in_background: the same results as the uncompacted run, whenever the switch comes.
-
-  With `wait` the run waits for each background compilation where the compaction was
-  decided, so it compacts exactly where `compact` does; without, the switch comes at the
-  first epoch end after the compilation (or never, if every member stops first).
-  """
-  if wait:
-    monkeypatch.setattr(engine.BackgroundCompile, "done", lambda self: self.wait() is None)
-  data = _synthetic("multiclass")
-  cells = studies.select_cells("activation", "multiclass")["multiclass"]
-  members = [(c, s) for c in (cells[0], cells[2]) for s in (0, 1, 2)]
-  cfg = dataclasses.replace(CFG, max_epochs=6, patience=1, member_mode="vmap")
-  ref = engine.Engine("multiclass", members, cfg, progress=lambda _: None).run(data)
-  eng = engine.Engine("multiclass", members,
-                      dataclasses.replace(cfg, compact=True, compact_in_background=True),
-                      progress=lambda _: None)
-  compiled = []
-
-  def listener(event, duration, fun_name=None, **kwargs):
-    del duration, kwargs
-    if event == "/jax/core/compile/backend_compile_duration" and "epoch" in str(fun_name):
-      compiled.append(threading.current_thread().name)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    res = eng.run(data)
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  n = _expected_compactions(ref, cfg)
-  if wait:
-    assert eng.compactions == n >= 1 and eng.traces == 1 + n
-    # The full layout compiles on the caller's thread, every smaller one in the background.
-    assert compiled == [threading.current_thread().name] + ["jaxact-compact-compile"] * n
-  else:
-    assert eng.compactions <= n
-  _assert_same_results(ref, res)
-
-
 def test_compaction_down_to_one_member(regression_runs):
   data, alone, both, _ = regression_runs
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]
-  eng = engine.Engine("regression", members, dataclasses.replace(CFG, compact=True, member_mode="vmap"),
+  eng = engine.Engine("regression", members, CFG, dataclasses.replace(VMAP, compact=True),
                       progress=lambda _: None)
   res = eng.run(data)
   # Three members are invalid in epoch 0: from epoch 1 on only the good one is computed,
@@ -373,7 +341,7 @@ def both_modes():
   cfg = dataclasses.replace(CFG, max_epochs=6, patience=1)
   out = {}
   for mode in ("loop", "vmap"):
-    eng = engine.Engine("multiclass", members, dataclasses.replace(cfg, member_mode=mode),
+    eng = engine.Engine("multiclass", members, cfg, engine.ExecutionConfig(member_mode=mode),
                         progress=lambda _: None)
     out[mode] = (eng, eng.run(data))
   return out
@@ -409,8 +377,8 @@ def test_loop_and_vmap_modes_agree(both_modes):
 def test_loop_mode_member_equals_single_run_exactly(both_modes):
   eng, results = both_modes["loop"]
   cell = studies.recommended_cell("multiclass")
-  single = engine.Engine("multiclass", [(cell, 1)],
-                         dataclasses.replace(eng.config), progress=lambda _: None)
+  single = engine.Engine("multiclass", [(cell, 1)], eng.config, eng.execution,
+                         progress=lambda _: None)
   (alone,) = single.run(_synthetic("multiclass"))
   member = _by(results, cell, 1)
   # The same one-member program runs in both: no batched matmul to round differently.
@@ -423,12 +391,13 @@ def test_loop_mode_shares_one_branch_between_initialisations():
   initial weights), and each member still equals its cell trained alone."""
   deep = [Cell("multiclass", "softmax", "cce", init=i, hidden="tanh", depth=3)
           for i in ("torch", "he")]
-  cfg = dataclasses.replace(CFG, max_epochs=2, member_mode="loop")
-  eng = engine.Engine("multiclass", [(c, 0) for c in deep], cfg, progress=lambda _: None)
+  cfg = dataclasses.replace(CFG, max_epochs=2)
+  eng = engine.Engine("multiclass", [(c, 0) for c in deep], cfg, LOOP, progress=lambda _: None)
   assert eng.branches == (engine.branch_cell(deep[0]),)
   data = _synthetic("multiclass")
   results = eng.run(data)
-  (alone,) = engine.Engine("multiclass", [(deep[1], 0)], cfg, progress=lambda _: None).run(data)
+  (alone,) = engine.Engine("multiclass", [(deep[1], 0)], cfg, LOOP,
+                           progress=lambda _: None).run(data)
   member = _by(results, deep[1], 0)
   assert (alone.train_loss, alone.valid_metric, alone.test) == (
       member.train_loss, member.valid_metric, member.test)
@@ -439,7 +408,7 @@ def test_loop_mode_shares_one_branch_between_initialisations():
 def test_member_mode_is_checked():
   cell = studies.recommended_cell("multiclass")
   with pytest.raises(ValueError, match="unknown member_mode 'fast'"):
-    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, member_mode="fast"))
+    engine.Engine("multiclass", [(cell, 0)], CFG, engine.ExecutionConfig(member_mode="fast"))
   eng = engine.Engine("multiclass", [(cell, 0)], CFG)
   assert eng.member_mode == ("loop" if jax.devices()[0].platform == "cpu" else "vmap")
 
@@ -452,8 +421,8 @@ def test_matmul_precision_reaches_every_matmul(precision, expected):
   data = _synthetic("multiclass", n_train=32, n_valid=32, n_test=32)
   cell = studies.recommended_cell("multiclass")
   for mode in ("loop", "vmap"):
-    eng = engine.Engine("multiclass", [(cell, 0), (cell, 1)],
-                        dataclasses.replace(CFG, matmul_precision=precision, member_mode=mode))
+    eng = engine.Engine("multiclass", [(cell, 0), (cell, 1)], CFG,
+                        engine.ExecutionConfig(matmul_precision=precision, member_mode=mode))
     state = eng.initial_state()
     epoch = eng.epoch_fn.lower(state, data).as_text()
     test = eng.test_fn.lower(state.params, data.x_test, data.t_test, data.target_mean,
@@ -467,7 +436,8 @@ def test_matmul_precision_reaches_every_matmul(precision, expected):
 def test_matmul_precision_is_checked():
   cell = studies.recommended_cell("multiclass")
   with pytest.raises(ValueError, match="unknown matmul_precision 'fp8'"):
-    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, matmul_precision="fp8"))
+    engine.Engine("multiclass", [(cell, 0)], CFG,
+                  engine.ExecutionConfig(matmul_precision="fp8"))
 
 
 def test_compile_ahead_leaves_run_nothing_to_compile():
@@ -507,8 +477,9 @@ def test_native_convolution_trains_like_im2col():
   cell = studies.recommended_cell("multiclass")
   runs = {}
   for conv in ("im2col", "native"):
-    cfg = dataclasses.replace(CFG, max_epochs=2, patience=5, member_mode="vmap", conv=conv)
+    cfg = dataclasses.replace(CFG, max_epochs=2, patience=5)
     runs[conv] = engine.Engine("multiclass", [(cell, 0), (cell, 1)], cfg,
+                               dataclasses.replace(VMAP, conv=conv),
                                progress=lambda _: None).run(data)
   for a, b in zip(runs["im2col"], runs["native"]):
     assert (a.seed, a.epochs_trained, a.status) == (b.seed, b.epochs_trained, b.status)
@@ -516,4 +487,4 @@ def test_native_convolution_trains_like_im2col():
     np.testing.assert_allclose(b.valid_metric, a.valid_metric, atol=1e-6)
     assert b.test == pytest.approx(a.test, abs=1e-6)
   with pytest.raises(ValueError, match="unknown conv 'fft'"):
-    engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(CFG, conv="fft"))
+    engine.Engine("multiclass", [(cell, 0)], CFG, engine.ExecutionConfig(conv="fft"))

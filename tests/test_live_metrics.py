@@ -6,7 +6,6 @@ import csv
 import functools
 import io
 import json
-import math
 import os
 import shutil
 import struct
@@ -135,7 +134,7 @@ def test_metrics_lines_are_on_disk_when_the_epoch_ends(synthetic_run):
 
 def test_progress_line_is_short_and_names_the_best_and_worst_cells(synthetic_run):
   r = synthetic_run
-  eng, results = r["eng"], r["results"]
+  results = r["results"]
   assert len(r["lines"]) == len(r["hosts"])
   for line in r["lines"]:
     assert len(line) < 300 and "/6 training" in line and "elapsed" in line

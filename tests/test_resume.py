@@ -187,15 +187,16 @@ def test_resume_inside_a_compacted_layout(tmp_path):
   """A checkpoint taken right after a compaction keeps the layout; the rest is bitwise equal."""
   data = _synthetic("regression")
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]  # three invalid in epoch 0
-  cfg = engine.EngineConfig(max_epochs=3, patience=10, compact=True, member_mode="vmap")
-  ref_eng = engine.Engine("regression", members, cfg, progress=lambda _: None)
+  cfg = engine.EngineConfig(max_epochs=3, patience=10)
+  compact = engine.ExecutionConfig(compact=True, member_mode="vmap")
+  ref_eng = engine.Engine("regression", members, cfg, compact, progress=lambda _: None)
   ref = ref_eng.run(data)
   assert ref_eng.compactions == 1
   ckpt = checkpoint.TaskCheckpointer(str(tmp_path / "regression"), _ID, every=1)
-  snaps = _run_until(engine.Engine("regression", members, cfg, progress=lambda _: None), data,
-                     ckpt, stop_after=1)
+  snaps = _run_until(engine.Engine("regression", members, cfg, compact, progress=lambda _: None),
+                     data, ckpt, stop_after=1)
   np.testing.assert_array_equal(snaps[1].stacked, [False, False, False, True])
-  eng = engine.Engine("regression", members, cfg, progress=lambda _: None)
+  eng = engine.Engine("regression", members, cfg, compact, progress=lambda _: None)
   snapshot = checkpoint.TaskCheckpointer(str(tmp_path / "regression"), _ID, every=1).restore(eng)
   assert snapshot.epoch == 1 and snapshot.compactions == 1
   np.testing.assert_array_equal(snapshot.stacked, snaps[1].stacked)
@@ -266,8 +267,8 @@ def test_identity_ignores_paths_and_names_differences():
   assert diffs == [("seeds", 2, 3), ("max_epochs", engine.PROTOCOL.max_epochs, 7)]
   # TF32 computes other numbers: a run does not resume across precisions. A checkpoint
   # written before the field existed was float32 (the default fills it in).
-  tf32 = dataclasses.replace(base, engine=dataclasses.replace(base.engine,
-                                                               matmul_precision="tensorfloat32"))
+  tf32 = dataclasses.replace(base, execution=dataclasses.replace(base.execution,
+                                                                  matmul_precision="tensorfloat32"))
   assert checkpoint.identity_differences(train.run_identity(base), train.run_identity(tf32)) == [
       ("matmul_precision", "float32", "tensorfloat32")]
   old = {k: v for k, v in train.run_identity(base).items() if k != "matmul_precision"}

@@ -1,0 +1,192 @@
+"""The one run configuration: its two groups, the command line's defaults, its one validator,
+and a run's identity across the layouts of run.json (before and after the execution group).
+
+jaxact.main defines its flags on absl's global FLAGS, and jaxact.compare (imported by
+other tests) defines --task too, so what parses flags runs in a process of its own.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from jaxact import checkpoint
+from jaxact import engine
+from jaxact import flagdoc
+from jaxact import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str) -> str:
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  return proc.stdout
+
+
+def _old_layout(config: train.RunConfig) -> dict:
+  """`config.to_dict()` as run.json held it up to 30ce5cb: every engine option under "engine"."""
+  d = config.to_dict()
+  d["engine"].update(d.pop("execution"), compact_in_background=False)
+  return d
+
+
+# -- the two groups -----------------------------------------------------------
+
+
+def test_training_and_execution_options_are_two_groups():
+  training = {f.name for f in dataclasses.fields(engine.EngineConfig)}
+  execution = {f.name for f in dataclasses.fields(engine.ExecutionConfig)}
+  assert training == {"max_epochs", "patience", "batch_size", "learning_rate", "b1", "b2", "eps",
+                      "weight_decay", "optimizer", "momentum", "head_bias_init"}
+  assert execution == {"member_mode", "matmul_precision", "conv", "compact", "eval_examples"}
+  # docs/flags.md documents every execution option with a flag beside the run-level speed
+  # options, apart from the study's (eval_examples is the Python API's only).
+  assert set(flagdoc.EXECUTION) == execution - {"eval_examples"}
+  assert not training & set(flagdoc.SPEED_AND_PLACE)
+  config = train.RunConfig()
+  assert isinstance(config.engine, engine.EngineConfig)
+  assert isinstance(config.execution, engine.ExecutionConfig)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    config.execution.compact = True   # type: ignore[misc]
+
+
+# -- defaults from one place ----------------------------------------------------
+
+
+def test_command_line_defaults_are_the_run_configs():
+  out = _python(
+      "from absl import flags\n"
+      "from jaxact import main, train\n"
+      "flags.FLAGS(['prog'])\n"
+      "print(main.config_from_flags() == train.RunConfig())\n"
+      "print(flags.FLAGS['checkpoint_every'].default == train.CHECKPOINT_EVERY)\n")
+  assert out.split() == ["True", "True"], out
+
+
+# -- one validator, for the command line and the Python API alike ---------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(study="nope"), "unknown --study 'nope': choose one of activation, loss, hidden or all."),
+    (dict(task="ranking"), "unknown --task 'ranking': choose one of"),
+    (dict(task=("binary", "ranking")), "unknown --task 'ranking'"),
+    (dict(conventions=("numpy",)), "unknown convention 'numpy'"),
+    (dict(seeds=0), "--seeds must be a positive number of seeds per cell, got 0."),
+    (dict(engine=engine.EngineConfig(max_epochs=0)), "--max_epochs must be positive, got 0."),
+    (dict(engine=engine.EngineConfig(optimizer="adam")), "unknown --optimizer 'adam'"),
+    (dict(execution=engine.ExecutionConfig(member_mode="fast")),
+     "unknown --member_mode 'fast': choose one of auto, vmap, loop."),
+    (dict(execution=engine.ExecutionConfig(matmul_precision="fp8")),
+     "unknown --matmul_precision 'fp8'"),
+    (dict(execution=engine.ExecutionConfig(conv="fft")), "unknown --conv 'fft'"),
+    (dict(execution=engine.ExecutionConfig(eval_examples=-1)),
+     "eval_examples must be a positive number of rows"),
+])
+def test_validate_names_the_bad_option(kwargs, message):
+  config = train.RunConfig(**kwargs)
+  with pytest.raises(train.UserError) as err:
+    train.validate(config)
+  assert message in str(err.value)
+  with pytest.raises(train.UserError, match="^" + re.escape(str(err.value)) + "$"):
+    train.plan(config)   # plan validates the same way
+
+
+def test_python_api_gets_the_command_lines_message(tmp_path):
+  workdir = tmp_path / "w"
+  with pytest.raises(train.UserError, match="unknown --study 'nope': choose one of"):
+    train.train_and_evaluate(train.RunConfig(study="nope"), str(workdir))
+  assert not workdir.exists()   # refused before anything is written
+
+
+def test_validate_accepts_the_defaults_and_every_study():
+  for study in ("activation", "loss", "hidden", "all", None):
+    train.validate(train.RunConfig(study=study))
+  train.validate(train.RunConfig(task=("binary", "multiclass"), seeds=1,
+                                 execution=engine.ExecutionConfig(eval_examples=0)))
+
+
+# -- a run's identity, in both layouts of run.json ------------------------------
+
+
+def test_identity_is_the_same_in_both_layouts():
+  config = train.RunConfig(task="binary", seeds=2, data_dir="/a", engine=engine.EngineConfig(
+      max_epochs=7, optimizer="sgd"), execution=engine.ExecutionConfig(
+          member_mode="vmap", conv="native", compact=True, matmul_precision="tensorfloat32",
+          eval_examples=64))
+  new = train.run_identity(config)
+  assert checkpoint.config_identity(_old_layout(config)) == new
+  # compact and matmul_precision change results; member_mode, conv and eval_examples do not.
+  assert new["compact"] is True and new["matmul_precision"] == "tensorfloat32"
+  assert not {"member_mode", "conv", "eval_examples", "compact_in_background", "execution",
+              "engine", "data_dir"} & set(new)
+  assert new["max_epochs"] == 7 and new["optimizer"] == "sgd"
+
+
+def test_old_run_json_with_compact_in_background_resumes(tmp_path):
+  config = train.RunConfig(task="binary", seeds=1)
+  (tmp_path / "results").mkdir()
+  (tmp_path / "results" / "binary.json").write_text("{}")
+  old = _old_layout(config)
+  old["engine"]["compact_in_background"] = True   # never part of the identity
+  (tmp_path / "run.json").write_text(json.dumps({"config": old}))
+  previous = train.check_workdir_config(str(tmp_path), config)
+  assert previous["config"]["engine"]["compact_in_background"] is True
+  other = dataclasses.replace(config, execution=engine.ExecutionConfig(compact=True))
+  with pytest.raises(train.UserError, match="compact: False before, True now"):
+    train.check_workdir_config(str(tmp_path), other)
+
+
+# The committed runs written with the network flags (the three oldest predate them, and
+# their identities differ from today's at 30ce5cb already: init, hidden_activation,
+# dense_layers were top-level keys then).
+_COMMITTED = sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "**",
+                                                             "run.json"), recursive=True)
+    if "network" in json.load(open(p, encoding="utf-8"))["config"])
+
+
+def test_committed_runs_keep_their_identity():
+  """Each committed run.json (the layout of 30ce5cb and earlier, every engine option under
+  "engine") and today's RunConfig of its recorded command have the same identity, so those
+  workdirs resume and their finished tasks are reused."""
+  for must in ("experiments/all_torch_10seeds/run.json",
+               "experiments/collapse_interventions/sgd_lr0.1_wd0/run.json",
+               "experiments/hidden_depth1_3seeds/run.json"):
+    assert must in _COMMITTED
+  code = (
+      "import json, sys\n"
+      "from absl import flags\n"
+      "from jaxact import main, presets, train\n"
+      "out = {}\n"
+      "for path in sys.argv[1:]:\n"
+      "  argv = json.load(open(path))['argv']\n"
+      "  flags.FLAGS.unparse_flags()\n"
+      "  flags.FLAGS(argv)\n"
+      "  if flags.FLAGS.preset:\n"
+      "    presets.apply_preset(flags.FLAGS.preset, flags.FLAGS)\n"
+      "  out[path] = train.run_identity(main.config_from_flags())\n"
+      "print(json.dumps(out))\n")
+  proc = subprocess.run([sys.executable, "-c", code, *_COMMITTED], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  now = json.loads(proc.stdout)
+  assert len(now) == len(_COMMITTED) >= 20
+  exact = 0
+  for path in _COMMITTED:
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+      config = json.load(f)["config"]
+    assert "execution" not in config and "compact" in config["engine"], path   # the old layout
+    before = checkpoint.config_identity(config)
+    assert checkpoint.identity_differences(before, now[path], train._DEFAULT_IDENTITY) == [], path
+    if "head_bias_init" in config["engine"]:
+      # Written with every field of today: the very dict a checkpoint's identity compares.
+      assert before == now[path], path
+      exact += 1
+  assert exact >= 10
