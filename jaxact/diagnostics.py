@@ -286,7 +286,7 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   """The diagnosis of one finished member.
 
   Args:
-    record: a member's results record (`train.member_record`): status,
+    record: a member's results record (`workdir.member_record`): status,
       status_reason, status_epoch, best_valid, test, best_epoch, train_loss,
       valid_metric and `diagnostics` (per-epoch lists, see engine).
     task: the task's name.

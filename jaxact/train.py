@@ -1,25 +1,24 @@
 """`train_and_evaluate`: train the selected cells of a study and write everything to a workdir.
 
-Layout of a workdir:
-  run.json               the command, the machine, the configuration, start/finish times
-  results/<task>.json    one record per member (cell x seed), written as soon as the task ends
-  results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
-  results.csv            the rows of every finished task, rewritten after each task
-  metrics.jsonl          one JSON line per member and epoch, appended while a task trains
-  tensorboard/<cell key>/  with tensorboard=True: TensorBoard event files, one run per cell
-  checkpoints/<task>/    orbax checkpoints of the task still training (deleted when it ends)
-  report.md              the tables (jaxact.report), rebuilt after every task
-  curves_<task>.png      valid-metric curves per cell
+The flow, top to bottom: `plan` validates the configuration (jaxact.config)
+and lists the members (cell, seed) per task; `train_and_evaluate` prepares the
+workdir (jaxact.workdir: its layout, resuming, the results records), records
+run.json, then for each task loads the data once, builds the task's `Engine`,
+restores its latest checkpoint, trains it (`Engine.run`) with the live outputs
+(metrics.jsonl, TensorBoard, progress), and writes its results file and the
+report. Finished tasks of an earlier run of the same configuration are reused.
 
-Only this module, jaxact.checkpoint, jaxact.metrics_writer and jaxact.report do I/O; the
-engine is pure JAX.
-With several processes (multi-host, `--distributed`), every process trains and
-only process 0 writes files; the workdir must be on a file system all hosts see.
+`RunConfig`, `UserError`, `validate` and `run_identity` are jaxact.config's,
+re-exported here under the names the API documents.
+
+Only this module, jaxact.workdir, jaxact.checkpoint, jaxact.metrics_writer and
+jaxact.report do I/O; the engine is pure JAX. With several processes
+(multi-host, `--distributed`), every process trains and only process 0 writes
+files; the workdir must be on a file system all hosts see.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging as std_logging
 import math
@@ -40,64 +39,14 @@ from jaxact import files
 from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
-from jaxact import model as model_lib
 from jaxact import provenance
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
+from jaxact import workdir as workdir_lib
+from jaxact.config import RunConfig, UserError, run_identity, validate
 
 from jaxact import __version__
-
-
-class UserError(Exception):
-  """A problem with the user's request; str() names the problem and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """What to train.
-
-  Attributes:
-    study: "activation", "loss", "hidden" (the three studies) or "all" (activation and loss).
-    task: a task, a tuple of tasks, or None for every task.
-    head, loss, norm, sigmoid_method: optional filters on the grid (see
-      studies.select_cells); None means "any".
-    conventions: loss conventions to train, e.g. ("torch",) or ("torch", "logits").
-    network: the network flags (--init, --hidden, --batch_norm, --depth):
-      they set the network of the activation / loss studies' cells and
-      filter the hidden study's (studies.NetworkChoice).
-    seeds: number of seeds per cell; the seeds are first_seed .. first_seed + seeds - 1.
-    split_seed: the seed of the shared 2,000 / 3,000 split.
-    data_dir: directory with the four MNIST IDX files, or None for the tfds download.
-    tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
-    engine: the training hyper-parameters (engine.EngineConfig: epochs, patience,
-      optimizer, ...): they change results.
-    execution: how each task's program is computed (engine.ExecutionConfig:
-      member mode, matmul precision, convolutions, compaction, evaluation
-      chunks): speed only, results agree to float rounding.
-
-  The command line's flags take their defaults from this class (jaxact/main.py),
-  `validate` checks every field, and a run's identity is computed from
-  `to_dict()` (checkpoint.config_identity).
-  """
-  study: str = "activation"
-  task: str | tuple[str, ...] | None = None
-  head: str | None = None
-  loss: str | None = None
-  norm: bool | None = None
-  sigmoid_method: bool | None = None
-  conventions: tuple[str, ...] = ("torch",)
-  network: studies.NetworkChoice = studies.NetworkChoice()
-  seeds: int = 3
-  first_seed: int = 0
-  split_seed: int = 0
-  data_dir: str | None = None
-  tfds_dir: str | None = None
-  engine: engine_lib.EngineConfig = engine_lib.EngineConfig()
-  execution: engine_lib.ExecutionConfig = engine_lib.ExecutionConfig()
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 # train_and_evaluate's checkpoint interval, in epochs (--checkpoint_every's default too).
@@ -131,68 +80,6 @@ def enable_compilation_cache(path: str | None) -> str | None:
   # Programs that compile faster than this are not worth a file (jax's default is 1 s).
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
-
-
-def validate(config: RunConfig) -> None:
-  """Checks every option of `config` that can be checked alone; UserError names the first bad one.
-
-  The one place where options are checked, for the command line and the
-  Python API alike; the cells the filters select are checked by `plan`.
-  """
-  if config.study not in studies.STUDIES + ("all", None):
-    raise UserError(f"unknown --study {config.study!r}: choose one of "
-                    f"{', '.join(studies.STUDIES)} or all.")
-  for task in (config.task,) if isinstance(config.task, str) else config.task or ():
-    if task not in tasks_lib.TASKS:
-      raise UserError(f"unknown --task {task!r}: choose one of {', '.join(tasks_lib.TASKS)}.")
-  for conv in config.conventions:
-    if conv not in studies.CONVENTIONS:
-      raise UserError(f"unknown convention {conv!r}: choose one of "
-                      f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
-  if config.seeds < 1:
-    raise UserError(f"--seeds must be a positive number of seeds per cell, got {config.seeds}.")
-  if config.first_seed < 0 or config.split_seed < 0:
-    raise UserError("--first_seed and --split_seed must be non-negative integers.")
-  e = config.engine
-  if e.max_epochs < 1:
-    raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
-  if e.patience < 1:
-    raise UserError(f"--patience must be positive, got {e.patience}.")
-  if e.optimizer not in engine_lib.OPTIMIZERS:
-    raise UserError(f"unknown --optimizer {e.optimizer!r}: choose one of "
-                    f"{', '.join(engine_lib.OPTIMIZERS)}.")
-  if not (math.isfinite(e.learning_rate) and e.learning_rate > 0):
-    raise UserError(f"--learning_rate must be a positive number, got {e.learning_rate}.")
-  if not (math.isfinite(e.weight_decay) and e.weight_decay >= 0):
-    raise UserError(f"--weight_decay must be 0 or a positive number, got {e.weight_decay}.")
-  if not 0 <= e.momentum < 1:
-    raise UserError(f"--momentum must be in [0, 1), got {e.momentum}.")
-  if e.optimizer != "sgd" and e.momentum != engine_lib.PROTOCOL.momentum:
-    raise UserError(f"--momentum is SGD's: add --optimizer=sgd, or leave --momentum out "
-                    f"(AdamW's moments are b1 = {e.b1}, b2 = {e.b2}).")
-  if not 1 <= e.batch_size <= data_lib.TRAIN_SIZE:
-    raise UserError(f"--batch_size must be from 1 to the {data_lib.TRAIN_SIZE} training "
-                    f"examples, got {e.batch_size}.")
-  if e.head_bias_init not in engine_lib.HEAD_BIAS_INITS:
-    raise UserError(f"unknown --head_bias_init {e.head_bias_init!r}: choose one of "
-                    f"{', '.join(engine_lib.HEAD_BIAS_INITS)}.")
-  x = config.execution
-  if x.member_mode not in engine_lib.MEMBER_MODES:
-    raise UserError(f"unknown --member_mode {x.member_mode!r}: choose one of "
-                    f"{', '.join(engine_lib.MEMBER_MODES)}.")
-  if x.matmul_precision not in engine_lib.MATMUL_PRECISIONS:
-    raise UserError(f"unknown --matmul_precision {x.matmul_precision!r}: choose one of "
-                    f"{', '.join(engine_lib.MATMUL_PRECISIONS)}.")
-  if x.conv not in model_lib.CONV_IMPLS:
-    raise UserError(f"unknown --conv {x.conv!r}: choose one of "
-                    f"{', '.join(model_lib.CONV_IMPLS)}.")
-  if x.eval_examples is not None and x.eval_examples < 0:
-    raise UserError(f"eval_examples must be a positive number of rows, or None (or 0) for the "
-                    f"backend's default, got {x.eval_examples}.")
-  if x.member_mode == "loop" and jax.device_count() > 1:
-    raise UserError(f"--member_mode=loop runs on one device and this run has "
-                    f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "
-                    "members over them.")
 
 
 def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
@@ -238,141 +125,6 @@ def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) 
         eval_rows=x.eval_examples or (32 if platform_name == "cpu" else 4096))
   except memory_lib.DoesNotFit as err:
     raise UserError(str(err)) from None
-
-
-def write_json_atomic(path: str, obj) -> None:
-  """`files.write_json_atomic` on process 0 (with several processes the others return at once)."""
-  if not sharding.is_primary():
-    return
-  files.write_json_atomic(path, obj)
-
-
-def prepare_workdir(workdir: str) -> None:
-  """Creates the workdir and checks that it can be written; UserError otherwise."""
-  try:
-    os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
-    probe = os.path.join(workdir, ".write-probe")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.unlink(probe)
-  except OSError as err:
-    raise UserError(f"cannot write to the workdir {workdir!r} ({err.strerror or err}): "
-                    "choose a writable directory with --workdir.") from None
-
-
-def member_record(result: engine_lib.MemberResult,
-                  config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> dict:
-  """A member's results record; its label names `config`'s training where it is not PROTOCOL's."""
-  d = dataclasses.asdict(result)
-  d["cell"] = result.cell.to_dict()
-  d["key"] = result.cell.key
-  d["label"] = engine_lib.cell_label(result.cell, config)
-  return d
-
-
-def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
-                      chance: float | None, ceiling: float | None,
-                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> list[dict]:
-  """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
-  records = [member_record(r, config) for r in results]
-  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling)):
-    record["diagnosis"] = d.to_dict()
-  return records
-
-
-def member_from_record(record: dict) -> engine_lib.MemberResult:
-  """The inverse of `member_record`."""
-  names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
-  values = {n: record[n] for n in names if n != "cell" and n in record}
-  return engine_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
-
-
-# -- resuming ----------------------------------------------------------------
-
-
-def run_identity(config: RunConfig) -> dict:
-  """What makes two runs the same run: every field of `config` that changes results."""
-  return checkpoint_lib.config_identity(config.to_dict())
-
-
-_DEFAULT_IDENTITY = checkpoint_lib.config_identity(RunConfig().to_dict())
-
-
-def _results_dir(workdir: str) -> str:
-  return os.path.join(workdir, "results")
-
-
-def _checkpoints_dir(workdir: str) -> str:
-  return os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR)
-
-
-def _saved_results(workdir: str) -> list[str]:
-  d = _results_dir(workdir)
-  names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-  return [n for n in names if n.endswith(".json") and not n.startswith(".")]
-
-
-def _has_outputs(workdir: str) -> bool:
-  """Whether the workdir holds results or checkpoints of an earlier run."""
-  ckpt = _checkpoints_dir(workdir)
-  return bool(_saved_results(workdir)) or (os.path.isdir(ckpt) and bool(os.listdir(ckpt)))
-
-
-def remove_run_outputs(workdir: str) -> None:
-  """--restart: deletes results/*.json, checkpoints/, report.md and the report's figures
-  (<kind>_<task>[_<convention>].png), and metrics.jsonl, results.csv, results/*.csv and
-  tensorboard/ (metrics_writer.remove_live_outputs), nothing else."""
-  shutil.rmtree(_checkpoints_dir(workdir), ignore_errors=True)
-  metrics_writer.remove_live_outputs(workdir)
-  results = _results_dir(workdir)
-  for name in os.listdir(results) if os.path.isdir(results) else ():
-    if name.endswith(".json"):
-      os.unlink(os.path.join(results, name))
-  figures = {f"{kind}_{t}{suffix}.png" for t in tasks_lib.TASKS
-             for kind in ("curves", "saturation", "gradients_depth", "heatmap", "heatmap_depth")
-             for suffix in ("",) + tuple(f"_{c}" for c in studies.CONVENTIONS)}
-  for name in ["report.md"] + sorted(figures):
-    if os.path.exists(os.path.join(workdir, name)):
-      os.unlink(os.path.join(workdir, name))
-
-
-def check_workdir_config(workdir: str, config: RunConfig) -> dict | None:
-  """The earlier run.json when the workdir holds outputs of this same configuration.
-
-  Returns None when the workdir holds no results or checkpoints (nothing to
-  resume or reuse; a fresh run).
-
-  Raises:
-    UserError: they belong to another configuration (naming every differing
-      key, its old and its new value), or no readable run.json says which.
-  """
-  if not _has_outputs(workdir):
-    return None
-  previous = files.read_json_object(os.path.join(workdir, "run.json"))
-  if previous is None or not isinstance(previous.get("config"), dict):
-    raise UserError(
-        f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
-        "says which configuration produced them, so this run cannot resume them: pass "
-        "--restart to delete them and start over, or choose another --workdir.")
-  old = checkpoint_lib.config_identity(previous["config"])
-  diffs = checkpoint_lib.identity_differences(old, run_identity(config), _DEFAULT_IDENTITY)
-  if diffs:
-    listed = "; ".join(f"{k}: {checkpoint_lib.format_value(a)} before, "
-                       f"{checkpoint_lib.format_value(b)} now" for k, a, b in diffs)
-    raise UserError(
-        f"the workdir {workdir!r} holds a run with another configuration ({listed}). "
-        "Rerun with the same flags to resume or reuse it, choose another --workdir, or pass "
-        "--restart to delete its results and checkpoints and start over.")
-  return previous
-
-
-def _check_split(workdir: str, run_info: dict, split) -> None:
-  before = run_info.get("split_fingerprint")
-  if before is not None and before != split.fingerprint:
-    raise UserError(
-        f"the data differ from those the run in {workdir!r} was trained on (split fingerprint "
-        f"{before} before, {split.fingerprint} now): pass the same MNIST files (--data_dir) "
-        "to resume it, or pass --restart to delete its results and checkpoints and start over.")
 
 
 def train_and_evaluate(config: RunConfig, workdir: str,
@@ -428,18 +180,15 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                     "install tensorboardX), or leave --tensorboard out.")
   primary = sharding.is_primary()   # multi-host: only process 0 writes files
   if primary:
-    prepare_workdir(workdir)
-    for name in os.listdir(_results_dir(workdir)):   # left by a process killed mid-write
-      if name.startswith(".tmp-"):
-        os.unlink(os.path.join(_results_dir(workdir), name))
+    workdir_lib.prepare_workdir(workdir)
   if restart:
     logging.info("--restart: deleting the results and checkpoints in %s", workdir)
     if primary:
-      remove_run_outputs(workdir)
+      workdir_lib.remove_run_outputs(workdir)
     sharding.sync("jaxact: --restart done")
     previous = None
   else:
-    previous = check_workdir_config(workdir, config)
+    previous = workdir_lib.check_workdir_config(workdir, config)
     if previous is None and primary:   # nothing to resume: start the live outputs afresh
       metrics_writer.remove_live_outputs(workdir)
   now = datetime.datetime.now().isoformat(timespec="seconds")
@@ -459,8 +208,8 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     run_info["resumed"] = list(previous.get("resumed") or []) + [now]
     if previous.get("split_fingerprint"):
       run_info["split_fingerprint"] = previous["split_fingerprint"]
-  run_path = os.path.join(workdir, "run.json")
-  write_json_atomic(run_path, run_info)
+  run_path = workdir_lib.run_json_path(workdir)
+  workdir_lib.write_json_atomic(run_path, run_info)
   logging.info("jaxact: %s", run_info["machine"])
 
   if compile_ahead and jax.process_count() > 1:
@@ -473,10 +222,6 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                         ahead if compile_ahead else None, tensorboard, tensorboard_members)
   finally:
     ahead.wait()
-
-
-def _task_results_path(workdir: str, task: str) -> str:
-  return os.path.join(_results_dir(workdir), f"{task}.json")
 
 
 def _train_tasks(config: RunConfig, workdir: str,
@@ -493,10 +238,10 @@ def _train_tasks(config: RunConfig, workdir: str,
   out = {}
   order = list(members)
   for task, task_members in members.items():
-    results_path = _task_results_path(workdir, task)
-    ckpt_dir = os.path.join(_checkpoints_dir(workdir), task)
+    results_path = workdir_lib.task_results_path(workdir, task)
+    ckpt_dir = os.path.join(workdir_lib.checkpoints_dir(workdir), task)
     if os.path.exists(results_path):
-      out[task] = _reuse_results(results_path, task, task_members)
+      out[task] = workdir_lib.reuse_results(results_path, task, task_members)
       saved_fp = (files.read_json_object(results_path) or {}).get("split_fingerprint")
       if saved_fp and not run_info.get("split_fingerprint"):
         run_info["split_fingerprint"] = saved_fp   # a run.json written before it was recorded
@@ -515,10 +260,10 @@ def _train_tasks(config: RunConfig, workdir: str,
       logging.info("data: %d train / %d valid / %d test from a pool of %d (%s), split seed %d",
                    len(split.y_train), len(split.y_valid), len(split.y_test),
                    split.train_pool_size, split.source, config.split_seed)
-      _check_split(workdir, run_info, split)
+      workdir_lib.check_split(workdir, run_info, split)
       if run_info.get("split_fingerprint") != split.fingerprint:
         run_info["split_fingerprint"] = split.fingerprint
-        write_json_atomic(run_path, run_info)
+        workdir_lib.write_json_atomic(run_path, run_info)
     cells = list(dict.fromkeys(c for c, _ in task_members))
     logging.info("task %s: %d cells x %d seeds = %d members in one program",
                  task, len(cells), config.seeds, len(task_members))
@@ -531,7 +276,7 @@ def _train_tasks(config: RunConfig, workdir: str,
       task_data = engine_lib.TaskData.from_split(split, task)
     if ahead is not None:
       later = [t for t in order[order.index(task) + 1:]
-               if not os.path.exists(_task_results_path(workdir, t))]
+               if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
       if later:
         ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
                                                 config.execution),
@@ -568,8 +313,9 @@ def _train_tasks(config: RunConfig, workdir: str,
     chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.y_valid))
     ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
         tasks_lib.make_targets(task, split.y_test)) if task == "multilabel" else None)
-    write_json_atomic(results_path, {
-        "task": task, "study": config.study, "metric_name": t.metric_name, "higher_is_better": t.higher_is_better,
+    workdir_lib.write_json_atomic(results_path, {
+        "task": task, "study": config.study, "metric_name": t.metric_name,
+        "higher_is_better": t.higher_is_better,
         "split_seed": config.split_seed,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience,
@@ -578,7 +324,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
-        "members": diagnosed_records(results, task, chance, ceiling, config.engine),
+        "members": workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine),
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
@@ -589,7 +335,7 @@ def _train_tasks(config: RunConfig, workdir: str,
     out[task] = results
 
   run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-  write_json_atomic(run_path, run_info)
+  workdir_lib.write_json_atomic(run_path, run_info)
   if primary:
     logging.info("report: %s", report_lib.write_report(workdir))
   return out
@@ -624,23 +370,6 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
       hook.close()
     raise
   return hooks
-
-
-def _reuse_results(path: str, task: str,
-                   task_members: list[tuple[studies.Cell, int]]) -> list[engine_lib.MemberResult]:
-  """The MemberResults of a finished task's results file; UserError if it does not fit the plan."""
-  saved = files.read_json_object(path)
-  try:
-    results = [member_from_record(r) for r in saved["members"]]
-  except (TypeError, KeyError, ValueError):
-    results = None
-  if results is None or sorted((r.cell.key, r.seed) for r in results) != sorted(
-      (c.key, s) for c, s in task_members):
-    raise UserError(
-        f"the results file {path!r} is unreadable or holds other members than this run plans "
-        f"for task {task}: pass --restart to delete the workdir's results and train again, or "
-        "choose another --workdir.")
-  return results
 
 
 def format_results_table(results: dict[str, list[engine_lib.MemberResult]],

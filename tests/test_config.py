@@ -16,9 +16,11 @@ import sys
 import pytest
 
 from jaxact import checkpoint
+from jaxact import config as config_lib
 from jaxact import engine
 from jaxact import flagdoc
 from jaxact import train
+from jaxact import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,11 +138,11 @@ def test_old_run_json_with_compact_in_background_resumes(tmp_path):
   old = _old_layout(config)
   old["engine"]["compact_in_background"] = True   # never part of the identity
   (tmp_path / "run.json").write_text(json.dumps({"config": old}))
-  previous = train.check_workdir_config(str(tmp_path), config)
+  previous = workdir_lib.check_workdir_config(str(tmp_path), config)
   assert previous["config"]["engine"]["compact_in_background"] is True
   other = dataclasses.replace(config, execution=engine.ExecutionConfig(compact=True))
   with pytest.raises(train.UserError, match="compact: False before, True now"):
-    train.check_workdir_config(str(tmp_path), other)
+    workdir_lib.check_workdir_config(str(tmp_path), other)
 
 
 # The committed runs written with the network flags (the three oldest predate them, and
@@ -184,7 +186,8 @@ def test_committed_runs_keep_their_identity():
       config = json.load(f)["config"]
     assert "execution" not in config and "compact" in config["engine"], path   # the old layout
     before = checkpoint.config_identity(config)
-    assert checkpoint.identity_differences(before, now[path], train._DEFAULT_IDENTITY) == [], path
+    diffs = checkpoint.identity_differences(before, now[path], config_lib.DEFAULT_IDENTITY)
+    assert diffs == [], path
     if "head_bias_init" in config["engine"]:
       # Written with every field of today: the very dict a checkpoint's identity compares.
       assert before == now[path], path

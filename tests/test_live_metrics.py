@@ -21,6 +21,7 @@ from jaxact import metrics_writer
 from jaxact import runner
 from jaxact import studies
 from jaxact import train
+from jaxact import workdir as workdir_lib
 from test_engine import _synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -367,7 +368,7 @@ def test_results_csv_match_the_json(mnist_runs):
 def test_restart_removes_the_live_outputs(mnist_runs, tmp_path):
   wd = tmp_path / "wd"
   shutil.copytree(mnist_runs["a"]["workdir"], wd)
-  train.remove_run_outputs(str(wd))
+  workdir_lib.remove_run_outputs(str(wd))
   assert not (wd / "metrics.jsonl").exists() and not (wd / "results.csv").exists()
   assert not (wd / "tensorboard").exists() and not list((wd / "results").iterdir())
 

@@ -18,6 +18,7 @@ from jaxact import studies
 from jaxact import tasks
 from jaxact import provenance
 from jaxact import train
+from jaxact import workdir as workdir_lib
 from jaxact.studies import Cell
 
 from test_engine import _by, _synthetic   # pylint: disable=g-bad-import-order
@@ -188,14 +189,14 @@ def test_options_are_part_of_a_runs_identity(tmp_path):
   for key in ("optimizer", "momentum", "head_bias_init"):
     del config["engine"][key]
   (tmp_path / "run.json").write_text(json.dumps({"config": config}))
-  assert train.check_workdir_config(wd, old) is not None
+  assert workdir_lib.check_workdir_config(wd, old) is not None
   # ...and each option, changed, is another run.
   for kw in (dict(optimizer="sgd"), dict(learning_rate=0.01), dict(weight_decay=0.0),
              dict(batch_size=64), dict(head_bias_init="prior")):
     new = dataclasses.replace(old, engine=dataclasses.replace(old.engine, **kw))
     assert train.run_identity(new) != train.run_identity(old)
     with pytest.raises(train.UserError, match=f"{next(iter(kw))}: "):
-      train.check_workdir_config(wd, new)
+      workdir_lib.check_workdir_config(wd, new)
   assert "optimizer" in checkpoint.config_identity(old.to_dict())
 
 
@@ -207,7 +208,7 @@ def test_restart_removes_results_and_every_figure_kind(tmp_path):
   kept = ["run.json", "notes.md", "results/README"]
   for name in made + kept:
     (tmp_path / name).write_text("x")
-  train.remove_run_outputs(str(tmp_path))
+  workdir_lib.remove_run_outputs(str(tmp_path))
   assert [n for n in made if (tmp_path / n).exists()] == []
   assert all((tmp_path / n).exists() for n in kept)
 
