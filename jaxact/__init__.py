@@ -7,7 +7,8 @@ Modules, one concept each:
   model           the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
   studies         the grids of the activation, loss and hidden-layer studies; the cells flags select
   engine          the training engine: all cells x seeds of a task in one jitted program
-  program         the engine's pure program: TrainState, one epoch, evaluation
+  program         the engine's pure program: TrainState, one epoch, evaluation; EngineConfig
+                  (training hyper-parameters) and ExecutionConfig (how it is computed)
   layout          the engine's member layouts: vmapped or looped members
   probes          the engine's per-epoch diagnostics, one class each
   runner          the engine's host loop: histories, compaction, snapshots, results
@@ -15,6 +16,9 @@ Modules, one concept each:
   memory          a run's memory, estimated before anything is built
   checkpoint      orbax checkpoints of a running task (resume after a kill)
   metrics_writer  what a run writes while it trains (metrics.jsonl, TensorBoard) and its CSVs
+  config          RunConfig, every option of a run: its one validator and its identity
+  workdir         a run's workdir: layout, resuming, --restart, results records
+  compile_ahead   --compile_ahead: the next task compiled in a thread while one trains
   train           train_and_evaluate: runs a study into a workdir
   diagnostics     each finished member's failure class, with its evidence
   stats           intervals and paired tests over seeds (scipy.stats)

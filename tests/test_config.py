@@ -145,19 +145,25 @@ def test_old_run_json_with_compact_in_background_resumes(tmp_path):
     workdir_lib.check_workdir_config(str(tmp_path), other)
 
 
+def _run_config(path: str) -> dict:
+  with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+    return json.load(f)["config"]
+
+
 # The committed runs written with the network flags (the three oldest predate them, and
 # their identities differ from today's at 30ce5cb already: init, hidden_activation,
 # dense_layers were top-level keys then).
 _COMMITTED = sorted(
-    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "experiments", "**",
-                                                             "run.json"), recursive=True)
-    if "network" in json.load(open(p, encoding="utf-8"))["config"])
+    p for p in (os.path.relpath(q, ROOT) for q in glob.glob(
+        os.path.join(ROOT, "experiments", "**", "run.json"), recursive=True))
+    if "network" in _run_config(p))
 
 
 def test_committed_runs_keep_their_identity():
-  """Each committed run.json (the layout of 30ce5cb and earlier, every engine option under
-  "engine") and today's RunConfig of its recorded command have the same identity, so those
-  workdirs resume and their finished tasks are reused."""
+  """Each committed run.json (written in the layout of 30ce5cb and earlier, every engine option
+  under "engine"; `_old_layout` keeps that layout tested should they be rewritten) and today's
+  RunConfig of its recorded command have the same identity, so those workdirs resume and
+  their finished tasks are reused."""
   for must in ("experiments/all_torch_10seeds/run.json",
                "experiments/collapse_interventions/sgd_lr0.1_wd0/run.json",
                "experiments/hidden_depth1_3seeds/run.json"):
@@ -182,9 +188,7 @@ def test_committed_runs_keep_their_identity():
   assert len(now) == len(_COMMITTED) >= 20
   exact = 0
   for path in _COMMITTED:
-    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
-      config = json.load(f)["config"]
-    assert "execution" not in config and "compact" in config["engine"], path   # the old layout
+    config = _run_config(path)
     before = checkpoint.config_identity(config)
     diffs = checkpoint.identity_differences(before, now[path], config_lib.DEFAULT_IDENTITY)
     assert diffs == [], path
