@@ -16,7 +16,7 @@ results must be bitwise equal (same statuses, best epochs, histories,
 diagnostics and accuracies).
 
 What this cannot show: several machines (a network between the hosts, a
-shared file system), GPUs or TPUs. README, *Many devices and hosts*, says so.
+shared file system), GPUs or TPUs. docs/devices.md says so.
 """
 
 import json

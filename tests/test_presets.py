@@ -1,5 +1,6 @@
 """Named presets (`--preset`): they fill in unset flags, given flags win, names are checked."""
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,82 @@ def test_every_preset_sets_flags_of_the_command_line():
           "print(sorted({k for p in presets.PRESETS.values() for k in p.flags} - names))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_describe_names_the_preset_and_the_overrides():
+  from jaxact import engine, train
+  config = train.RunConfig(study="all", task=("multiclass",), head="sigmoid", seeds=10,
+                           engine=engine.EngineConfig(learning_rate=1e-4))
+  assert presets.describe(config.to_dict()) == [
+      "--preset=all", "--task=multiclass", "--head=sigmoid", "--learning_rate=0.0001"]
+  hidden = train.RunConfig(study="hidden", seeds=3, conventions=("torch", "logits"),
+                           engine=engine.EngineConfig(max_epochs=30))
+  assert presets.describe(hidden.to_dict()) == ["--preset=hidden", "--convention=both"]
+
+
+def test_describe_uses_no_preset_where_none_shortens_the_command():
+  from jaxact import train
+  assert presets.describe(train.RunConfig().to_dict()) == []
+  # A study preset never names a run of another study, and smoke only a run of its values.
+  loss = train.RunConfig(study="loss", seeds=1, task=("binary",))
+  assert presets.describe(loss.to_dict()) == ["--study=loss", "--task=binary", "--seeds=1"]
+
+
+def test_describe_refuses_options_without_a_flag():
+  from jaxact import engine, train
+  config = train.RunConfig(engine=engine.EngineConfig(b1=0.8))
+  with pytest.raises(ValueError, match="b1 has no flag"):
+    presets.describe(config.to_dict())
+
+
+def test_every_committed_run_is_its_preset_command():
+  # For each run.json under experiments/: describe's flags, parsed by the command line,
+  # make a run of the same identity (the test of the names experiments/README.md gives).
+  code = r"""
+import glob, json, os
+import jaxact.main as main
+from absl import flags
+from jaxact import checkpoint, presets, train
+default = train.run_identity(train.RunConfig())
+paths = sorted(glob.glob(os.path.join("experiments", "**", "run.json"), recursive=True))
+assert len(paths) >= 10, paths
+for path in paths:
+  config = json.load(open(path))["config"]
+  argv = presets.describe(config)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["prog"] + argv)
+  if flags.FLAGS.preset:
+    presets.apply_preset(flags.FLAGS.preset, flags.FLAGS)
+  old = {k: v for k, v in checkpoint.config_identity(config).items()
+         if presets.LEGACY_DEFAULTS.get(k, object()) != v}
+  diffs = checkpoint.identity_differences(old, train.run_identity(main.config_from_flags()), default)
+  print(path, " ".join(argv), diffs)
+  assert not diffs, (path, argv, diffs)
+print("checked", len(paths))
+"""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "checked" in out.stdout
+
+
+def test_presets_command_names_a_bad_workdir(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "jaxact.presets", str(tmp_path)],
+                       capture_output=True, text=True, check=False)
+  assert out.returncode == 2
+  assert "no run.json in or below" in out.stderr and "give the workdir of a run" in out.stderr
+
+
+def test_experiments_readme_names_every_run_as_its_preset():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "jaxact.presets", "--markdown", "experiments"],
+                       capture_output=True, text=True, cwd=root, check=True)
+  with open(os.path.join(root, "experiments", "README.md"), encoding="utf-8") as f:
+    readme = f.read()
+  begin, end = "<!-- presets:begin -->\n", "<!-- presets:end -->"
+  assert begin in readme and end in readme, "experiments/README.md lacks the presets markers"
+  block = readme[readme.index(begin) + len(begin):readme.index(end)]
+  assert block == out.stdout, (
+      "experiments/README.md's table of presets is not current: regenerate it with "
+      "python -m jaxact.presets --markdown experiments")
