@@ -111,6 +111,11 @@ def validate(config: RunConfig) -> None:
     raise UserError(f"--learning_rate must be a positive number, got {e.learning_rate}.")
   if not (math.isfinite(e.weight_decay) and e.weight_decay >= 0):
     raise UserError(f"--weight_decay must be 0 or a positive number, got {e.weight_decay}.")
+  if not (math.isfinite(e.eps) and e.eps > 0):
+    raise UserError(f"--eps must be a positive number, got {e.eps}.")
+  if e.optimizer != "adamw" and e.eps != program.PROTOCOL.eps:
+    raise UserError(f"--eps is AdamW's: leave it out with --optimizer={e.optimizer}, or use "
+                    "--optimizer=adamw.")
   if not 0 <= e.momentum < 1:
     raise UserError(f"--momentum must be in [0, 1), got {e.momentum}.")
   if e.optimizer != "sgd" and e.momentum != program.PROTOCOL.momentum:

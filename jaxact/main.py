@@ -123,6 +123,12 @@ _MOMENTUM = flags.DEFINE_float(
 _WEIGHT_DECAY = flags.DEFINE_float(
     "weight_decay", DEFAULTS.engine.weight_decay,
     "Weight decay (PROTOCOL: 0.01, AdamW's decoupled decay).")
+_EPS = flags.DEFINE_float(
+    "eps", DEFAULTS.engine.eps,
+    "AdamW's epsilon, added to the root of the second-moment estimate (PROTOCOL: 1e-8). A "
+    "large one (e.g. 1e-3) makes the step of a parameter whose gradients are smaller than it "
+    "proportional to the gradient, as in SGD, instead of normalised to about the learning "
+    "rate.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", DEFAULTS.engine.batch_size, "Training batch size (PROTOCOL: 32).")
 _HEAD_BIAS_INIT = flags.DEFINE_string(
@@ -151,8 +157,8 @@ _MATMUL_PRECISION = flags.DEFINE_string(
     "matmul_precision", DEFAULTS.execution.matmul_precision,
     "Precision of the matmuls (the convolutions are matmuls): float32 (full, on every "
     "backend), tensorfloat32 (TF32 tensor cores, recent NVIDIA GPUs), bfloat16, or default "
-    "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). See README, "
-    "Speed, for what TF32 changes in the results.")
+    "(the backend's choice: TF32 on recent NVIDIA GPUs, bf16 passes on TPUs). docs/speed.md "
+    "says what TF32 changes in the results.")
 _CONV = flags.DEFINE_string(
     "conv", DEFAULTS.execution.conv,
     "How the convolutions are computed: im2col (patches + one matmul; the default on every "
@@ -240,6 +246,7 @@ def config_from_flags() -> train.RunConfig:
                                      learning_rate=_LEARNING_RATE.value,
                                      momentum=_MOMENTUM.value,
                                      weight_decay=_WEIGHT_DECAY.value,
+                                     eps=_EPS.value,
                                      batch_size=_BATCH_SIZE.value,
                                      head_bias_init=_HEAD_BIAS_INIT.value),
       execution=engine_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,

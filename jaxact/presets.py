@@ -117,7 +117,7 @@ def identity_flags(key: str, value: Any) -> list[str]:
     return [f"--{key}={_flag_value(value)}"]
   if isinstance(value, bool):
     return [f"--{key}" if value else f"--no{key}"]
-  if key in ("b1", "b2", "eps"):
+  if key in ("b1", "b2"):
     raise ValueError(f"{key} has no flag of python -m jaxact.main")
   return [f"--{key}={_flag_value(value)}"]
 
@@ -156,7 +156,7 @@ def describe(config: Mapping[str, Any]) -> list[str]:
   "--task=multiclass", "--head=sigmoid"].
 
   Raises:
-    ValueError: the run set an option that no flag sets (b1, b2, eps).
+    ValueError: the run set an option that no flag sets (b1, b2).
   """
   from jaxact import checkpoint, train   # the training stack: only when describing a run
   default = checkpoint.config_identity(train.RunConfig().to_dict())

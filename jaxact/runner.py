@@ -43,6 +43,8 @@ def training_label(config: EngineConfig) -> str:
     parts.append(f"lr {config.learning_rate:g}")
   if config.weight_decay != PROTOCOL.weight_decay:
     parts.append(f"weight decay {config.weight_decay:g}")
+  if config.eps != PROTOCOL.eps:
+    parts.append(f"eps {config.eps:g}")
   if config.batch_size != PROTOCOL.batch_size:
     parts.append(f"batch {config.batch_size}")
   if config.head_bias_init != PROTOCOL.head_bias_init:
@@ -60,7 +62,8 @@ def training_record(config: EngineConfig) -> dict[str, Any]:
   """The training choices a results file records (every field `training_label` may name)."""
   return {"optimizer": config.optimizer, "learning_rate": config.learning_rate,
           "momentum": config.momentum if config.optimizer == "sgd" else None,
-          "weight_decay": config.weight_decay, "batch_size": config.batch_size,
+          "weight_decay": config.weight_decay, "eps": config.eps,
+          "batch_size": config.batch_size,
           "head_bias_init": config.head_bias_init, "label": training_label(config)}
 
 @dataclasses.dataclass

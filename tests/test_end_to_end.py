@@ -91,6 +91,8 @@ def _cli(*args, env_extra=None):
     (["--weight_decay=-0.1"], "--weight_decay must be 0 or a positive number"),
     (["--optimizer=sgd", "--momentum=1"], "--momentum must be in [0, 1), got 1.0"),
     (["--momentum=0.5"], "--momentum is SGD's: add --optimizer=sgd"),
+    (["--eps=0"], "--eps must be a positive number, got 0.0"),
+    (["--optimizer=sgd", "--eps=1e-3"], "--eps is AdamW's: leave it out with --optimizer=sgd"),
     (["--batch_size=0"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--batch_size=2001"], "--batch_size must be from 1 to the 2000 training examples"),
     (["--head_bias_init=zero"], "unknown --head_bias_init 'zero'"),

@@ -134,7 +134,8 @@ def test_prior_head_bias_sets_only_the_output_bias():
 
 @pytest.mark.parametrize("options", [
     dict(optimizer="sgd", learning_rate=0.05),
-    dict(head_bias_init="prior", batch_size=16, weight_decay=0.0, learning_rate=3e-4)])
+    dict(head_bias_init="prior", batch_size=16, weight_decay=0.0, learning_rate=3e-4),
+    dict(eps=1e-3)])
 def test_member_k_equals_single_run_with_seed_k(options):
   data = _synthetic("multiclass")
   cfg = engine.EngineConfig(max_epochs=2, patience=2, **options)
@@ -161,7 +162,7 @@ def test_options_change_training():
     return r.train_loss[0]
   reference = loss()
   for kw in (dict(optimizer="sgd"), dict(learning_rate=1e-4), dict(batch_size=16),
-             dict(weight_decay=0.5), dict(head_bias_init="prior")):
+             dict(weight_decay=0.5), dict(head_bias_init="prior"), dict(eps=1e-2)):
     assert loss(**kw) != reference, kw
 
 
@@ -177,6 +178,23 @@ def test_training_label_names_what_differs_from_the_protocol():
   record = engine.training_record(cfg)
   assert record["optimizer"] == "sgd" and record["momentum"] == 0.9
   assert engine.training_record(engine.EngineConfig())["momentum"] is None
+  assert engine.training_label(engine.EngineConfig(eps=1e-3, weight_decay=0.0)) == (
+      "weight decay 0, eps 0.001")
+  assert engine.training_record(engine.EngineConfig(eps=1e-3))["eps"] == 1e-3
+
+
+def test_large_eps_makes_adamw_steps_proportional_to_small_gradients():
+  # Closed form of the first AdamW step (bias-corrected m = g, v = g^2):
+  # -lr * g / (|g| + eps); with eps >> |g| it is about -lr * g / eps, as in SGD.
+  cfg = engine.EngineConfig(eps=1.0, weight_decay=0.0)
+  g = {"w": jnp.array([1e-4, -2e-4, 3e-3])}
+  params = {"w": jnp.zeros(3)}
+  update, _ = engine.make_optimizer(cfg).update(g, engine.make_optimizer(cfg).init(params), params)
+  expected = -1e-3 * g["w"] / (jnp.abs(g["w"]) + 1.0)
+  chex.assert_trees_all_close(update["w"], expected, rtol=1e-6)
+  small = engine.make_optimizer(engine.EngineConfig(weight_decay=0.0))
+  update, _ = small.update(g, small.init(params), params)
+  chex.assert_trees_all_close(update["w"], -1e-3 * jnp.sign(g["w"]), rtol=1e-3)
 
 
 def test_options_are_part_of_a_runs_identity(tmp_path):
@@ -192,7 +210,7 @@ def test_options_are_part_of_a_runs_identity(tmp_path):
   assert workdir_lib.check_workdir_config(wd, old) is not None
   # ...and each option, changed, is another run.
   for kw in (dict(optimizer="sgd"), dict(learning_rate=0.01), dict(weight_decay=0.0),
-             dict(batch_size=64), dict(head_bias_init="prior")):
+             dict(batch_size=64), dict(head_bias_init="prior"), dict(eps=1e-3)):
     new = dataclasses.replace(old, engine=dataclasses.replace(old.engine, **kw))
     assert train.run_identity(new) != train.run_identity(old)
     with pytest.raises(train.UserError, match=f"{next(iter(kw))}: "):
