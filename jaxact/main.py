@@ -40,23 +40,15 @@ from jaxact import studies
 from jaxact import tasks as tasks_lib
 from jaxact import train
 
-_TRISTATE = {"": None, "on": True, "off": False}
+_TRISTATE = presets_lib.TRISTATE
 
 # Every flag that sets a RunConfig field takes its default from RunConfig (or the
 # training / execution group inside it), so the command line and the Python API agree.
 DEFAULTS = train.RunConfig()
 
 
-def _tristate_flag(value) -> str:
-  """The --norm / --sigmoid_method / --batch_norm spelling of a filter value (None: '')."""
-  if isinstance(value, tuple):   # NetworkChoice.batch_norm: None or one value
-    (value,) = value
-  return {v: k for k, v in _TRISTATE.items()}[value]
-
-
-def _convention_flag(conventions: tuple[str, ...]) -> str:
-  """The --convention spelling of RunConfig.conventions ('both' for all of them)."""
-  return "both" if tuple(conventions) == tuple(studies.CONVENTIONS) else ",".join(conventions)
+_tristate_flag = presets_lib.tristate_spelling
+_convention_flag = presets_lib.convention_spelling
 
 
 def _list_flag(values) -> list[str] | None:

@@ -78,6 +78,25 @@ def apply_preset(name: str, flag_values) -> dict[str, Any]:
   return applied
 
 
+# How the command line spells the on / off / both filters (--norm, --sigmoid_method, --batch_norm).
+TRISTATE = {"": None, "on": True, "off": False}
+
+
+def tristate_spelling(value) -> str:
+  """The --norm / --sigmoid_method / --batch_norm spelling of a filter value (None: '')."""
+  if isinstance(value, (tuple, list)):   # NetworkChoice.batch_norm: None or one value
+    if len(value) != 1:
+      return ""   # both values: what '' says
+    (value,) = value
+  return {v: k for k, v in TRISTATE.items()}[value]
+
+
+def convention_spelling(conventions) -> str:
+  """The --convention spelling of RunConfig.conventions ('both' for all of them)."""
+  from jaxact import studies   # light, but keeps this module's import free of the model stack
+  return "both" if tuple(conventions) == tuple(studies.CONVENTIONS) else ",".join(conventions)
+
+
 # Identity keys (checkpoint.config_identity) that flags of `python -m jaxact.main`
 # set under another name or shape; the others are named as their flags.
 _NETWORK_FLAGS = ("init", "hidden", "batch_norm", "depth")
@@ -85,8 +104,6 @@ _TRISTATE_FLAGS = ("norm", "sigmoid_method")
 
 
 def _flag_value(value: Any) -> str:
-  if isinstance(value, bool):
-    return "on" if value else "off"
   if isinstance(value, (list, tuple)):
     return ",".join(_flag_value(v) for v in value)
   if isinstance(value, float):
@@ -101,20 +118,18 @@ def identity_flags(key: str, value: Any) -> list[str]:
     ValueError: no flag sets `key` (e.g. AdamW's b1, which only the Python API sets).
   """
   if key == "conventions":
-    return ["--convention=" + ("both" if len(value) > 1 else value[0])]
+    return ["--convention=" + convention_spelling(value)]
   if key == "network":
     value = value or {}
     out = []
     for name in _NETWORK_FLAGS:
       v = value.get(name)
-      if name == "batch_norm" and v is not None and len(v) > 1:
-        v = None   # '' (both) is what the flag says for both
-      out.append(f"--{name}={_flag_value(v)}")
+      out.append(f"--{name}=" + (tristate_spelling(v) if name == "batch_norm" else _flag_value(v)))
     return out
   if key == "task" and isinstance(value, str):
     value = [value]
   if key in _TRISTATE_FLAGS:
-    return [f"--{key}={_flag_value(value)}"]
+    return [f"--{key}={tristate_spelling(value)}"]
   if isinstance(value, bool):
     return [f"--{key}" if value else f"--no{key}"]
   if key in ("b1", "b2"):
