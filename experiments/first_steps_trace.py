@@ -24,7 +24,7 @@ after every step, per member:
 When --steps is one epoch, it checks that the traced parameters equal `Program.epoch`'s after
 its first epoch (float rounding apart), so the trace is the engine's training.
 
-Usage (from the repository root; about 10 minutes on one core of the 2-core CPU):
+Usage (from the repository root):
   python experiments/first_steps_trace.py --data_dir=../shared/data/mnist \
       --out=experiments/collapse_interventions/first_steps_trace.json
 """
@@ -66,16 +66,18 @@ ARMS = {
 SERIES = ("fc1_mean_abs_pre", "fc1_saturated", "step_rms_over_lr", "straightness",
           "delta_common", "out_mean", "train_loss")
 
-_ARMS = flags.DEFINE_list("arms", ["protocol", "prior_head_bias", "adamw_lr1e-4",
-                                   "adamw_eps1e-3", "sgd_lr0.1_wd0"], f"from {list(ARMS)}")
-_CELLS = flags.DEFINE_list("cells", ["sigmoid+bce", "sigmoid+mse", "softmax+cce"],
-                           "multi-class head+loss cells (torch convention, PROTOCOL's network)")
-_SEEDS = flags.DEFINE_integer("seeds", 10, "members per arm and cell: seeds 0..n-1")
-_STEPS = flags.DEFINE_integer("steps", 63, "optimizer steps (63 = one epoch of 2,000 images)")
-_PROBE = flags.DEFINE_integer("probe", 1000, "valid images the fc1 statistics are taken on")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "MNIST IDX directory")
-_OUT = flags.DEFINE_string("out", None, "write the traces and the summary as JSON here; with "
-                           "it, a table (.md) and a figure (.png) of the same name")
+def define_flags() -> None:
+  """The script's flags (defined only when it runs as a script: tests import the module)."""
+  flags.DEFINE_list("arms", ["protocol", "prior_head_bias", "adamw_lr1e-4", "adamw_eps1e-3",
+                             "sgd_lr0.1_wd0"], f"from {list(ARMS)}")
+  flags.DEFINE_list("cells", ["sigmoid+bce", "sigmoid+mse", "softmax+cce"],
+                    "multi-class head+loss cells (torch convention, PROTOCOL's network)")
+  flags.DEFINE_integer("seeds", 10, "members per arm and cell: seeds 0..n-1")
+  flags.DEFINE_integer("steps", 63, "optimizer steps (63 = one epoch of 2,000 images)")
+  flags.DEFINE_integer("probe", 256, "valid images the fc1 statistics are taken on")
+  flags.DEFINE_string("data_dir", None, "MNIST IDX directory")
+  flags.DEFINE_string("out", None, "write the traces and the summary as JSON here; with it, a "
+                      "table (.md) and a figure (.png) of the same name")
 
 
 def parse_cell(text: str) -> Cell:
@@ -85,6 +87,33 @@ def parse_cell(text: str) -> Cell:
 
 def fc1(tree):
   return tree["hidden"][0]["kernel"]
+
+
+def common_share(program: program_lib.Program, cells: layout.StaticCells, params, stats,
+                 x: jax.Array, t: jax.Array, mask: jax.Array, mean: float, std: float
+                 ) -> jax.Array:
+  """(M,) |mean_i delta_i|^2 / mean_i |delta_i|^2 over a batch's real images, per member.
+
+  delta_i = d loss_i / d a_i at fc1's pre-activations a_i = f_i W + b. The gradient at the
+  features is g_i = delta_i W^T, and W (1024 x 64) has full column rank, so
+  delta_i = g_i W (W^T W)^-1: one backward pass instead of one per image.
+  x (M, B, 28, 28, 1), t (M, B, C), mask (M, B).
+  """
+  cell = cells.groups[0][0]
+  fn = program.loss_fns[cell]
+  tt = program_lib.train_targets(cell, t, mean, std)
+
+  def summed(feats):
+    z, _, _ = program.dense(cells.groups, params, stats, feats, mask, train=True)
+    return jnp.sum(jax.vmap(fn.per_example)(z, tt) * mask)
+
+  g = jax.grad(summed)(program.trunk(params, stats, x))                 # (M, B, 1024)
+  w = fc1(params)                                                        # (M, 1024, 64)
+  delta = jnp.einsum("mbf,mfk,mkj->mbj", g, w, jnp.linalg.inv(jnp.swapaxes(w, 1, 2) @ w))
+  n = jnp.sum(mask, axis=1)
+  mean_delta = jnp.sum(delta * mask[..., None], axis=1) / n[:, None]      # (M, 64)
+  mean_sq = jnp.sum(jnp.sum(jnp.square(delta), -1) * mask, axis=1) / n
+  return jnp.sum(jnp.square(mean_delta), -1) / jnp.maximum(mean_sq, 1e-30)
 
 
 def make_trace_step(program: program_lib.Program, cells: layout.StaticCells,
@@ -100,29 +129,6 @@ def make_trace_step(program: program_lib.Program, cells: layout.StaticCells,
     feats = program.trunk(params, stats, x)
     z, pre, _ = program.dense(cells.groups, params, stats, feats, train=False)
     return pre[:, 0], z                                            # (M, B, 64), (M, B, C)
-
-  def common_share(params, stats, x, t, mask):
-    """(M,) |mean_i delta_i|^2 / mean_i |delta_i|^2 over the batch's real images.
-
-    delta_i = d loss_i / d a_i at fc1's pre-activations a_i = f_i W + b. The gradient at the
-    features is g_i = delta_i W^T, and W (1024 x 64) has full column rank, so
-    delta_i = g_i W (W^T W)^-1: one backward pass instead of one per image.
-    """
-    cell = cells.groups[0][0]
-    fn = program.loss_fns[cell]
-    tt = program_lib.train_targets(cell, t, mean, std)
-
-    def summed(feats):
-      z, _, _ = program.dense(cells.groups, params, stats, feats, mask, train=True)
-      return jnp.sum(jax.vmap(fn.per_example)(z, tt) * mask)
-
-    g = jax.grad(summed)(program.trunk(params, stats, x))               # (M, B, 1024)
-    w = fc1(params)                                                      # (M, 1024, 64)
-    delta = jnp.einsum("mbf,mfk,mkj->mbj", g, w, jnp.linalg.inv(jnp.swapaxes(w, 1, 2) @ w))
-    n = jnp.sum(mask, axis=1)
-    mean_delta = jnp.sum(delta * mask[..., None], axis=1) / n[:, None]    # (M, 64)
-    mean_sq = jnp.sum(jnp.sum(jnp.square(delta), -1) * mask, axis=1) / n
-    return jnp.sum(jnp.square(mean_delta), -1) / jnp.maximum(mean_sq, 1e-30)
 
   @jax.jit
   def step(params, stats, opt_state, path, path_len, x, t, mask):
@@ -144,7 +150,7 @@ def make_trace_step(program: program_lib.Program, cells: layout.StaticCells,
         "fc1_saturated": saturated,
         "step_rms_over_lr": u_norm / jnp.sqrt(u[0].size) / program.config.learning_rate,
         "straightness": jnp.sqrt(jnp.sum(jnp.square(path), axis=(1, 2))) / path_len,
-        "delta_common": common_share(params, stats, x, t, mask),
+        "delta_common": common_share(program, cells, params, stats, x, t, mask, mean, std),
         "out_mean": jnp.mean(losses_lib.apply_head(cells.groups[0][0].head, z), axis=(1, 2)),
         "train_loss": loss,
     }
@@ -281,41 +287,43 @@ def figure(runs: list[dict], cell_key: str, path: str, made_by: str) -> None:
 
 def main(argv):
   del argv
-  for arm in _ARMS.value:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  for arm in FLAGS.arms:
     if arm not in ARMS:
       raise app.UsageError(f"--arms: unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-  split = data_lib.load_split(data_lib.resolve_data_dir(_DATA_DIR.value), 0)
+  split = data_lib.load_split(data_lib.resolve_data_dir(FLAGS.data_dir), 0)
   data = program_lib.TaskData.from_split(split, "multiclass")
-  probe_x = data.x_valid[:_PROBE.value]
+  probe_x = data.x_valid[:FLAGS.probe]
   runs, summary = [], []
   start = time.time()
-  for arm in _ARMS.value:
-    for text in _CELLS.value:
-      run = trace(arm, parse_cell(text), _SEEDS.value, _STEPS.value, data, probe_x)
+  for arm in FLAGS.arms:
+    for text in FLAGS.cells:
+      run = trace(arm, parse_cell(text), FLAGS.seeds, FLAGS.steps, data, probe_x)
       runs.append(run)
       summary.append(summarise(run))
       print(json.dumps(summary[-1]), f"(max |traced - engine| = "
             f"{run['max_abs_diff_to_engine_epoch']}, {time.time() - start:.0f} s)", flush=True)
-  if not _OUT.value:
+  if not FLAGS.out:
     return
   command = " ".join(["python"] + sys.argv)
   machine = provenance.machine_description()
   revision, date = provenance.git_revision(), time.strftime("%Y-%m-%d")
-  with open(_OUT.value, "w") as f:
+  with open(FLAGS.out, "w") as f:
     json.dump({"command": command, "machine": machine, "git_revision": revision, "date": date,
                "wall_s": round(time.time() - start, 1), "summary": summary, "runs": runs}, f)
-  stem = _OUT.value.removesuffix(".json")
+  stem = FLAGS.out.removesuffix(".json")
   diffs = [r["max_abs_diff_to_engine_epoch"] for r in runs]
   check = ("the traced parameters after the epoch equal the engine's epoch's to "
            f"{max(diffs):.1g} (max abs difference)" if None not in diffs else
            "not checked against the engine's epoch (--steps is not one epoch)")
   header = (f"Made by `{command}` on {machine}, git {revision}, {date}; {check}. Medians over "
-            f"seeds 0-{_SEEDS.value - 1}; columns defined in experiments/first_steps_trace.py.")
+            f"seeds 0-{FLAGS.seeds - 1}; columns defined in experiments/first_steps_trace.py.")
   with open(stem + ".md", "w") as f:
-    f.write(markdown(summary, header, _SEEDS.value))
+    f.write(markdown(summary, header, FLAGS.seeds))
   made_by = f"made by: {command[:150]}\non {machine}, git {revision}, {date}"
-  figure(runs, parse_cell(_CELLS.value[0]).key, stem + ".png", made_by)
+  figure(runs, parse_cell(FLAGS.cells[0]).key, stem + ".png", made_by)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
