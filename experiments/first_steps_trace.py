@@ -53,15 +53,19 @@ from jaxact import provenance
 from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
 
-# The arms of experiments/collapse_interventions/ (the same names), as changes to PROTOCOL.
+# The arms of experiments/collapse_interventions/ (the same names): changes to PROTOCOL's
+# training (EngineConfig fields) and to the cell's network (Cell fields).
 ARMS = {
-    "protocol": {},
-    "prior_head_bias": {"head_bias_init": "prior"},
-    "adamw_lr1e-4": {"learning_rate": 1e-4},
-    "adamw_lr3e-4": {"learning_rate": 3e-4},
-    "adamw_lr3e-3": {"learning_rate": 3e-3},
-    "adamw_eps1e-3": {"eps": 1e-3},
-    "sgd_lr0.1_wd0": {"optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 0.0},
+    "protocol": ({}, {}),
+    "prior_head_bias": ({"head_bias_init": "prior"}, {}),
+    "adamw_lr1e-4": ({"learning_rate": 1e-4}, {}),
+    "adamw_lr3e-4": ({"learning_rate": 3e-4}, {}),
+    "adamw_lr3e-3": ({"learning_rate": 3e-3}, {}),
+    "adamw_eps1e-3": ({"eps": 1e-3}, {}),
+    "sgd_lr0.1_wd0": ({"optimizer": "sgd", "learning_rate": 0.1, "weight_decay": 0.0}, {}),
+    "init_he": ({}, {"init": "he"}),
+    "init_xavier": ({}, {"init": "xavier"}),
+    "init_flax": ({}, {"init": "flax"}),
 }
 SERIES = ("fc1_mean_abs_pre", "fc1_saturated", "step_rms_over_lr", "straightness",
           "delta_common", "out_mean", "train_loss")
@@ -166,7 +170,9 @@ def make_trace_step(program: program_lib.Program, cells: layout.StaticCells,
 def trace(arm: str, cell: Cell, seeds: int, steps: int, data: program_lib.TaskData,
           probe_x: jax.Array) -> dict:
   """The per-step series of one arm and cell: name -> (steps, seeds) lists."""
-  config = dataclasses.replace(program_lib.PROTOCOL, **ARMS[arm])
+  config_changes, cell_changes = ARMS[arm]
+  config = dataclasses.replace(program_lib.PROTOCOL, **config_changes)
+  cell = dataclasses.replace(cell, **cell_changes)
   task = tasks_lib.get_task(cell.task)
   program = program_lib.Program(task, [cell], config, eval_rows=32)
   groups = ((cell, 0, seeds),)
@@ -259,7 +265,10 @@ def markdown(summary: list[dict], header: str, seeds: int) -> str:
 
 
 def figure(runs: list[dict], cell_key: str, path: str, made_by: str) -> None:
-  """fc1's mean |pre-activation|, straightness and step size per step, one line per arm."""
+  """fc1's mean |pre-activation|, straightness and step size per step, one line per arm.
+
+  cell_key: the head+loss cell drawn (under each arm's network), e.g. "multiclass/sigmoid+bce".
+  """
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(13, 4.2))
   axes = fig.subplots(1, 3)
@@ -268,7 +277,7 @@ def figure(runs: list[dict], cell_key: str, path: str, made_by: str) -> None:
             ("step_rms_over_lr", "fc1 step RMS / learning rate"))
   for ax, (key, title) in zip(axes, panels):
     for run in runs:
-      if run["cell"] != cell_key:
+      if "/".join(run["cell"].split("/")[:2]) != cell_key:
         continue
       v = np.asarray(run["series"][key])                             # (steps, seeds)
       x = np.arange(1, v.shape[0] + 1)

@@ -39,7 +39,7 @@ def data():
   return _data()
 
 
-@pytest.mark.parametrize("arm", ["prior_head_bias", "sgd_lr0.1_wd0"])
+@pytest.mark.parametrize("arm", ["prior_head_bias", "init_he", "sgd_lr0.1_wd0"])
 def test_trace_of_one_epoch_is_the_engines_epoch(data, arm):
   run = fst.trace(arm, CELL, seeds=2, steps=2, data=data, probe_x=data.x_valid)
   assert run["max_abs_diff_to_engine_epoch"] is not None
