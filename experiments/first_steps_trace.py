@@ -70,6 +70,7 @@ ARMS = {
 SERIES = ("fc1_mean_abs_pre", "fc1_saturated", "step_rms_over_lr", "straightness",
           "delta_common", "out_mean", "train_loss")
 
+
 def define_flags() -> None:
   """The script's flags (defined only when it runs as a script: tests import the module)."""
   flags.DEFINE_list("arms", ["protocol", "prior_head_bias", "adamw_lr1e-4", "adamw_eps1e-3",
@@ -204,9 +205,8 @@ def trace(arm: str, cell: Cell, seeds: int, steps: int, data: program_lib.TaskDa
   check = None
   if steps == nb:
     epoch_state, _ = jax.jit(program.epoch, static_argnums=2)(state, data, cells)
-    diff = max(float(jnp.max(jnp.abs(a - c))) for a, c in zip(
+    check = max(float(jnp.max(jnp.abs(a - c))) for a, c in zip(
         jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(epoch_state.params)))
-    check = diff
   return {"arm": arm, "cell": cell.key, "config": dataclasses.asdict(config),
           "fc1_mean_abs_pre_init": pre_init, "series": series,
           "max_abs_diff_to_engine_epoch": check}
@@ -219,20 +219,21 @@ def summarise(run: dict) -> dict:
   first = [int(np.argmax(half[:, m])) + 1 if half[:, m].any() else None
            for m in range(half.shape[1])]
   at = lambda k, i: [float(np.min(s[k][i])), float(np.median(s[k][i])), float(np.max(s[k][i]))]
+  step10 = min(9, len(s["straightness"]) - 1)
   return {
       "arm": run["arm"], "cell": run["cell"],
       "members_half_saturated_in_trace": sum(f is not None for f in first),
       "step_half_saturated": first,
       "step_rms_over_lr_step1": at("step_rms_over_lr", 0),
-      "step_rms_over_lr_step10": at("step_rms_over_lr", min(9, len(s["straightness"]) - 1)),
-      "straightness_step10": at("straightness", min(9, len(s["straightness"]) - 1)),
+      "step_rms_over_lr_step10": at("step_rms_over_lr", step10),
+      "straightness_step10": at("straightness", step10),
       "straightness_last": at("straightness", -1),
       "delta_common_step1": at("delta_common", 0),
       "fc1_mean_abs_pre_init": [float(np.min(run["fc1_mean_abs_pre_init"])),
                                 float(np.median(run["fc1_mean_abs_pre_init"])),
                                 float(np.max(run["fc1_mean_abs_pre_init"]))],
       "fc1_mean_abs_pre_step1": at("fc1_mean_abs_pre", 0),
-      "fc1_mean_abs_pre_step10": at("fc1_mean_abs_pre", min(9, len(s["straightness"]) - 1)),
+      "fc1_mean_abs_pre_step10": at("fc1_mean_abs_pre", step10),
       "fc1_mean_abs_pre_last": at("fc1_mean_abs_pre", -1),
       "out_mean_last": at("out_mean", -1),
   }
