@@ -16,6 +16,14 @@ rate (k/n with a Wilson 95% interval), when the first dense hidden layer
 (fc1) saturated, the test accuracy (mean with its t interval) and the paired
 difference to the protocol arm (mean with its t interval, exact sign-flip
 p-value, verdict). It trains nothing.
+
+With --by=convention it pairs two runs of the same cells in two loss conventions
+instead (PROTOCOL's torch convention, and logits: the loss computed on the
+pre-activation), cell by cell and seed by seed, over every task both ran:
+
+  python -m jaxact.compare --by=convention \
+      --workdirs=experiments/all_torch_10seeds,experiments/all_logits_10seeds \
+      --out=experiments/all_logits_10seeds/vs_torch.md
 """
 
 from __future__ import annotations
@@ -206,8 +214,145 @@ def render(arms: list[Arm], task: str) -> str:
   return "\n".join(lines) + "\n"
 
 
-_TASK = flags.DEFINE_string("task", "multiclass", "The task to compare.")
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "The runs' workdirs, the protocol's among them.")
+# ---------------------------------------------------------------------------
+# Two loss conventions of the same cells.
+
+
+@dataclasses.dataclass(frozen=True)
+class ConventionPair:
+  """One cell in two conventions: the baseline run's members and the other run's, by seed.
+
+  identical: the seeds whose best epoch, best valid and test metric are bit for bit equal in
+  both (a cell whose loss is the same in both conventions trains the same numbers).
+  """
+  cell: studies.Cell
+  baseline: list[dict]
+  other: list[dict]
+  paired: stats_lib.PairedTest
+  identical: int
+
+
+def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
+  """The cells of `other` (one task's results) paired with `baseline`'s cell that differs from
+  it in the convention alone, other's cell order; a cell without a counterpart is left out."""
+  base_groups = results_io.group_members(baseline)
+  by_key = {dataclasses.replace(c, convention="").key: ms for c, ms in base_groups.items()}
+  pairs = []
+  for cell, members in results_io.group_members(other).items():
+    base = by_key.get(dataclasses.replace(cell, convention="").key)
+    if base is None:
+      continue
+    test, _ = report_lib.paired_by_seed(members, base, "test")
+    sb = {m.get("seed"): m for m in base}
+    fields = ("best_epoch", "best_valid", "test")
+    same = sum(1 for m in members if m.get("seed") in sb
+               and all(m.get(f) == sb[m["seed"]].get(f) for f in fields))
+    pairs.append(ConventionPair(cell, base, members, test, same))
+  return pairs
+
+
+def _conventions_of(result: dict) -> str:
+  return ", ".join(sorted({c.convention for c in results_io.group_members(result)})) or "?"
+
+
+def _diff_text(p: stats_lib.PairedTest, accuracy: bool) -> str:
+  scale, fmt = (100.0, "{:+.2f}") if accuracy else (1.0, "{:+#.4g}")
+  if p.n == 0:
+    return "no finite pair"
+  ci = (f"[{fmt.format(scale * p.low)}, {fmt.format(scale * p.high)}]" if p.n > 1
+        else "[1 pair]")
+  return f"{fmt.format(scale * p.mean_difference)} {ci}"
+
+
+def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
+                       commands: tuple[str, str]) -> str:
+  """Markdown: per task both runs ran, one row per cell of `other` paired with `baseline`'s.
+
+  Args:
+    baseline, other: task -> results (results_io.load_results) of the two runs.
+    commands: the commands that made them (baseline's, other's).
+  """
+  tasks = [t for t in other if t in baseline]
+  base_conv = ", ".join(dict.fromkeys(_conventions_of(baseline[t]) for t in tasks)) or "?"
+  other_conv = ", ".join(dict.fromkeys(_conventions_of(other[t]) for t in tasks)) or "?"
+  lines = [f"# The {other_conv} convention against the {base_conv} convention", "",
+           f"Every cell of the {other_conv} run paired with the same cell (head, loss, targets, "
+           f"network) of the {base_conv} run, seed by seed: a seed's member starts from the same "
+           "weights and sees the same batches in both, so the difference is the convention's.",
+           "",
+           "- **test**: mean with its t 95% interval, as in the run reports (failed members "
+           "counted apart where they are mixed with others).",
+           f"- **{other_conv} − {base_conv}**: the paired difference of the test metric at the "
+           "best epoch (accuracy points, or MSE), t 95% interval, the p-value of the exact "
+           "sign-flip test (Wilcoxon signed-rank above 16 pairs) and the verdict at alpha = "
+           f"0.05 for the {other_conv} convention against the {base_conv} one, without "
+           "correction for the many comparisons.",
+           "- **identical seeds**: the seeds whose best epoch, best valid and test metric are "
+           "bit for bit equal in both runs (a cell whose loss is computed the same way in both "
+           "conventions trains the same numbers).", ""]
+  if not tasks:
+    lines += ["The two runs share no task.", ""]
+  for task in tasks:
+    accuracy = results_io.is_accuracy(other[task], task)
+    higher = results_io.higher_is_better(other[task], task)
+    unit = "accuracy %" if accuracy else "MSE"
+    lines += [f"## {task}", "",
+              f"| cell | n pairs | diagnosis ({base_conv}) | test {unit} ({base_conv}) | "
+              f"diagnosis ({other_conv}) | test {unit} ({other_conv}) | {other_conv} − "
+              f"{base_conv} [95% CI] | p | verdict | identical seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for pair in pair_conventions(baseline[task], other[task]):
+      label = dataclasses.replace(pair.cell, convention="torch").label
+      p = pair.paired
+      p_text = f"{p.p_value:.3g}" if math.isfinite(p.p_value) else "–"
+      lines.append(
+          f"| {label} | {p.n} | {report_lib.diagnosis_counts(pair.baseline)} | "
+          f"{report_lib.metric_cells(pair.baseline, 'test', accuracy)[0]} | "
+          f"{report_lib.diagnosis_counts(pair.other)} | "
+          f"{report_lib.metric_cells(pair.other, 'test', accuracy)[0]} | "
+          f"{_diff_text(p, accuracy)} | {p_text} | {stats_lib.verdict(p, higher)} | "
+          f"{pair.identical}/{len(pair.other)} |")
+    lines.append("")
+  lines += ["## How each run was made", "", f"- {base_conv}: `{commands[0]}`",
+            f"- {other_conv}: `{commands[1]}`"]
+  return "\n".join(lines) + "\n"
+
+
+def _command_of(results: dict[str, dict]) -> str:
+  return next((str(r["command"]) for r in results.values() if r.get("command")), "")
+
+
+def load_conventions(workdirs: Sequence[str], tasks: Sequence[str] | None) -> str:
+  """render_conventions of two workdirs (baseline first), restricted to `tasks` if given.
+
+  Raises:
+    ValueError: not two workdirs, or a task neither holds.
+    FileNotFoundError, ValueError: results_io.load_results's errors.
+  """
+  if len(workdirs) != 2:
+    raise ValueError(f"--by=convention pairs two runs, got {len(workdirs)} workdirs: give the "
+                     "baseline's (e.g. the torch convention's) and the other's.")
+  baseline, other = (results_io.load_results(w) for w in workdirs)
+  if tasks:
+    missing = [t for t in tasks if t not in baseline or t not in other]
+    if missing:
+      raise ValueError(f"task {', '.join(missing)} is not in both runs (baseline has "
+                       f"{', '.join(baseline)}; the other {', '.join(other)}): drop it from "
+                       "--task, or leave --task out for every shared task.")
+    baseline = {t: baseline[t] for t in tasks}
+    other = {t: other[t] for t in tasks}
+  return render_conventions(baseline, other, (_command_of(baseline), _command_of(other)))
+
+
+_BY = flags.DEFINE_enum("by", "arm", ["arm", "convention"],
+                        "arm: pair every arm with the protocol arm, one task. convention: pair "
+                        "two runs' cells (baseline workdir first) that differ in the loss "
+                        "convention alone, every task both ran.")
+_TASK = flags.DEFINE_list("task", None,
+                          "The task to compare (--by=arm: one, default multiclass; "
+                          "--by=convention: default every task both runs hold).")
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "The runs' workdirs, the protocol's (or the "
+                              "baseline convention's) among them.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the Markdown report (default: stdout).")
 
 
@@ -217,7 +362,13 @@ def main(argv: Sequence[str]) -> None:
   if not _WORKDIRS.value:
     raise app.UsageError("--workdirs: give the runs to compare, comma-separated.")
   try:
-    text = render(load_arms(_WORKDIRS.value, _TASK.value), _TASK.value)
+    if _BY.value == "convention":
+      text = load_conventions(_WORKDIRS.value, _TASK.value)
+    else:
+      tasks = _TASK.value or ["multiclass"]
+      if len(tasks) != 1:
+        raise app.UsageError(f"--task: --by=arm compares one task, got {', '.join(tasks)}.")
+      text = render(load_arms(_WORKDIRS.value, tasks[0]), tasks[0])
   except (FileNotFoundError, ValueError) as err:
     print(f"jaxact.compare: error: {err}", file=sys.stderr)
     sys.exit(2)

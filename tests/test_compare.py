@@ -103,3 +103,65 @@ def test_cli_refuses_a_workdir_without_the_task(runs, tmp_path):
                          f"--out={out}"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert out.read_text().startswith("# Interventions on multiclass: 3 arms")
+
+
+def _conv_member(head, loss, convention, seed, test, kind="healthy", best_epoch=4):
+  cell = studies.Cell("binary", head, loss, convention=convention)
+  return {"cell": cell.to_dict(), "key": cell.key, "label": cell.label, "seed": seed,
+          "best_valid": test, "test": test, "best_epoch": best_epoch, "epochs_trained": 14,
+          "status": "ok", "diagnosis": {"kind": kind, "evidence": "synthetic"}}
+
+
+@pytest.fixture
+def conventions(tmp_path):
+  """A torch run and a logits run of binary: sigmoid + mse trains the same numbers in both,
+  sigmoid + cce collapses in the logits convention only, softmax + cce exists in torch only."""
+  torch_members, logits_members = [], []
+  for s in range(5):
+    for head, loss in (("sigmoid", "mse"), ("sigmoid", "cce"), ("softmax", "cce")):
+      torch_members.append(_conv_member(head, loss, "torch", s, 0.97 + 0.001 * s))
+    logits_members.append(_conv_member("sigmoid", "mse", "logits", s, 0.97 + 0.001 * s))
+    logits_members.append(_conv_member("sigmoid", "cce", "logits", s, 0.5 - 0.002 * s,
+                                       "collapsed", best_epoch=1))
+  paths = []
+  for name, members in (("torch", torch_members), ("logits", logits_members)):
+    path = tmp_path / name
+    os.makedirs(path / "results")
+    (path / "results" / "binary.json").write_text(json.dumps(
+        {"task": "binary", "metric_name": "accuracy", "higher_is_better": True,
+         "command": f"python -m jaxact.main --convention={name}", "members": members}))
+    paths.append(str(path))
+  return paths
+
+
+def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions):
+  base, other = (compare.results_io.load_results(p)["binary"] for p in conventions)
+  pairs = compare.pair_conventions(base, other)
+  assert [(p.cell.head, p.cell.loss, p.cell.convention) for p in pairs] == [
+      ("sigmoid", "mse", "logits"), ("sigmoid", "cce", "logits")]
+  same, collapsed = pairs
+  assert same.identical == 5 and same.paired.mean_difference == 0.0 and same.paired.p_value == 1.0
+  assert collapsed.identical == 0 and collapsed.paired.n == 5
+  d = [(0.5 - 0.002 * s) - (0.97 + 0.001 * s) for s in range(5)]
+  assert collapsed.paired.mean_difference == pytest.approx(np.mean(d))
+  assert collapsed.paired.p_value == pytest.approx(2 / 32)  # all 5 differences negative
+  assert [m["seed"] for m in collapsed.baseline] == list(range(5))
+
+
+def test_conventions_report_and_its_errors(conventions, tmp_path):
+  text = compare.load_conventions(conventions, None)
+  assert text.startswith("# The logits convention against the torch convention")
+  assert "| sigmoid + mse | 5 | 5 healthy |" in text and "| 5/5 |" in text
+  assert "| sigmoid + cce | 5 | 5 healthy |" in text and "| 5 collapsed |" in text
+  assert "| 0/5 |" in text and "softmax + cce" not in text
+  assert "--convention=logits" in text
+  with pytest.raises(ValueError, match="pairs two runs, got 1"):
+    compare.load_conventions(conventions[:1], None)
+  with pytest.raises(ValueError, match="task multiclass is not in both runs"):
+    compare.load_conventions(conventions, ["multiclass"])
+  out = tmp_path / "vs.md"
+  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", "--by=convention",
+                         f"--workdirs={','.join(conventions)}", f"--out={out}"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert out.read_text() == text
