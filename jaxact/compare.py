@@ -222,8 +222,9 @@ def render(arms: list[Arm], task: str) -> str:
 class ConventionPair:
   """One cell in two conventions: the baseline run's members and the other run's, by seed.
 
-  identical: the seeds whose best epoch, best valid and test metric are bit for bit equal in
-  both (a cell whose loss is the same in both conventions trains the same numbers).
+  identical: the seeds whose training loss and valid metric per epoch, best epoch and test
+  metric are bit for bit equal in both (a cell whose loss is the same in both conventions
+  trains the same numbers).
   """
   cell: studies.Cell
   baseline: list[dict]
@@ -244,7 +245,7 @@ def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
       continue
     test, _ = report_lib.paired_by_seed(members, base, "test")
     sb = {m.get("seed"): m for m in base}
-    fields = ("best_epoch", "best_valid", "test")
+    fields = ("train_loss", "valid_metric", "best_epoch", "best_valid", "test")
     same = sum(1 for m in members if m.get("seed") in sb
                and all(m.get(f) == sb[m["seed"]].get(f) for f in fields))
     pairs.append(ConventionPair(cell, base, members, test, same))
@@ -287,9 +288,11 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
            "sign-flip test (Wilcoxon signed-rank above 16 pairs) and the verdict at alpha = "
            f"0.05 for the {other_conv} convention against the {base_conv} one, without "
            "correction for the many comparisons.",
-           "- **identical seeds**: the seeds whose best epoch, best valid and test metric are "
-           "bit for bit equal in both runs (a cell whose loss is computed the same way in both "
-           "conventions trains the same numbers).", ""]
+           "- **identical seeds**: the seeds whose training loss and valid metric in every "
+           "epoch, best epoch and test metric are bit for bit equal in both runs (a cell whose "
+           "loss is computed the same way in both conventions trains the same numbers; two "
+           "members that collapse to the same constant prediction have equal metrics but not "
+           "equal losses).", ""]
   if not tasks:
     lines += ["The two runs share no task.", ""]
   for task in tasks:

@@ -109,6 +109,8 @@ def _conv_member(head, loss, convention, seed, test, kind="healthy", best_epoch=
   cell = studies.Cell("binary", head, loss, convention=convention)
   return {"cell": cell.to_dict(), "key": cell.key, "label": cell.label, "seed": seed,
           "best_valid": test, "test": test, "best_epoch": best_epoch, "epochs_trained": 14,
+          "train_loss": [0.5 if loss == "mse" or convention == "torch" else 0.01] * 14,
+          "valid_metric": [test] * 14,
           "status": "ok", "diagnosis": {"kind": kind, "evidence": "synthetic"}}
 
 
@@ -142,6 +144,12 @@ def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions)
   same, collapsed = pairs
   assert same.identical == 5 and same.paired.mean_difference == 0.0 and same.paired.p_value == 1.0
   assert collapsed.identical == 0 and collapsed.paired.n == 5
+  # Equal metrics with another training loss (two runs collapsing to one constant) are not
+  # identical training.
+  other["members"][1]["test"] = other["members"][1]["best_valid"] = base["members"][1]["test"]
+  other["members"][1]["valid_metric"] = base["members"][1]["valid_metric"]
+  other["members"][1]["best_epoch"] = base["members"][1]["best_epoch"]
+  assert compare.pair_conventions(base, other)[1].identical == 0
   d = [(0.5 - 0.002 * s) - (0.97 + 0.001 * s) for s in range(5)]
   assert collapsed.paired.mean_difference == pytest.approx(np.mean(d))
   assert collapsed.paired.p_value == pytest.approx(2 / 32)  # all 5 differences negative
