@@ -157,15 +157,19 @@ def _epochs_text(s: ArmCell) -> str:
           f"({int(e.min())}–{int(e.max())})")
 
 
-def _paired_text(p: stats_lib.PairedTest | None) -> tuple[str, str, str]:
+def _paired_text(p: stats_lib.PairedTest | None, accuracy: bool = True,
+                 higher_is_better: bool = True) -> tuple[str, str, str]:
+  """(mean difference [CI], p, verdict): accuracy in points, MSE as it is."""
   if p is None:
     return "(protocol)", "", ""
   if p.n == 0:
     return "no finite pair", "–", ""
-  ci = f"[{100 * p.low:+.2f}, {100 * p.high:+.2f}]" if p.n > 1 else "[1 pair]"
-  return (f"{100 * p.mean_difference:+.2f} {ci}",
+  scale, fmt = (100.0, "{:+.2f}") if accuracy else (1.0, "{:+#.4g}")
+  ci = (f"[{fmt.format(scale * p.low)}, {fmt.format(scale * p.high)}]" if p.n > 1
+        else "[1 pair]")
+  return (f"{fmt.format(scale * p.mean_difference)} {ci}",
           f"{p.p_value:.3g}" if math.isfinite(p.p_value) else "–",
-          stats_lib.verdict(p, higher_is_better=True))
+          stats_lib.verdict(p, higher_is_better))
 
 
 def render(arms: list[Arm], task: str) -> str:
@@ -233,14 +237,19 @@ class ConventionPair:
   identical: int
 
 
+def _without_convention(cell: studies.Cell) -> studies.Cell:
+  """`cell` in the torch convention: the cell it is paired with across conventions."""
+  return dataclasses.replace(cell, convention="torch")
+
+
 def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
   """The cells of `other` (one task's results) paired with `baseline`'s cell that differs from
   it in the convention alone, other's cell order; a cell without a counterpart is left out."""
   base_groups = results_io.group_members(baseline)
-  by_key = {dataclasses.replace(c, convention="").key: ms for c, ms in base_groups.items()}
+  by_key = {_without_convention(c): ms for c, ms in base_groups.items()}
   pairs = []
   for cell, members in results_io.group_members(other).items():
-    base = by_key.get(dataclasses.replace(cell, convention="").key)
+    base = by_key.get(_without_convention(cell))
     if base is None:
       continue
     test, _ = report_lib.paired_by_seed(members, base, "test")
@@ -254,15 +263,6 @@ def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
 
 def _conventions_of(result: dict) -> str:
   return ", ".join(sorted({c.convention for c in results_io.group_members(result)})) or "?"
-
-
-def _diff_text(p: stats_lib.PairedTest, accuracy: bool) -> str:
-  scale, fmt = (100.0, "{:+.2f}") if accuracy else (1.0, "{:+#.4g}")
-  if p.n == 0:
-    return "no finite pair"
-  ci = (f"[{fmt.format(scale * p.low)}, {fmt.format(scale * p.high)}]" if p.n > 1
-        else "[1 pair]")
-  return f"{fmt.format(scale * p.mean_difference)} {ci}"
 
 
 def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
@@ -305,15 +305,14 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
               f"{base_conv} [95% CI] | p | verdict | identical seeds |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for pair in pair_conventions(baseline[task], other[task]):
-      label = dataclasses.replace(pair.cell, convention="torch").label
-      p = pair.paired
-      p_text = f"{p.p_value:.3g}" if math.isfinite(p.p_value) else "–"
+      label = _without_convention(pair.cell).label
+      diff, p_text, verdict = _paired_text(pair.paired, accuracy, higher)
       lines.append(
-          f"| {label} | {p.n} | {report_lib.diagnosis_counts(pair.baseline)} | "
+          f"| {label} | {pair.paired.n} | {report_lib.diagnosis_counts(pair.baseline)} | "
           f"{report_lib.metric_cells(pair.baseline, 'test', accuracy)[0]} | "
           f"{report_lib.diagnosis_counts(pair.other)} | "
           f"{report_lib.metric_cells(pair.other, 'test', accuracy)[0]} | "
-          f"{_diff_text(p, accuracy)} | {p_text} | {stats_lib.verdict(p, higher)} | "
+          f"{diff} | {p_text} | {verdict} | "
           f"{pair.identical}/{len(pair.other)} |")
     lines.append("")
   lines += ["## How each run was made", "", f"- {base_conv}: `{commands[0]}`",
