@@ -59,6 +59,9 @@ class RunConfig:
     tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
     engine: the training hyper-parameters (engine.EngineConfig, defined in
       program.py: epochs, patience, optimizer, ...): they change results.
+    arms: training options given several values (studies.TrainingChoice): every
+      cell is trained under each value, as members of one program; `engine`
+      holds the first (the reference arm).
     execution: how each task's program is computed (engine.ExecutionConfig:
       member mode, matmul precision, convolutions, compaction, evaluation
       chunks): speed only, results agree to float rounding.
@@ -82,6 +85,7 @@ class RunConfig:
   data_dir: str | None = None
   tfds_dir: str | None = None
   engine: program.EngineConfig = program.EngineConfig()
+  arms: studies.TrainingChoice = studies.TrainingChoice()
   execution: program.ExecutionConfig = program.ExecutionConfig()
 
   def to_dict(self) -> dict:
@@ -115,7 +119,14 @@ def validate(config: RunConfig) -> None:
     raise UserError(f"--split_seed={config.split_seed} chooses the one split of --split=fixed, "
                     "and with --split=per_seed each member's split seed is its own seed: add "
                     "--split=fixed, or leave --split_seed out.")
-  e = config.engine
+  for e in [config.engine] + [dataclasses.replace(config.engine, **{name: v})
+                              for name, values in config.arms.arms().items() for v in values]:
+    _validate_training(e)
+  _check_execution(config)
+
+
+def _validate_training(e: program.EngineConfig) -> None:
+  """UserError for the first bad training option of `e` (one arm's training)."""
   if e.max_epochs < 1:
     raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
   if e.patience < 1:
@@ -143,6 +154,10 @@ def validate(config: RunConfig) -> None:
   if e.head_bias_init not in program.HEAD_BIAS_INITS:
     raise UserError(f"unknown --head_bias_init {e.head_bias_init!r}: choose one of "
                     f"{', '.join(program.HEAD_BIAS_INITS)}.")
+
+
+def _check_execution(config: RunConfig) -> None:
+  """UserError for the first bad execution option of `config`."""
   x = config.execution
   if x.member_mode not in program.MEMBER_MODES:
     raise UserError(f"unknown --member_mode {x.member_mode!r}: choose one of "

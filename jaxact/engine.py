@@ -111,9 +111,10 @@ class Engine:
     self.execution = execution
     self.progress = progress or logging.info
     self.splits = splits
-    if config.head_bias_init not in HEAD_BIAS_INITS:
-      raise ValueError(f"unknown head_bias_init {config.head_bias_init!r}: choose one of "
-                       f"{', '.join(HEAD_BIAS_INITS)}")
+    for c in [config] + [program_lib.cell_config(config, c) for c, _ in self.members]:
+      if c.head_bias_init not in HEAD_BIAS_INITS:
+        raise ValueError(f"unknown head_bias_init {c.head_bias_init!r}: choose one of "
+                         f"{', '.join(HEAD_BIAS_INITS)}")
     if execution.conv not in model_lib.CONV_IMPLS:
       raise ValueError(f"unknown conv {execution.conv!r}: choose one of "
                        f"{', '.join(model_lib.CONV_IMPLS)}")
@@ -252,9 +253,7 @@ class Engine:
     if self.splits is not None and data is None:
       raise ValueError("per-member splits need the task's data (the pool): init_state(data)")
     rows = self._rows(data)
-    bias = None
-    if self.config.head_bias_init == "prior":
-      bias = self.program.prior_bias([c for c, _ in self.members], data, rows)
+    bias = self.program.prior_bias([c for c, _ in self.members], data, rows)
     return self._init(bias, rows).to_dict()
 
   def _rows(self, data: TaskData | None) -> program_lib.MemberRows | None:

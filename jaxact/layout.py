@@ -46,11 +46,15 @@ class SwitchedCell:
 
   def per_cell(self, fn: Callable, *args):
     """`fn(((cell, 0, 1),), *args)` for the member's cell, through `lax.switch`
-    over the branches (so only that one runs)."""
+    over the branches (so only that one runs).
+
+    One branch is switched too (between two copies of it): XLA then compiles
+    the program around the switch alike whatever the branches, and a member
+    computes bit for bit what it computes in any other program, its run alone
+    included (tests/test_member_axes.py).
+    """
     fns = [functools.partial(fn, ((c, 0, 1),)) for c in self.branches]
-    if len(fns) == 1:
-      return fns[0](*args)
-    return jax.lax.switch(self.index, fns, *args)
+    return jax.lax.switch(self.index, fns * 2 if len(fns) == 1 else fns, *args)
 
 
 class Vmapped:

@@ -52,9 +52,11 @@ _convention_flag = presets_lib.convention_spelling
 
 
 def _list_flag(values) -> list[str] | None:
-  """A DEFINE_list default for a str or tuple field (None stays None)."""
+  """A DEFINE_list default for a str, number or tuple field (None stays None)."""
   if values is None:
     return None
+  if isinstance(values, float):
+    return [format(values, "g")]
   return [values] if isinstance(values, str) else [str(v) for v in values]
 
 
@@ -113,26 +115,29 @@ _OPTIMIZER = flags.DEFINE_string(
     "optimizer", DEFAULTS.engine.optimizer,
     f"Optimizer, of {', '.join(engine_lib.OPTIMIZERS)}: adamw (PROTOCOL: torch.optim.AdamW) or "
     "sgd (torch.optim.SGD with --momentum; --weight_decay is then its L2 term).")
-_LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", DEFAULTS.engine.learning_rate, "Learning rate (PROTOCOL: 1e-3).")
+_ARMS_HELP = (" Several (comma-separated) train every cell under each, as members of one "
+              "program paired by seed; the first is the reference arm.")
+_LEARNING_RATE = flags.DEFINE_list(
+    "learning_rate", _list_flag(DEFAULTS.engine.learning_rate),
+    "Learning rate(s) (PROTOCOL: 1e-3)." + _ARMS_HELP)
 _MOMENTUM = flags.DEFINE_float(
     "momentum", DEFAULTS.engine.momentum, "--optimizer=sgd: heavy-ball momentum, in [0, 1).")
-_WEIGHT_DECAY = flags.DEFINE_float(
-    "weight_decay", DEFAULTS.engine.weight_decay,
-    "Weight decay (PROTOCOL: 0.01, AdamW's decoupled decay).")
-_EPS = flags.DEFINE_float(
-    "eps", DEFAULTS.engine.eps,
+_WEIGHT_DECAY = flags.DEFINE_list(
+    "weight_decay", _list_flag(DEFAULTS.engine.weight_decay),
+    "Weight decay(s) (PROTOCOL: 0.01, AdamW's decoupled decay)." + _ARMS_HELP)
+_EPS = flags.DEFINE_list(
+    "eps", _list_flag(DEFAULTS.engine.eps),
     "AdamW's epsilon, added to the root of the second-moment estimate (PROTOCOL: 1e-8). A "
     "large one (e.g. 1e-3) makes the step of a parameter whose gradients are smaller than it "
     "proportional to the gradient, as in SGD, instead of normalised to about the learning "
-    "rate.")
+    "rate." + _ARMS_HELP)
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", DEFAULTS.engine.batch_size, "Training batch size (PROTOCOL: 32).")
-_HEAD_BIAS_INIT = flags.DEFINE_string(
-    "head_bias_init", DEFAULTS.engine.head_bias_init,
+_HEAD_BIAS_INIT = flags.DEFINE_list(
+    "head_bias_init", _list_flag(DEFAULTS.engine.head_bias_init),
     f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
     "(as the --init scheme draws it) or prior (the training targets' mean through the head: "
-    "logit of each class's share for a sigmoid, its log for a softmax).")
+    "logit of each class's share for a sigmoid, its log for a softmax)." + _ARMS_HELP)
 _MAX_EPOCHS = flags.DEFINE_integer(
     "max_epochs", DEFAULTS.engine.max_epochs,
     "Epoch cap (the original had none); members that reach it are reported.")
@@ -213,6 +218,17 @@ def _tristate(name: str, value: str):
   return _TRISTATE[value]
 
 
+def _numbers(name: str, values: list[str]) -> tuple[float, ...]:
+  try:
+    out = tuple(float(v) for v in values)
+  except ValueError:
+    raise train.UserError(f"--{name} takes one or more (comma-separated) numbers, e.g. "
+                          f"--{name}=1e-3,3e-4, not {','.join(values)!r}.") from None
+  if not out:
+    raise train.UserError(f"--{name} needs a value, e.g. --{name}={_list_flag(getattr(DEFAULTS.engine, name))}.")
+  return out
+
+
 def config_from_flags() -> train.RunConfig:
   """The RunConfig of the parsed flags; UserError for values that are not even of the right form.
 
@@ -228,6 +244,11 @@ def config_from_flags() -> train.RunConfig:
     raise train.UserError(f"--depth takes whole numbers of dense hidden layers, e.g. "
                           f"--depth=1,4,16, not {','.join(_DEPTH.value)!r}.") from None
   bn = _tristate("batch_norm", _BATCH_NORM.value)
+  lr, wd, eps = (_numbers(name, flag.value) for name, flag in (
+      ("learning_rate", _LEARNING_RATE), ("weight_decay", _WEIGHT_DECAY), ("eps", _EPS)))
+  bias = tuple(_HEAD_BIAS_INIT.value) or (DEFAULTS.engine.head_bias_init,)
+  arms = studies.TrainingChoice(learning_rate=lr, weight_decay=wd, eps=eps, head_bias_init=bias)
+  arms = studies.TrainingChoice(**{n: arms.arms().get(n) for n in studies.TRAINING_OPTIONS})
   network = studies.NetworkChoice(
       init=tuple(_INIT.value) if _INIT.value else None,
       hidden=tuple(_HIDDEN.value) if _HIDDEN.value else None,
@@ -240,12 +261,13 @@ def config_from_flags() -> train.RunConfig:
       split=_SPLIT.value, split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
                                      optimizer=_OPTIMIZER.value,
-                                     learning_rate=_LEARNING_RATE.value,
+                                     learning_rate=lr[0],
                                      momentum=_MOMENTUM.value,
-                                     weight_decay=_WEIGHT_DECAY.value,
-                                     eps=_EPS.value,
+                                     weight_decay=wd[0],
+                                     eps=eps[0],
                                      batch_size=_BATCH_SIZE.value,
-                                     head_bias_init=_HEAD_BIAS_INIT.value),
+                                     head_bias_init=bias[0]),
+      arms=arms,
       execution=engine_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,
                                            matmul_precision=_MATMUL_PRECISION.value,
                                            conv=_CONV.value, compact=_COMPACT.value))

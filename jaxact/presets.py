@@ -126,6 +126,8 @@ def identity_flags(key: str, value: Any) -> list[str]:
       v = value.get(name)
       out.append(f"--{name}=" + (tristate_spelling(v) if name == "batch_norm" else _flag_value(v)))
     return out
+  if key == "arms":   # the training options given several values (studies.TrainingChoice)
+    return [f"--{name}={_flag_value(v)}" for name, v in (value or {}).items() if v]
   if key == "task" and isinstance(value, str):
     value = [value]
   if key in _TRISTATE_FLAGS:
@@ -139,7 +141,10 @@ def identity_flags(key: str, value: Any) -> list[str]:
 
 def _overrides(identity: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
   out = []
+  arms = {k for k, v in (identity.get("arms") or {}).items() if v}
   for key, value in identity.items():
+    if key in arms:      # its flag lists every arm (below), the first being this value
+      continue
     if key == "network":
       network, base_network = value or {}, base.get("network") or {}
       out += [flag for flag, name in zip(identity_flags(key, network), _NETWORK_FLAGS)
@@ -175,7 +180,8 @@ def describe(config: Mapping[str, Any]) -> list[str]:
   """
   from jaxact import checkpoint, train   # the training stack: only when describing a run
   default = checkpoint.config_identity(train.RunConfig().to_dict())
-  identity = {**default, **checkpoint.config_identity(dict(config))}
+  # A run.json without "split" predates per-member splits: its run used the fixed split.
+  identity = {**default, "split": "fixed", **checkpoint.config_identity(dict(config))}
   for key, value in LEGACY_DEFAULTS.items():
     if identity.get(key) == value:
       del identity[key]

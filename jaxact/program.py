@@ -44,7 +44,7 @@ from jaxact import losses as losses_lib
 from jaxact import model as model_lib
 from jaxact import probes as probes_lib
 from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
+from jaxact.studies import Cell, TRAINING_OPTIONS
 
 class Status(enum.IntEnum):
   TRAINING = 0
@@ -334,12 +334,31 @@ def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) 
 
 
 def branch_cell(cell: Cell) -> Cell:
-  """`cell` as the traced program sees it: the initialisation changes only the initial weights.
+  """`cell` as the traced program sees it: the initialisation and the output bias's start
+  change only the initial weights.
 
-  Cells equal up to their `init` compute the same epoch from their state, so
-  "loop" mode compiles one branch of its member switch for all of them.
+  Cells equal up to their `init` and `head_bias_init` compute the same epoch
+  from their state, so "loop" mode compiles one branch of its member switch
+  for all of them.
   """
-  return dataclasses.replace(cell, init="torch")
+  return dataclasses.replace(cell, init="torch", head_bias_init=None)
+
+
+def cell_config(config: EngineConfig, cell: Cell) -> EngineConfig:
+  """The training of `cell`'s members: the run's `config` with the cell's arm (`Cell.arm`)."""
+  return dataclasses.replace(config, **cell.arm) if cell.arm else config
+
+
+def optimizer_groups(config: EngineConfig, groups) -> list[tuple[EngineConfig, int, int]]:
+  """Consecutive cell slices with the same optimizer merged: [(training config, start, stop)]."""
+  out: list[tuple[EngineConfig, int, int]] = []
+  for cell, a, b in groups:
+    cfg = dataclasses.replace(cell_config(config, cell), head_bias_init=PROTOCOL.head_bias_init)
+    if out and out[-1][0] == cfg and out[-1][2] == a:
+      out[-1] = (cfg, out[-1][1], b)
+    else:
+      out.append((cfg, a, b))
+  return out
 
 
 
@@ -523,6 +542,9 @@ class Program:
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention)
                      for c in dict.fromkeys(list(cells) + [branch_cell(c) for c in cells])}
     self.tx = make_optimizer(config)
+    # One optimizer per distinct training arm (optimizer_groups).
+    self.txs = {g[0]: make_optimizer(g[0])
+                for g in optimizer_groups(config, [(c, 0, 1) for c in cells])}
     abstract = nnx.eval_shape(lambda: self.make_model(jax.random.key(0), cells[0]))
     self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
     self.eval_rows = eval_rows
@@ -554,8 +576,8 @@ class Program:
       seeds: (M,) the members' seeds.
       groups: static per-cell slices (cell, start, stop) of the members (the
         initialisation and depth are static).
-      bias: (M, C) output biases to start from (head_bias_init="prior"), or
-        None for the initialisation's.
+      bias: (M, C) output biases to start from (head_bias_init="prior"; a NaN
+        row keeps that member's initial bias), or None for the initialisation's.
       rows: each member's own split (`member_rows`), or None: every member
         trains on the data's train set.
     """
@@ -569,8 +591,9 @@ class Program:
         return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
       parts.append(jax.vmap(make)(init_keys[a:b]))
     params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
-    if bias is not None:
-      out = dict(params["out"], bias=jnp.asarray(bias, params["out"]["bias"].dtype))
+    if bias is not None:           # NaN rows: members that keep the initialisation's bias
+      bias = jnp.asarray(bias, params["out"]["bias"].dtype)
+      out = dict(params["out"], bias=jnp.where(jnp.isnan(bias), params["out"]["bias"], bias))
       params = dict(params, out=out)
     m = len(seeds)
     extra = dict(stats=stats, best_stats=jax.tree_util.tree_map(jnp.copy, stats)
@@ -592,18 +615,30 @@ class Program:
     )
 
   def prior_bias(self, cells: Sequence[Cell], data: TaskData | None,
-                 rows: MemberRows | None = None) -> np.ndarray:
-    """(M, C) every member's output bias for head_bias_init="prior" (`prior_output_bias`),
-    from its own train split where `rows` gives one."""
+                 rows: MemberRows | None = None) -> np.ndarray | None:
+    """(M, C) the members' output biases at initialisation, or None if every one keeps its
+    initialisation's.
+
+    A member whose training (`cell_config`) has head_bias_init="prior" gets
+    `prior_output_bias` of its own train split (`rows`, else the data's); the
+    others get a row of NaN (their initialisation's bias).
+    """
+    prior = [cell_config(self.config, c).head_bias_init == "prior" for c in cells]
+    if not any(prior):
+      return None
     if data is None:
       raise ValueError('head_bias_init="prior" needs the task\'s data: init_state(data)')
     t_train = np.asarray(data.t_train)
-    if rows is None:
-      return np.stack([prior_output_bias(cell, t_train, data.target_mean, data.target_std)
-                       for cell in cells])
-    train, mean, std = (np.asarray(a) for a in (rows.train, rows.target_mean, rows.target_std))
-    return np.stack([prior_output_bias(cell, t_train[train[i]], float(mean[i]), float(std[i]))
-                     for i, cell in enumerate(cells)])
+    out = np.full((len(cells), self.task.num_outputs), np.nan, np.float32)
+    for i, cell in enumerate(cells):
+      if not prior[i]:
+        continue
+      if rows is None:
+        out[i] = prior_output_bias(cell, t_train, data.target_mean, data.target_std)
+      else:
+        out[i] = prior_output_bias(cell, t_train[np.asarray(rows.train[i])],
+                                   float(rows.target_mean[i]), float(rows.target_std[i]))
+    return out
 
   # -- the network -----------------------------------------------------------
 
@@ -667,6 +702,21 @@ class Program:
 
     return cells.per_cell(dense_and_loss, params, stats, feats, t, mask)
 
+  def optimizer_update(self, cells, grads, opt_state, params):
+    """(updates, new optimizer state) of every stacked member, each with its cell's optimizer.
+
+    Through the layout's cells (layout.py): in "vmap" mode one vmapped call per
+    run of consecutive cells with the same optimizer (one call for a program of
+    one arm); in "loop" mode inside the member's branch of its switch, as the
+    loss, so that a member computes the same whatever other arms share its program.
+    """
+    def per_group(groups, grads, opt_state, params):
+      outs = [jax.vmap(self.txs[cfg].update)(*(_slice_members(t, a, b)
+                                               for t in (grads, opt_state, params)))
+              for cfg, a, b in optimizer_groups(self.config, groups)]
+      return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    return cells.per_cell(per_group, grads, opt_state, params)
+
   # -- one epoch -------------------------------------------------------------
 
   def epoch(self, state: TrainState, data: TaskData, cells) -> tuple[TrainState, EpochMetrics]:
@@ -705,7 +755,7 @@ class Program:
         idx = jnp.take_along_axis(rows.train, idx, axis=1)
       x, t = data.x_train[idx], data.t_train[idx]
       grads, (loss, valid, new_stats) = grad_fn(carry.params, carry.stats, x, t, mask)
-      updates, new_opt = jax.vmap(self.tx.update)(grads, carry.opt_state, carry.params)
+      updates, new_opt = self.optimizer_update(cells, grads, carry.opt_state, carry.params)
       new_params = optax.apply_updates(carry.params, updates)
       finite = jnp.isfinite(loss) & all_finite_per_member(new_params)
       active = carry.active

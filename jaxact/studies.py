@@ -40,8 +40,13 @@ class Cell:
     hidden: the dense hidden layers' activation, one of HIDDEN (PROTOCOL: sigmoid).
     batch_norm: batch norm in the dense hidden layers (PROTOCOL: none).
     depth: the number of dense hidden layers (PROTOCOL: 1).
-  The last four describe the network; the key and label name them only
-  where they differ from PROTOCOL's network.
+    learning_rate, weight_decay, eps, head_bias_init: a training arm: this
+      cell's value of the training option of that name, or None for the run's
+      (`program.EngineConfig`). Set where a run trains several values of an
+      option as members of one program (`TrainingChoice`).
+  init .. depth describe the network; the key and label name them only
+  where they differ from PROTOCOL's network, and the training arm where it
+  is set.
   """
   task: str
   head: str
@@ -53,6 +58,10 @@ class Cell:
   hidden: str = "sigmoid"
   batch_norm: bool = False
   depth: int = 1
+  learning_rate: float | None = None
+  weight_decay: float | None = None
+  eps: float | None = None
+  head_bias_init: str | None = None
 
   @property
   def network(self) -> tuple[str, bool, int]:
@@ -72,6 +81,24 @@ class Cell:
       parts.append((f"depth={self.depth}", f"depth {self.depth}"))
     return parts
 
+  def _training_parts(self) -> list[tuple[str, str]]:
+    """(key part, label part) for each training option this cell sets (its arm)."""
+    parts = []
+    if self.learning_rate is not None:
+      parts.append((f"lr={self.learning_rate:g}", f"lr {self.learning_rate:g}"))
+    if self.weight_decay is not None:
+      parts.append((f"wd={self.weight_decay:g}", f"weight decay {self.weight_decay:g}"))
+    if self.eps is not None:
+      parts.append((f"eps={self.eps:g}", f"eps {self.eps:g}"))
+    if self.head_bias_init is not None:
+      parts.append((f"bias={self.head_bias_init}", f"{self.head_bias_init} head bias"))
+    return parts
+
+  @property
+  def arm(self) -> dict:
+    """The training options this cell sets: name -> value (empty: the run's training)."""
+    return {n: getattr(self, n) for n in TRAINING_OPTIONS if getattr(self, n) is not None}
+
   @property
   def key(self) -> str:
     """A stable string id, e.g. 'binary/sigmoid+bce' or 'regression/none+mse/norm'."""
@@ -82,7 +109,7 @@ class Cell:
         parts.append("sigmoid_method")
     if self.convention != "torch":
       parts.append(self.convention)
-    parts += [k for k, _ in self._network_parts()]
+    parts += [k for k, _ in self._network_parts() + self._training_parts()]
     return "/".join(parts)
 
   @property
@@ -96,7 +123,7 @@ class Cell:
       text += ", standardised" if self.norm else ", raw targets"
     if self.convention != "torch":
       text += f" [{self.convention}]"
-    net = [label for _, label in self._network_parts()]
+    net = [label for _, label in self._network_parts() + self._training_parts()]
     if net:
       text += " (" + ", ".join(net) + ")"
     return text
@@ -114,6 +141,38 @@ class Cell:
   @classmethod
   def from_dict(cls, d: dict) -> "Cell":
     return cls(**d)   # results written before the network fields get their defaults
+
+
+# The training options a cell may set for itself (its arm), as EngineConfig names them.
+TRAINING_OPTIONS = ("learning_rate", "weight_decay", "eps", "head_bias_init")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingChoice:
+  """Training options given several values: each value is an arm, and every cell is trained
+  under each combination of arms, as members of one program, paired by seed.
+
+  A field is None or a tuple of one value (the run's EngineConfig holds the value), or a
+  tuple of several values. A cell's arm stores a value only where it differs from the
+  run's (`variants`), so the reference arm keeps the cells' plain keys.
+  """
+  learning_rate: tuple[float, ...] | None = None
+  weight_decay: tuple[float, ...] | None = None
+  eps: tuple[float, ...] | None = None
+  head_bias_init: tuple[str, ...] | None = None
+
+  def arms(self) -> dict[str, tuple]:
+    """name -> values, for the options given more than one value."""
+    return {n: tuple(dict.fromkeys(getattr(self, n))) for n in TRAINING_OPTIONS
+            if getattr(self, n) and len(set(getattr(self, n))) > 1}
+
+  def variants(self, cell: Cell, base) -> list[Cell]:
+    """`cell` under every combination of arms; `base` (an EngineConfig) is the run's training."""
+    out = [cell]
+    for name, values in self.arms().items():
+      out = [dataclasses.replace(c, **{name: None if v == getattr(base, name) else v})
+             for c in out for v in values]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,8 +96,11 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
                                  config.network)
   except ValueError as err:
     raise UserError(str(err)) from None
-  check_memory(config, {t: len(cs) for t, cs in cells.items()},
+  arms = math.prod(len(v) for v in config.arms.arms().values())
+  check_memory(config, {t: len(cs) * arms for t, cs in cells.items()},
                max(c.depth for cs in cells.values() for c in cs))
+  cells = {t: [v for c in cs for v in config.arms.variants(c, config.engine)]
+           for t, cs in cells.items()}
   seeds = range(config.first_seed, config.first_seed + config.seeds)
   return {t: [(c, s) for c in cs for s in seeds] for t, cs in cells.items()}
 
