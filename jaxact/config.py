@@ -119,8 +119,20 @@ def validate(config: RunConfig) -> None:
     raise UserError(f"--split_seed={config.split_seed} chooses the one split of --split=fixed, "
                     "and with --split=per_seed each member's split seed is its own seed: add "
                     "--split=fixed, or leave --split_seed out.")
-  for e in [config.engine] + [dataclasses.replace(config.engine, **{name: v})
-                              for name, values in config.arms.arms().items() for v in values]:
+  try:
+    listed = config.arms.listed_arms()
+    network = studies.NetworkChoice(
+        init=tuple(a["init"] for a in listed if "init" in a) or None,
+        hidden=tuple(a["hidden"] for a in listed if "hidden" in a) or None)
+    network.check()
+  except ValueError as err:
+    raise UserError(str(err)) from None
+  if listed and config.arms.arms():
+    raise UserError(f"--arms lists the arms one by one, and --{next(iter(config.arms.arms()))} "
+                    "with several values crosses them: give one of the two.")
+  trainings = [{name: v} for name, values in config.arms.arms().items() for v in values] + [
+      {k: v for k, v in arm.items() if k in studies.TRAINING_OPTIONS} for arm in listed]
+  for e in [config.engine] + [dataclasses.replace(config.engine, **t) for t in trainings]:
     _validate_training(e)
   _check_execution(config)
 

@@ -133,6 +133,13 @@ _EPS = flags.DEFINE_list(
     "rate." + _ARMS_HELP)
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", DEFAULTS.engine.batch_size, "Training batch size (PROTOCOL: 32).")
+_ARMS = flags.DEFINE_list(
+    "arms", None,
+    "Training arms listed one by one, each a change against the run's training and network: "
+    "'protocol' (none) or NAME=VALUE joined by '+', NAME one of lr, wd, eps, bias, init, "
+    "hidden; e.g. --arms=protocol,lr=0.0003,eps=0.001,bias=prior,init=he,hidden=relu. Every "
+    "cell is trained under each, as members of one program paired by seed. Not with several "
+    "values of --learning_rate, --weight_decay, --eps or --head_bias_init (which cross them).")
 _HEAD_BIAS_INIT = flags.DEFINE_list(
     "head_bias_init", _list_flag(DEFAULTS.engine.head_bias_init),
     f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
@@ -248,7 +255,8 @@ def config_from_flags() -> train.RunConfig:
       ("learning_rate", _LEARNING_RATE), ("weight_decay", _WEIGHT_DECAY), ("eps", _EPS)))
   bias = tuple(_HEAD_BIAS_INIT.value) or (DEFAULTS.engine.head_bias_init,)
   arms = studies.TrainingChoice(learning_rate=lr, weight_decay=wd, eps=eps, head_bias_init=bias)
-  arms = studies.TrainingChoice(**{n: arms.arms().get(n) for n in studies.TRAINING_OPTIONS})
+  arms = studies.TrainingChoice(**{n: arms.arms().get(n) for n in studies.TRAINING_OPTIONS},
+                                listed=tuple(_ARMS.value) if _ARMS.value else None)
   network = studies.NetworkChoice(
       init=tuple(_INIT.value) if _INIT.value else None,
       hidden=tuple(_HIDDEN.value) if _HIDDEN.value else None,

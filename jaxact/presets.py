@@ -53,6 +53,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("hidden", "the hidden-layer study (hidden activation x init x batch norm, and the "
            "depth sweep; multiclass): 3 seeds, 30 epochs at most",
            dict(study="hidden", seeds=3, max_epochs=30)),
+    Preset("interventions", "the interventions on the multi-class sigmoid-head collapse as one "
+           "program: the protocol arm and one arm per change (learning rate, eps, weight decay, "
+           "prior head bias, He / Xavier / Flax init, tanh / ReLU hidden units), 10 seeds, 100 "
+           "epochs at most (SGD, another optimizer family, is a run of its own)",
+           dict(study="all", task=["multiclass"], head="sigmoid", seeds=10, max_epochs=100,
+                arms=["protocol", "lr=0.0001", "lr=0.0003", "lr=0.003", "eps=0.001", "wd=0",
+                      "bias=prior", "init=he", "init=xavier", "init=flax", "hidden=tanh",
+                      "hidden=relu"])),
     Preset("smoke", "a first look that checks the whole pipeline: every task and cell of "
            "--study (default activation), 1 seed, 1 epoch, no checkpoints",
            dict(seeds=1, max_epochs=1, checkpoint_every=0)),
@@ -127,7 +135,8 @@ def identity_flags(key: str, value: Any) -> list[str]:
       out.append(f"--{name}=" + (tristate_spelling(v) if name == "batch_norm" else _flag_value(v)))
     return out
   if key == "arms":   # the training options given several values (studies.TrainingChoice)
-    return [f"--{name}={_flag_value(v)}" for name, v in (value or {}).items() if v]
+    return [f"--{'arms' if name == 'listed' else name}={_flag_value(v)}"
+            for name, v in (value or {}).items() if v]
   if key == "task" and isinstance(value, str):
     value = [value]
   if key in _TRISTATE_FLAGS:
@@ -141,7 +150,7 @@ def identity_flags(key: str, value: Any) -> list[str]:
 
 def _overrides(identity: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
   out = []
-  arms = {k for k, v in (identity.get("arms") or {}).items() if v}
+  arms = {k for k, v in (identity.get("arms") or {}).items() if v and k != "listed"}
   for key, value in identity.items():
     if key in arms:      # its flag lists every arm (below), the first being this value
       continue

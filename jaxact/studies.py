@@ -9,7 +9,7 @@ and whether the source documents recommend it or call it a misuse.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from jaxact import losses as losses_lib
 from jaxact import tasks as tasks_lib
@@ -147,19 +147,56 @@ class Cell:
 TRAINING_OPTIONS = ("learning_rate", "weight_decay", "eps", "head_bias_init")
 
 
+# `--arms`: the short names of what one arm may change, and the Cell field each sets.
+ARM_FIELDS = {"lr": "learning_rate", "wd": "weight_decay", "eps": "eps",
+              "bias": "head_bias_init", "init": "init", "hidden": "hidden"}
+PROTOCOL_ARM = "protocol"
+
+
+def parse_arm(spec: str) -> dict[str, Any]:
+  """Cell field -> value of one `--arms` entry: 'protocol' (no change) or changes joined by
+  '+', e.g. 'lr=0.0003', 'lr=0.1+wd=0', 'init=he'. ValueError names a bad entry and the fix."""
+  if spec == PROTOCOL_ARM:
+    return {}
+  out: dict[str, Any] = {}
+  for part in spec.split("+"):
+    name, sep, value = part.partition("=")
+    if not sep or name not in ARM_FIELDS or not value:
+      raise ValueError(
+          f"--arms entry {spec!r}: {part!r} is not NAME=VALUE with NAME one of "
+          f"{', '.join(ARM_FIELDS)}; write e.g. --arms=protocol,lr=0.0003,lr=0.1+wd=0,init=he")
+    field = ARM_FIELDS[name]
+    if field in ("learning_rate", "weight_decay", "eps"):
+      try:
+        out[field] = float(value)
+      except ValueError:
+        raise ValueError(f"--arms entry {spec!r}: {name} takes a number, not {value!r}") from None
+    else:
+      out[field] = value
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingChoice:
-  """Training options given several values: each value is an arm, and every cell is trained
-  under each combination of arms, as members of one program, paired by seed.
+  """Training arms: every cell is trained under each arm, as members of one program, paired
+  by seed.
 
-  A field is None or a tuple of one value (the run's EngineConfig holds the value), or a
-  tuple of several values. A cell's arm stores a value only where it differs from the
-  run's (`variants`), so the reference arm keeps the cells' plain keys.
+  Two ways to give arms. Options given several values (`learning_rate`, ...: None or a
+  tuple of one value means the run's EngineConfig value) are crossed: every combination
+  is an arm. Or `listed`: the `--arms` entries, each one arm that changes what it names
+  (`parse_arm`: training options, init, hidden activation) against the run's training
+  and network; 'protocol' changes nothing. A cell's arm stores a training value only where
+  it differs from the run's (`variants`), so the reference arm keeps the cells' plain keys.
   """
   learning_rate: tuple[float, ...] | None = None
   weight_decay: tuple[float, ...] | None = None
   eps: tuple[float, ...] | None = None
   head_bias_init: tuple[str, ...] | None = None
+  listed: tuple[str, ...] | None = None
+
+  def listed_arms(self) -> list[dict[str, Any]]:
+    """The `listed` arms, parsed (ValueError for a bad entry)."""
+    return [parse_arm(spec) for spec in self.listed or ()]
 
   def arms(self) -> dict[str, tuple]:
     """name -> values, for the options given more than one value."""
@@ -167,7 +204,13 @@ class TrainingChoice:
             if getattr(self, n) and len(set(getattr(self, n))) > 1}
 
   def variants(self, cell: Cell, base) -> list[Cell]:
-    """`cell` under every combination of arms; `base` (an EngineConfig) is the run's training."""
+    """`cell` under every arm; `base` (an EngineConfig) is the run's training."""
+    if self.listed:
+      return list(dict.fromkeys(
+          dataclasses.replace(cell, **{
+              k: (None if k in TRAINING_OPTIONS and v == getattr(base, k) else v)
+              for k, v in arm.items()})
+          for arm in self.listed_arms()))
     out = [cell]
     for name, values in self.arms().items():
       out = [dataclasses.replace(c, **{name: None if v == getattr(base, name) else v})

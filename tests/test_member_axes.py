@@ -123,3 +123,36 @@ def test_cli_bad_arm_value_is_one_line(tmp_path):
   assert "--learning_rate takes one or more (comma-separated) numbers" in proc.stderr
   assert "Traceback" not in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_listed_arms_change_one_thing_each():
+  """--arms: one arm per entry, each changing what it names against the run's training."""
+  config = config_lib.RunConfig(
+      study="activation", task="multiclass", head="sigmoid", loss="bce", seeds=1,
+      arms=studies.TrainingChoice(listed=("protocol", "lr=0.0003", "lr=0.1+wd=0", "init=he",
+                                          "hidden=relu", "bias=prior", "wd=0.01")))
+  cells = [c for c, _ in train.plan(config)["multiclass"] if c.loss == "bce"]
+  base = studies.Cell("multiclass", "sigmoid", "bce")
+  assert cells == [
+      base, dataclasses.replace(base, learning_rate=3e-4),
+      dataclasses.replace(base, learning_rate=0.1, weight_decay=0.0),
+      dataclasses.replace(base, init="he"), dataclasses.replace(base, hidden="relu"),
+      dataclasses.replace(base, head_bias_init="prior")]   # wd=0.01 is the protocol's: no arm
+  assert engine.program_lib.branch_cell(cells[3]) == base   # the init changes the weights only
+
+
+@pytest.mark.parametrize("arms, words", [
+    (("lr=fast",), "lr takes a number"),
+    (("momentum=0.5",), "NAME=VALUE with NAME one of"),
+    (("init=zeros",), "unknown --init"),
+    (("lr=-1",), "--learning_rate must be a positive number"),
+])
+def test_bad_listed_arm_is_named(arms, words):
+  with pytest.raises(config_lib.UserError, match=words):
+    config_lib.validate(config_lib.RunConfig(arms=studies.TrainingChoice(listed=arms)))
+
+
+def test_listed_and_crossed_arms_do_not_mix():
+  with pytest.raises(config_lib.UserError, match="give one of the two"):
+    config_lib.validate(config_lib.RunConfig(arms=studies.TrainingChoice(
+        listed=("protocol", "init=he"), learning_rate=(1e-3, 3e-4))))
