@@ -34,7 +34,10 @@ Both modes compute the same function; their results agree to float rounding.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+from importlib import metadata
 from typing import Any, Callable, Sequence
 
 import jax
@@ -155,6 +158,32 @@ class Engine:
   @property
   def num_members(self) -> int:
     return len(self.members)
+
+  def numerics(self) -> dict[str, Any]:
+    """What decides a member's numbers besides its own cell, seed and split, as JSON values.
+
+    Two members with equal `numerics` (and the same cell, seed, split and
+    training) compute the same numbers; `numerics["fingerprint"]` is a short hash
+    of the rest. In "loop" mode a member computes the same in every program
+    (layout.SwitchedCell); in "vmap" mode the program's cells and member count
+    change its rounding, so they are part of it.
+    """
+    device = self.mesh.devices.flat[0]
+    out = {
+        "member_mode": self.member_mode,
+        "matmul_precision": self.execution.matmul_precision,
+        "conv": self.execution.conv,
+        "eval_rows": self.eval_rows,
+        "platform": device.platform,
+        "device_kind": getattr(device, "device_kind", ""),
+        "devices": int(self.mesh.size),
+        "versions": {name: metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
+    }
+    if self.member_mode == "vmap":
+      out["program"] = {"cells": [c.key for c, _, _ in self.groups],
+                        "members": len(self.stacked_members)}
+    digest = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
+    return {**out, "fingerprint": digest}
 
   def _precise(self, fn: Callable) -> Callable:
     return with_matmul_precision(fn, self.execution.matmul_precision)
