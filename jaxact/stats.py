@@ -83,8 +83,8 @@ Formulas (confidence level c, default 0.95):
   standard deviation of the two groups it makes (sum of squared deviations
   from each group's mean over n - 2), for at least MODE_MIN_VALUES values;
   each group with at least MODE_MIN_VALUES values is split again by the same
-  rule. For n normal values the rule splits by chance in 1.8% of samples at
-  n = 8 and 0.5% at n = 10 (`false_mode_rate(n)`: 20,000 samples, seed 0).
+  rule. For n normal values the rule splits by chance in 0.9% of samples at
+  n = 8 and 0.2% at n = 10 (`false_mode_rate(n)`: 20,000 samples, seed 0).
   It finds two modes, and more where each split leaves a group whose own
   spread is small against the gap; three equidistant modes stay one (the first
   split's groups hold two modes, whose spread hides the gap).
@@ -128,7 +128,7 @@ _NAN = float("nan")
 # grids (docs/statistics.md gives the measurement and its command).
 EQUIVALENCE_MARGIN_ACCURACY = 0.005   # 0.5 accuracy points
 EQUIVALENCE_MARGIN_MSE = 0.01
-MODE_GAP_FACTOR = 5.0     # a gap between modes exceeds this many pooled within-mode SDs
+MODE_GAP_FACTOR = 6.0     # a gap between modes exceeds this many pooled within-mode SDs
 MODE_MIN_VALUES = 8       # fewer values are never split into modes
 
 
