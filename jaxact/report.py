@@ -214,7 +214,8 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   return mean, spread
 
 
-def _status_counts(members: list[dict]) -> str:
+def status_counts(members: list[dict]) -> str:
+  """'7 early-stopped, 3 hit cap': how the members' training ended (never 'ok')."""
   counts = collections.Counter(str(m.get("status") or "unknown") for m in members)
   order = [s for s in _STATUS_ORDER if s in counts]
   order += sorted(s for s in counts if s not in _STATUS_ORDER)
@@ -348,7 +349,7 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
     cols = [_escape(cell.label), str(len(members)), diagnosis_counts(members),
             valid, valid_range, test, test_range, _mean_text(best),
-            _mean_text([m.get("epochs_trained") for m in members]), _status_counts(members)]
+            _mean_text([m.get("epochs_trained") for m in members]), status_counts(members)]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
@@ -673,6 +674,8 @@ _KIND_HELP = {
     "collapsed": "a constant predictor at the best epoch; for regression also an MSE equal to "
                  "the constant predictor's",
     "ceiling": "the multi-label softmax bound, computed from the test labels",
+    "clamped": "a ReLU head on standardised regression targets, which cannot predict below "
+               "the training mean; its least possible MSE is computed from the targets",
     "unbounded_loss": "a loss that should be >= 0 went below 0",
     "no_learning": "at chance level",
     "underperforming": "far below the best cell of the same run",
@@ -908,7 +911,7 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
         mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
         lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {len(members)} | "
                      f"{diagnosis_counts(members)} | {valid} | {test} | "
-                     f"{_status_counts(members)} |")
+                     f"{status_counts(members)} |")
   return "\n".join(lines) + "\n"
 
 

@@ -175,10 +175,12 @@ def member_record(result: engine_lib.MemberResult,
 
 def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
                       chance: float | None, ceiling: float | None,
-                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> list[dict]:
+                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+                      clamp_bound: float | None = None) -> list[dict]:
   """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
   records = [member_record(r, config) for r in results]
-  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling)):
+  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling,
+                                                              clamp_bound)):
     record["diagnosis"] = d.to_dict()
   return records
 

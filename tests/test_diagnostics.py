@@ -631,3 +631,41 @@ def test_claims_are_measured_within_each_convention():
   assert both["[torch] He initialisation suits relu"].verdict == "not held"
   assert both["[logits] He initialisation suits relu"].verdict == "held"
   assert "98.05" not in both["[torch] He initialisation suits relu"].measurement
+
+
+# -- the ReLU clamp on standardised regression ---------------------------------------------------
+
+
+def test_relu_clamp_bound_closed_form_and_brute_force():
+  train = np.array([[1.0], [2.0], [3.0]])                 # mean 2: the head predicts >= 2
+  test = np.array([[0.0], [1.0], [2.0], [5.0]])           # misses 2, 1, 0, 0 below the mean
+  assert diagnostics.relu_clamp_bound(train, test) == pytest.approx((4 + 1 + 0 + 0) / 4)
+  # Against the best prediction >= mu per example, found on a grid of candidates.
+  rng = np.random.default_rng(0)
+  train, test = rng.normal(2.8, 1.3, (200, 1)), rng.normal(2.8, 1.3, (300, 1))
+  mu = train.mean()
+  grid = np.linspace(mu, mu + 8, 4001)
+  brute = np.mean([np.min((grid - t) ** 2) for t in test[:, 0]])
+  assert diagnostics.relu_clamp_bound(train, test) == pytest.approx(brute, abs=1e-5)
+
+
+def test_classify_clamped_relu_head_on_standardised_regression():
+  cell = Cell("regression", "relu", "mse", norm=True)
+  rec = _record(cell=cell, best_valid=0.634, test=0.6201, argmax_minority=[None] * 8,
+                head_saturated=[0.4] * 8)   # the head outputs 0 on 40% of examples, alive
+  dg = diagnostics.classify(rec, "regression", chance=1.653, clamp_bound=0.5679, reference=0.054)
+  assert dg.kind == "clamped" and dg.kind in diagnostics.FAILURES
+  assert "test MSE of 0.5679" in dg.evidence and "0.6201 (1.09 x the bound)" in dg.evidence
+  # A record's own bound (its own split) wins over the task's.
+  own = dict(rec, relu_clamp_bound_test=0.31)
+  assert "test MSE of 0.31 " in diagnostics.classify(own, "regression", 1.653, None, 0.054,
+                                                      0.5679).evidence
+  # Without a bound (older results), raw targets, or another head: not a clamp.
+  assert diagnostics.classify(rec, "regression", chance=1.653, reference=0.054).kind == (
+      "underperforming")
+  raw = dict(rec, cell=Cell("regression", "relu", "mse", norm=False).to_dict())
+  assert diagnostics.classify(raw, "regression", 1.653, None, 0.054, 0.5679).kind != "clamped"
+  # A dead head stays a dead head (checked first).
+  dead = _record(cell=cell, best_valid=1.653, test=1.783, argmax_minority=[None] * 8,
+                 head_saturated=[1.0] * 8, spread=[0.0] * 8)
+  assert diagnostics.classify(dead, "regression", 1.653, None, 0.054, 0.5679).kind == "dead_head"

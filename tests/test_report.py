@@ -588,3 +588,17 @@ def test_a_cell_in_two_modes_is_shown_as_its_modes(tmp_path):
   median = sorted(100 * v for v in tests)[4:6]
   assert rows["softmax + cce"][7] == f"median {sum(median) / 2:.2f}; 76.89–79.32"
   assert "modes" not in rows["sigmoid + bce"][6]
+
+
+def test_console_table_puts_the_diagnosis_first_and_never_says_ok(tmp_path):
+  from jaxact import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  wd, _, _ = _collapse_run(tmp_path)
+  with open(os.path.join(wd, "results", "multiclass.json"), encoding="utf-8") as f:
+    records = json.load(f)["members"]
+  results = {"multiclass": [workdir_lib.member_from_record(r) for r in records]}
+  text = train.format_results_table(results, workdir=wd)
+  (line,) = [l for l in text.splitlines() if "sigmoid + bce" in l]
+  assert "[10 seeds: 7 healthy, 3 collapsed] valid 7 healthy: " in line
+  assert line.endswith("stopping: 10 early-stopped") and " ok" not in line
+  bare = train.format_results_table(results)          # no workdir: no diagnosis to show
+  assert "[10 seeds: 10 not diagnosed]" in bare and " ok" not in bare
