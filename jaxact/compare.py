@@ -16,8 +16,8 @@ rate (k/n with a Wilson 95% interval) with Fisher's exact test against the
 protocol arm's, when the first dense hidden layer (fc1) saturated, the test
 accuracy (mean with its t interval) and the paired difference to the
 protocol arm (mean with its t interval, exact sign-flip p-value, the same
-Holm-adjusted over the report's comparisons, the adjusted equivalence p,
-verdict). It trains nothing.
+Holm-adjusted over the arms of the cell's table, the adjusted equivalence
+p, verdict). It trains nothing.
 
 With --by=convention it pairs two runs of the same cells in two loss conventions
 instead (PROTOCOL's torch convention, and logits: the loss computed on the
@@ -184,15 +184,18 @@ def _collapsed(members: list[dict]) -> int:
 def render(arms: list[Arm], task: str) -> str:
   """The comparison as Markdown: one table per cell type, one row per arm.
 
-  The declared families: every arm's test accuracy against the protocol arm's, over all cell
-  types (paired by seed: Holm, TOST), and every arm's collapse rate against the protocol
-  arm's (Fisher's exact test: Holm).
+  The declared families, one per cell type (table): every arm's test accuracy against the
+  protocol arm's in that cell (paired by seed: Holm, TOST), and every arm's collapse rate
+  against the protocol arm's (Fisher's exact test: Holm).
   """
   protocol = next((a for a in arms if a.is_protocol), None)
   cell_types = list(dict.fromkeys(k for a in arms for k in a.members))
-  keys, pairs, rates = [], [], []
-  for cell_type in cell_types:
+  family: dict[tuple, stats_lib.Comparison] = {}
+  rate_family: dict[tuple, tuple[float, float]] = {}
+  sizes = []
+  for cell_type in cell_types:   # one family per cell type: its arms against the protocol
     base = protocol.members.get(cell_type) if protocol else None
+    keys, pairs, rates = [], [], []
     for i, arm in enumerate(arms):
       members = arm.members.get(cell_type)
       if members and base is not None and not arm.is_protocol:
@@ -200,9 +203,12 @@ def render(arms: list[Arm], task: str) -> str:
         pairs.append(report_lib.seed_pairs(members, base, "test"))
         rates.append(stats_lib.fisher_exact(_collapsed(members), len(members), _collapsed(base),
                                             len(base)))
+    family.update(zip(keys, stats_lib.compare_family(pairs, report_lib.margin_of(True))))
+    rate_family.update(zip(keys, zip(rates, stats_lib.holm(rates))))
+    sizes.append(len(keys))
   margin = report_lib.margin_text(True)
-  family = dict(zip(keys, stats_lib.compare_family(pairs, report_lib.margin_of(True))))
-  rate_family = dict(zip(keys, zip(rates, stats_lib.holm(rates))))
+  size_text = (f"{max(sizes)}" if sizes and min(sizes) == max(sizes)
+               else f"{min(sizes or [0])} to {max(sizes or [0])}")
   lines = [f"# Interventions on {task}: {len(arms)} arms", ""]
   lines += ["Each arm changes one thing against the protocol (AdamW, lr 0.001, PyTorch's "
             "initialisation, sigmoid hidden layer). Members of the same seed share their "
@@ -211,8 +217,9 @@ def render(arms: list[Arm], task: str) -> str:
             "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
             "(jaxact.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
             "exact test against the protocol arm's rate in the same cell, raw and "
-            f"Holm-adjusted over the {report_lib.plural(len(keys), 'rate comparison')} of this report "
-            "(read an order of two rates only where the adjusted p < 0.05).",
+            "Holm-adjusted over the arms of the same table (one family per cell type, "
+            f"{size_text} comparisons; read an order of two rates only where the adjusted "
+            "p < 0.05).",
             f"- **fc1 saturated**: members in which at least {FC1_SATURATED_SHARE:.0%} of the "
             "dense hidden layer's units were saturated on the valid set after some epoch, and "
             "the first such epoch (1-based: 1 = during the first epoch).",
@@ -223,7 +230,8 @@ def render(arms: list[Arm], task: str) -> str:
             "- **vs protocol**: the paired difference of test accuracy to the protocol arm, "
             "same cell, same seeds (accuracy points, t 95% interval), the p-value of the exact "
             "sign-flip test (Wilcoxon signed-rank above 16 pairs), the same p Holm-adjusted "
-            f"over the family of the {report_lib.plural(len(keys), 'paired comparison')} of this report, "
+            "over the family of the table (every arm against the protocol arm in that cell "
+            f"type, {size_text} comparisons), "
             f"and the Holm-adjusted p of the equivalence test (TOST) within ±{margin}. "
             "Verdict at alpha = 0.05: \"better\" / \"worse\" by the adjusted p, else "
             f"\"equivalent within ±{margin}\" by the adjusted TOST p, else \"inconclusive\" "

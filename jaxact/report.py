@@ -755,8 +755,9 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "Values that fall into separate modes (sorted, a gap larger than "
       f"{stats_lib.MODE_GAP_FACTOR:g} times the pooled spread within the groups it makes, "
       f"for {stats_lib.MODE_MIN_VALUES} or more values) are shown as their modes, each with "
-      "its count, mean and interval, e.g. \"2 modes: 9 at 78.81 [78.62, 79.00]; 1 at "
-      "76.89\". The original's single-run values (source document) are set against jaxact's "
+      "its count, mean and interval, e.g. \"2 modes: 9 at 78.81 [78.62, 79.01]; 1 at "
+      "76.89\" (the multi-label softmax + cce test accuracy of the 10-seed torch grid). "
+      "The original's single-run values (source document) are set against jaxact's "
       "95% prediction interval for one new run, mean ± t(0.975, n-1) · s · √(1 + 1/n) over "
       "every finite member of the row: the question is whether one more run like the "
       "original's is plausible under jaxact's seeds, not where jaxact's mean lies.",

@@ -86,20 +86,19 @@ def test_render_names_every_arm_and_verdict(runs):
   assert "| prior head bias | 6 | 5 healthy, 1 collapsed | 1/6" in text
   # The mixed arm's test accuracy is over its 5 healthy members (0.96 + 0.002 k), not all 6.
   assert "| 5 healthy: 96.40 [" in text
-  # One family of 3 comparisons with the protocol: prior sigmoid + bce (5 positive pairs and
-  # a zero, p = 4/64), tanh sigmoid + bce and prior softmax + cce (6 positive pairs each,
-  # p = 2/64). Holm: 3 x 2/64 = 0.09375 for the two smallest, max(2 x .., 1 x 4/64) for the
-  # third: none below 0.05 at 6 seeds.
-  assert "| 0.0625 | 0.0938 | 1 | inconclusive |" in text
-  # softmax + cce: every difference +0.1 points, no spread: equivalent within the margin.
-  assert "| 0.0312 | 0.0938 | 0 | equivalent within ±0.50 points |" in text
-  # tanh: every difference +83.65 points, no spread, outside the margin: neither.
-  assert "| +83.65 [+83.65, +83.65] | 0.0312 | 0.0938 | 1 | inconclusive |" in text
+  # One family per cell type. sigmoid + bce: prior (5 positive pairs and a zero, p = 4/64)
+  # and tanh (6 positive pairs, p = 2/64); Holm: 2 x 2/64 and max(.., 1 x 4/64), both 0.0625.
+  assert "| 0.0625 | 0.0625 | 1 | inconclusive |" in text
+  # tanh: every difference +83.65 points, no spread, outside the margin: TOST 1.
+  assert "| +83.65 [+83.65, +83.65] | 0.0312 | 0.0625 | 1 | inconclusive |" in text
+  # softmax + cce: prior alone in its family, every difference +0.1 points: p = 2/64, and
+  # inside the margin by TOST (no spread).
+  assert "| 0.0312 | 0.0312 | 0 | better (within ±0.50 points) |" in text
   # Collapse rates, Fisher's exact test against the protocol's 6/6: prior 1/6 has the two
-  # extreme tables, 2 x C(7, 1) / C(12, 6) = 14/924; tanh 0/6: 2/924; softmax + cce 0/6 vs
-  # 0/6: 1. Holm over the three: 2/924 x 3, 14/924 x 2, 1.
-  assert f"| 1/6 [3, 56%] | {14 / 924:.3g} ({28 / 924:.3g}) |" in text
-  assert f"| 0/6 [0, 39%] | {2 / 924:.3g} ({6 / 924:.3g}) |" in text
+  # extreme tables, 2 x C(7, 1) / C(12, 6) = 14/924; tanh 0/6: 2/924. Holm within the
+  # sigmoid + bce table: 2/924 x 2, max(.., 14/924 x 1).
+  assert f"| 1/6 [3, 56%] | {14 / 924:.3g} ({14 / 924:.3g}) |" in text
+  assert f"| 0/6 [0, 39%] | {2 / 924:.3g} ({4 / 924:.3g}) |" in text
   assert "| tanh hidden | 6 |" in text
 
 
