@@ -6,11 +6,14 @@ Claims about accuracy compare two cells member by member: members with the same
 seed share initial weights and batch order, so each comparison is a paired test
 of the test-accuracy differences (`jaxact.stats.paired_test`: mean difference
 in points with its 95% t interval, two-sided p of an exact sign-flip
-permutation test, Wilcoxon signed-rank above 16 pairs). A difference counts
-when p < ALPHA; a claim resting on one comparison is "held" / "not held" when
-the test finds the claimed / the opposite direction, else the test's own words
-("not distinguishable at n = 6", "too few pairs"). Cells without a seed in
-common are not compared. Plain Python on the results records; the report calls it.
+permutation test, Wilcoxon signed-rank above 16 pairs). Every paired test of one
+claims table is one declared family: its p-values are Holm-adjusted together, and so
+are the p-values of the equivalence tests (TOST within +-MARGIN_POINTS). A
+difference counts when its adjusted p < ALPHA; a claim resting on one comparison
+is "held" / "not held" when the test finds the claimed / the opposite
+direction, "not held: equivalent within ..." when the adjusted TOST p < ALPHA,
+else "inconclusive" (or "too few pairs"). Cells without a seed in common are not
+compared. Plain Python on the results records; the report calls it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from jaxact import stats
 from jaxact import studies
 from jaxact.studies import Cell
 
-ALPHA = 0.05              # significance level of the paired tests
+ALPHA = 0.05              # family-wise significance level of the paired tests
+MARGIN_POINTS = 100 * stats.EQUIVALENCE_MARGIN_ACCURACY   # equivalence margin, accuracy points
+MARGIN_TEXT = f"{MARGIN_POINTS:.2f} points"
 VANISHING_DROP = 100.0    # the gradient ratio shrinks at least this much from depth 1 to the deepest
 RELU_FAMILY = ("relu", "leaky_relu", "elu", "gelu", "silu", "mish")
 
@@ -99,11 +104,29 @@ def by_seed(members: list[dict]) -> dict[Any, dict]:
   return out
 
 
-def _compare(a: list[dict], b: list[dict]) -> stats.PairedTest:
-  """The paired test of test accuracy a - b, in points, over the seeds both cells have."""
-  sa, sb = by_seed(a), by_seed(b)
-  seeds = [s for s in sa if s in sb]
-  return stats.paired_test([_points(sa[s]) for s in seeds], [_points(sb[s]) for s in seeds])
+class _Family:
+  """The paired comparisons of one claims table, Holm-adjusted together.
+
+  The claims are computed twice: the first pass (`adjusted` None) records every pair of
+  test accuracies in the order the claims compare them and returns a comparison adjusted
+  alone; `hidden_claims` then adjusts the recorded family and the second pass returns, in
+  the same order, the adjusted comparisons.
+  """
+
+  def __init__(self, adjusted: list[stats.Comparison] | None = None):
+    self.pairs: list[tuple[list[float], list[float]]] = []
+    self.adjusted = adjusted
+
+  def compare(self, a: list[dict], b: list[dict]) -> stats.Comparison:
+    """Test accuracy a - b in points over the seeds both cells have, as a family member."""
+    sa, sb = by_seed(a), by_seed(b)
+    seeds = [s for s in sa if s in sb]
+    pair = ([_points(sa[s]) for s in seeds], [_points(sb[s]) for s in seeds])
+    k = len(self.pairs)
+    self.pairs.append(pair)
+    if self.adjusted is None:
+      return stats.compare_family([pair], MARGIN_POINTS)[0]
+    return self.adjusted[k]
 
 
 def _points(member: dict) -> float:
@@ -122,27 +145,42 @@ def _p_text(p: float) -> str:
   return "n/a" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def _diff_text(t: stats.PairedTest) -> str:
-  """'difference +1.00 points [+0.95, +1.05], p = 0.031 (exact sign-flip, 6 pairs)'."""
+def _diff_text(c: stats.Comparison) -> str:
+  """'difference +1.00 points [+0.95, +1.05], p = 0.031, Holm 0.25 (exact sign-flip, 6 pairs)'."""
+  t = c.test
   if t.n == 0:
     return "no seed with a finite test accuracy in both cells"
   ci = "" if t.n < 2 else f" [{t.low:+.2f}, {t.high:+.2f}]"
-  return (f"difference {t.mean_difference:+.2f} points{ci}, p = {_p_text(t.p_value)} "
-          f"({_short_test(t.test)}, {t.n} {'pair' if t.n == 1 else 'pairs'})")
+  return (f"difference {t.mean_difference:+.2f} points{ci}, p = {_p_text(t.p_value)}, Holm "
+          f"{_p_text(c.p_adjusted)} ({_short_test(t.test)}, {t.n} "
+          f"{'pair' if t.n == 1 else 'pairs'})")
 
 
-def _verdict(tests: list[stats.PairedTest], want_positive: bool = True) -> str:
+def _words(c: stats.Comparison, want_positive: bool = True) -> str:
+  return stats.verdict(c, higher_is_better=want_positive, alpha=ALPHA, margin_text=MARGIN_TEXT)
+
+
+def _verdict(tests: list[stats.Comparison], want_positive: bool = True) -> str:
   """The claim's verdict from its paired tests; want_positive: the claim says a - b > 0."""
-  measured = [t for t in tests if t.n >= 2]
+  measured = [t for t in tests if t.test.n >= 2]
   if not measured:
     return "not tested (fewer than 2 seeds in both cells)"
-  words = [stats.verdict(t, higher_is_better=want_positive, alpha=ALPHA) for t in measured]
+  words = [_words(t, want_positive) for t in measured]
   if len(tests) == 1:
-    return {"better": "held", "worse": "not held"}.get(words[0], words[0])
-  clear = [w for w in words if w in ("better", "worse")]
+    w = words[0]
+    if w.startswith("better"):
+      return "held"
+    if w.startswith("worse"):
+      return "not held"
+    return f"not held: {w}" if w.startswith("equivalent") else w
+  clear = [w for w in words if w.startswith(("better", "worse"))]
+  equivalent = sum(1 for w in words if w.startswith("equivalent"))
   if not clear:
-    return f"no clear difference (no paired test with p < {ALPHA:g})"
-  good = clear.count("better")
+    if equivalent == len(words):
+      return f"not held: equivalent within ±{MARGIN_TEXT} in all {len(words)}"
+    return (f"inconclusive (no Holm-adjusted p < {ALPHA:g}; equivalent within ±{MARGIN_TEXT} "
+            f"in {equivalent} of {len(words)})")
+  good = sum(1 for w in clear if w.startswith("better"))
   if good == len(clear):
     return "held"
   if not good:
@@ -150,11 +188,14 @@ def _verdict(tests: list[stats.PairedTest], want_positive: bool = True) -> str:
   return f"mixed ({good} of {len(clear)} clear differences agree)"
 
 
-def _direction_counts(tests: list[stats.PairedTest]) -> tuple[int, int, int]:
-  """(significantly above, significantly below, neither) over the paired tests."""
-  words = [stats.verdict(t, higher_is_better=True, alpha=ALPHA) for t in tests]
-  return (words.count("better"), words.count("worse"),
-          len(words) - words.count("better") - words.count("worse"))
+def _direction_counts(tests: list[stats.Comparison]) -> tuple[int, int, int, int]:
+  """(significantly above, significantly below, equivalent, inconclusive) over the tests
+  (Holm-adjusted in the table's family)."""
+  words = [_words(t) for t in tests]
+  up = sum(1 for w in words if w.startswith("better"))
+  down = sum(1 for w in words if w.startswith("worse"))
+  same = sum(1 for w in words if w.startswith("equivalent"))
+  return up, down, same, len(words) - up - down - same
 
 
 def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[int, list[dict]]]:
@@ -191,15 +232,22 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
   its text names it ("[logits] ...").
   """
   del result
+  first = _Family()
+  _claims(groups, first)
+  family = _Family(stats.compare_family(first.pairs, MARGIN_POINTS))
+  return _claims(groups, family)
+
+
+def _claims(groups: dict[Cell, list[dict]], family: _Family) -> list[Claim]:
   per_convention = by_convention(groups)
   if len(per_convention) <= 1:
-    return _claims_of_one_convention(groups)
+    return _claims_of_one_convention(groups, family)
   return [dataclasses.replace(claim, claim=f"[{conv}] {claim.claim}")
           for conv, conv_groups in per_convention.items()
-          for claim in _claims_of_one_convention(conv_groups)]
+          for claim in _claims_of_one_convention(conv_groups, family)]
 
 
-def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
+def _claims_of_one_convention(groups: dict[Cell, list[dict]], family: _Family) -> list[Claim]:
   claims: list[Claim] = []
   sweep = depth_sweep(groups)
 
@@ -244,15 +292,16 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
       if not cells:
         continue
       dead = max((_dead(ms) for _, ms in cells if not math.isnan(_dead(ms))), default=math.nan)
-      pairs = [_compare(ms, _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
+      pairs = [family.compare(ms, _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
                                   depth=c.depth)) for c, ms in cells
                if _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
                         depth=c.depth)]
       dead_fracs.append(dead)
-      better, worse, neither = _direction_counts(pairs)
-      fixes.append(f"{h}: dead {dead:.1%}, test accuracy above ReLU's (paired p < {ALPHA:g}) "
-                   f"in {better}, below in {worse}, not distinguishable in {neither} of "
-                   f"{len(pairs)} configurations")
+      better, worse, same, neither = _direction_counts(pairs)
+      fixes.append(f"{h}: dead {dead:.1%}, test accuracy above ReLU's (Holm-adjusted paired p "
+                   f"< {ALPHA:g}) in {better}, below in {worse}, equivalent within "
+                   f"±{MARGIN_TEXT} in {same}, inconclusive in {neither} of {len(pairs)} "
+                   "configurations")
     if fixes:
       measured = [d for d in dead_fracs if not math.isnan(d)]
       add("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU", "; ".join(fixes),
@@ -267,14 +316,14 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
       a, b = _find(groups, init=good, hidden=h, batch_norm=bn), _find(groups, init=bad, hidden=h,
                                                                       batch_norm=bn)
       if a and b:
-        diffs.append(_compare(a, b))
+        diffs.append(family.compare(a, b))
         parts.append(f"depth 1{' + batch norm' if bn else ''}: {good} {_acc(a)} vs {bad} "
                      f"{_acc(b)}, {_diff_text(diffs[-1])}")
     by_depth = sweep.get((h, good)), sweep.get((h, "torch"))
     if by_depth[0] and by_depth[1]:
       for d in sorted(set(by_depth[0]) & set(by_depth[1])):
         if d > 1:
-          diffs.append(_compare(by_depth[0][d], by_depth[1][d]))
+          diffs.append(family.compare(by_depth[0][d], by_depth[1][d]))
           parts.append(f"depth {d}: {good} {_acc(by_depth[0][d])} vs torch "
                        f"{_acc(by_depth[1][d])}, {_diff_text(diffs[-1])}")
     if parts:
@@ -287,17 +336,18 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]]) -> list[Claim]:
       on, off = _find(groups, init=init, hidden=h, batch_norm=True), _find(
           groups, init=init, hidden=h, batch_norm=False)
       if on and off:
-        diffs.append(_compare(on, off))
+        diffs.append(family.compare(on, off))
   if diffs:
-    up, down, neither = _direction_counts(diffs)
-    measured = [t for t in diffs if t.n > 0]
+    up, down, same, neither = _direction_counts(diffs)
+    measured = [t.test for t in diffs if t.test.n > 0]
     mean = (f"mean of the paired mean differences "
             f"{np.mean([t.mean_difference for t in measured]):+.2f} points" if measured
             else "no pair of cells with a seed in common")
     add("Batch norm helps",
         f"depth 1, batch norm on - off, test accuracy paired by seed: {mean} over "
-        f"{len(diffs)} (activation, init) pairs of cells; significantly better (paired p < "
-        f"{ALPHA:g}) in {up}, significantly worse in {down}, not distinguishable in {neither}",
+        f"{len(diffs)} (activation, init) pairs of cells; significantly better (Holm-adjusted "
+        f"paired p < {ALPHA:g}) in {up}, significantly worse in {down}, equivalent within "
+        f"±{MARGIN_TEXT} in {same}, inconclusive in {neither}",
         _verdict(diffs))
   return claims
 
@@ -310,9 +360,12 @@ def render(claims: list[Claim]) -> list[str]:
            "cells are compared seed by seed (same seed: same initial weights and batch order): "
            "the mean of the paired differences in points [95% t interval] and the two-sided p "
            "of an exact sign-flip permutation test of that mean (Wilcoxon signed-rank above "
-           f"16 pairs); a difference counts when p < {ALPHA:g}, with no correction for the "
-           "number of comparisons. With n seeds an exact test cannot go below 2 / 2^n, so "
-           "fewer than 6 seeds never give a clear difference. A gradient vanishes when its "
+           "16 pairs). Every paired test of this table is one family: a difference counts "
+           f"when its Holm-adjusted p < {ALPHA:g}; two cells are equivalent when the "
+           f"Holm-adjusted p of two one-sided t tests (TOST) within ±{MARGIN_TEXT} is below "
+           f"{ALPHA:g}; neither is \"inconclusive\". With n seeds an exact test cannot go below "
+           "2 / 2^n, so fewer than 6 seeds never give a clear difference, and a family of k "
+           "tests needs 2 / 2^n < 0.05 / k for its smallest p. A gradient vanishes when its "
            f"ratio to the output layer's shrinks {VANISHING_DROP:g}x or more from the "
            "shallowest to the deepest network.", "",
            "| claim | measurement | held here? |", "|---|---|---|"]

@@ -12,10 +12,12 @@ with the protocol arm's member of seed s in the same cell.
       --out=experiments/collapse_interventions/report.md
 
 For each cell and arm the report gives the diagnosis counts, the collapse
-rate (k/n with a Wilson 95% interval), when the first dense hidden layer
-(fc1) saturated, the test accuracy (mean with its t interval) and the paired
-difference to the protocol arm (mean with its t interval, exact sign-flip
-p-value, verdict). It trains nothing.
+rate (k/n with a Wilson 95% interval) with Fisher's exact test against the
+protocol arm's, when the first dense hidden layer (fc1) saturated, the test
+accuracy (mean with its t interval) and the paired difference to the
+protocol arm (mean with its t interval, exact sign-flip p-value, the same
+Holm-adjusted over the arms of the cell's table, the adjusted equivalence
+p, verdict). It trains nothing.
 
 With --by=convention it pairs two runs of the same cells in two loss conventions
 instead (PROTOCOL's torch convention, and logits: the loss computed on the
@@ -157,60 +159,107 @@ def _epochs_text(s: ArmCell) -> str:
           f"({int(e.min())}–{int(e.max())})")
 
 
-def _paired_text(p: stats_lib.PairedTest | None, accuracy: bool = True,
-                 higher_is_better: bool = True) -> tuple[str, str, str]:
-  """(mean difference [CI], p, verdict): accuracy in points, MSE as it is."""
-  if p is None:
-    return "(protocol)", "", ""
+def _paired_text(c: stats_lib.Comparison | None, accuracy: bool = True,
+                 higher_is_better: bool = True) -> tuple[str, str, str, str, str]:
+  """(mean difference [CI], p, p Holm, equivalence p Holm, verdict): accuracy in points, MSE
+  as it is."""
+  if c is None:
+    return "(protocol)", "", "", "", ""
+  p = c.test
   if p.n == 0:
-    return "no finite pair", "–", ""
+    return "no finite pair", "–", "–", "–", "too few pairs"
   scale, fmt = (100.0, "{:+.2f}") if accuracy else (1.0, "{:+#.4g}")
   ci = (f"[{fmt.format(scale * p.low)}, {fmt.format(scale * p.high)}]" if p.n > 1
         else "[1 pair]")
-  return (f"{fmt.format(scale * p.mean_difference)} {ci}",
-          f"{p.p_value:.3g}" if math.isfinite(p.p_value) else "–",
-          stats_lib.verdict(p, higher_is_better))
+  p_text = lambda v: f"{v:.3g}" if math.isfinite(v) else "–"
+  return (f"{fmt.format(scale * p.mean_difference)} {ci}", p_text(p.p_value),
+          p_text(c.p_adjusted), p_text(c.p_equivalence_adjusted),
+          stats_lib.verdict(c, higher_is_better, margin_text=report_lib.margin_text(accuracy)))
+
+
+def _collapsed(members: list[dict]) -> int:
+  return sum(1 for m in members if results_io.kind_of(m) == "collapsed")
 
 
 def render(arms: list[Arm], task: str) -> str:
-  """The comparison as Markdown: one table per cell type, one row per arm."""
+  """The comparison as Markdown: one table per cell type, one row per arm.
+
+  The declared families, one per cell type (table): every arm's test accuracy against the
+  protocol arm's in that cell (paired by seed: Holm, TOST), and every arm's collapse rate
+  against the protocol arm's (Fisher's exact test: Holm).
+  """
   protocol = next((a for a in arms if a.is_protocol), None)
+  cell_types = list(dict.fromkeys(k for a in arms for k in a.members))
+  family: dict[tuple, stats_lib.Comparison] = {}
+  rate_family: dict[tuple, tuple[float, float]] = {}
+  sizes = []
+  for cell_type in cell_types:   # one family per cell type: its arms against the protocol
+    base = protocol.members.get(cell_type) if protocol else None
+    keys, pairs, rates = [], [], []
+    for i, arm in enumerate(arms):
+      members = arm.members.get(cell_type)
+      if members and base is not None and not arm.is_protocol:
+        keys.append((cell_type, i))
+        pairs.append(report_lib.seed_pairs(members, base, "test"))
+        rates.append(stats_lib.fisher_exact(_collapsed(members), len(members), _collapsed(base),
+                                            len(base)))
+    family.update(zip(keys, stats_lib.compare_family(pairs, report_lib.margin_of(True))))
+    rate_family.update(zip(keys, zip(rates, stats_lib.holm(rates))))
+    sizes.append(len(keys))
+  margin = report_lib.margin_text(True)
+  size_text = (f"{max(sizes)}" if sizes and min(sizes) == max(sizes)
+               else f"{min(sizes or [0])} to {max(sizes or [0])}")
   lines = [f"# Interventions on {task}: {len(arms)} arms", ""]
   lines += ["Each arm changes one thing against the protocol (AdamW, lr 0.001, PyTorch's "
             "initialisation, sigmoid hidden layer). Members of the same seed share their "
             "initial weights (except what the arm changes) and batch order, so arms are "
             "compared pair by pair.", "",
             "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
-            "(jaxact.diagnostics), Wilson 95% interval.",
+            "(jaxact.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
+            "exact test against the protocol arm's rate in the same cell, raw and "
+            "Holm-adjusted over the arms of the same table (one family per cell type, "
+            f"{size_text} comparisons; read an order of two rates only where the adjusted "
+            "p < 0.05).",
             f"- **fc1 saturated**: members in which at least {FC1_SATURATED_SHARE:.0%} of the "
             "dense hidden layer's units were saturated on the valid set after some epoch, and "
             "the first such epoch (1-based: 1 = during the first epoch).",
             "- **test accuracy**: mean with its t 95% interval, as in the run reports: where "
             "failed members (collapsed, ...) and others are mixed, over the others only, "
-            "prefixed with their count and class; the paired difference uses every pair.",
+            "prefixed with their count and class, and values in separate modes shown as their "
+            "modes; the paired difference uses every pair.",
             "- **vs protocol**: the paired difference of test accuracy to the protocol arm, "
             "same cell, same seeds (accuracy points, t 95% interval), the p-value of the exact "
-            "sign-flip test (Wilcoxon signed-rank above 16 pairs) and the verdict at "
-            "alpha = 0.05, without correction for the many comparisons.", ""]
+            "sign-flip test (Wilcoxon signed-rank above 16 pairs), the same p Holm-adjusted "
+            "over the family of the table (every arm against the protocol arm in that cell "
+            f"type, {size_text} comparisons), "
+            f"and the Holm-adjusted p of the equivalence test (TOST) within ±{margin}. "
+            "Verdict at alpha = 0.05: \"better\" / \"worse\" by the adjusted p, else "
+            f"\"equivalent within ±{margin}\" by the adjusted TOST p, else \"inconclusive\" "
+            "(docs/statistics.md).", ""]
   if protocol is None:
     lines += ["No protocol arm among these runs: paired differences are left out.", ""]
-  cell_types = list(dict.fromkeys(k for a in arms for k in a.members))
-  for head, loss, convention in cell_types:
+  for cell_type in cell_types:
+    head, loss, convention = cell_type
     title = f"{head} + {loss}" + ("" if convention == "torch" else f" [{convention}]")
     lines += [f"## {task}: {title}", "",
-              "| arm | n | diagnosis | collapsed [95% CI] | fc1 saturated | test accuracy % "
-              "[95% CI] | vs protocol (points) [95% CI] | p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    base = protocol.members.get((head, loss, convention)) if protocol else None
-    for arm in arms:
-      members = arm.members.get((head, loss, convention))
+              "| arm | n | diagnosis | collapsed [95% CI] | collapsed vs protocol: Fisher p "
+              "(Holm) | fc1 saturated | test accuracy % [95% CI] | vs protocol (points) "
+              f"[95% CI] | p | p, Holm | equivalence p (±{margin}), Holm | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, arm in enumerate(arms):
+      members = arm.members.get(cell_type)
       if not members:
         continue
-      s = arm_cell(members, None if arm.is_protocol or base is None else base)
-      diff, p, verdict = _paired_text(s.paired)
+      s = arm_cell(members, None)
+      diff, p, p_holm, p_equiv, verdict = (
+          _paired_text(family.get((cell_type, i))) if arm.is_protocol or (cell_type, i) in family
+          else ("no protocol arm in this cell", "", "", "", ""))
+      rate = rate_family.get((cell_type, i))
+      rate_text = "" if rate is None else (
+          "–" if not math.isfinite(rate[0]) else f"{rate[0]:.3g} ({rate[1]:.3g})")
       lines.append(f"| {arm.label or 'protocol'} | {s.n} | {s.diagnosis} | "
-                   f"{_rate(s.rates['collapsed'])} | {_epochs_text(s)} | {s.test} | {diff} | {p} | "
-                   f"{verdict} |")
+                   f"{_rate(s.rates['collapsed'])} | {rate_text} | {_epochs_text(s)} | {s.test} | "
+                   f"{diff} | {p} | {p_holm} | {p_equiv} | {verdict} |")
     lines.append("")
   lines += ["## How each arm was made", ""]
   for arm in arms:
@@ -233,7 +282,7 @@ class ConventionPair:
   cell: studies.Cell
   baseline: list[dict]
   other: list[dict]
-  paired: stats_lib.PairedTest
+  paired: stats_lib.Comparison
   identical: int
 
 
@@ -244,21 +293,29 @@ def _without_convention(cell: studies.Cell) -> studies.Cell:
 
 def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
   """The cells of `other` (one task's results) paired with `baseline`'s cell that differs from
-  it in the convention alone, other's cell order; a cell without a counterpart is left out."""
+  it in the convention alone, other's cell order; a cell without a counterpart is left out.
+
+  The pairs of the task are one family: their test-metric comparisons are Holm-adjusted
+  together, with the task's equivalence margin (`report.margin_of`).
+  """
   base_groups = results_io.group_members(baseline)
   by_key = {_without_convention(c): ms for c, ms in base_groups.items()}
-  pairs = []
+  found = []
   for cell, members in results_io.group_members(other).items():
     base = by_key.get(_without_convention(cell))
     if base is None:
       continue
-    test, _ = report_lib.paired_by_seed(members, base, "test")
     sb = {m.get("seed"): m for m in base}
     fields = ("train_loss", "valid_metric", "best_epoch", "best_valid", "test")
     same = sum(1 for m in members if m.get("seed") in sb
                and all(m.get(f) == sb[m["seed"]].get(f) for f in fields))
-    pairs.append(ConventionPair(cell, base, members, test, same))
-  return pairs
+    found.append((cell, base, members, same))
+  task = str(other.get("task") or "")
+  margin = report_lib.margin_of(results_io.is_accuracy(other, task))
+  family = stats_lib.compare_family(
+      [report_lib.seed_pairs(members, base, "test") for _, base, members, _ in found], margin)
+  return [ConventionPair(cell, base, members, c, same)
+          for (cell, base, members, same), c in zip(found, family)]
 
 
 def _conventions_of(result: dict) -> str:
@@ -285,9 +342,13 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
            "counted apart where they are mixed with others).",
            f"- **{other_conv} − {base_conv}**: the paired difference of the test metric at the "
            "best epoch (accuracy points, or MSE), t 95% interval, the p-value of the exact "
-           "sign-flip test (Wilcoxon signed-rank above 16 pairs) and the verdict at alpha = "
-           f"0.05 for the {other_conv} convention against the {base_conv} one, without "
-           "correction for the many comparisons.",
+           "sign-flip test (Wilcoxon signed-rank above 16 pairs), the same p Holm-adjusted "
+           "over the task's cells (one family per task), the Holm-adjusted p of the "
+           f"equivalence test (TOST) within ±{report_lib.margin_text(True)} (accuracy) or "
+           f"±{report_lib.margin_text(False)}, and the verdict at alpha = 0.05 for the "
+           f"{other_conv} convention against the {base_conv} one: \"better\" / \"worse\" by "
+           "the adjusted p, else \"equivalent within ±m\" by the adjusted TOST p, else "
+           "\"inconclusive\" (docs/statistics.md).",
            "- **identical seeds**: the seeds whose training loss and valid metric in every "
            "epoch, best epoch and test metric are bit for bit equal in both runs (a cell whose "
            "loss is computed the same way in both conventions trains the same numbers; two "
@@ -302,17 +363,18 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
     lines += [f"## {task}", "",
               f"| cell | n pairs | diagnosis ({base_conv}) | test {unit} ({base_conv}) | "
               f"diagnosis ({other_conv}) | test {unit} ({other_conv}) | {other_conv} − "
-              f"{base_conv} [95% CI] | p | verdict | identical seeds |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              f"{base_conv} [95% CI] | p | p, Holm | equivalence p "
+              f"(±{report_lib.margin_text(accuracy)}), Holm | verdict | identical seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair in pair_conventions(baseline[task], other[task]):
       label = _without_convention(pair.cell).label
-      diff, p_text, verdict = _paired_text(pair.paired, accuracy, higher)
+      diff, p_text, p_holm, p_equiv, verdict = _paired_text(pair.paired, accuracy, higher)
       lines.append(
-          f"| {label} | {pair.paired.n} | {report_lib.diagnosis_counts(pair.baseline)} | "
+          f"| {label} | {pair.paired.test.n} | {report_lib.diagnosis_counts(pair.baseline)} | "
           f"{report_lib.metric_cells(pair.baseline, 'test', accuracy)[0]} | "
           f"{report_lib.diagnosis_counts(pair.other)} | "
           f"{report_lib.metric_cells(pair.other, 'test', accuracy)[0]} | "
-          f"{diff} | {p_text} | {verdict} | "
+          f"{diff} | {p_text} | {p_holm} | {p_equiv} | {verdict} | "
           f"{pair.identical}/{len(pair.other)} |")
     lines.append("")
   lines += ["## How each run was made", "", f"- {base_conv}: `{commands[0]}`",

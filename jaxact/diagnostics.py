@@ -31,6 +31,10 @@ Kinds, checked in this order (the first that applies wins):
   ceiling             a multi-label task with a softmax head: at most one
                       label can be predicted (the data give the best possible
                       accuracy).
+  clamped             regression on standardised targets with a ReLU head: it
+                      cannot output a negative value, i.e. nothing below the
+                      training targets' mean, so its MSE cannot go below
+                      `relu_clamp_bound` (computed from the targets).
   unbounded_loss      the training loss went below 0 (a loss that is >= 0 on
                       its intended targets is unbounded below on these).
   no_learning         the best valid metric is at chance level.
@@ -53,7 +57,8 @@ from jaxact import tasks as tasks_lib
 from jaxact.studies import Cell
 
 KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "dead_head", "collapsed",
-         "ceiling", "unbounded_loss", "no_learning", "underperforming", "hit_cap", "healthy")
+         "ceiling", "clamped", "unbounded_loss", "no_learning", "underperforming", "hit_cap",
+         "healthy")
 FAILURES = KINDS[:-2]          # hit_cap and healthy are not failures
 VANISHING_RATIO = 1e-3
 COLLAPSE_SPREAD = 0.01
@@ -100,6 +105,31 @@ def multilabel_softmax_ceiling(targets: np.ndarray) -> float:
   one_hot = zeros[:, None] + np.where(t == 1, 1, -1)  # predicting label j: +1 if positive, -1 if not
   best = np.maximum(zeros, one_hot.max(axis=1))
   return float(np.mean(best / k))
+
+
+def relu_clamp_bound(train_targets: np.ndarray, targets: np.ndarray) -> float:
+  """The least MSE of a ReLU head on standardised regression targets, in original units.
+
+  The head's output is >= 0 in standardised units, so its prediction in original units is
+  >= mu, the training targets' mean (the standardisation's). The best such prediction of a
+  target t is max(t, mu): exact where t >= mu, mu where t < mu. Its MSE is the mean over
+  examples of min(t_std, 0)^2 on the standardised targets t_std = (t - mu) / sd, times sd^2
+  back in original units:
+      bound = mean(min(t - mu, 0)^2).
+  No ReLU head, however trained, scores below it; one that predicts every example exactly
+  and clamps the rest to mu reaches it.
+
+  Args:
+    train_targets: (N_train, 1) regression targets of the training split, original units
+      (their mean is the standardisation's mu).
+    targets: (N, 1) the targets the MSE is measured on (e.g. the test split's).
+
+  Returns:
+    The bound, in squared original units.
+  """
+  mu = float(np.mean(np.asarray(train_targets, np.float64)))
+  t = np.asarray(targets, np.float64)
+  return float(np.mean(np.minimum(t - mu, 0.0) ** 2))
 
 
 def chance_level(task: str, targets: np.ndarray) -> float:
@@ -282,7 +312,8 @@ def gradient_ratio_at_init(d: dict) -> float | None:
 
 
 def classify(record: dict[str, Any], task: str, chance: float | None = None,
-             ceiling: float | None = None, reference: float | None = None) -> Diagnosis:
+             ceiling: float | None = None, reference: float | None = None,
+             clamp_bound: float | None = None) -> Diagnosis:
   """The diagnosis of one finished member.
 
   Args:
@@ -293,6 +324,8 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
     chance: the task's chance-level valid metric (`chance_level`), if known.
     ceiling: for multilabel, `multilabel_softmax_ceiling` of the test targets.
     reference: the best cell's mean best-valid metric in the same run, if known.
+    clamp_bound: for regression, `relu_clamp_bound` of the test targets (a record's own
+      "relu_clamp_bound_test", where its split is its own, takes precedence).
 
   Returns:
     The Diagnosis.
@@ -371,6 +404,19 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
                      f"of the {t.num_outputs} labels can be predicted; the best achievable "
                      f"accuracy on this test set is {100 * ceiling:.2f}%, this member reached "
                      f"{_fmt_metric(t, float(record['test']))}")
+  bound = record.get("relu_clamp_bound_test", clamp_bound)
+  if task == "regression" and cell.head == "relu" and cell.norm and bound is not None:
+    test = float(record["test"]) if record.get("test") is not None else math.nan
+    return Diagnosis("clamped", "structural clamp: a ReLU head cannot output a negative value, "
+                     "so on standardised targets it predicts nothing below the training "
+                     "targets' mean; the best such prediction (exact above the mean, the mean "
+                     "below it) has a test MSE of "
+                     f"{bound:.4g} (the mean over test examples of min(t, 0)^2 on the "
+                     "standardised targets, in original units), the least any ReLU head can "
+                     f"reach; this member reached {_fmt_metric(t, test)} "
+                     + (f"({test / bound:.2f} x the bound)" if bound > 0 and math.isfinite(test)
+                        else "")
+                     + (f"; {hidden}" if hidden else ""))
   losses = [v for v in record.get("train_loss") or [] if v is not None and math.isfinite(v)]
   if losses and min(losses) < -1e-3:
     return Diagnosis("unbounded_loss", f"the training loss went below 0 (to {min(losses):.4g}): "
@@ -396,7 +442,8 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
 
 
 def diagnose_task(records: Sequence[dict[str, Any]], task: str, chance: float | None = None,
-                  ceiling: float | None = None) -> list[Diagnosis]:
+                  ceiling: float | None = None, clamp_bound: float | None = None
+                  ) -> list[Diagnosis]:
   """`classify` for every member record of one task's run, the run's best cell as reference.
 
   The reference is the best mean best-valid metric over the run's cells (finite values only).
@@ -410,7 +457,7 @@ def diagnose_task(records: Sequence[dict[str, Any]], task: str, chance: float | 
       by_cell.setdefault(key, []).append(float(v))
   means = [float(np.mean(v)) for v in by_cell.values()]
   reference = (max(means) if t.higher_is_better else min(means)) if means else None
-  return [classify(r, task, chance, ceiling, reference) for r in records]
+  return [classify(r, task, chance, ceiling, reference, clamp_bound) for r in records]
 
 
 def _cell_key(cell: Any) -> str:

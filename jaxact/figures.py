@@ -558,6 +558,23 @@ def _mean_history(members: list[dict], name: str, layer: int | None = 0) -> np.n
   return mean_curve([{"valid_metric": r} for r in rows])
 
 
+SPREAD_FLOOR = 1e-6   # the log axis's floor for the output spread; lower values are marked
+_CLASS_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")
+_MARK_EVERY = 5
+
+
+def class_groups(members: list[dict]) -> list[tuple[str | None, list[dict]]]:
+  """The members by diagnosis kind (`results_io.kind_of`; None: not diagnosed), in
+  diagnostics.KINDS order with healthy first and unknown kinds after."""
+  by_kind: dict[str | None, list[dict]] = {}
+  for m in members:
+    by_kind.setdefault(results_io.kind_of(m), []).append(m)
+  order = ["healthy"] + [k for k in diagnostics_lib.KINDS if k != "healthy"]
+  return sorted(by_kind.items(), key=lambda kv: (
+      kv[0] is None, order.index(kv[0]) if kv[0] in order else len(order), str(kv[0])))
+
+
 def _saturation_cells(groups: dict[Cell, list[dict]]) -> list[Cell]:
   """The cells to draw: all if at most 12, else the depth-1, no-batch-norm, torch-init ones
   plus every cell with a failure diagnosis."""
@@ -574,11 +591,14 @@ def _saturation_cells(groups: dict[Cell, list[dict]]) -> list[Cell]:
 def plot_diagnostics(workdir: str) -> list[str]:
   """Writes saturation_<task>.png per task and gradients_depth_<task>.png where a depth sweep ran.
 
-  saturation: per cell, the mean over seeds (a stopped member's last value
-  carried forward) of the saturated fraction of hidden layer 1's units on the
-  valid set, of the output spread (1 = as varied as the targets, 0 = a
-  constant predictor) and, where recorded, of the share of valid examples on
-  which the head is saturated, per epoch. gradients_depth: for each
+  saturation: per cell and diagnosis class (members of different classes are
+  never averaged together), the mean over its seeds (a stopped member's last
+  value carried forward) of the saturated fraction of hidden layer 1's units on
+  the valid set, of the output spread (1 = as varied as the targets, 0 = a
+  constant predictor; values below SPREAD_FLOOR are drawn at it and marked
+  with a triangle) and, where recorded, of the share of valid examples on
+  which the head is saturated, per epoch. Colour and marker name the cell,
+  the line style the class; markers are offset per cell. gradients_depth: for each
   activation and init of the depth sweep, the gradient norm of every layer at
   initialisation (first batch, median over seeds) for each depth.
   """
@@ -598,22 +618,35 @@ def plot_diagnostics(workdir: str) -> list[str]:
     fig = _figure(figsize=(19 if has_head else 13, height), layout="constrained")
     axes = fig.subplots(1, 3 if has_head else 2)
     ax_s, ax_o = axes[0], axes[1]
+    clipped_any = False
     for i, cell in enumerate(cells):
-      style = dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3], linewidth=1.2)
-      kinds = diagnostics_lib.count_kinds(
-          [m["diagnosis"] for m in groups[cell] if isinstance(m.get("diagnosis"), dict)])
-      label = f"{cell.label} [{', '.join(report.KIND_TEXT[k] for k in kinds)}]"
-      sat = _mean_history(groups[cell], "saturated")
-      ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
-      spread = _mean_history(groups[cell], "spread", None)
-      ax_o.plot(np.arange(1, spread.size + 1), np.maximum(spread, 1e-6), **style)
-      if has_head:
-        head = _mean_history(groups[cell], "head_saturated", None)
-        axes[2].plot(np.arange(1, head.size + 1), head, **style)
+      # One line per diagnosis class of the cell: a mean over collapsed and healthy members
+      # describes neither. Colour and marker name the cell, the line style the class; the
+      # markers sit at epochs offset per cell, so lines that coincide stay told apart.
+      for j, (kind, members) in enumerate(class_groups(groups[cell])):
+        style = dict(color=f"C{i % 10}", linestyle=_CLASS_STYLES[j % len(_CLASS_STYLES)],
+                     marker=_MARKERS[i % len(_MARKERS)], markersize=4, linewidth=1.2,
+                     markevery=(i % _MARK_EVERY, _MARK_EVERY))
+        label = f"{cell.label} [{len(members)} {report.KIND_TEXT.get(kind, kind or 'not diagnosed')}]"
+        sat = _mean_history(members, "saturated")
+        ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
+        spread = _mean_history(members, "spread", None)
+        epochs = np.arange(1, spread.size + 1)
+        low = spread < SPREAD_FLOOR
+        ax_o.plot(epochs, np.where(low, SPREAD_FLOOR, spread), **style)
+        if low.any():   # drawn at the floor, and marked so: not silently clipped
+          clipped_any = True
+          ax_o.plot(epochs[low], np.full(int(low.sum()), SPREAD_FLOOR), linestyle="none",
+                    marker="v", markersize=6, color=f"C{i % 10}")
+        if has_head:
+          head = _mean_history(members, "head_saturated", None)
+          axes[2].plot(np.arange(1, head.size + 1), head, **style)
     ax_s.set(xlabel="epoch", ylabel="saturated fraction of hidden layer 1",
              ylim=(-0.03, 1.03), title="hidden units saturated (valid set)")
     ax_o.set(xlabel="epoch", ylabel="output spread / target spread", yscale="log",
-             title="output spread across inputs (low = constant predictor)")
+             title="output spread across inputs (low = constant predictor)"
+                   + (f"\n▼: below {SPREAD_FLOOR:g} (0 included), drawn at {SPREAD_FLOOR:g}"
+                      if clipped_any else ""))
     if has_head:
       axes[2].set(xlabel="epoch", ylabel="share of valid examples", ylim=(-0.03, 1.03),
                   title="head saturated (no Jacobian entry above "

@@ -332,7 +332,7 @@ def main(argv):
         f"the same command to go on {where}.\n")
     sys.exit(130)
   if sharding.is_primary():
-    print(train.format_results_table(results, config.engine))
+    print(train.format_results_table(results, config.engine, _WORKDIR.value))
     print(f"\nreport: {_WORKDIR.value}/report.md")
 
 

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 from jaxact import engine as engine_lib
 from jaxact import files
+from jaxact import results_io
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -42,10 +43,14 @@ TENSORBOARD_INSTALL = "pip install 'jaxact[tensorboard]'"
 # The scalar diagnostics a metrics line carries (engine.Engine.diagnostic_shapes).
 LINE_DIAGNOSTICS = ("spread", "head_saturated")
 
+# The diagnosis (what the member learned: healthy, collapsed, ...) comes before the metrics;
+# "stopping" says how training ended (early_stopped, hit_cap, nonfinite, invalid), never "ok",
+# which a failed member that stopped early would otherwise read.
 CSV_COLUMNS = ("task", "metric", "key", "label", "head", "loss", "convention", "norm",
                "sigmoid_method", "init", "hidden", "batch_norm", "depth", "seed",
-               "best_valid", "test", "best_epoch", "epochs_trained", "status",
-               "status_reason", "diagnosis")
+               "diagnosis", "best_valid", "test", "best_epoch", "epochs_trained", "stopping",
+               "status_reason")
+_STOPPING = {"ok": "early_stopped"}   # the results file's status -> the CSV's stopping
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
 
@@ -318,8 +323,11 @@ def csv_rows(saved: dict) -> list[dict[str, Any]]:
   """The CSV rows (CSV_COLUMNS) of a results/<task>.json's content, one per member.
 
   best_epoch is 1-based ('' when the member never had a finite valid
-  metric); non-finite numbers are ''; diagnosis is the diagnosis's kind.
+  metric); non-finite numbers are ''; diagnosis is the diagnosis's kind, classified again
+  with this version's rules where the member carries diagnostics (`results_io.rediagnose`);
+  stopping is the status, "ok" written as "early_stopped".
   """
+  saved = results_io.rediagnose(saved, str(saved.get("task") or ""))
   rows = []
   for m in saved.get("members", []):
     cell = m.get("cell", {})
@@ -331,7 +339,8 @@ def csv_rows(saved: dict) -> list[dict[str, Any]]:
                                     "init", "hidden", "batch_norm", "depth")},
         "seed": m.get("seed"), "best_valid": m.get("best_valid"), "test": m.get("test"),
         "best_epoch": best_epoch + 1 if isinstance(best_epoch, int) and best_epoch >= 0 else None,
-        "epochs_trained": m.get("epochs_trained"), "status": m.get("status"),
+        "epochs_trained": m.get("epochs_trained"),
+        "stopping": _STOPPING.get(m.get("status"), m.get("status")),
         "status_reason": m.get("status_reason"),
         "diagnosis": (m.get("diagnosis") or {}).get("kind"),
     }

@@ -186,7 +186,9 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   All finite members of one class (not failed: healthy, hit cap or not diagnosed; or
   failed): their statistics. Failed and not-failed members mixed: the statistics of the
   not-failed ones, prefixed with their count and class ("7 healthy: ..."). Failed members
-  only: their statistics, prefixed likewise ("3 collapsed: ...").
+  only: their statistics, prefixed likewise ("3 collapsed: ..."). Values that fall into
+  several modes (`stats.split_modes`) are shown as their modes, each with its count, mean
+  and interval ("2 modes: 9 at 78.81 [78.62, 79.00]; 1 at 76.89"), never as one mean.
   """
   finite = [m for m in members if math.isfinite(results_io.as_float(m.get(field)))]
   extra = _nonfinite_kinds(members, field)
@@ -196,7 +198,15 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   chosen = [m for m in finite if not _is_failure(results_io.kind_of(m))] or failed
   label = f"{len(chosen)} {_class_name(chosen)}: " if failed else ""
   values = [results_io.as_float(m.get(field)) for m in chosen]
-  mean = label + _fmt_ci(stats_lib.mean_interval(values, CONFIDENCE), accuracy, unit)
+  modes = stats_lib.split_modes(values)
+  if len(modes) > 1:
+    label += f"{len(modes)} modes: "
+    mean = label + "; ".join(
+        f"{len(g)} at " + _fmt_ci(stats_lib.mean_interval([values[i] for i in g], CONFIDENCE),
+                                  accuracy, unit).replace(" [1 seed, no CI]", "")
+        for g in modes)
+  else:
+    mean = label + _fmt_ci(stats_lib.mean_interval(values, CONFIDENCE), accuracy, unit)
   if extra:
     mean += f" (+{extra})"
   spread = (f"median {_fmt(float(np.median(values)), accuracy)}; "
@@ -204,7 +214,8 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   return mean, spread
 
 
-def _status_counts(members: list[dict]) -> str:
+def status_counts(members: list[dict]) -> str:
+  """'7 early-stopped, 3 hit cap': how the members' training ended (never 'ok')."""
   counts = collections.Counter(str(m.get("status") or "unknown") for m in members)
   order = [s for s in _STATUS_ORDER if s in counts]
   order += sorted(s for s in counts if s not in _STATUS_ORDER)
@@ -279,6 +290,43 @@ def _original_text(study: str | None, cell: Cell, accuracy: bool) -> str | None:
   return f"{show(valid)} / {show(test)}"
 
 
+def original_inside(study: str | None, cell: Cell, members: list[dict]
+                    ) -> list[tuple[str, float, stats_lib.Interval, bool]]:
+  """The original's values of a row against jaxact's 95% prediction interval for one run.
+
+  Returns:
+    (field, the original's value, the prediction interval over every finite member of the
+    row, whether the value lies inside it) for each of best_valid and test the source
+    document printed; [] for a row without an original value. A single new run is a draw
+    from the whole cell, failed members included, hence every finite member.
+  """
+  entry = ORIGINAL_NUMBERS.get((study, cell.key)) if study is not None else None
+  if entry is None:
+    return []
+  out = []
+  for field, value in zip(("best_valid", "test"), entry):
+    if isinstance(value, (int, float)):
+      iv = stats_lib.prediction_interval([results_io.as_float(m.get(field)) for m in members],
+                                         CONFIDENCE)
+      out.append((field, float(value), iv, iv.n > 1 and iv.low <= value <= iv.high))
+  return out
+
+
+def _prediction_text(study: str | None, cell: Cell, members: list[dict], accuracy: bool
+                     ) -> str | None:
+  """'[96.21, 97.33] inside / [96.95, 97.81] outside': per original value, jaxact's 95%
+  prediction interval for one run and where the original's value lies."""
+  checks = original_inside(study, cell, members)
+  if not checks:
+    return None
+  parts = []
+  for _, _, iv, inside in checks:
+    parts.append("no interval (1 seed)" if iv.n < 2 else
+                 f"[{_fmt(iv.low, accuracy)}, {_fmt(iv.high, accuracy)}] "
+                 + ("inside" if inside else "outside"))
+  return " / ".join(parts)
+
+
 # ---------------------------------------------------------------------------
 # Markdown.
 
@@ -301,13 +349,15 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
             if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
     cols = [_escape(cell.label), str(len(members)), diagnosis_counts(members),
             valid, valid_range, test, test_range, _mean_text(best),
-            _mean_text([m.get("epochs_trained") for m in members]), _status_counts(members)]
+            _mean_text([m.get("epochs_trained") for m in members]), status_counts(members)]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
       cols.insert(0, mark)
-    body.append((cols, _row_notes(members, result),
-                 _original_text(study, cell, accuracy)))
+    original = _original_text(study, cell, accuracy)
+    if original is not None:
+      original = (original, _prediction_text(study, cell, members, accuracy) or "")
+    body.append((cols, _row_notes(members, result), original))
   header = ["variant", "n seeds", "diagnosis (members per class)",
             f"best valid {unit}: mean [95% CI]", "median; min–max",
             f"test {unit} at best epoch: mean [95% CI]", "median; min–max",
@@ -319,14 +369,15 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   if any_note:
     header.append("note")
   if any_original:
-    header.append("original (source document)")
+    header += ["original (source document): valid / test",
+               "jaxact's 95% prediction interval for one run: valid / test, the original"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for cols, note, orig in body:
     cols = list(cols)
     if any_note:
       cols.append(note)
     if any_original:
-      cols.append(orig or "")
+      cols += list(orig or ("", ""))
     lines.append("| " + " | ".join(cols) + " |")
   return lines
 
@@ -334,11 +385,8 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
 def paired_by_seed(a: list[dict], b: list[dict], field: str
                    ) -> tuple[stats_lib.PairedTest, int]:
   """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
-  sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
-  seeds = [s for s in sa if s in sb]
-  test = stats_lib.paired_test([results_io.as_float(sa[s].get(field)) for s in seeds],
-                               [results_io.as_float(sb[s].get(field)) for s in seeds], CONFIDENCE)
-  return test, len(seeds)
+  xa, xb = seed_pairs(a, b, field)
+  return stats_lib.paired_test(xa, xb, CONFIDENCE), len(xa)
 
 
 def _reference(cell: Cell, recommended: list[tuple[Cell, list[dict]]]
@@ -361,24 +409,83 @@ def _p_text(p: float) -> str:
 _TEST_SHORT = {stats_lib.TEST_SIGN_FLIP: "exact sign-flip", stats_lib.TEST_WILCOXON: "Wilcoxon"}
 
 
-def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
-                  result: dict) -> list[str]:
-  """Each misused row against the table's recommended row, test metric paired by seed."""
+def margin_of(accuracy: bool) -> float:
+  """The equivalence margin of a metric, in its units (stats.EQUIVALENCE_MARGIN_*)."""
+  return (stats_lib.EQUIVALENCE_MARGIN_ACCURACY if accuracy
+          else stats_lib.EQUIVALENCE_MARGIN_MSE)
+
+
+def margin_text(accuracy: bool) -> str:
+  """The margin as the tables print it: '0.50 points' or '0.01 MSE'."""
+  m = margin_of(accuracy)
+  return f"{100.0 * m:.2f} points" if accuracy else f"{m:g} MSE"
+
+
+Family = dict[tuple[Cell, Cell], stats_lib.Comparison]
+
+
+def _comparisons(rows: list[tuple[Cell, bool | None, list[dict]]]
+                 ) -> list[tuple[Cell, list[dict], Cell, list[dict]]]:
+  """(misused cell, its members, the recommended cell it is compared with, its members)."""
   recommended = [(c, ms) for c, r, ms in rows if r is True]
-  misused = [(c, ms) for c, r, ms in rows if r is False]
-  if not recommended or not misused:
+  if not recommended:
+    return []
+  return [(c, ms) + _reference(c, recommended) for c, r, ms in rows if r is False]
+
+
+def task_family(tables: Iterable[list[tuple[Cell, bool | None, list[dict]]]], accuracy: bool
+                ) -> Family:
+  """The declared family of a task: every misused cell of its tables against its recommended
+  cell (each pair once), test metric paired by seed, Holm-adjusted together.
+
+  Args:
+    tables: the rows of each of the task's tables (`study_tables`).
+    accuracy: whether the metric is an accuracy (it picks the equivalence margin).
+
+  Returns:
+    (misused cell, recommended cell) -> its Comparison.
+  """
+  pairs: dict[tuple[Cell, Cell], tuple[list[float], list[float]]] = {}
+  for rows in tables:
+    for cell, members, ref_cell, ref_members in _comparisons(rows):
+      if (cell, ref_cell) not in pairs:
+        pairs[(cell, ref_cell)] = seed_pairs(members, ref_members, "test")
+  comparisons = stats_lib.compare_family(list(pairs.values()), margin_of(accuracy), CONFIDENCE)
+  return dict(zip(pairs, comparisons))
+
+
+def seed_pairs(a: list[dict], b: list[dict], field: str) -> tuple[list[float], list[float]]:
+  """`field` of a's and b's members over the seeds both have, in a's seed order."""
+  sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
+  seeds = [s for s in sa if s in sb]
+  return ([results_io.as_float(sa[s].get(field)) for s in seeds],
+          [results_io.as_float(sb[s].get(field)) for s in seeds])
+
+
+def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
+                  result: dict, family: Family) -> list[str]:
+  """Each misused row against the table's recommended row, test metric paired by seed, with
+  the p-values adjusted in the task's family."""
+  comparisons = _comparisons(rows)
+  if not comparisons:
     return []
   accuracy = results_io.is_accuracy(result, task)
   higher = results_io.higher_is_better(result, task)
   unit = "accuracy points" if accuracy else "MSE"
+  margin = margin_text(accuracy)
+  size = next(iter(family.values())).family_size if family else 0
   lines = [f"Paired by seed: each {MARK_MISUSED} cell minus {MARK_RECOMMENDED}, test metric at "
-           "the best epoch, all finite pairs (failed members included).", "",
+           "the best epoch, all finite pairs (failed members included). Family: the "
+           f"{plural(size, 'comparison')} of {task} in this report (Holm); equivalence "
+           f"margin ±{margin}.", "",
            f"| {MARK_MISUSED} variant | compared with {MARK_RECOMMENDED} | pairs | "
-           f"test difference in {unit}: mean [95% CI] | p (test) | verdict |",
-           "|---|---|---|---|---|---|"]
-  for cell, members in misused:
-    ref_cell, ref_members = _reference(cell, recommended)
-    test, common = paired_by_seed(members, ref_members, "test")
+           f"test difference in {unit}: mean [95% CI] | p (test) | p, Holm | "
+           f"equivalence p (TOST, ±{margin}), Holm | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+  for cell, members, ref_cell, ref_members in comparisons:
+    comparison = family[(cell, ref_cell)]
+    test = comparison.test
+    common = len(seed_pairs(members, ref_members, "test")[0])
     pairs = (f"{test.n}" if test.n == common else f"{test.n} of {common} common seeds")
     if test.n == 0:
       diff = "no finite pair" if common else "no seed in both"
@@ -389,8 +496,29 @@ def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
       diff = f"{_fmt_diff(test.mean_difference, accuracy)} {ci}"
       p = f"{_p_text(test.p_value)} ({_TEST_SHORT.get(test.test, test.test)})"
     lines.append(f"| {_escape(cell.label)} | {_escape(ref_cell.label)} | {pairs} | {diff} | {p} "
-                 f"| {stats_lib.verdict(test, higher, ALPHA)} |")
+                 f"| {_p_text(comparison.p_adjusted)} | "
+                 f"{_p_text(comparison.p_equivalence_adjusted)} | "
+                 f"{stats_lib.verdict(comparison, higher, ALPHA, margin)} |")
   return lines
+
+
+def _originals_count(task: str, tables: Iterable[tuple[str, list]], accuracy: bool
+                     ) -> list[str]:
+  """The line counting the original's values inside jaxact's prediction intervals, if any."""
+  seen, checks = set(), []
+  for study, rows in tables:
+    for cell, _, members in rows:
+      if (study, cell) not in seen:
+        seen.add((study, cell))
+        checks += [(cell, c) for c in original_inside(study, cell, members)]
+  if not checks:
+    return []
+  inside = sum(1 for _, c in checks if c[3])
+  outside = ", ".join(f"{_escape(cell.label)} {'valid' if c[0] == 'best_valid' else 'test'} "
+                      f"{_fmt(c[1], accuracy)}" for cell, c in checks if not c[3])
+  return [f"The original's single-run values (source document) inside jaxact's 95% prediction "
+          f"interval for one new run: **{inside} of {len(checks)}**"
+          + (f"; outside: {outside}." if outside else "."), ""]
 
 
 def _rates_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
@@ -546,6 +674,8 @@ _KIND_HELP = {
     "collapsed": "a constant predictor at the best epoch; for regression also an MSE equal to "
                  "the constant predictor's",
     "ceiling": "the multi-label softmax bound, computed from the test labels",
+    "clamped": "a ReLU head on standardised regression targets, which cannot predict below "
+               "the training mean; its least possible MSE is computed from the targets",
     "unbounded_loss": "a loss that should be >= 0 went below 0",
     "no_learning": "at chance level",
     "underperforming": "far below the best cell of the same run",
@@ -607,11 +737,30 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
       "or MSE) with its 95% t interval over the pairs, and the two-sided p-value of an exact "
       "sign-flip permutation test of the mean difference (Fisher 1935, Pitman 1937: all 2^n "
       "sign patterns of the n differences are equally likely under no effect; used up to 16 "
-      "pairs) or, for more pairs, of the Wilcoxon signed-rank test. Verdict: \"worse\" or "
-      "\"better\" (the misuse against the recommended cell, in the metric's direction) when "
-      f"p < {ALPHA:g}, else \"not distinguishable at n = N\". With n pairs the exact test "
-      "cannot go below 2 / 2^n, so 5 or fewer seeds never show a difference at this level; "
-      "there is no correction for the number of comparisons.",
+      "pairs) or, for more pairs, of the Wilcoxon signed-rank test. Every comparison of a "
+      "task (all its tables, each pair of cells once) is one family: its p-values are "
+      "adjusted together by Holm's step-down method (Holm 1979), which keeps the chance of "
+      f"any false \"better\" or \"worse\" in the family below {ALPHA:g}. Beside it, the "
+      "equivalence p-value: two one-sided t tests (TOST, Schuirmann 1987) that the mean "
+      f"difference lies inside ±{margin_text(True)} (accuracy) or ±{margin_text(False)} "
+      "(regression), Holm-adjusted in the same family; the margins are fixed per metric "
+      "(docs/statistics.md says why). Verdict: \"worse\" or \"better\" (the misuse against "
+      f"the recommended cell, in the metric's direction) when the adjusted p < {ALPHA:g}; "
+      f"else \"equivalent within ±m\" when the adjusted equivalence p < {ALPHA:g}; else "
+      "\"inconclusive\" (the data can tell neither a difference nor an equivalence). With n "
+      "pairs the exact test cannot go below 2 / 2^n, so 5 or fewer seeds never show a "
+      "difference at this level, and a family of k comparisons needs 2 / 2^n < 0.05 / k for "
+      "its smallest p.",
+      "",
+      "Values that fall into separate modes (sorted, a gap larger than "
+      f"{stats_lib.MODE_GAP_FACTOR:g} times the pooled spread within the groups it makes, "
+      f"for {stats_lib.MODE_MIN_VALUES} or more values) are shown as their modes, each with "
+      "its count, mean and interval, e.g. \"2 modes: 9 at 78.81 [78.62, 79.01]; 1 at "
+      "76.89\" (the multi-label softmax + cce test accuracy of the 10-seed torch grid). "
+      "The original's single-run values (source document) are set against jaxact's "
+      "95% prediction interval for one new run, mean ± t(0.975, n-1) · s · √(1 + 1/n) over "
+      "every finite member of the row: the question is whether one more run like the "
+      "original's is plausible under jaxact's seeds, not where jaxact's mean lies.",
       "",
       "Rates: per cell, k/n members of each failure kind and k/n members that hit the epoch "
       "cap, with a Wilson score 95% interval (Wilson 1927), which stays inside [0, 100]% and "
@@ -697,14 +846,18 @@ def render_markdown(workdir: str) -> str:
       if result.get(key) and result.get(key) != info.get(key):
         lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
     which = results_io.studies_of(result, info)
-    for study, conv, rows, variant in study_tables(task, groups, workdir_conventions, which):
+    tables = list(study_tables(task, groups, workdir_conventions, which))
+    family = task_family((rows for _, _, rows, _ in tables), results_io.is_accuracy(result, task))
+    for study, conv, rows, variant in tables:
       title = _STUDY_TITLES.get(study, f"{study} study")
       net = "" if not variant else _variant_title(variant)
       lines += [f"### {task}: {title}, {conv} convention{net}", ""]
       lines += _table(rows, task, result, study) + [""]
-      paired = _paired_table(rows, task, result)
+      paired = _paired_table(rows, task, result, family)
       if paired:
         lines += paired + [""]
+    lines += _originals_count(task, ((study, rows) for study, _, rows, _ in tables),
+                              results_io.is_accuracy(result, task))
     others = other_cells(task, groups, which)
     if others:
       lines += [f"### {task}: Other cells (in no study grid)", ""]
@@ -759,7 +912,7 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
         mark = MARK_RECOMMENDED if recommended else MARK_MISUSED
         lines.append(f"| {task} | {mark} | {_escape(cell.label)} | {len(members)} | "
                      f"{diagnosis_counts(members)} | {valid} | {test} | "
-                     f"{_status_counts(members)} |")
+                     f"{status_counts(members)} |")
   return "\n".join(lines) + "\n"
 
 

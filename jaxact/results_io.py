@@ -78,6 +78,15 @@ def load_results(workdir: str) -> dict[str, dict]:
   return {t: out[t] for t in _ordered_tasks(out)}
 
 
+def rediagnose(result: dict, task: str) -> dict:
+  """A copy of a results file's content whose members that carry diagnostics are classified
+  again with this version's rules (the others keep their saved diagnosis)."""
+  out = dict(result)
+  out["members"] = [dict(m) if isinstance(m, dict) else m for m in result.get("members") or []]
+  _rediagnose(out, task)
+  return out
+
+
 def _rediagnose(result: dict, task: str) -> None:
   """Classifies again, with this version's rules, the members that carry diagnostics."""
   members = [m for m in result.get("members") or []
@@ -86,7 +95,8 @@ def _rediagnose(result: dict, task: str) -> None:
     return
   try:
     diags = diagnostics_lib.diagnose_task(members, task, result.get("chance_valid"),
-                                          result.get("softmax_ceiling_test"))
+                                          result.get("softmax_ceiling_test"),
+                                          result.get("relu_clamp_bound_test"))
   except (KeyError, TypeError, ValueError):
     return   # a record this version cannot read: keep what was saved
   for m, d in zip(members, diags):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import logging as std_logging
-import math
 import os
 import shutil
 import sys
@@ -316,9 +315,16 @@ def _train_tasks(config: RunConfig, workdir: str,
     chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
     ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
         tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
-    records = workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine)
-    for record in records:
-      record["split_seed"] = record["seed"] if config.split == "per_seed" else config.split_seed
+    extra = [{"split_seed": split.split_seed_of(r.seed)} for r in results]
+    if task == "regression":   # each split's own bound (its train targets' mean)
+      pool_t = tasks_lib.make_targets(task, split.pool.y)
+      test_t = tasks_lib.make_targets(task, split.test_labels)
+      bounds = {s: diagnostics_lib.relu_clamp_bound(pool_t[split.member_splits(s)[0]], test_t)
+                for s in dict.fromkeys(r.seed for r in results)}
+      for fields, r in zip(extra, results):
+        fields["relu_clamp_bound_test"] = bounds[r.seed]
+    records = workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine,
+                                            extra=extra)
     workdir_lib.write_json_atomic(results_path, {
         "task": task, "study": config.study, "metric_name": t.metric_name,
         "higher_is_better": t.higher_is_better,
@@ -332,6 +338,8 @@ def _train_tasks(config: RunConfig, workdir: str,
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
+        "relu_clamp_bound_test": (extra[0]["relu_clamp_bound_test"]
+                                  if task == "regression" and config.split == "fixed" else None),
         "members": records,
     })
     checkpointer.delete()   # the results file is the durable record now
@@ -381,25 +389,42 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
 
 
 def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
-                         config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> str:
-  """A compact plain-text table of mean best-valid / test metric per cell, for the console."""
+                         config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+                         workdir: str | None = None) -> str:
+  """A compact plain-text table per cell, for the console: the diagnosis first, then metrics.
+
+  Each cell's line: its members per diagnosis class ("7 healthy, 3 collapsed", from the
+  workdir's results, diagnosed with this version's rules; "not diagnosed" without a
+  workdir), the mean best-valid and test metric (over the members that did not fail when
+  failed ones are mixed in, labelled, as the report's `metric_cells`), and how training
+  stopped ("10 early-stopped"): no failed member reads "ok".
+  """
+  from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
+  from jaxact import results_io  # pylint: disable=g-import-not-at-top
+  saved: dict[str, dict] = {}
+  if workdir:
+    try:
+      saved = results_io.load_results(workdir)
+    except (FileNotFoundError, ValueError):
+      saved = {}
   lines = []
   for task, rs in results.items():
     t = tasks_lib.get_task(task)
-    scale, unit = (100.0, "%") if t.higher_is_better else (1.0, "")
+    unit = "%" if t.higher_is_better else ""
     lines.append(f"{task} ({t.metric_name})")
+    records = {(m.get("key"), m.get("seed")): m
+               for m in (saved.get(task) or {}).get("members") or []}
     for cell in dict.fromkeys(r.cell for r in rs):
       mine = [r for r in rs if r.cell == cell]
-      finite = [r for r in mine if math.isfinite(r.best_valid)]
-      statuses = sorted({r.status for r in mine})
-      if finite:
-        v = sum(r.best_valid for r in finite) / len(finite) * scale
-        te = sum(r.test for r in finite if math.isfinite(r.test)) / max(
-            1, sum(math.isfinite(r.test) for r in finite)) * scale
-        lines.append(f"  {engine_lib.cell_label(cell, config):<40} valid {v:8.4g}{unit}  "
-                     f"test {te:8.4g}{unit}  "
-                     f"[{len(mine)} seeds: {', '.join(statuses)}]")
-      else:
-        lines.append(f"  {engine_lib.cell_label(cell, config):<40} {', '.join(statuses)}: "
-                     f"{mine[0].status_reason}")
+      members = [records.get((cell.key, r.seed)) or dict(workdir_lib.member_record(r, config),
+                                                          diagnosis=None) for r in mine]
+      label = engine_lib.cell_label(cell, config)
+      head = f"  {label:<40} [{len(mine)} seeds: {report_lib.diagnosis_counts(members)}]"
+      if all(m.get("status") == "invalid" for m in members):
+        lines.append(f"{head} invalid: {mine[0].status_reason}")
+        continue
+      valid = report_lib.metric_cells(members, "best_valid", t.higher_is_better, unit)[0]
+      test = report_lib.metric_cells(members, "test", t.higher_is_better, unit)[0]
+      lines.append(f"{head} valid {valid}; test {test}; stopping: "
+                   f"{report_lib.status_counts(members)}")
   return "\n".join(lines)

@@ -175,10 +175,19 @@ def member_record(result: engine_lib.MemberResult,
 
 def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
                       chance: float | None, ceiling: float | None,
-                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> list[dict]:
-  """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics)."""
+                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+                      clamp_bound: float | None = None,
+                      extra: Sequence[dict] | None = None) -> list[dict]:
+  """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics).
+
+  `extra`: per result, fields added to its record before the diagnosis (its split seed; its
+  own relu_clamp_bound_test where each member has its own split).
+  """
   records = [member_record(r, config) for r in results]
-  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling)):
+  for record, fields in zip(records, extra or ()):
+    record.update(fields)
+  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling,
+                                                              clamp_bound)):
     record["diagnosis"] = d.to_dict()
   return records
 

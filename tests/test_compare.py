@@ -86,10 +86,19 @@ def test_render_names_every_arm_and_verdict(runs):
   assert "| prior head bias | 6 | 5 healthy, 1 collapsed | 1/6" in text
   # The mixed arm's test accuracy is over its 5 healthy members (0.96 + 0.002 k), not all 6.
   assert "| 5 healthy: 96.40 [" in text
-  # sigmoid + bce: 5 positive pairs and a zero, p = 4/64, not below 0.05; softmax + cce: 6
-  # positive pairs, p = 2/64.
-  assert "| 0.0625 | not distinguishable at n = 6 |" in text
-  assert "| 0.0312 | better |" in text
+  # One family per cell type. sigmoid + bce: prior (5 positive pairs and a zero, p = 4/64)
+  # and tanh (6 positive pairs, p = 2/64); Holm: 2 x 2/64 and max(.., 1 x 4/64), both 0.0625.
+  assert "| 0.0625 | 0.0625 | 1 | inconclusive |" in text
+  # tanh: every difference +83.65 points, no spread, outside the margin: TOST 1.
+  assert "| +83.65 [+83.65, +83.65] | 0.0312 | 0.0625 | 1 | inconclusive |" in text
+  # softmax + cce: prior alone in its family, every difference +0.1 points: p = 2/64, and
+  # inside the margin by TOST (no spread).
+  assert "| 0.0312 | 0.0312 | 0 | better (within ±0.50 points) |" in text
+  # Collapse rates, Fisher's exact test against the protocol's 6/6: prior 1/6 has the two
+  # extreme tables, 2 x C(7, 1) / C(12, 6) = 14/924; tanh 0/6: 2/924. Holm within the
+  # sigmoid + bce table: 2/924 x 2, max(.., 14/924 x 1).
+  assert f"| 1/6 [3, 56%] | {14 / 924:.3g} ({14 / 924:.3g}) |" in text
+  assert f"| 0/6 [0, 39%] | {2 / 924:.3g} ({4 / 924:.3g}) |" in text
   assert "| tanh hidden | 6 |" in text
 
 
@@ -142,8 +151,9 @@ def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions)
   assert [(p.cell.head, p.cell.loss, p.cell.convention) for p in pairs] == [
       ("sigmoid", "mse", "logits"), ("sigmoid", "cce", "logits")]
   same, collapsed = pairs
-  assert same.identical == 5 and same.paired.mean_difference == 0.0 and same.paired.p_value == 1.0
-  assert collapsed.identical == 0 and collapsed.paired.n == 5
+  assert same.identical == 5 and same.paired.test.mean_difference == 0.0
+  assert same.paired.test.p_value == 1.0 and same.paired.p_equivalence == 0.0
+  assert collapsed.identical == 0 and collapsed.paired.test.n == 5
   # Equal metrics with another training loss (two runs collapsing to one constant) are not
   # identical training.
   other["members"][1]["test"] = other["members"][1]["best_valid"] = base["members"][1]["test"]
@@ -151,8 +161,11 @@ def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions)
   other["members"][1]["best_epoch"] = base["members"][1]["best_epoch"]
   assert compare.pair_conventions(base, other)[1].identical == 0
   d = [(0.5 - 0.002 * s) - (0.97 + 0.001 * s) for s in range(5)]
-  assert collapsed.paired.mean_difference == pytest.approx(np.mean(d))
-  assert collapsed.paired.p_value == pytest.approx(2 / 32)  # all 5 differences negative
+  assert collapsed.paired.test.mean_difference == pytest.approx(np.mean(d))
+  assert collapsed.paired.test.p_value == pytest.approx(2 / 32)  # all 5 differences negative
+  # One family per task: the two cells' p-values Holm-adjusted together (1 stays 1).
+  assert collapsed.paired.p_adjusted == pytest.approx(2 * 2 / 32)
+  assert same.paired.p_adjusted == 1.0 and collapsed.paired.family_size == 2
   assert [m["seed"] for m in collapsed.baseline] == list(range(5))
 
 
@@ -160,6 +173,8 @@ def test_conventions_report_and_its_errors(conventions, tmp_path):
   text = compare.load_conventions(conventions, None)
   assert text.startswith("# The logits convention against the torch convention")
   assert "| sigmoid + mse | 5 | 5 healthy |" in text and "| 5/5 |" in text
+  assert "| equivalent within ±0.50 points | 5/5 |" in text
+  assert "| +0.00 [+0.00, +0.00] | 1 | 1 | 0 |" in text
   assert "| sigmoid + cce | 5 | 5 healthy |" in text and "| 5 collapsed |" in text
   assert "| 0/5 |" in text and "softmax + cce" not in text
   assert "--convention=logits" in text

@@ -573,27 +573,31 @@ def test_claims_verdicts_on_synthetic_runs():
       mc(hidden="sigmoid", depth=32): _claim_members([0.11, 0.11], ratio=1e-6, depth=32),
       mc(hidden="relu", depth=1): _claim_members([0.97, 0.97], ratio=0.5, dead=0.25),
       mc(hidden="relu", depth=32): _claim_members([0.95, 0.96], ratio=0.2, depth=32),
-      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 3),
-      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976] * 3),
-      mc(hidden="relu", init="xavier"): _claim_members([0.974, 0.976] * 3),
+      mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 4),
+      mc(hidden="relu", init="he"): _claim_members([0.975, 0.976] * 4),
+      mc(hidden="relu", init="xavier"): _claim_members([0.974, 0.976] * 4),
   }
   by_claim = {c.claim: c for c in claims.hidden_claims(groups)}
   vanish = by_claim["sigmoid hidden layers make the gradient vanish as depth grows"]
   assert vanish.verdict == "held" and "1e+05x smaller" in vanish.measurement
   assert by_claim["relu avoids the vanishing gradient as depth grows"].verdict == "held"
   assert by_claim["ReLU units can die (output 0 for every input)"].verdict == "held"
-  # +1.0 point in each of 6 pairs: exact sign-flip p = 2/64.
+  # The table's family: He vs Xavier and batch norm on vs off, two paired tests.
+  # +1.0 point in each of 8 pairs: exact sign-flip p = 2/256, Holm x 2 = 1/64.
   assert by_claim["Batch norm helps"].verdict == "held"
-  assert "significantly better (paired p < 0.05) in 1" in by_claim["Batch norm helps"].measurement
-  # Differences +0.1, 0, +0.1, 0, +0.1, 0 points: the three +0.1 must keep one sign, p = 2/8.
+  assert ("significantly better (Holm-adjusted paired p < 0.05) in 1"
+          in by_claim["Batch norm helps"].measurement)
+  # Differences +0.1, 0 (x 4) points: the four +0.1 must keep one sign, p = 2/16, Holm
+  # max(2 x 2/256, 1 x 2/16); inside +-0.5 points by TOST: equivalent, so not held.
   he = by_claim["He initialisation suits relu"]
-  assert he.verdict == "not distinguishable at n = 6"
-  assert "p = 0.250 (exact sign-flip, 6 pairs)" in he.measurement
-  # Two seeds only: the exact test cannot reach p < 0.05 (2/4 at best).
+  assert he.verdict == "not held: equivalent within ±0.50 points"
+  assert "p = 0.125, Holm 0.125 (exact sign-flip, 8 pairs)" in he.measurement
+  # Two seeds only: the exact test cannot reach p < 0.05 (2/4 at best), and +1.0 point in
+  # both pairs is outside the margin: inconclusive.
   two = {c.claim: c for c in claims.hidden_claims({
       mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986]),
       mc(hidden="relu", init="he"): _claim_members([0.975, 0.976])})}
-  assert two["Batch norm helps"].verdict == "not distinguishable at n = 2"
+  assert two["Batch norm helps"].verdict == "inconclusive"
   # Cells without a seed in common are not compared.
   unpaired = _claim_members([0.985, 0.986])
   for m in unpaired:
@@ -613,16 +617,55 @@ def test_claims_are_measured_within_each_convention():
   def grid(convention, he_acc):
     mc = lambda **kw: Cell("multiclass", "softmax", "cce", convention=convention, **kw)
     return {mc(hidden="relu", init="he"): _claim_members(he_acc),
-            mc(hidden="relu", init="xavier"): _claim_members([0.970, 0.971] * 3),
-            mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 3)}
-  logits = {c.claim: c for c in claims.hidden_claims(grid("logits", [0.980, 0.981] * 3))}
+            mc(hidden="relu", init="xavier"): _claim_members([0.970, 0.971] * 4),
+            mc(hidden="relu", init="he", batch_norm=True): _claim_members([0.985, 0.986] * 4)}
+  logits = {c.claim: c for c in claims.hidden_claims(grid("logits", [0.980, 0.981] * 4))}
   assert logits["He initialisation suits relu"].verdict == "held"
-  # Mean 98.05, sample std 0.0548 over 6 seeds, t_{0.975, 5} = 2.5706: +-0.0575.
-  assert ("he 98.05% [97.99, 98.11] vs xavier 97.05% [96.99, 97.11], difference +1.00 points "
-          "[+1.00, +1.00], p = 0.031 (exact sign-flip, 6 pairs)"
+  # Mean 98.05, sample std 0.05345 over 8 seeds, t_{0.975, 7} = 2.3646: +-0.0447. Two tests in
+  # the family (He vs Xavier, batch norm), each p = 2/256: Holm 2 x 2/256 = 0.016.
+  assert ("he 98.05% [98.01, 98.09] vs xavier 97.05% [97.01, 97.09], difference +1.00 points "
+          "[+1.00, +1.00], p = 0.008, Holm 0.016 (exact sign-flip, 8 pairs)"
           in logits["He initialisation suits relu"].measurement)
   both = {c.claim: c for c in claims.hidden_claims(
-      {**grid("torch", [0.50, 0.52] * 3), **grid("logits", [0.980, 0.981] * 3)})}
+      {**grid("torch", [0.50, 0.52] * 4), **grid("logits", [0.980, 0.981] * 4)})}
   assert both["[torch] He initialisation suits relu"].verdict == "not held"
   assert both["[logits] He initialisation suits relu"].verdict == "held"
   assert "98.05" not in both["[torch] He initialisation suits relu"].measurement
+
+
+# -- the ReLU clamp on standardised regression ---------------------------------------------------
+
+
+def test_relu_clamp_bound_closed_form_and_brute_force():
+  train = np.array([[1.0], [2.0], [3.0]])                 # mean 2: the head predicts >= 2
+  test = np.array([[0.0], [1.0], [2.0], [5.0]])           # misses 2, 1, 0, 0 below the mean
+  assert diagnostics.relu_clamp_bound(train, test) == pytest.approx((4 + 1 + 0 + 0) / 4)
+  # Against the best prediction >= mu per example, found on a grid of candidates.
+  rng = np.random.default_rng(0)
+  train, test = rng.normal(2.8, 1.3, (200, 1)), rng.normal(2.8, 1.3, (300, 1))
+  mu = train.mean()
+  grid = np.linspace(mu, mu + 8, 4001)
+  brute = np.mean([np.min((grid - t) ** 2) for t in test[:, 0]])
+  assert diagnostics.relu_clamp_bound(train, test) == pytest.approx(brute, abs=1e-5)
+
+
+def test_classify_clamped_relu_head_on_standardised_regression():
+  cell = Cell("regression", "relu", "mse", norm=True)
+  rec = _record(cell=cell, best_valid=0.634, test=0.6201, argmax_minority=[None] * 8,
+                head_saturated=[0.4] * 8)   # the head outputs 0 on 40% of examples, alive
+  dg = diagnostics.classify(rec, "regression", chance=1.653, clamp_bound=0.5679, reference=0.054)
+  assert dg.kind == "clamped" and dg.kind in diagnostics.FAILURES
+  assert "test MSE of 0.5679" in dg.evidence and "0.6201 (1.09 x the bound)" in dg.evidence
+  # A record's own bound (its own split) wins over the task's.
+  own = dict(rec, relu_clamp_bound_test=0.31)
+  assert "test MSE of 0.31 " in diagnostics.classify(own, "regression", 1.653, None, 0.054,
+                                                      0.5679).evidence
+  # Without a bound (older results), raw targets, or another head: not a clamp.
+  assert diagnostics.classify(rec, "regression", chance=1.653, reference=0.054).kind == (
+      "underperforming")
+  raw = dict(rec, cell=Cell("regression", "relu", "mse", norm=False).to_dict())
+  assert diagnostics.classify(raw, "regression", 1.653, None, 0.054, 0.5679).kind != "clamped"
+  # A dead head stays a dead head (checked first).
+  dead = _record(cell=cell, best_valid=1.653, test=1.783, argmax_minority=[None] * 8,
+                 head_saturated=[1.0] * 8, spread=[0.0] * 8)
+  assert diagnostics.classify(dead, "regression", 1.653, None, 0.054, 0.5679).kind == "dead_head"

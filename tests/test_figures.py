@@ -387,3 +387,38 @@ def test_importing_does_not_import_matplotlib_eagerly():
   names = {a.name for n in top for a in n.names} | {
       n.module for n in top if isinstance(n, ast.ImportFrom)}
   assert not any(str(n).startswith("matplotlib") for n in names)
+
+
+def test_saturation_figure_splits_classes_and_marks_the_clipped_spread(tmp_path, monkeypatch):
+  """A cell with a healthy and a collapsed member: two lines, never their mean; the collapsed
+  member's spread of 0 is drawn at the floor and marked, not clipped silently."""
+  wd = str(tmp_path)
+  cell = _hidden_cell("relu", "torch")
+  healthy = _member(cell, 0, [0.5, 0.9, 0.95], 0.95)
+  healthy["diagnostics"] = dict(saturated=[[0.1]] * 3, spread=[0.5, 0.6, 0.7])
+  healthy["diagnosis"] = {"kind": "healthy", "evidence": "synthetic"}
+  collapsed = _member(cell, 1, [0.11, 0.11, 0.11], 0.11)
+  collapsed["diagnostics"] = dict(saturated=[[1.0]] * 3, spread=[0.3, 0.0, 0.0])
+  collapsed["diagnosis"] = {"kind": "collapsed", "evidence": "synthetic"}
+  _write_results(wd, "multiclass", [healthy, collapsed], study="hidden", command=TASK_COMMAND)
+  _write_run(wd)
+  saved = {}
+  original = figures._save
+
+  def keep(fig, path):
+    saved[os.path.basename(path)] = fig
+    return original(fig, path)
+
+  monkeypatch.setattr(figures, "_save", keep)
+  figures.plot_diagnostics(wd)
+  ax_s, ax_o = saved["saturation_multiclass.png"].axes[:2]
+  by_label = {l.get_label(): l for l in ax_s.get_lines()}
+  assert set(by_label) == {f"{cell.label} [1 healthy]", f"{cell.label} [1 collapsed]"}
+  assert list(by_label[f"{cell.label} [1 collapsed]"].get_ydata()) == [1.0, 1.0, 1.0]
+  assert list(by_label[f"{cell.label} [1 healthy]"].get_ydata()) == [0.1, 0.1, 0.1]
+  assert by_label[f"{cell.label} [1 healthy]"].get_linestyle() != by_label[
+      f"{cell.label} [1 collapsed]"].get_linestyle()
+  marks = [l for l in ax_o.get_lines() if l.get_marker() == "v"]
+  assert len(marks) == 1 and list(marks[0].get_xdata()) == [2, 3]
+  assert list(marks[0].get_ydata()) == [figures.SPREAD_FLOOR] * 2
+  assert "▼: below 1e-06" in ax_o.get_title()

@@ -246,7 +246,10 @@ def test_run_csv_concatenates_tasks_in_order(tmp_path):
   assert rows[0]["best_valid"] == "" and rows[0]["best_epoch"] == ""
   assert rows[1]["best_valid"] == "0.5" and rows[1]["best_epoch"] == "5"
   assert rows[1]["metric"] == "accuracy" and rows[1]["diagnosis"] == "learned"
+  assert rows[1]["stopping"] == "early_stopped"            # the file's "ok"
   assert list(rows[0]) == list(metrics_writer.CSV_COLUMNS)
+  assert metrics_writer.CSV_COLUMNS.index("diagnosis") < metrics_writer.CSV_COLUMNS.index(
+      "best_valid")
 
 
 # -- train_and_evaluate on real MNIST ------------------------------------------
@@ -362,7 +365,8 @@ def test_results_csv_match_the_json(mnist_runs):
     assert float(row["best_valid"]) == m["best_valid"] and float(row["test"]) == m["test"]
     assert int(row["best_epoch"]) == m["best_epoch"] + 1
     assert int(row["epochs_trained"]) == m["epochs_trained"]
-    assert row["status"] == m["status"] and row["diagnosis"] == m["diagnosis"]["kind"]
+    assert row["stopping"] == {"ok": "early_stopped"}.get(m["status"], m["status"]) != "ok"
+    assert row["diagnosis"] == m["diagnosis"]["kind"]
 
 
 def test_restart_removes_the_live_outputs(mnist_runs, tmp_path):

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COMMAND = "python -m jaxact.main --workdir=/tmp/w --study=all --seeds=3"
 # Student t 0.975 quantiles (table) and the standard normal 0.975 quantile.
-T_975 = {1: 12.7062047362, 2: 4.3026527297, 5: 2.5705818366, 6: 2.4469118511, 9: 2.2621571628}
+T_975 = {8: 2.3060041352, 1: 12.7062047362, 2: 4.3026527297, 5: 2.5705818366, 6: 2.4469118511, 9: 2.2621571628}
 Z_975 = 1.959963984540054
 
 
@@ -211,9 +211,11 @@ def test_activation_table_numbers_markers_and_status(workdir):
   assert [r[:3] for r in paired[2:]] == [["sigmoid + bce", "softmax + cce", "3"],
                                         ["sigmoid + cce", "softmax + cce", "0 of 3 common seeds"]]
   # Differences -6, -6, -6 points: 2 of the 8 sign vectors reach |mean| 6.
-  assert paired[2][3:] == ["-6.00 [-6.00, -6.00]", "0.250 (exact sign-flip)",
-                           "not distinguishable at n = 3"]
-  assert paired[3][3:] == ["no finite pair", "–", "too few pairs"]
+  # The task's family holds the one comparison with a p-value: Holm leaves it as it is; the
+  # differences have no spread and lie outside +-0.5 points, so TOST gives 1.
+  assert paired[2][3:] == ["-6.00 [-6.00, -6.00]", "0.250 (exact sign-flip)", "0.250", "1.000",
+                           "inconclusive"]
+  assert paired[3][3:] == ["no finite pair", "–", "–", "–", "too few pairs"]
 
 
 def test_loss_study_table_and_other_cells(workdir):
@@ -256,11 +258,23 @@ def test_original_numbers_column(workdir, monkeypatch):
   monkeypatch.setitem(report.ORIGINAL_NUMBERS, ("activation", cell.key), (0.9707, 0.9757))
   text = report.render_markdown(workdir)
   rows = _table_rows(text, "binary: final-activation study, torch convention")
-  assert rows[0][-1] == "original (source document)"
-  assert rows[2][-1] == "97.07 / 97.57"
-  assert rows[3][-1] == ""
+  assert rows[0][-2:] == ["original (source document): valid / test",
+                          "jaxact's 95% prediction interval for one run: valid / test, the "
+                          "original"]
+  assert rows[2][-2] == "97.07 / 97.57"
+  # Prediction intervals over the 3 seeds: valid 97, 98, 99 and test 96, 97, 98 (sd 1),
+  # mean +- t_{0.975, 2} sqrt(1 + 1/3) = +-4.968.
+  half = 4.3026527297 * math.sqrt(1 + 1 / 3)
+  assert rows[2][-1] == (f"[{98 - half:.2f}, {98 + half:.2f}] inside / "
+                         f"[{97 - half:.2f}, {97 + half:.2f}] inside")
+  assert rows[3][-2:] == ["", ""]
   loss_rows = _table_rows(text, "binary: loss study, torch convention")
-  assert "original (source document)" not in loss_rows[0]
+  assert not any(h.startswith("original") for h in loss_rows[0])
+  assert ("The original's single-run values (source document) inside jaxact's 95% prediction "
+          "interval for one new run: **2 of 2**." in text)
+  monkeypatch.setitem(report.ORIGINAL_NUMBERS, ("activation", cell.key), (0.9707, 0.9000))
+  text = report.render_markdown(workdir)
+  assert "for one new run: **1 of 2**; outside: softmax + cce test 90.00." in text
 
 
 def test_image_links(workdir):
@@ -455,8 +469,10 @@ def test_paired_difference_uses_all_pairs_and_matches_enumeration(tmp_path):
   assert row[:3] == ["sigmoid + bce", "softmax + cce", "10"]
   assert row[3] == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
   assert row[4] == f"{p:.3f} (exact sign-flip)"
-  # Three collapses dominate the mean, but 10 pairs cannot tell the direction at 0.05.
-  assert p > 0.05 and row[5] == "not distinguishable at n = 10"
+  assert row[5] == f"{p:.3f}"   # a family of one
+  # Three collapses dominate the mean, but 10 pairs can tell neither a direction at 0.05 nor
+  # an equivalence within +-0.5 points.
+  assert p > 0.05 and row[7] == "inconclusive"
 
 
 def test_rates_with_wilson_intervals(tmp_path):
@@ -520,7 +536,7 @@ def test_paired_verdict_follows_the_metric_direction_for_mse(tmp_path):
   wd = str(tmp_path / "run")
   os.makedirs(wd)
   members = []
-  for s in range(6):
+  for s in range(7):
     for norm, base in ((True, 0.50), (False, 40.0)):
       members.append(_member("regression", "none", "mse", s, base, base + 0.01 * s, norm=norm))
       members.append(_member("regression", "sigmoid", "mse", s, 2 * base, 2 * base + 0.02 * s,
@@ -531,13 +547,14 @@ def test_paired_verdict_follows_the_metric_direction_for_mse(tmp_path):
   rows = {r[0]: r for r in paired[2:]}
   std = rows["sigmoid method + mse, standardised"]
   assert std[1] == "none + mse, standardised"
-  d = [0.50 + 0.01 * s for s in range(6)]   # misused minus recommended, MSE units
+  d = [0.50 + 0.01 * s for s in range(7)]   # misused minus recommended, MSE units
   mean, low, high = _t_ci(d)
   assert std[3] == f"{mean:+#.4g} [{low:+#.4g}, {high:+#.4g}]"
-  assert std[4] == f"{_sign_flip_p(d):.3f} (exact sign-flip)" == "0.031 (exact sign-flip)"
-  assert std[5] == "worse"
+  assert std[4] == f"{_sign_flip_p(d):.3f} (exact sign-flip)" == "0.016 (exact sign-flip)"
+  # Two comparisons in the task's family, both p = 2/128: Holm 2 x 2/128.
+  assert std[5] == "0.031" and std[7] == "worse"
   raw = rows["sigmoid method + mse, raw targets"]
-  assert raw[1] == "none + mse, raw targets" and raw[5] == "worse"
+  assert raw[1] == "none + mse, raw targets" and raw[7] == "worse"
 
 
 def test_how_to_read_explains_the_statistics(workdir):
@@ -549,3 +566,39 @@ def test_how_to_read_explains_the_statistics(workdir):
     assert phrase in how, phrase
   for kind in diagnostics.KINDS:
     assert f"**{kind.replace('_', ' ')}**" in how
+
+
+def test_a_cell_in_two_modes_is_shown_as_its_modes(tmp_path):
+  """Nine members near 78.8% and one at 76.9% (the multi-label softmax + cce of the torch
+  grid): two modes, each with its count and mean, not one mean over both."""
+  wd = str(tmp_path / "run")
+  os.makedirs(wd)
+  tests = [0.7847, 0.7855, 0.7866, 0.7871, 0.7880, 0.7887, 0.7892, 0.7902, 0.7932, 0.7689]
+  members = [_diagnosed(_member("multilabel", "softmax", "cce", s, v, v), "ceiling")
+             for s, v in enumerate(tests)]
+  members += [_diagnosed(_member("multilabel", "sigmoid", "bce", s, 0.984, 0.984 + 0.0001 * s),
+                         "healthy") for s in range(10)]
+  _write_results(wd, "multilabel", members)
+  text = report.render_markdown(wd)
+  rows = {r[1]: r for r in _table_rows(text, "multilabel: loss study, torch convention")[2:]}
+  nine = [100 * v for v in tests[:9]]
+  mean, low, high = _t_ci(nine)
+  assert rows["softmax + cce"][6] == (f"10 ceiling: 2 modes: 9 at {mean:.2f} [{low:.2f}, "
+                                      f"{high:.2f}]; 1 at 76.89")
+  median = sorted(100 * v for v in tests)[4:6]
+  assert rows["softmax + cce"][7] == f"median {sum(median) / 2:.2f}; 76.89–79.32"
+  assert "modes" not in rows["sigmoid + bce"][6]
+
+
+def test_console_table_puts_the_diagnosis_first_and_never_says_ok(tmp_path):
+  from jaxact import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  wd, _, _ = _collapse_run(tmp_path)
+  with open(os.path.join(wd, "results", "multiclass.json"), encoding="utf-8") as f:
+    records = json.load(f)["members"]
+  results = {"multiclass": [workdir_lib.member_from_record(r) for r in records]}
+  text = train.format_results_table(results, workdir=wd)
+  (line,) = [l for l in text.splitlines() if "sigmoid + bce" in l]
+  assert "[10 seeds: 7 healthy, 3 collapsed] valid 7 healthy: " in line
+  assert line.endswith("stopping: 10 early-stopped") and " ok" not in line
+  bare = train.format_results_table(results)          # no workdir: no diagnosis to show
+  assert "[10 seeds: 10 not diagnosed]" in bare and " ok" not in bare
