@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import logging as std_logging
+import math
 import os
 import shutil
 import sys
