@@ -98,6 +98,7 @@ def _cli(*args, env_extra=None):
     (["--head_bias_init=zero"], "unknown --head_bias_init 'zero'"),
     (["--preset=fast"], "--preset: unknown preset 'fast': choose one of activation, loss"),
     (["--seeds=2000000000"], "this run does not fit in memory"),
+    (["--first_seed=4294967295", "--seeds=2"], "past 4294967295, the largest seed"),
     (["--num_processes=2"], "--num_processes needs --distributed"),
     (["--distributed", "--coordinator_address=localhost:1"],
      "also needs --num_processes, --process_id"),
