@@ -280,14 +280,16 @@ def compile_line(task: str, n_members: int, elapsed: float, background: bool = F
   members = f"{n_members} member{'' if n_members == 1 else 's'}"
   if background:
     return (f"task {task}: the program for {members} was compiled in the background; "
-            f"elapsed {runner_lib.format_duration(elapsed)}")
+            f"run elapsed {runner_lib.format_duration(elapsed)}")
   return (f"task {task}: compiling the program for {members}; "
-          f"elapsed {runner_lib.format_duration(elapsed)}")
+          f"run elapsed {runner_lib.format_duration(elapsed)}")
 
 
 def run_line(done: Sequence[str], pending: Sequence[str], elapsed: float,
              left: float | None) -> str:
-  """The run-level line logged after each task: tasks done, elapsed time, time left.
+  """The run-level line logged after each task: tasks done, time since the run started, time left.
+
+  The epoch lines' "elapsed" counts from the task's start; "run elapsed" from the run's.
 
   Args:
     done: the finished tasks, in order (reused ones included).
@@ -299,7 +301,8 @@ def run_line(done: Sequence[str], pending: Sequence[str], elapsed: float,
   total = len(done) + len(pending)
   if left is not None:
     left = max(left, 0.0)
-  line = f"run: {len(done)}/{total} tasks done ({', '.join(done) or 'none'}); elapsed {fmt(elapsed)}"
+  line = (f"run: {len(done)}/{total} tasks done ({', '.join(done) or 'none'}); "
+          f"run elapsed {fmt(elapsed)}")
   if not pending:
     return line + "; all done"
   eta = f"about {fmt(left)} left" if left is not None else "no estimate yet"
@@ -387,6 +390,9 @@ def _train_tasks(config: RunConfig, workdir: str,
       results = engine.run(task_data, restore=snapshot,
                            on_epoch_end=checkpointer if checkpoint_every else None,
                            on_epoch=metrics_writer.compose(*live))
+      for hook in live:
+        if isinstance(hook, metrics_writer.TensorBoardLog):
+          hook.write_hparams(results, engine_lib.training_record(config.engine))
     finally:
       checkpointer.close()   # waits for pending saves, also on errors and interrupts
       for hook in live:

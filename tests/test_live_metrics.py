@@ -345,6 +345,26 @@ def test_tensorboard_runs_of_a_resumed_task(mnist_runs):
   assert sorted(_scalars(run_dir)["valid/accuracy"]) == [1, 2, 3]
 
 
+def test_tensorboard_hparams_of_a_finished_task(mnist_runs):
+  a = mnist_runs["a"]
+  hparams_dir = a["workdir"] / "tensorboard" / "probability" / "sigmoid+bce" / "hparams"
+  events = [e for f in sorted(hparams_dir.iterdir()) if f.name.startswith("events.")
+            for e in _events(f)]
+  plugins = {v.metadata.plugin_data.plugin_name for e in events for v in e.summary.value}
+  assert "hparams" in plugins                       # what TensorBoard's HPARAMS tab reads
+  scalars = _scalars(hparams_dir)
+  results = a["results"]["probability"]
+  assert list(scalars["hparam/members"].values()) == [len(results)]
+  assert list(scalars["hparam/test_accuracy"].values()) == pytest.approx(
+      [np.mean([r.test for r in results])], rel=1e-6)
+  assert list(scalars["hparam/best_valid_accuracy"].values()) == pytest.approx(
+      [np.mean([r.best_valid for r in results])], rel=1e-6)
+  # The hyper-parameters: the cell's fields and the training options, by name.
+  text = b"".join(f.read_bytes() for f in hparams_dir.iterdir())
+  for name in (b"head", b"loss", b"optimizer", b"learning_rate", b"batch_size"):
+    assert name in text
+
+
 def test_results_csv_match_the_json(mnist_runs):
   wd = mnist_runs["a"]["workdir"]
   saved = json.loads((wd / "results" / "probability.json").read_text())
