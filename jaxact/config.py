@@ -36,6 +36,9 @@ class UserError(Exception):
   """A problem with the user's request; str() names the problem and the fix."""
 
 
+SPLITS = ("per_seed", "fixed")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What to train.
@@ -50,7 +53,12 @@ class RunConfig:
       they set the network of the activation / loss studies' cells and
       filter the hidden study's (studies.NetworkChoice).
     seeds: number of seeds per cell; the seeds are first_seed .. first_seed + seeds - 1.
-    split_seed: the seed of the shared 2,000 / 3,000 split.
+    split: one of SPLITS: "per_seed" (each member draws its own 2,000 / 3,000
+      train / valid split from MNIST's training pool, seeded by its seed, so
+      the intervals over seeds cover the data sampling too, and the two cells
+      of a pair share their split) or "fixed" (every member trains on the one
+      split of `split_seed`, the original's single split).
+    split_seed: "fixed" only: the seed of the shared split.
     data_dir: directory with the four MNIST IDX files, or None for the tfds download.
     tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
     engine: the training hyper-parameters (engine.EngineConfig, defined in
@@ -73,6 +81,7 @@ class RunConfig:
   network: studies.NetworkChoice = studies.NetworkChoice()
   seeds: int = 3
   first_seed: int = 0
+  split: str = "per_seed"
   split_seed: int = 0
   data_dir: str | None = None
   tfds_dir: str | None = None
@@ -110,6 +119,13 @@ def validate(config: RunConfig) -> None:
         f"{MAX_SEED}, the largest seed jax.random.key takes (an unsigned 32-bit integer): "
         f"lower --first_seed to at most {MAX_SEED - config.seeds + 1}, or --seeds to at most "
         f"{MAX_SEED - config.first_seed + 1}.")
+  if config.split not in SPLITS:
+    raise UserError(f"unknown --split {config.split!r}: choose per_seed (each member its own "
+                    "split, seeded by its seed) or fixed (one split for all, --split_seed).")
+  if config.split == "per_seed" and config.split_seed != 0:
+    raise UserError(f"--split_seed={config.split_seed} chooses the one split of --split=fixed, "
+                    "and with --split=per_seed each member's split seed is its own seed: add "
+                    "--split=fixed, or leave --split_seed out.")
   e = config.engine
   if e.max_epochs < 1:
     raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
@@ -167,5 +183,6 @@ def run_identity(config: RunConfig) -> dict:
   return checkpoint_lib.config_identity(config.to_dict())
 
 
-# The identity of the defaults: fills in the keys that an older run.json lacks.
-DEFAULT_IDENTITY = run_identity(RunConfig())
+# The identity of the defaults: fills in the keys that an older run.json lacks. A run.json
+# without "split" was written before per-member splits: its run used the fixed split.
+DEFAULT_IDENTITY = {**run_identity(RunConfig()), "split": "fixed"}

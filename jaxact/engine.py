@@ -88,7 +88,8 @@ class Engine:
   def __init__(self, task: str, members: Sequence[tuple[Cell, int]],
                config: EngineConfig = EngineConfig(),
                execution: ExecutionConfig = ExecutionConfig(),
-               progress: Callable[[str], None] | None = None):
+               progress: Callable[[str], None] | None = None,
+               splits: Callable[[int], tuple[Any, Any]] | None = None):
     self.task = tasks_lib.get_task(task)
     if not members:
       raise ValueError("no members to train")
@@ -109,6 +110,7 @@ class Engine:
     self.config = config
     self.execution = execution
     self.progress = progress or logging.info
+    self.splits = splits
     if config.head_bias_init not in HEAD_BIAS_INITS:
       raise ValueError(f"unknown head_bias_init {config.head_bias_init!r}: choose one of "
                        f"{', '.join(HEAD_BIAS_INITS)}")
@@ -199,10 +201,14 @@ class Engine:
     prog = self.program
 
     def test(params, x, t, mean, std, stats=None):
-      """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
+      """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's;
+      mean and std are scalars, or (M,) per member (`MemberRows`)."""
       stats = {} if stats is None else stats
-      return layout.map(lambda ps, cells: prog.test(*ps, x, t, mean, std, cells),
-                        (params, stats))
+      if jax.numpy.ndim(mean) == 0:
+        return layout.map(lambda ps, cells: prog.test(*ps, x, t, mean, std, cells),
+                          (params, stats))
+      return layout.map(lambda ps, cells: prog.test(ps[0], ps[1], x, t, ps[2], ps[3], cells),
+                        (params, stats, mean, std))
     return test
 
   def layout_epoch_fn(self, groups: Groups) -> Callable:
@@ -233,23 +239,35 @@ class Engine:
 
   def state_template(self) -> dict[str, Any]:
     """ShapeDtypeStructs of `init_state`'s output (they do not depend on the data)."""
-    return jax.eval_shape(lambda: self._init(None).to_dict())
+    return jax.eval_shape(lambda: self._init(None, self._rows(None)).to_dict())
 
   def init_state(self, data: TaskData | None = None) -> dict[str, Any]:
     """The stacked training state of the real members, as `TrainState.to_dict`.
 
-    Member m's keys come from its seed alone. `data` gives the training
-    targets' mean for `head_bias_init="prior"` (ValueError without it); the
-    "torch" bias needs none.
+    Member m's keys come from its seed alone, and with `splits`, its split
+    from its seed too. `data` gives the training targets' mean for
+    `head_bias_init="prior"` and for the members' own splits (ValueError
+    without it); the "torch" bias and one shared split need none.
     """
+    if self.splits is not None and data is None:
+      raise ValueError("per-member splits need the task's data (the pool): init_state(data)")
+    rows = self._rows(data)
     bias = None
     if self.config.head_bias_init == "prior":
-      bias = self.program.prior_bias([c for c, _ in self.members], data)
-    return self._init(bias).to_dict()
+      bias = self.program.prior_bias([c for c, _ in self.members], data, rows)
+    return self._init(bias, rows).to_dict()
 
-  def _init(self, bias) -> TrainState:
+  def _rows(self, data: TaskData | None) -> program_lib.MemberRows | None:
+    """The real members' `MemberRows` (None without `splits`; zero means without data)."""
+    if self.splits is None:
+      return None
+    return program_lib.member_rows(
+        self.task.name, [self.splits(s) for _, s in self.members],
+        None if data is None else jax.device_get(data.t_train))
+
+  def _init(self, bias, rows) -> TrainState:
     return self.program.init_state([s for _, s in self.members],
-                                   self.layout_groups(range(self.num_members)), bias)
+                                   self.layout_groups(range(self.num_members)), bias, rows)
 
   def initial_state(self, data: TaskData | None = None) -> TrainState:
     """`init_state`, padded to the stacked members and placed on the mesh."""
@@ -324,5 +342,5 @@ class Engine:
     state = self.initial_state(data)
     data = sharding.replicate(data, self.mesh)
     self.epoch_fn.lower(state, data).compile()
-    self.test_fn.lower(state.best_params, data.x_test, data.t_test, data.target_mean,
-                       data.target_std, state.best_stats).compile()
+    self.test_fn.lower(state.best_params, data.x_test, data.t_test,
+                       *program_lib.target_scale(state, data), state.best_stats).compile()

@@ -86,8 +86,13 @@ _CONVENTION = flags.DEFINE_string(
     "Loss convention: torch (the original's), logits, or both.")
 _SEEDS = flags.DEFINE_integer("seeds", DEFAULTS.seeds, "Seeds per cell (members per cell).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", DEFAULTS.first_seed, "The first member seed.")
+_SPLIT = flags.DEFINE_string(
+    "split", DEFAULTS.split,
+    "per_seed: each member draws its own 2,000/3,000 train/valid split from MNIST's training "
+    "pool, seeded by its seed (a pair of cells shares it); fixed: one split for every member, "
+    "drawn with --split_seed (the original's single split).")
 _SPLIT_SEED = flags.DEFINE_integer("split_seed", DEFAULTS.split_seed,
-                                   "Seed of the shared 2,000/3,000 split.")
+                                   "--split=fixed: seed of the shared 2,000/3,000 split.")
 _INIT = flags.DEFINE_list(
     "init", _list_flag(DEFAULTS.network.init),
     f"Initialisation(s), of {', '.join(model_lib.INITS)}; default torch (PyTorch's). Several "
@@ -234,7 +239,7 @@ def config_from_flags() -> train.RunConfig:
       loss=_LOSS.value, norm=_tristate("norm", _NORM.value),
       sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
-      split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
+      split=_SPLIT.value, split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
                                      optimizer=_OPTIMIZER.value,
                                      learning_rate=_LEARNING_RATE.value,

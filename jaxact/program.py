@@ -207,6 +207,81 @@ class TaskData:
         t_test=jnp.asarray(tasks_lib.make_targets(task, split.y_test)),
         target_mean=float(np.mean(t_train)), target_std=float(np.std(t_train)))
 
+  @classmethod
+  def from_pool(cls, pool, task: str) -> "TaskData":
+    """The data of `--split=per_seed`: the whole pool as both train and valid sets.
+
+    Each member's rows of it are in its `TrainState.rows` (`member_rows`); the
+    pool's images are held once on the device (x_train and x_valid are one
+    array). target_mean and target_std are NaN: each member standardises with
+    its own train split's (`MemberRows`).
+    """
+    x = jnp.asarray(pool.x)
+    t = jnp.asarray(tasks_lib.make_targets(task, pool.y))
+    return cls(x_train=x, t_train=t, x_valid=x, t_valid=t,
+               x_test=jnp.asarray(pool.x_test),
+               t_test=jnp.asarray(tasks_lib.make_targets(task, pool.y_test)),
+               target_mean=float("nan"), target_std=float("nan"))
+
+
+@flax.struct.dataclass
+class MemberRows:
+  """Each member's own split of the pool (`--split=per_seed`); leaves (M, ...).
+
+  train: int32 (M, n_train) and valid: int32 (M, n_valid) rows of the pool
+  (`TaskData.from_pool`); target_mean, target_std: float32 (M,) the mean and
+  population std of the member's train targets (regression standardisation),
+  computed on the host as `TaskData.from_split` computes them, so that a
+  member equals the run of its split alone.
+  """
+  train: jax.Array
+  valid: jax.Array
+  target_mean: jax.Array
+  target_std: jax.Array
+
+
+def member_rows(task: str, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                pool_targets: np.ndarray | None) -> MemberRows:
+  """The stacked `MemberRows` of members whose (train rows, valid rows) are `splits`.
+
+  pool_targets: (P, C) the task's targets of the pool (tasks.make_targets), or
+  None for a state template (means 0, stds 1).
+  """
+  del task
+  stats = []
+  for train, _ in splits:
+    if pool_targets is None:
+      stats.append((0.0, 1.0))
+    else:
+      t = np.asarray(pool_targets)[train]
+      stats.append((float(np.mean(t)), float(np.std(t))))
+  return MemberRows(train=jnp.asarray(np.stack([a for a, _ in splits]), jnp.int32),
+                    valid=jnp.asarray(np.stack([b for _, b in splits]), jnp.int32),
+                    target_mean=jnp.asarray([m for m, _ in stats], jnp.float32),
+                    target_std=jnp.asarray([d for _, d in stats], jnp.float32))
+
+
+def target_scale(state: "TrainState", data: TaskData) -> tuple[Any, Any]:
+  """(mean, std) of the training targets: the data's, or each member's (M,) with `rows`."""
+  if state.rows is None:
+    return data.target_mean, data.target_std
+  return state.rows.target_mean, state.rows.target_std
+
+
+def member_scale(v, a: int, b: int):
+  """A target mean or std for members a:b, shaped to broadcast over (S, rows, C).
+
+  `v` is a scalar (one split for all members) or (M,) (`MemberRows`); a
+  stack of one member (loop mode) gives its scalar, so that the member
+  computes exactly what a run of its split alone computes.
+  """
+  v = jnp.asarray(v)
+  if v.ndim == 0:
+    return v
+  if v.shape[0] == 1:
+    return v[0]
+  return v[a:b].reshape(-1, 1, 1)
+
 # Per-cell target transforms (regression standardisation, sigmoid method).
 
 
@@ -321,6 +396,11 @@ def _slice_members(tree, a: int, b: int):
   return jax.tree_util.tree_map(lambda l: l[a:b], tree)
 
 
+def _members(v: jax.Array, a: int, b: int) -> jax.Array:
+  """Members a:b of a stack (M, ...); a stack of one (loop mode) is not sliced."""
+  return v if v.shape[0] == 1 else v[a:b]
+
+
 # ---------------------------------------------------------------------------
 # The state and the scan's carry.
 
@@ -342,6 +422,8 @@ class TrainState:
     epochs_trained: (M,) int32 epochs each member trained.
     shuffle_keys: (M,) PRNG keys of the members' shuffle orders.
     epoch: () int32 epochs done, shared by all members.
+    rows: each member's own split (`MemberRows`, `--split=per_seed`), or
+      None when every member uses the data's own train and valid sets.
     stats, best_stats: batch-norm running statistics now and at the best
       epoch; {} when no member uses batch norm.
   """
@@ -358,13 +440,17 @@ class TrainState:
   epoch: Any
   stats: Any = dataclasses.field(default_factory=dict)
   best_stats: Any = dataclasses.field(default_factory=dict)
+  rows: MemberRows | None = None
 
   def to_dict(self) -> dict[str, Any]:
     """The state as the flat dict of its fields that snapshots and checkpoints
-    hold ("stats" and "best_stats" only with batch norm)."""
+    hold ("stats" and "best_stats" only with batch norm, "rows" only with
+    per-member splits)."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     if not jax.tree_util.tree_leaves(self.stats):
       del out["stats"], out["best_stats"]
+    if self.rows is None:
+      del out["rows"]
     return out
 
   @classmethod
@@ -460,8 +546,8 @@ class Program:
 
   # -- state ---------------------------------------------------------------
 
-  def init_state(self, seeds: Sequence[int], groups, bias: np.ndarray | None = None
-                 ) -> TrainState:
+  def init_state(self, seeds: Sequence[int], groups, bias: np.ndarray | None = None,
+                 rows: MemberRows | None = None) -> TrainState:
     """The stacked initial state; member m's keys come from its seed alone.
 
     Args:
@@ -470,6 +556,8 @@ class Program:
         initialisation and depth are static).
       bias: (M, C) output biases to start from (head_bias_init="prior"), or
         None for the initialisation's.
+      rows: each member's own split (`member_rows`), or None: every member
+        trains on the data's train set.
     """
     seeds = jnp.asarray(seeds, jnp.uint32)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
@@ -500,15 +588,22 @@ class Program:
         epochs_trained=jnp.zeros((m,), jnp.int32),
         shuffle_keys=shuffle_keys,
         epoch=jnp.zeros((), jnp.int32),
+        rows=rows,
     )
 
-  def prior_bias(self, cells: Sequence[Cell], data: TaskData | None) -> np.ndarray:
-    """(M, C) every member's output bias for head_bias_init="prior" (`prior_output_bias`)."""
+  def prior_bias(self, cells: Sequence[Cell], data: TaskData | None,
+                 rows: MemberRows | None = None) -> np.ndarray:
+    """(M, C) every member's output bias for head_bias_init="prior" (`prior_output_bias`),
+    from its own train split where `rows` gives one."""
     if data is None:
       raise ValueError('head_bias_init="prior" needs the task\'s data: init_state(data)')
     t_train = np.asarray(data.t_train)
-    return np.stack([prior_output_bias(cell, t_train, data.target_mean, data.target_std)
-                     for cell in cells])
+    if rows is None:
+      return np.stack([prior_output_bias(cell, t_train, data.target_mean, data.target_std)
+                       for cell in cells])
+    train, mean, std = (np.asarray(a) for a in (rows.train, rows.target_mean, rows.target_std))
+    return np.stack([prior_output_bias(cell, t_train[train[i]], float(mean[i]), float(std[i]))
+                     for i, cell in enumerate(cells)])
 
   # -- the network -----------------------------------------------------------
 
@@ -559,7 +654,7 @@ class Program:
       losses, valid = [], []
       for cell, a, b in groups:
         fn = self.loss_fns[cell]
-        tt = train_targets(cell, t[a:b], mean, std)
+        tt = train_targets(cell, t[a:b], member_scale(mean, a, b), member_scale(std, a, b))
         pe = jax.vmap(fn.per_example)(z[a:b], tt)                        # (S, B)
         mean_pe = jnp.sum(pe * mask[a:b], axis=1) / jnp.sum(mask[a:b], axis=1)
         losses.append(jax.vmap(fn.finalize)(mean_pe))
@@ -583,7 +678,8 @@ class Program:
     """
     cfg = self.config
     m = state.best_score.shape[0]
-    n = data.x_train.shape[0]
+    rows = state.rows
+    n = data.x_train.shape[0] if rows is None else rows.train.shape[1]
     nb = -(-n // cfg.batch_size)
     epoch = state.epoch
     perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
@@ -593,7 +689,8 @@ class Program:
     masks = jnp.pad(jnp.ones((m, n), jnp.float32), ((0, 0), (0, pad)))
     perms = perms.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
     masks = masks.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
-    mean, std = data.target_mean, data.target_std
+    mean, std = ((data.target_mean, data.target_std) if rows is None
+                 else (rows.target_mean, rows.target_std))
     train_probes = probes_lib.of_phase("train", self.probes)
 
     def grad_fn(params, stats, x, t, mask):
@@ -603,7 +700,9 @@ class Program:
       return jax.grad(total, has_aux=True)(params)
 
     def step(carry: StepCarry, batch):
-      idx, mask, i = batch
+      idx, mask, i = batch                                              # idx (M, B)
+      if rows is not None:                                              # rows of the pool
+        idx = jnp.take_along_axis(rows.train, idx, axis=1)
       x, t = data.x_train[idx], data.t_train[idx]
       grads, (loss, valid, new_stats) = grad_fn(carry.params, carry.stats, x, t, mask)
       updates, new_opt = jax.vmap(self.tx.update)(grads, carry.opt_state, carry.params)
@@ -634,8 +733,9 @@ class Program:
     params, stats, still = carry.params, carry.stats, carry.active
     train_loss = carry.loss_sum / nb
 
-    valid_metric, n_inf, diag = self.evaluate(params, stats, data.x_valid, data.t_valid,
-                                              mean, std, cells, diagnostics=True)
+    valid_metric, n_inf, diag = self.evaluate(
+        params, stats, data.x_valid, data.t_valid, mean, std, cells, diagnostics=True,
+        rows=None if rows is None else rows.valid)
     totals = probes_lib.Totals(n=0, width=self.dims.width,
                                applied=jnp.sum(applied, axis=0), target_spread=None,  # (M,)
                                single_label=self.task.single_label)
@@ -660,7 +760,8 @@ class Program:
         params=params, opt_state=carry.opt_state, best_params=best_params,
         best_score=best_score, best_epoch=best_epoch, active=still & ~stop,
         status=status, status_epoch=status_epoch, epochs_trained=epochs_trained,
-        shuffle_keys=state.shuffle_keys, epoch=epoch + 1, stats=stats, best_stats=best_stats)
+        shuffle_keys=state.shuffle_keys, epoch=epoch + 1, stats=stats, best_stats=best_stats,
+        rows=rows)
     metrics = EpochMetrics(train_loss=train_loss, valid_metric=valid_metric, n_infinite=n_inf,
                            trained=still, diag=diag)
     return new_state, metrics
@@ -675,7 +776,7 @@ class Program:
 
   # -- evaluation ------------------------------------------------------------
 
-  def evaluate(self, params, stats, x, t, mean, std, cells, diagnostics=False):
+  def evaluate(self, params, stats, x, t, mean, std, cells, diagnostics=False, rows=None):
     """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).
 
     Runs in chunks of examples (`lax.scan`) so memory stays bounded; the last
@@ -686,20 +787,25 @@ class Program:
       params, stats: parameters and batch-norm statistics stacked on axis 0
         ({} for stats without batch norm).
       x: (N, 28, 28, 1) images; t: (N, C) targets in original units.
-      mean, std: the training targets' mean and std.
+      mean, std: the training targets' mean and std: scalars, or (M,) per member.
       cells: the members' cells (layout.py).
       diagnostics: also compute the diagnostics.
+      rows: None (every member is evaluated on all of x), or int32 (M, n):
+        member m is evaluated on the rows rows[m] of x and t.
     """
     m = jax.tree_util.tree_leaves(params)[0].shape[0]
-    n = x.shape[0]
+    n = x.shape[0] if rows is None else rows.shape[1]
     target = max(8, min(n, self.eval_rows // m))
     nc = -(-n // target)
     chunk = -(-n // nc)                    # balanced chunks: the padding stays below nc rows
     pad = nc * chunk - n
     # Padded as rows of pixels: padding the (n, 28, 28, 1) images themselves got a
     # layout that XLA:CPU then copied, about 10 ms of every epoch's valid pass.
-    xs = jnp.pad(x.reshape(n, -1), ((0, pad), (0, 0))).reshape((nc, chunk, -1))
-    ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
+    if rows is None:
+      xs = jnp.pad(x.reshape(n, -1), ((0, pad), (0, 0))).reshape((nc, chunk, -1))
+      ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
+    else:                 # each chunk's rows, gathered in the scan: (nc, M, chunk)
+      xs = ts = jnp.pad(rows, ((0, 0), (0, pad))).reshape(m, nc, chunk).swapaxes(0, 1)
     ms = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad)).reshape(nc, chunk)
     cat = lambda xs: jnp.concatenate(xs, axis=0)
     valid_probes = probes_lib.of_phase("valid", self.probes) if diagnostics else ()
@@ -709,8 +815,9 @@ class Program:
       z, pre, _ = self.dense(groups, params, stats, feats, train=False)  # (M, chunk, C)
       scores, infs, outs, heads = [], [], [], []
       for cell, a, b in groups:
-        pred = predictions(cell, z[a:b], mean, std)
-        s = tasks_lib.per_example_score(self.task.name, pred, tc[None])
+        pred = predictions(cell, z[a:b], member_scale(mean, a, b), member_scale(std, a, b))
+        s = tasks_lib.per_example_score(self.task.name, pred,
+                                        tc[None] if rows is None else _members(tc, a, b))
         scores.append(jnp.sum(s * mc, axis=1))
         bad = jnp.any(~jnp.isfinite(pred), axis=-1)
         infs.append(jnp.sum(bad * mc, axis=1))
@@ -728,7 +835,10 @@ class Program:
 
     def one(carry, args):
       xc, tc, mc = args
-      xc = xc.reshape((-1,) + x.shape[1:])
+      if rows is None:
+        xc = xc.reshape((-1,) + x.shape[1:])
+      else:                                # (M, chunk) rows -> (M, chunk, 28, 28, 1), (M, chunk, C)
+        xc, tc = x[xc], t[tc]
       feats = self.trunk(params, stats, xc)
       res = cells.per_cell(chunk_stats, params, stats, feats, tc, mc)
       new = dict(score=carry["score"] + res["score"], inf=carry["inf"] + res["inf"])
@@ -744,9 +854,15 @@ class Program:
     metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
     if not diagnostics:
       return metric, n_inf, {}
-    target_spread = cells.per_cell(lambda groups, t: cat([
-        jnp.full((b - a,), jnp.mean(jnp.std(train_targets(cell, t, mean, std), axis=0)))
-        for cell, a, b in groups]), t)
+    if rows is None:
+      target_spread = cells.per_cell(lambda groups, t: cat([
+          jnp.full((b - a,), jnp.mean(jnp.std(train_targets(cell, t, mean, std), axis=0)))
+          for cell, a, b in groups]), t)
+    else:                 # each member's own valid targets (M, n, C)
+      target_spread = cells.per_cell(lambda groups, tm: cat([
+          jnp.mean(jnp.std(train_targets(cell, _members(tm, a, b), member_scale(mean, a, b),
+                                         member_scale(std, a, b)), axis=1), axis=-1)
+          for cell, a, b in groups]), t[rows])
     totals = probes_lib.Totals(n=n, width=self.dims.width, applied=None,
                                target_spread=target_spread,
                                single_label=self.task.single_label)

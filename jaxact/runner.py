@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxact import probes as probes_lib
+from jaxact import program as program_lib
 from jaxact import sharding
 from jaxact.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
 from jaxact.studies import Cell
@@ -359,7 +360,7 @@ def run(engine, data: TaskData, restore: Snapshot | None = None,
   state = state.replace(status=jnp.where(state.active, Status.HIT_CAP, state.status))
   engine.final_state = sharding.unpad(state, r).to_dict()
   test_metric, test_inf = sharding.to_host(engine.test_fn(
-      state.best_params, data.x_test, data.t_test, data.target_mean, data.target_std,
+      state.best_params, data.x_test, data.t_test, *program_lib.target_scale(state, data),
       state.best_stats))
   return collect(engine, sharding.to_host(state.to_dict()), np.asarray(test_metric),
                  np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,

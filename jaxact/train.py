@@ -188,11 +188,10 @@ def train_and_evaluate(config: RunConfig, workdir: str,
              if restart or not os.path.exists(workdir_lib.task_results_path(workdir, t))]
   split = None
   if pending:
-    split = data_lib.load_split(data_lib.resolve_data_dir(config.data_dir), config.split_seed,
-                                tfds_dir=config.tfds_dir)
-    logging.info("data: %d train / %d valid / %d test from a pool of %d (%s), split seed %d",
-                 len(split.y_train), len(split.y_valid), len(split.y_test),
-                 split.train_pool_size, split.source, config.split_seed)
+    split = data_lib.load_run_data(
+        data_lib.resolve_data_dir(config.data_dir), config.tfds_dir, config.split,
+        config.split_seed, range(config.first_seed, config.first_seed + config.seeds))
+    logging.info("data: %s", split.describe())
     if not restart:
       workdir_lib.check_split(workdir, {"split_fingerprint": _saved_fingerprint(
           workdir, run_info, members)}, split)
@@ -356,15 +355,16 @@ def _train_tasks(config: RunConfig, workdir: str,
     if prepared is not None:
       engine, task_data = prepared
     else:
-      engine = engine_lib.Engine(task, task_members, config.engine, config.execution)
-      task_data = engine_lib.TaskData.from_split(split, task)
+      engine = engine_lib.Engine(task, task_members, config.engine, config.execution,
+                                 splits=split.member_splits)
+      task_data = engine_lib.TaskData.from_pool(split.pool, task)
     if ahead is not None:
       later = [t for t in order[order.index(task) + 1:]
                if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
       if later:
         ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
-                                                config.execution),
-                    engine_lib.TaskData.from_split(split, later[0]))
+                                                config.execution, splits=split.member_splits),
+                    engine_lib.TaskData.from_pool(split.pool, later[0]))
     checkpointer = checkpoint_lib.TaskCheckpointer(
         ckpt_dir, every=checkpoint_every, identity={
             "config": run_identity(config), "split_fingerprint": split.fingerprint,
@@ -399,13 +399,17 @@ def _train_tasks(config: RunConfig, workdir: str,
         hook.close()
     wall = checkpointer.elapsed()
     t = tasks_lib.get_task(task)
-    chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.y_valid))
+    chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
     ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
-        tasks_lib.make_targets(task, split.y_test)) if task == "multilabel" else None)
+        tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
+    records = workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine)
+    for record in records:
+      record["split_seed"] = record["seed"] if config.split == "per_seed" else config.split_seed
     workdir_lib.write_json_atomic(results_path, {
         "task": task, "study": config.study, "metric_name": t.metric_name,
         "higher_is_better": t.higher_is_better,
-        "split_seed": config.split_seed,
+        "split": config.split,
+        "split_seed": config.split_seed if config.split == "fixed" else None,
         "split_fingerprint": split.fingerprint, "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience,
         "training": engine_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
@@ -414,7 +418,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         "command": run_info["command"], "machine": run_info["machine"],
         "git_revision": segment["git_revision"], "jaxact_version": __version__,
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
-        "members": workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine),
+        "members": records,
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)

@@ -31,8 +31,10 @@ def _copy_committed(tmp_path: Path) -> Path:
 
 def _cli(workdir: Path, prelude: str = "") -> subprocess.CompletedProcess:
   """The committed run's own command (its flags, this workdir), run as `python -m jaxact.main`."""
-  argv = json.loads((COMMITTED / "run.json").read_text())["argv"]
-  flags = [a for a in argv[1:] if not a.startswith(("--workdir=", "--data_dir="))]
+  run = json.loads((COMMITTED / "run.json").read_text())
+  flags = [a for a in run["argv"][1:] if not a.startswith(("--workdir=", "--data_dir="))]
+  if "split" not in run["config"]:
+    flags.append("--split=fixed")   # made before per-member splits: the one fixed split
   code = (f"{prelude}\nimport sys\nfrom jaxact import main\n"
           f"sys.argv = ['jaxact'] + {flags + [f'--workdir={workdir}']!r}\nmain.run()\n")
   return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
