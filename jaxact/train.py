@@ -1,9 +1,11 @@
 """`train_and_evaluate`: train the selected cells of a study and write everything to a workdir.
 
 The flow, top to bottom: `plan` validates the configuration (jaxact.config)
-and lists the members (cell, seed) per task; `train_and_evaluate` prepares the
-workdir (jaxact.workdir: its layout, resuming, the results records), records
-run.json, then for each task loads the data once, builds the task's `Engine`,
+and lists the members (cell, seed) per task; `train_and_evaluate` checks what
+the workdir holds, loads the data once if a task is left to train (before
+anything is written, so bad data leave no files behind), prepares the workdir
+(jaxact.workdir: its layout, resuming, the results records), records run.json
+with a new segment (jaxact.provenance), then for each task builds its `Engine`,
 restores its latest checkpoint, trains it (`Engine.run`) with the live outputs
 (metrics.jsonl, TensorBoard, progress), and writes its results file and the
 report. Finished tasks of an earlier run of the same configuration are reused.

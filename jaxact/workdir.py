@@ -1,7 +1,8 @@
 """A run's workdir: its layout, what a rerun finds there, and the results records written to it.
 
 Layout of a workdir:
-  run.json               the command, the machine, the configuration, start/finish times
+  run.json               the command, the configuration, start/finish times, and one segment
+                         per start (revision, versions, machine: jaxact.provenance)
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
   results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
   results.csv            the rows of every finished task, rewritten after each task
