@@ -125,15 +125,18 @@ def segment(command: str) -> dict:
           "constraints_sha256": constraints_sha256()}
 
 
-def version_differences(before: dict | None, now_: dict) -> list[tuple[str, str | None, str | None]]:
+VersionDiff = tuple[str, "str | None", "str | None"]
+
+
+def version_differences(before: dict | None, current: dict) -> list[VersionDiff]:
   """(package, version before, version now) for each package whose version differs.
 
-  Packages that `before` does not record (a run.json from before they were
-  recorded) are left out.
+  Packages that `before` or `current` does not record (a run.json from before
+  they were recorded) are left out.
   """
   before = before or {}
-  return [(name, before[name], now_.get(name)) for name in sorted(before)
-          if name in now_ and before[name] != now_[name]]
+  return [(name, before[name], current[name]) for name in sorted(before)
+          if name in current and before[name] != current[name]]
 
 
 def segments_of(previous: dict) -> list[dict]:
@@ -156,6 +159,6 @@ def segments_of(previous: dict) -> list[dict]:
   return [old]
 
 
-def summarize_versions(diffs: Sequence[tuple[str, str | None, str | None]]) -> str:
+def summarize_versions(diffs: Sequence[VersionDiff]) -> str:
   """'jax 0.10.1 before, 0.10.2 now; flax ...' for `version_differences`."""
   return "; ".join(f"{name} {a} before, {b} now" for name, a, b in diffs)

@@ -59,4 +59,5 @@ def test_no_temporary_file_is_committed():
   if proc.returncode:
     pytest.skip("not a git checkout")
   names = [os.path.basename(p) for p in proc.stdout.splitlines()]
-  assert not [n for n in names if files._TEMP_NAME.fullmatch(n)]   # pylint: disable=protected-access
+  temp = files._TEMP_NAME   # pylint: disable=protected-access
+  assert not [n for n in names if temp.fullmatch(n)]

@@ -53,11 +53,12 @@ def test_a_resumed_record_keeps_every_segment_and_warns_on_other_versions(monkey
   warnings = []
   monkeypatch.setattr(train.logging, "warning", lambda *a: warnings.append(a[0] % a[1:]))
   config = train.RunConfig(task="binary", seeds=1)
-  first = train._run_record(config, ["jaxact", "--task=binary"], None)   # pylint: disable=protected-access
+  record = train._run_record   # pylint: disable=protected-access
+  first = record(config, ["jaxact", "--task=binary"], None)
   assert len(first["segments"]) == 1 and not warnings
   first["segments"][0]["versions"] = dict(first["segments"][0]["versions"], jax="0.9.1")
   first["split_fingerprint"] = "abc"
-  second = train._run_record(config, ["jaxact", "--task=binary"], first)  # pylint: disable=protected-access
+  second = record(config, ["jaxact", "--task=binary"], first)
   assert [s["started"] for s in second["segments"]] == [
       first["segments"][0]["started"], second["segments"][1]["started"]]
   assert second["started"] == first["started"] and second["split_fingerprint"] == "abc"
