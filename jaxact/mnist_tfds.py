@@ -405,7 +405,6 @@ def load_mnist(
   """
   tfds_root = _resolve_tfds_dir(tfds_dir)
   try:
-    _check_writable(tfds_root)
     if not data_dir:
       data_dir = os.fspath(_download_idx_files(tfds_root))
     return _load_from_idx_dir(data_dir, tfds_root)
@@ -423,10 +422,3 @@ def _cache_error(tfds_root: Path, err: OSError) -> data_lib.DataError:
       f"pass a writable directory with --tfds_dir (or {TFDS_DIR_ENV}; default "
       f"{DEFAULT_TFDS_DIR}), or make room on its disk")
 
-
-def _check_writable(directory: Path) -> None:
-  """Creates `directory` if needed and writes a file in it; OSError where that fails."""
-  directory.mkdir(parents=True, exist_ok=True)
-  probe = directory / f".write-probe.{os.getpid()}"
-  probe.write_bytes(b"")
-  probe.unlink()
