@@ -28,6 +28,10 @@ from jaxact import studies
 from jaxact import tasks as tasks_lib
 
 
+# Member seeds become jax.random.key(uint32): first_seed + seeds - 1 may not exceed this.
+MAX_SEED = 2**32 - 1
+
+
 class UserError(Exception):
   """A problem with the user's request; str() names the problem and the fix."""
 
@@ -112,6 +116,13 @@ def validate(config: RunConfig) -> None:
     raise UserError(f"--seeds must be a positive number of seeds per cell, got {config.seeds}.")
   if config.first_seed < 0 or config.split_seed < 0:
     raise UserError("--first_seed and --split_seed must be non-negative integers.")
+  last_seed = config.first_seed + config.seeds - 1
+  if last_seed > MAX_SEED:
+    raise UserError(
+        f"the member seeds run from --first_seed={config.first_seed} to {last_seed}, past "
+        f"{MAX_SEED}, the largest seed jax.random.key takes (an unsigned 32-bit integer): "
+        f"lower --first_seed to at most {MAX_SEED - config.seeds + 1}, or --seeds to at most "
+        f"{MAX_SEED - config.first_seed + 1}.")
   if config.split not in SPLITS:
     raise UserError(f"unknown --split {config.split!r}: choose per_seed (each member its own "
                     "split, seeded by its seed) or fixed (one split for all, --split_seed).")

@@ -23,6 +23,7 @@ Without a cluster manager, also give every process --coordinator_address
 (process 0's HOST:PORT), --num_processes and its own --process_id.
 """
 
+import errno
 import logging as std_logging
 import signal
 import sys
@@ -33,6 +34,7 @@ from absl import logging
 
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
+from jaxact import files
 from jaxact import model as model_lib
 from jaxact import presets as presets_lib
 from jaxact import sharding
@@ -288,6 +290,18 @@ class _QuietOrbax(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def write_failure(err: OSError, workdir: str) -> str:
+  """The one paragraph for a file the run could not write (a full disk, a read-only directory)."""
+  full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+  what = str(err) if isinstance(err, files.WriteError) else (
+      f"cannot write {err.filename or 'a file'}: {err.strerror or err} [Errno {err.errno}]")
+  fix = ("make room on that disk" if full else "make that directory writable")
+  return (f"{what}. Finished tasks' results are kept in {workdir}/results (each is written "
+          f"whole or not at all). Fix: {fix} (or move the workdir where it can be written and "
+          "point --workdir at it), then rerun the same command: finished tasks are not trained "
+          "again, and a task that was running goes on from its latest checkpoint.")
+
+
 def _terminate(signum, frame):
   del frame
   raise KeyboardInterrupt(f"signal {signum}")
@@ -322,6 +336,11 @@ def main(argv):
                                        tensorboard_members=_TENSORBOARD_MEMBERS.value)
   except (train.UserError, data_lib.DataError) as err:
     sys.stderr.write(f"jaxact: error: {err}\n")
+    sys.exit(2)
+  except OSError as err:
+    if not isinstance(err, files.WriteError) and err.errno not in files.DISK_ERRNOS:
+      raise
+    sys.stderr.write(f"jaxact: error: {write_failure(err, _WORKDIR.value)}\n")
     sys.exit(2)
   except KeyboardInterrupt:
     every = _CHECKPOINT_EVERY.value

@@ -182,17 +182,19 @@ class TensorBoardLog:
     train/loss               mean training loss (finite values only)
     train/members_training   how many of them trained
   and with `members`, per member: valid_by_seed/seed_<seed> and
-  train_loss_by_seed/seed_<seed>.
+  train_loss_by_seed/seed_<seed>. When the task ends, `write_hparams` adds
+  each cell's choices and final means for TensorBoard's HPARAMS tab.
 
-  Writes the event files synchronously with tensorboardX's record writer (no
-  thread or queue per cell), flushed every epoch. Each run's new event file
-  starts with a purge event at `start_epoch + 1`, which makes TensorBoard
-  discard the events of later steps an interrupted run had written.
+  Written through tensorboardX's `SummaryWriter`, one per cell, flushed
+  every epoch. Each one starts its event file with a purge event at
+  `start_epoch + 1` (`SummaryWriter(purge_step=...)`), which makes
+  TensorBoard discard the events of later steps an interrupted run had
+  written.
   """
 
   def __init__(self, logdir: str, task: str, members: Sequence[tuple[studies.Cell, int]],
                start_epoch: int = 0, per_member: bool = False):
-    """Creates one event file per cell.
+    """Creates one SummaryWriter (one event file) per cell.
 
     Args:
       logdir: WORKDIR/tensorboard.
@@ -201,10 +203,7 @@ class TensorBoardLog:
       start_epoch: the epochs already done (a restored checkpoint's), 0 for a fresh task.
       per_member: also write each member's scalars.
     """
-    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
-    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
-    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-    self._summary, self._event_pb2 = summary, event_pb2
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self.metric = tasks_lib.get_task(task).metric_name
     self.per_member = per_member
     cells = list(dict.fromkeys(c for c, _ in members))
@@ -215,17 +214,9 @@ class TensorBoardLog:
     # keeps a resumed run's file apart from one written in the same second.
     suffix = f".{os.getpid()}.{next(_EVENT_FILES)}.jaxact"
     for cell in cells:
-      directory = os.path.join(logdir, *cell.key.split("/"))
-      os.makedirs(directory, exist_ok=True)
-      writer = event_file_writer.EventsWriter(os.path.join(directory, "events"), suffix)
-      writer.write_event(event_pb2.Event(
-          wall_time=time.time(), step=start_epoch + 1,
-          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-      self._writers[cell] = writer
-
-  def _scalar(self, writer, tag: str, value: float, step: int, wall: float) -> None:
-    writer.write_event(self._event_pb2.Event(
-        wall_time=wall, step=step, summary=self._summary.scalar(tag, value)))
+      self._writers[cell] = SummaryWriter(
+          logdir=os.path.join(logdir, *cell.key.split("/")), purge_step=start_epoch + 1,
+          filename_suffix=suffix)
 
   def __call__(self, epoch: int, host: dict[str, Any]) -> None:
     wall = time.time()
@@ -234,19 +225,41 @@ class TensorBoardLog:
       trained = [i for i in rows if host["trained"][i]]
       if not trained:
         continue
-      self._scalar(writer, "train/members_training", len(trained), epoch, wall)
+      writer.add_scalar("train/members_training", len(trained), epoch, walltime=wall)
       for tag, name in ((f"valid/{self.metric}", "valid_metric"), ("train/loss", "train_loss")):
         values = [float(host[name][i]) for i in trained if math.isfinite(host[name][i])]
         if values:
-          self._scalar(writer, tag, sum(values) / len(values), epoch, wall)
+          writer.add_scalar(tag, sum(values) / len(values), epoch, walltime=wall)
       if self.per_member:
         for i in trained:
           for tag, name in (("valid_by_seed", "valid_metric"),
                             ("train_loss_by_seed", "train_loss")):
             if math.isfinite(host[name][i]):
-              self._scalar(writer, f"{tag}/seed_{self._seeds[i]}", float(host[name][i]),
-                           epoch, wall)
+              writer.add_scalar(f"{tag}/seed_{self._seeds[i]}", float(host[name][i]), epoch,
+                                walltime=wall)
       writer.flush()
+
+  def write_hparams(self, results: Sequence[engine_lib.MemberResult],
+                    training: dict[str, Any]) -> None:
+    """Adds each cell's hyper-parameters and final means (HPARAMS tab), once its task ended.
+
+    Hyper-parameters: the cell's fields (head, loss, convention, network, ...)
+    and `training` (engine.training_record: optimizer, learning rate, ...);
+    metrics: hparam/best_valid_<metric> and hparam/test_<metric>, means over
+    the cell's members with a finite value, and hparam/members. tensorboardX
+    writes them into a run of their own, tensorboard/<cell key>/hparams.
+    """
+    for cell, rows in self._rows.items():
+      params = {k: v for k, v in {**cell.to_dict(), **training}.items()
+                if isinstance(v, (bool, str, int, float))}
+      mine = [results[i] for i in rows]
+      metrics = {"hparam/members": float(len(mine))}
+      for name, attr in ((f"best_valid_{self.metric}", "best_valid"),
+                         (f"test_{self.metric}", "test")):
+        values = [float(getattr(m, attr)) for m in mine if math.isfinite(getattr(m, attr))]
+        if values:
+          metrics[f"hparam/{name}"] = sum(values) / len(values)
+      self._writers[cell].add_hparams(params, metrics, name="hparams")
 
   def close(self) -> None:
     for writer in self._writers.values():

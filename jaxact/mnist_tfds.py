@@ -398,11 +398,27 @@ def load_mnist(
     labels uint8 (N,)), 'test': (...)}.
 
   Raises:
-    DataError: invalid IDX files; a damaged prepared copy; or, without
+    DataError: invalid IDX files; a damaged prepared copy; a `tfds_dir` that
+      cannot be written (or a full disk there); or, without
       `data_dir`, the download failed (no network, a file that does not
       match tfds' checksums).
   """
   tfds_root = _resolve_tfds_dir(tfds_dir)
-  if not data_dir:
-    data_dir = os.fspath(_download_idx_files(tfds_root))
-  return _load_from_idx_dir(data_dir, tfds_root)
+  try:
+    if not data_dir:
+      data_dir = os.fspath(_download_idx_files(tfds_root))
+    return _load_from_idx_dir(data_dir, tfds_root)
+  except OSError as e:
+    # The IDX files' own read errors are DataErrors already; what is left is the cache.
+    raise _cache_error(tfds_root, e) from e
+
+
+def _cache_error(tfds_root: Path, err: OSError) -> data_lib.DataError:
+  where = f" ({err.filename})" if err.filename and os.fspath(err.filename) != os.fspath(
+      tfds_root) else ""
+  return data_lib.data_error(
+      tfds_root, f"the tensorflow-datasets cache directory cannot be written: "
+      f"{err.strerror or err}{where}",
+      f"pass a writable directory with --tfds_dir (or {TFDS_DIR_ENV}; default "
+      f"{DEFAULT_TFDS_DIR}), or make room on its disk")
+

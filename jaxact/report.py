@@ -957,7 +957,7 @@ def main(argv: Sequence[str]) -> None:
   workdir = flags.FLAGS.workdir
   try:
     path = write_report(workdir)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, files.WriteError) as e:
     print(f"jaxact.report: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote {path}")

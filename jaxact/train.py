@@ -1,9 +1,11 @@
 """`train_and_evaluate`: train the selected cells of a study and write everything to a workdir.
 
 The flow, top to bottom: `plan` validates the configuration (jaxact.config)
-and lists the members (cell, seed) per task; `train_and_evaluate` prepares the
-workdir (jaxact.workdir: its layout, resuming, the results records), records
-run.json, then for each task loads the data once, builds the task's `Engine`,
+and lists the members (cell, seed) per task; `train_and_evaluate` checks what
+the workdir holds, loads the data once if a task is left to train (before
+anything is written, so bad data leave no files behind), prepares the workdir
+(jaxact.workdir: its layout, resuming, the results records), records run.json
+with a new segment (jaxact.provenance), then for each task builds its `Engine`,
 restores its latest checkpoint, trains it (`Engine.run`) with the live outputs
 (metrics.jsonl, TensorBoard, progress), and writes its results file and the
 report. Finished tasks of an earlier run of the same configuration are reused.
@@ -19,7 +21,6 @@ files; the workdir must be on a file system all hosts see.
 
 from __future__ import annotations
 
-import datetime
 import logging as std_logging
 import math
 import os
@@ -40,6 +41,7 @@ from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
 from jaxact import provenance
+from jaxact import runner as runner_lib
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
@@ -181,7 +183,23 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     raise UserError("--tensorboard writes its event files with the tensorboardX package, which "
                     f"is not installed: run {metrics_writer.TENSORBOARD_INSTALL} (or pip "
                     "install tensorboardX), or leave --tensorboard out.")
+  clock = time.perf_counter()
   primary = sharding.is_primary()   # multi-host: only process 0 writes files
+  previous = None if restart else workdir_lib.check_workdir_config(workdir, config)
+  run_info = _run_record(config, command or sys.argv, previous)
+  segment = run_info["segments"][-1]
+  # The data before anything is written: a bad --data_dir or tfds cache leaves no files behind.
+  pending = [t for t in members
+             if restart or not os.path.exists(workdir_lib.task_results_path(workdir, t))]
+  split = None
+  if pending:
+    split = data_lib.load_run_data(
+        data_lib.resolve_data_dir(config.data_dir), config.tfds_dir, config.split,
+        config.split_seed, range(config.first_seed, config.first_seed + config.seeds))
+    logging.info("data: %s", split.describe())
+    if not restart:
+      workdir_lib.check_split(workdir, {"split_fingerprint": _saved_fingerprint(
+          workdir, run_info, members)}, split)
   if primary:
     workdir_lib.prepare_workdir(workdir)
   if restart:
@@ -189,28 +207,8 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     if primary:
       workdir_lib.remove_run_outputs(workdir)
     sharding.sync("jaxact: --restart done")
-    previous = None
-  else:
-    previous = workdir_lib.check_workdir_config(workdir, config)
-    if previous is None and primary:   # nothing to resume: start the live outputs afresh
-      metrics_writer.remove_live_outputs(workdir)
-  now = datetime.datetime.now().isoformat(timespec="seconds")
-  run_info = {
-      "command": " ".join(["python -m jaxact.main"] + list((command or sys.argv)[1:])),
-      "argv": list(command or sys.argv),
-      "machine": provenance.machine_description(),
-      "jaxact_version": __version__,
-      "git_revision": provenance.git_revision(),
-      "versions": provenance.package_versions(),
-      "started": now,
-      "finished": None,
-      "config": config.to_dict(),
-  }
-  if previous is not None:
-    run_info["started"] = previous.get("started", now)
-    run_info["resumed"] = list(previous.get("resumed") or []) + [now]
-    if previous.get("split_fingerprint"):
-      run_info["split_fingerprint"] = previous["split_fingerprint"]
+  elif previous is None and primary:   # nothing to resume: start the live outputs afresh
+    metrics_writer.remove_live_outputs(workdir)
   run_path = workdir_lib.run_json_path(workdir)
   workdir_lib.write_json_atomic(run_path, run_info)
   logging.info("jaxact: %s", run_info["machine"])
@@ -221,25 +219,119 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     compile_ahead = False
   ahead = compile_ahead_lib.CompileAhead()
   try:
-    return _train_tasks(config, workdir, members, run_info, run_path, checkpoint_every,
-                        ahead if compile_ahead else None, tensorboard, tensorboard_members)
+    return _train_tasks(config, workdir, members, split, run_info, run_path, checkpoint_every,
+                        ahead if compile_ahead else None, tensorboard, tensorboard_members,
+                        clock)
+  except BaseException as err:
+    # The segment ends here too; a write that fails now (a full disk) must not hide `err`.
+    segment["ended"] = provenance.now()
+    segment["stopped_by"] = type(err).__name__
+    try:
+      workdir_lib.write_json_atomic(run_path, run_info)
+    except OSError:
+      pass
+    raise
   finally:
     ahead.wait()
 
 
+def _run_record(config: RunConfig, argv: Sequence[str], previous: dict | None) -> dict:
+  """run.json's content at the start of a run: the earlier segments (if any) and this one.
+
+  The top level holds the command, the configuration, the first start and the
+  last finish, and the machine and jaxact version of the latest segment (what
+  the report names); "segments" one `provenance.segment` per start, so a run
+  resumed at another revision, on another machine or under other packages
+  names each. A resume under other package versions than the previous
+  segment's is logged as a warning.
+  """
+  command = " ".join(["python -m jaxact.main"] + list(argv[1:]))
+  segment = provenance.segment(command)
+  segments = (provenance.segments_of(previous) if previous is not None else []) + [segment]
+  before = next((s["versions"] for s in reversed(segments[:-1]) if s.get("versions")), None)
+  diffs = provenance.version_differences(before, segment["versions"])
+  if diffs:
+    logging.warning("run.json: this run resumes one made under other package versions (%s); "
+                    "tasks trained now may differ from earlier ones in float rounding",
+                    provenance.summarize_versions(diffs))
+  run_info = {
+      "command": command, "argv": list(argv), "machine": segment["machine"],
+      "jaxact_version": __version__, "started": segments[0].get("started") or segment["started"],
+      "finished": None, "config": config.to_dict(), "segments": segments,
+  }
+  if previous is not None and previous.get("split_fingerprint"):
+    run_info["split_fingerprint"] = previous["split_fingerprint"]
+  return run_info
+
+
+def _saved_fingerprint(workdir: str, run_info: dict, tasks) -> str | None:
+  """The split fingerprint the workdir's run was trained on: run.json's, else a results file's."""
+  if run_info.get("split_fingerprint"):
+    return run_info["split_fingerprint"]
+  for task in tasks:
+    saved = files.read_json_object(workdir_lib.task_results_path(workdir, task)) or {}
+    if saved.get("split_fingerprint"):
+      return saved["split_fingerprint"]
+  return None
+
+
+def compile_line(task: str, n_members: int, elapsed: float, background: bool = False) -> str:
+  """The line logged before a task's first epoch (its compilation is most of the wait).
+
+  `elapsed` is the seconds since the run started; `background`: --compile_ahead
+  compiled it while the previous task trained.
+  """
+  members = f"{n_members} member{'' if n_members == 1 else 's'}"
+  if background:
+    return (f"task {task}: the program for {members} was compiled in the background; "
+            f"run elapsed {runner_lib.format_duration(elapsed)}")
+  return (f"task {task}: compiling the program for {members}; "
+          f"run elapsed {runner_lib.format_duration(elapsed)}")
+
+
+def run_line(done: Sequence[str], pending: Sequence[str], elapsed: float,
+             left: float | None) -> str:
+  """The run-level line logged after each task: tasks done, time since the run started, time left.
+
+  The epoch lines' "elapsed" counts from the task's start; "run elapsed" from the run's.
+
+  Args:
+    done: the finished tasks, in order (reused ones included).
+    pending: the tasks still to train.
+    elapsed: seconds since the run started (this start of it).
+    left: estimated seconds for `pending` (None: no estimate yet).
+  """
+  fmt = runner_lib.format_duration
+  total = len(done) + len(pending)
+  if left is not None:
+    left = max(left, 0.0)
+  line = (f"run: {len(done)}/{total} tasks done ({', '.join(done) or 'none'}); "
+          f"run elapsed {fmt(elapsed)}")
+  if not pending:
+    return line + "; all done"
+  eta = f"about {fmt(left)} left" if left is not None else "no estimate yet"
+  return line + f"; {eta} for {', '.join(pending)}"
+
+
 def _train_tasks(config: RunConfig, workdir: str,
-                 members: dict[str, list[tuple[studies.Cell, int]]], run_info: dict,
+                 members: dict[str, list[tuple[studies.Cell, int]]], split, run_info: dict,
                  run_path: str, checkpoint_every: int,
                  ahead: compile_ahead_lib.CompileAhead | None,
                  tensorboard: bool = False, tensorboard_members: bool = False,
+                 clock: float | None = None,
                  ) -> dict[str, list[engine_lib.MemberResult]]:
-  """The task loop of `train_and_evaluate` (see there)."""
+  """The task loop of `train_and_evaluate` (see there); `split` is loaded if a task trains.
+
+  `clock` is `time.perf_counter()` at the run's start, for the progress lines.
+  """
   from jaxact import report as report_lib  # matplotlib is imported lazily
 
   primary = sharding.is_primary()
-  split = None
+  clock = time.perf_counter() if clock is None else clock
+  segment = run_info["segments"][-1]
   out = {}
   order = list(members)
+  trained_s, trained_members = 0.0, 0   # this start's trained tasks, for the run's ETA
   for task, task_members in members.items():
     results_path = workdir_lib.task_results_path(workdir, task)
     ckpt_dir = os.path.join(workdir_lib.checkpoints_dir(workdir), task)
@@ -257,15 +349,9 @@ def _train_tasks(config: RunConfig, workdir: str,
           metrics_writer.write_task_csv(results_path)   # a workdir from before the CSVs
         metrics_writer.write_run_csv(workdir)
       continue
-    if split is None:
-      split = data_lib.load_run_data(
-          data_lib.resolve_data_dir(config.data_dir), config.tfds_dir, config.split,
-          config.split_seed, range(config.first_seed, config.first_seed + config.seeds))
-      logging.info("data: %s", split.describe())
-      workdir_lib.check_split(workdir, run_info, split)
-      if run_info.get("split_fingerprint") != split.fingerprint:
-        run_info["split_fingerprint"] = split.fingerprint
-        workdir_lib.write_json_atomic(run_path, run_info)
+    if run_info.get("split_fingerprint") != split.fingerprint:
+      run_info["split_fingerprint"] = split.fingerprint
+      workdir_lib.write_json_atomic(run_path, run_info)
     cells = list(dict.fromkeys(c for c, _ in task_members))
     logging.info("task %s: %d cells x %d seeds = %d members in one program",
                  task, len(cells), config.seeds, len(task_members))
@@ -304,9 +390,14 @@ def _train_tasks(config: RunConfig, workdir: str,
                              tensorboard_members)
       bars = [h for h in live if isinstance(h, metrics_writer.ProgressBar)]
       engine.progress = bars[0].log if bars else logging.info
+      engine.progress(compile_line(task, engine.num_members, time.perf_counter() - clock,
+                                   background=prepared is not None))
       results = engine.run(task_data, restore=snapshot,
                            on_epoch_end=checkpointer if checkpoint_every else None,
                            on_epoch=metrics_writer.compose(*live))
+      for hook in live:
+        if isinstance(hook, metrics_writer.TensorBoardLog):
+          hook.write_hparams(results, engine_lib.training_record(config.engine))
     finally:
       checkpointer.close()   # waits for pending saves, also on errors and interrupts
       for hook in live:
@@ -338,6 +429,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         # Layouts compiled before an interruption count once; the one resumed in is traced again.
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
+        "git_revision": segment["git_revision"], "jaxact_version": __version__,
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
         "relu_clamp_bound_test": (extra[0]["relu_clamp_bound_test"]
                                   if task == "regression" and config.split == "fixed" else None),
@@ -345,13 +437,24 @@ def _train_tasks(config: RunConfig, workdir: str,
     })
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
+    segment["ended"] = provenance.now()
+    segment["tasks"] = segment.get("tasks", []) + [task]
+    workdir_lib.write_json_atomic(run_path, run_info)
     if primary:
       metrics_writer.write_task_csv(results_path)
       metrics_writer.write_run_csv(workdir)
       report_lib.write_report(workdir)
     out[task] = results
+    # This start's time per member so far, times the members still to train.
+    trained_s += time.perf_counter() - start
+    trained_members += len(task_members)
+    pending = [t for t in order[order.index(task) + 1:]
+               if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
+    logging.info("%s", run_line(
+        [t for t in order if t not in pending], pending, time.perf_counter() - clock,
+        trained_s / trained_members * sum(len(members[t]) for t in pending)))
 
-  run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+  run_info["finished"] = segment["ended"] = provenance.now()
   workdir_lib.write_json_atomic(run_path, run_info)
   if primary:
     logging.info("report: %s", report_lib.write_report(workdir))

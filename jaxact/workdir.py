@@ -1,7 +1,8 @@
 """A run's workdir: its layout, what a rerun finds there, and the results records written to it.
 
 Layout of a workdir:
-  run.json               the command, the machine, the configuration, start/finish times
+  run.json               the command, the configuration, start/finish times, and one segment
+                         per start (revision, versions, machine: jaxact.provenance)
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
   results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
   results.csv            the rows of every finished task, rewritten after each task
@@ -80,8 +81,8 @@ def write_json_atomic(path: str, obj) -> None:
 def prepare_workdir(workdir: str) -> None:
   """Creates the workdir and checks that it can be written; UserError otherwise.
 
-  Also removes the temporary files a process killed while writing a results
-  file left behind (`files.write_json_atomic`'s `.tmp-*`).
+  Also removes the temporary files that a process killed while writing left
+  behind in the workdir and results/ (`files.remove_stale_temps`).
   """
   try:
     os.makedirs(results_dir(workdir), exist_ok=True)
@@ -92,9 +93,8 @@ def prepare_workdir(workdir: str) -> None:
   except OSError as err:
     raise UserError(f"cannot write to the workdir {workdir!r} ({err.strerror or err}): "
                     "choose a writable directory with --workdir.") from None
-  for name in os.listdir(results_dir(workdir)):
-    if name.startswith(".tmp-"):
-      os.unlink(os.path.join(results_dir(workdir), name))
+  for directory in (workdir, results_dir(workdir)):
+    files.remove_stale_temps(directory)
 
 
 def remove_run_outputs(workdir: str) -> None:

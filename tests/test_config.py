@@ -81,6 +81,8 @@ def test_command_line_defaults_are_the_run_configs():
     (dict(task=("binary", "ranking")), "unknown --task 'ranking'"),
     (dict(conventions=("numpy",)), "unknown convention 'numpy'"),
     (dict(seeds=0), "--seeds must be a positive number of seeds per cell, got 0."),
+    (dict(first_seed=2**32 - 1, seeds=2),
+     "the member seeds run from --first_seed=4294967295 to 4294967296, past 4294967295"),
     (dict(engine=engine.EngineConfig(max_epochs=0)), "--max_epochs must be positive, got 0."),
     (dict(engine=engine.EngineConfig(optimizer="adam")), "unknown --optimizer 'adam'"),
     (dict(execution=engine.ExecutionConfig(member_mode="fast")),
@@ -110,6 +112,15 @@ def test_python_api_gets_the_command_lines_message(tmp_path):
 def test_validate_accepts_the_defaults_and_every_study():
   for study in ("activation", "loss", "hidden", "all", None):
     train.validate(train.RunConfig(study=study))
+
+
+def test_the_last_member_seed_may_be_the_largest_uint32():
+  train.validate(train.RunConfig(first_seed=2**32 - 2, seeds=2))
+  with pytest.raises(train.UserError) as err:
+    train.validate(train.RunConfig(first_seed=2**32 - 2, seeds=3))
+  # The fix names both ways out, each at the largest value that fits.
+  assert "--first_seed to at most 4294967293" in str(err.value)
+  assert "--seeds to at most 2" in str(err.value)
   train.validate(train.RunConfig(task=("binary", "multiclass"), seeds=1,
                                  execution=engine.ExecutionConfig(eval_examples=0)))
 

@@ -502,6 +502,19 @@ def test_load_mnist_validates_before_building(tmp_path):
   assert not (tmp_path / "tfds").exists()
 
 
+def test_load_mnist_unwritable_tfds_dir_is_a_data_error(tmp_path):
+  write_mnist_dir(tmp_path / "idx", 10, 3)
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(DataError) as err:
+    mnist_tfds.load_mnist(str(tmp_path / "idx"), str(blocker / "tfds"))
+  message = str(err.value)
+  assert message.startswith(f"{blocker / 'tfds'}: the tensorflow-datasets cache directory "
+                            "cannot be written: Not a directory")
+  assert "Fix: pass a writable directory with --tfds_dir (or JAXACT_TFDS_DIR" in message
+  assert "\n" not in message
+
+
 def test_load_mnist_recovers_from_interrupted_builds(tmp_path, monkeypatch):
   expected = write_mnist_dir(tmp_path / "idx", 30, 10)
   tfds_dir = tmp_path / "tfds"

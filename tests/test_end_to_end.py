@@ -53,6 +53,10 @@ def test_workdir_holds_results_report_and_plot(binary_run):
     assert key in m
   run = json.loads((workdir / "run.json").read_text())
   assert run["finished"] and "cpu" in run["machine"].lower()
+  (segment,) = run["segments"]
+  assert segment["tasks"] == ["binary"] and segment["ended"] == run["finished"]
+  assert saved["git_revision"] == segment["git_revision"]          # the revision that trained it
+  assert saved["jaxact_version"] == segment["jaxact_version"] == run["jaxact_version"]
   report = (workdir / "report.md").read_text()
   assert "✅" in report and "❌" in report and "sigmoid + bce" in report
   assert (workdir / "curves_binary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -98,6 +102,7 @@ def _cli(*args, env_extra=None):
     (["--head_bias_init=zero"], "unknown --head_bias_init 'zero'"),
     (["--preset=fast"], "--preset: unknown preset 'fast': choose one of activation, loss"),
     (["--seeds=2000000000"], "this run does not fit in memory"),
+    (["--first_seed=4294967295", "--seeds=2"], "past 4294967295, the largest seed"),
     (["--num_processes=2"], "--num_processes needs --distributed"),
     (["--distributed", "--coordinator_address=localhost:1"],
      "also needs --num_processes, --process_id"),
@@ -118,6 +123,22 @@ def test_cli_missing_data_dir(tmp_path):
   proc = _cli("--task=binary", f"--data_dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'w'}")
   assert proc.returncode == 2
   assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()          # the data are read before anything is written
+
+
+def test_cli_unwritable_tfds_dir(tmp_path, mnist_dir):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  for env_extra, args in (({}, [f"--tfds_dir={blocker / 'tfds'}"]),
+                          ({"JAXACT_TFDS_DIR": str(blocker / "tfds")}, [])):
+    proc = _cli("--task=binary", f"--data_dir={mnist_dir}", f"--workdir={tmp_path / 'w'}", *args,
+                env_extra=env_extra)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    message = proc.stderr.splitlines()[-1]
+    assert message.startswith(f"jaxact: error: {blocker / 'tfds'}: the tensorflow-datasets "
+                              "cache directory cannot be written")
+    assert "--tfds_dir" in message and "JAXACT_TFDS_DIR" in message
+    assert not (tmp_path / "w").exists()
 
 
 def test_cli_without_data_dir_offline_stops_at_once(tmp_path):

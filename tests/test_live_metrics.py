@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from jaxact import engine
 from jaxact import metrics_writer
 from jaxact import runner
 from jaxact import studies
+from jaxact import tasks
 from jaxact import train
 from jaxact import workdir as workdir_lib
 from test_engine import _synthetic
@@ -170,6 +172,65 @@ def test_progress_line_of_a_48_cell_grid():
   # Members without a best yet are left out; a grid without any says so.
   none = line_of(1, active, np.full(m, -np.inf, np.float32), 1.0, 2.0)
   assert none.endswith("mean best valid accuracy: none yet") and "eta ~2.0s;" in none
+
+
+def _seconds(text: str) -> float:
+  """The inverse of runner.format_duration ('5.5s', '49s', '16m40s', '1h02m')."""
+  m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:([\d.]+)s)?", text)
+  assert m and text, text
+  h, mins, sec = (float(g) if g else 0.0 for g in m.groups())
+  return 3600 * h + 60 * mins + sec
+
+
+_EPOCH_LINE = re.compile(
+    r"(\w+) epoch (\d+): \(cap (\d+)\) (\d+)/(\d+) training; elapsed (\S+); "
+    r"(?:eta ~(\S+)|done); mean best valid \w+: (?:best (.+) ([\d.]+), worst (.+) ([\d.]+)"
+    r"|(.+) ([\d.]+))")
+_COMPILE_LINE = re.compile(r"task (\w+): compiling the program for (\d+) members?; "
+                           r"run elapsed (\S+)")
+_RUN_LINE = re.compile(r"run: (\d+)/(\d+) tasks done \(([\w, ]+)\); run elapsed (\S+); "
+                       r"(?:all done|about (\S+) left for ([\w, ]+))")
+
+
+def _epoch_line(m: re.Match) -> str:
+  """runner.progress_line's output for the numbers of a documented epoch line."""
+  task, epoch, cap, n_active, r = m.group(1), *map(int, m.groups()[1:5])
+  cfg = engine.EngineConfig(max_epochs=cap)
+  labels = [g for g in (m.group(8), m.group(10), m.group(12)) if g]
+  values = [float(g) for g in (m.group(9), m.group(11), m.group(13)) if g]
+  by_label = {engine.cell_label(c, cfg): c
+              for c in studies.select_cells("all", task, conventions=("torch", "logits"))[task]}
+  per_cell = r // len(labels)
+  groups = [(by_label[l], i * per_cell, (i + 1) * per_cell) for i, l in enumerate(labels)]
+  best = np.repeat(np.asarray(values, np.float32), per_cell)
+  active = np.arange(r) < n_active
+  eta = _seconds(m.group(7)) if m.group(7) else 0.0
+  return runner.progress_line(tasks.get_task(task), cfg, groups, r, epoch, active, best,
+                              _seconds(m.group(6)), eta)
+
+
+def test_running_md_progress_lines_are_what_the_code_prints():
+  text = (REPO / "docs" / "running.md").read_text(encoding="utf-8")
+  block = text.split("<!-- progress-lines:begin -->", 1)[1].split("<!-- progress-lines:end -->")[0]
+  lines = [l for l in block.splitlines() if l and not l.startswith("```")]
+  kinds = collections.Counter()
+  for line in lines:
+    if m := _EPOCH_LINE.fullmatch(line):
+      kinds["epoch"] += 1
+      assert _epoch_line(m) == line
+    elif m := _COMPILE_LINE.fullmatch(line):
+      kinds["compile"] += 1
+      assert train.compile_line(m.group(1), int(m.group(2)), _seconds(m.group(3))) == line
+    elif m := _RUN_LINE.fullmatch(line):
+      kinds["run"] += 1
+      done, pending = m.group(3).split(", "), (m.group(6) or "").split(", ") if m.group(6) else []
+      assert len(done) == int(m.group(1)) and len(done) + len(pending) == int(m.group(2))
+      left = _seconds(m.group(5)) if m.group(5) else None
+      assert train.run_line(done, pending, _seconds(m.group(4)), left) == line
+    else:
+      raise AssertionError(f"docs/running.md shows a line no code prints: {line!r}")
+  # Each kind of line is shown, the epoch lines with one and with several cells.
+  assert kinds["epoch"] >= 2 and kinds["compile"] >= 1 and kinds["run"] >= 2, kinds
 
 
 def test_tensorboard_scalars_per_cell_and_member(synthetic_run):
@@ -346,6 +407,26 @@ def test_tensorboard_runs_of_a_resumed_task(mnist_runs):
   purges = [[e.step for e in _events(f) if e.HasField("session_log")] for f in files]
   assert sorted(purges) == [[1], [2]]                     # fresh, then resumed after epoch 1
   assert sorted(_scalars(run_dir)["valid/accuracy"]) == [1, 2, 3]
+
+
+def test_tensorboard_hparams_of_a_finished_task(mnist_runs):
+  a = mnist_runs["a"]
+  hparams_dir = a["workdir"] / "tensorboard" / "probability" / "sigmoid+bce" / "hparams"
+  events = [e for f in sorted(hparams_dir.iterdir()) if f.name.startswith("events.")
+            for e in _events(f)]
+  plugins = {v.metadata.plugin_data.plugin_name for e in events for v in e.summary.value}
+  assert "hparams" in plugins                       # what TensorBoard's HPARAMS tab reads
+  scalars = _scalars(hparams_dir)
+  results = a["results"]["probability"]
+  assert list(scalars["hparam/members"].values()) == [len(results)]
+  assert list(scalars["hparam/test_accuracy"].values()) == pytest.approx(
+      [np.mean([r.test for r in results])], rel=1e-6)
+  assert list(scalars["hparam/best_valid_accuracy"].values()) == pytest.approx(
+      [np.mean([r.best_valid for r in results])], rel=1e-6)
+  # The hyper-parameters: the cell's fields and the training options, by name.
+  text = b"".join(f.read_bytes() for f in hparams_dir.iterdir())
+  for name in (b"head", b"loss", b"optimizer", b"learning_rate", b"batch_size"):
+    assert name in text
 
 
 def test_results_csv_match_the_json(mnist_runs):

@@ -357,7 +357,10 @@ def test_killed_run_resumes_to_identical_results(killed_and_resumed):
   # The task's checkpoints (and any partial one the kill left) are gone once its results exist.
   assert not (r["b"] / "checkpoints").exists()
   run = json.loads((r["b"] / "run.json").read_text())
-  assert run["finished"] and len(run["resumed"]) == 1
+  killed, resumed = run["segments"]            # one per start, each with its revision
+  assert killed["ended"] is None and "tasks" not in killed     # SIGKILL: no end recorded
+  assert resumed["tasks"] == ["probability"] and resumed["ended"] == run["finished"]
+  assert killed["git_revision"] == resumed["git_revision"] and run["started"] == killed["started"]
   print(f"kill + resume test: {r['seconds']:.1f} s; left after the kill: {r['left']}")
 
 
