@@ -418,6 +418,37 @@ _TASK = flags.DEFINE_list("task", None,
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "The runs' workdirs, the protocol's (or the "
                               "baseline convention's) among them.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the Markdown report (default: stdout).")
+_ALLOW_OTHER_PROGRAMS = flags.DEFINE_bool(
+    "allow_other_programs", False,
+    "Pair members of runs whose numerics differ or are not recorded (results made before git "
+    "7670ff1): their differences then carry the noise of the programs' composition, and the "
+    "report says so.")
+
+
+def program_mismatch(workdirs: Sequence[str], tasks: Sequence[str] | None) -> str | None:
+  """Why members of `workdirs` (their `tasks`, default all) may not compute alike, or None.
+
+  Members of different runs are computed alike when every results file records the same
+  numerics fingerprint (`Engine.numerics`: member mode, precision, platform, versions, and
+  in vmap mode the program's cells); runs made before it was recorded are unknown.
+  """
+  if len(set(workdirs)) < 2:
+    return None
+  prints: dict[str, set] = {}
+  for workdir in workdirs:
+    results = results_io.load_results(workdir)
+    for task in tasks or results:
+      if task in results:
+        numerics = results[task].get("numerics") or {}
+        prints.setdefault(workdir, set()).add(numerics.get("fingerprint"))
+  missing = [w for w, p in prints.items() if None in p]
+  if missing:
+    return ("their results record no numerics fingerprint (made before git 7670ff1): "
+            + ", ".join(missing))
+  if len({frozenset(p) for p in prints.values()}) > 1:
+    return "their numerics fingerprints differ: " + "; ".join(
+        f"{w}: {', '.join(sorted(p))}" for w, p in prints.items())
+  return None
 
 
 def main(argv: Sequence[str]) -> None:
@@ -426,6 +457,13 @@ def main(argv: Sequence[str]) -> None:
   if not _WORKDIRS.value:
     raise app.UsageError("--workdirs: give the runs to compare, comma-separated.")
   try:
+    mismatch = program_mismatch(_WORKDIRS.value, _TASK.value)
+    if mismatch and not _ALLOW_OTHER_PROGRAMS.value:
+      raise ValueError(
+          f"these runs' members may not be computed alike, so pairs across them carry the noise "
+          f"of their programs' composition ({mismatch}; docs/how_it_works.md#determinism): "
+          "train the arms in one run (--arms, or comma lists of the training options), or pass "
+          "--allow_other_programs to pair them anyway (the report then says so).")
     if _BY.value == "convention":
       text = load_conventions(_WORKDIRS.value, _TASK.value)
     else:
@@ -436,6 +474,11 @@ def main(argv: Sequence[str]) -> None:
   except (FileNotFoundError, ValueError) as err:
     print(f"jaxact.compare: error: {err}", file=sys.stderr)
     sys.exit(2)
+  if mismatch:
+    text = (f"> **Pairs across programs** (`--allow_other_programs`): {mismatch}. A member's "
+            "numbers may then depend on the other members of its program, so each paired "
+            "difference carries that noise too ([determinism](../../docs/how_it_works.md"
+            "#determinism)).\n\n" + text)
   if _OUT.value:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     files.atomic_write(_OUT.value, lambda f: f.write(text))

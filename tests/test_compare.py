@@ -22,11 +22,13 @@ def _member(head, loss, seed, test, kind, saturated, *, init="torch", hidden="si
           "diagnosis": {"kind": kind, "evidence": "synthetic"}}
 
 
-def _write(workdir, members, training_label="", command="python -m jaxact.main ..."):
+def _write(workdir, members, training_label="", command="python -m jaxact.main ...",
+           fingerprint="loop-cpu-a"):
   os.makedirs(os.path.join(workdir, "results"), exist_ok=True)
   with open(os.path.join(workdir, "results", "multiclass.json"), "w") as f:
     json.dump({"task": "multiclass", "metric_name": "accuracy", "higher_is_better": True,
                "command": command, "training": {"label": training_label},
+               "numerics": None if fingerprint is None else {"fingerprint": fingerprint},
                "members": members}, f)
 
 
@@ -102,6 +104,27 @@ def test_render_names_every_arm_and_verdict(runs):
   assert "| tanh hidden | 6 |" in text
 
 
+def test_cli_refuses_pairs_across_programs_unless_asked(runs, tmp_path):
+  """Runs whose numerics differ, or are not recorded, are paired only with
+  --allow_other_programs, and the report then says so."""
+  assert compare.program_mismatch(runs, None) is None
+  _write(runs[2], [], fingerprint="vmap-gpu-b")
+  assert "fingerprints differ" in compare.program_mismatch(runs, ["multiclass"])
+  _write(runs[2], [], fingerprint=None)
+  assert "record no numerics fingerprint" in compare.program_mismatch(runs, None)
+  assert compare.program_mismatch(runs[:1] * 2, None) is None   # one run: one program
+  out = tmp_path / "cmp.md"
+  args = [sys.executable, "-m", "jaxact.compare", f"--workdirs={','.join(runs[:2])},{runs[2]}",
+          f"--out={out}"]
+  proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--allow_other_programs" in proc.stderr
+  assert "Traceback" not in proc.stderr and not out.exists()
+  proc = subprocess.run(args + ["--allow_other_programs"], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert out.read_text().startswith("> **Pairs across programs**")
+
+
 def test_cli_refuses_a_workdir_without_the_task(runs, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jaxact.compare", f"--workdirs={runs[0]}",
                          "--task=binary"], capture_output=True, text=True, timeout=120)
@@ -140,7 +163,8 @@ def conventions(tmp_path):
     os.makedirs(path / "results")
     (path / "results" / "binary.json").write_text(json.dumps(
         {"task": "binary", "metric_name": "accuracy", "higher_is_better": True,
-         "command": f"python -m jaxact.main --convention={name}", "members": members}))
+         "command": f"python -m jaxact.main --convention={name}",
+         "numerics": {"fingerprint": "loop-cpu-a"}, "members": members}))
     paths.append(str(path))
   return paths
 
