@@ -31,9 +31,10 @@ How the need is estimated (`estimate`):
   need is compared with one device's free memory (`memory_stats`) and the
   host's with the host's.
 
-`check_fits` first screens with `byte_count`, a rough upper bound computed
-from the layer shapes: a run that needs at most SCREEN of the memory by it is
-let through without compiling anything (the usual case, and the test suite's).
+`check_fits` first screens with `byte_count`, a rough count computed from
+the layer shapes (0.8x to 2.4x the measured peak on the CPU): a run that
+needs at most SCREEN of the memory by it is let through without compiling
+anything (the usual case, and the test suite's).
 Only a run near or over the limit pays for the two compilations, and only a
 run whose compiled estimate does not fit is refused, with the number of seeds
 per cell that fit. benchmarks/memory_estimate.py compares the estimate with
@@ -144,15 +145,17 @@ def parameters(num_outputs: int, depth: int) -> int:
 def byte_count(task: str, members: int, *, depth: int = 1, batch_size: int = 32,
                max_epochs: int = 100, member_mode: str = "loop", optimizer: str = "adamw",
                eval_rows: int = 4096, n_examples: int | None = None) -> Estimate:
-  """A rough upper bound of what one task of `members` members per device needs, in bytes.
+  """A rough count of what one task of `members` members per device needs, in bytes.
 
   The arrays of the state (params, best params, the optimizer's moments), a
   host copy and the histories, the data, and a step's gradients, updates and
   activations (every member's in "vmap" mode), times 1.5 for temporaries;
-  all in one memory. Against the compiled estimate it is 1.5x high on the CPU
-  in "loop" mode and 2.3x in "vmap" mode (benchmarks/memory_estimate.py), and
-  2x against the H100's measured peak: `check_fits` uses it only to let
-  small runs through without compiling.
+  all in one memory. It was 0.79-0.85 times the measured peak on the CPU in
+  "loop" mode and 2.1-2.4 times it in "vmap" mode
+  (benchmarks/results_cpu_2core_memory_estimate.md), and 37.5 against the
+  15-18 MiB per member measured on an H100: `check_fits` uses it only to let
+  runs that need at most SCREEN (half) of the memory by it through without
+  compiling.
   """
   if n_examples is None:
     n_examples = data_lib.TRAIN_SIZE + data_lib.VALID_SIZE + TEST_SIZE
@@ -353,16 +356,19 @@ def check_fits(cells_per_task: dict[str, Sequence], seeds: int, config, executio
   avail, what = available if available is not None else available_bytes()
   platform = jax.devices()[0].platform
   eval_rows = execution.eval_examples or (32 if platform == "cpu" else 4096)
-  worst = None
+  rough = {}
   for task, cells in cells_per_task.items():
-    cells = list(cells)
-    members = -(-len(cells) * seeds // devices)
-    rough = byte_count(task, members, depth=max(c.depth for c in cells),
-                       batch_size=config.batch_size, max_epochs=config.max_epochs,
-                       member_mode=member_mode, optimizer=config.optimizer,
-                       eval_rows=eval_rows)
-    if rough.total <= SCREEN * avail:
-      e = rough
+    rough[task] = byte_count(task, -(-len(cells) * seeds // devices),
+                             depth=max(c.depth for c in cells), batch_size=config.batch_size,
+                             max_epochs=config.max_epochs, member_mode=member_mode,
+                             optimizer=config.optimizer, eval_rows=eval_rows)
+  worst = None
+  # The largest first: a run that cannot fit is refused after compiling for one task only.
+  for task in sorted(rough, key=lambda t: -rough[t].total):
+    cells = list(cells_per_task[task])
+    members = rough[task].members
+    if rough[task].total <= SCREEN * avail:
+      e = rough[task]
     else:
       e = estimate(task, cells, members, config, execution)
       if available is None and e.compile_s:   # what compiling kept is in use now

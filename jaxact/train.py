@@ -116,11 +116,15 @@ def check_memory(config: RunConfig, cells: dict[str, list[studies.Cell]]) -> Non
   if mode == "auto":
     mode = "loop" if platform_name == "cpu" and jax.device_count() == 1 else "vmap"
   try:
-    memory_lib.check_fits(cells, config.seeds, config.engine, config.execution,
-                          member_mode=mode,
-                          devices=jax.device_count() if mode == "vmap" else 1)
+    e = memory_lib.check_fits(cells, config.seeds, config.engine, config.execution,
+                              member_mode=mode,
+                              devices=jax.device_count() if mode == "vmap" else 1)
   except memory_lib.DoesNotFit as err:
     raise UserError(str(err)) from None
+  if e.compile_s:   # after the check: a refusal is one paragraph with no line before it
+    logging.info("memory: the largest task needs about %.1f GiB for %d members per device, "
+                 "estimated from its program compiled for %d and %d members in %.0f s",
+                 e.total / memory_lib.GIB, e.members, *memory_lib.SMALL_MEMBERS, e.compile_s)
 
 
 def train_and_evaluate(config: RunConfig, workdir: str,

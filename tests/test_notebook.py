@@ -13,7 +13,8 @@ computes and prints its pip commands (the guard runs for real against this
 environment's jax) but runs none; JAXACT_NOTEBOOK_TINY and
 JAXACT_NOTEBOOK_WORKDIR. Outside Colab (no google.colab) USE_DRIVE's default is
 off, so the Drive cell does nothing; the Colab routes (the wheel's upload, Drive)
-are tested with a stand-in google.colab module. The install guard itself is tested in tests/test_install.py.
+are tested with a stand-in google.colab module. The install guard itself is tested in
+tests/test_install.py.
 
 IPython-only lines cannot run in plain Python: every line whose first
 non-blank character is `!` (shell, e.g. `!pip install`) or `%` (a magic) is
@@ -140,14 +141,14 @@ def test_colab_asks_for_the_wheel_by_default(tmp_path, monkeypatch):
   # A second upload of the same file is named "... (1).whl" by the browser; pip needs the name.
   _fake_colab(monkeypatch, {"jaxact-0.1.0-py3-none-any (1).whl": b"wheel bytes"})
   namespace = {}
-  exec(compile(tagged_cells(_load(), "settings", "source"), "<notebook>", "exec"),  # pylint: disable=exec-used
-       namespace)
+  cells = compile(tagged_cells(_load(), "settings", "source"), "<notebook>", "exec")
+  exec(cells, namespace)   # pylint: disable=exec-used
   wheel = tmp_path / "jaxact-0.1.0-py3-none-any.whl"
   assert namespace["SOURCE"] == namespace["WHEEL_PATH"] == str(wheel)
   assert wheel.read_bytes() == b"wheel bytes" and namespace["IN_COLAB"]
   _fake_colab(monkeypatch, {"notes.txt": b""})
   with pytest.raises(RuntimeError, match=r"No \.whl file was uploaded\. Build the wheel"):
-    exec(compile(tagged_cells(_load(), "settings", "source"), "<notebook>", "exec"), {})  # pylint: disable=exec-used
+    exec(cells, {})   # pylint: disable=exec-used
 
 
 @pytest.mark.parametrize("tiny, mounts", [(False, ["/content/drive"]), (True, [])])
@@ -156,8 +157,8 @@ def test_colab_keeps_the_full_runs_workdir_on_drive(monkeypatch, tiny, mounts):
   monkeypatch.delenv("JAXACT_NOTEBOOK_TINY", raising=False)
   namespace = {"os": os, "IN_COLAB": True}
   settings = tagged_cells(_load(), "settings").replace("TINY = False", f"TINY = {tiny}")
-  exec(compile(settings + "\n" + tagged_cells(_load(), "drive"), "<notebook>", "exec"),  # pylint: disable=exec-used
-       namespace)
+  cells = compile(settings + "\n" + tagged_cells(_load(), "drive"), "<notebook>", "exec")
+  exec(cells, namespace)   # pylint: disable=exec-used
   assert mounted == mounts and namespace["USE_DRIVE"] is (not tiny)
 
 
@@ -167,7 +168,8 @@ def test_a_notebook_kernel_gets_the_progress_bar(monkeypatch):
   assert metrics_writer.ProgressBar.wanted()
   bar = metrics_writer.ProgressBar("binary", 10, 0, 4)
   try:
-    assert type(bar._bar).__module__.startswith("tqdm")   # tqdm.auto's pick  # pylint: disable=protected-access
+    # tqdm.auto's pick (a widget where ipywidgets is there, else the text bar)
+    assert type(bar._bar).__module__.startswith("tqdm")   # pylint: disable=protected-access
   finally:
     bar.close()
 
