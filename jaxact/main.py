@@ -326,8 +326,10 @@ def main(argv):
       except ValueError as err:
         raise train.UserError(f"--preset: {err}.") from None
     config = config_from_flags()
-    train.plan(config)  # validate everything before touching data or disk
+    # Before plan: its memory estimate may compile, and jax settles whether it uses the
+    # persistent cache at the first compilation.
     train.enable_compilation_cache(_COMPILATION_CACHE_DIR.value)
+    train.plan(config)  # validate everything before touching data or the workdir
     results = train.train_and_evaluate(config, _WORKDIR.value, command=sys.argv,
                                        checkpoint_every=_CHECKPOINT_EVERY.value,
                                        restart=_RESTART.value,

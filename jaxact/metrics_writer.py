@@ -271,7 +271,7 @@ class TensorBoardLog:
 
 
 class ProgressBar:
-  """A tqdm bar over a task's epochs, for a person at a terminal.
+  """A tqdm bar over a task's epochs, for a person at a terminal or in a notebook.
 
   `log(line)` logs a progress line through absl without tearing the bar
   (tqdm's external_write_mode); as the engine's `on_epoch` hook the bar
@@ -279,7 +279,7 @@ class ProgressBar:
   """
 
   def __init__(self, task: str, max_epochs: int, start_epoch: int, n_members: int):
-    import tqdm  # pylint: disable=g-import-not-at-top
+    from tqdm import auto as tqdm  # a widget in a notebook  # pylint: disable=g-import-not-at-top
     self.n_members = n_members
     self._bar = tqdm.tqdm(
         total=max_epochs, initial=start_epoch, desc=task, unit="epoch", file=sys.stderr,
@@ -289,7 +289,10 @@ class ProgressBar:
 
   @staticmethod
   def wanted() -> bool:
-    """Whether to show a bar: stderr is a terminal (never in tests, CI or a log file)."""
+    """Whether to show a bar: in a Jupyter kernel (Colab) or where stderr is a terminal (never
+    in tests, CI or a log file)."""
+    if "ipykernel" in sys.modules:
+      return True
     try:
       return sys.stderr.isatty()
     except (AttributeError, ValueError):

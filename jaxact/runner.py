@@ -156,7 +156,10 @@ def state_from_host(host: dict[str, Any], template: dict[str, Any]) -> dict[str,
 
 def take_members(state: TrainState, idx: np.ndarray) -> TrainState:
   """The training state of the stacked members at positions `idx` (the epoch is shared)."""
-  part = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), state.replace(epoch=None))
+  # mode="clip": the indices are in bounds; the default "fill" mode has no fill value for PRNG
+  # key arrays in jax 0.8.0-0.8.1 ("Unsupported dtype for gather fill_value").
+  part = jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0, mode="clip"),
+                                state.replace(epoch=None))
   return part.replace(epoch=state.epoch)
 
 

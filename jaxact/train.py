@@ -98,18 +98,15 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
                                  config.network)
   except ValueError as err:
     raise UserError(str(err)) from None
-  arms = math.prod(len(v) for v in config.arms.arms().values())
-  check_memory(config, {t: len(cs) * arms for t, cs in cells.items()},
-               max(c.depth for cs in cells.values() for c in cs))
   cells = {t: [v for c in cs for v in config.arms.variants(c, config.engine)]
            for t, cs in cells.items()}
+  check_memory(config, cells)
   seeds = range(config.first_seed, config.first_seed + config.seeds)
   return {t: [(c, s) for c in cs for s in seeds] for t, cs in cells.items()}
 
 
-def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) -> None:
-  """Refuses, before anything is built, a run whose largest task cannot fit (jaxact.memory)."""
-  e, x = config.engine, config.execution
+def check_memory(config: RunConfig, cells: dict[str, list[studies.Cell]]) -> None:
+  """Refuses, before anything is trained, a run whose largest task cannot fit (jaxact.memory)."""
   # The first call starts the backends; jax logs at INFO each one it cannot start (no TPU on a
   # CPU machine), which would precede a one-paragraph refusal on stderr.
   xla_bridge = std_logging.getLogger("jax._src.xla_bridge")
@@ -119,17 +116,19 @@ def check_memory(config: RunConfig, cells_per_task: dict[str, int], depth: int) 
     platform_name = jax.devices()[0].platform
   finally:
     xla_bridge.setLevel(level)
-  mode = x.member_mode
+  mode = config.execution.member_mode
   if mode == "auto":
     mode = "loop" if platform_name == "cpu" and jax.device_count() == 1 else "vmap"
   try:
-    memory_lib.check_fits(
-        cells_per_task, config.seeds, devices=jax.device_count() if mode == "vmap" else 1,
-        depth=depth, batch_size=e.batch_size, max_epochs=e.max_epochs, member_mode=mode,
-        optimizer=e.optimizer,
-        eval_rows=x.eval_examples or (32 if platform_name == "cpu" else 4096))
+    e = memory_lib.check_fits(cells, config.seeds, config.engine, config.execution,
+                              member_mode=mode,
+                              devices=jax.device_count() if mode == "vmap" else 1)
   except memory_lib.DoesNotFit as err:
     raise UserError(str(err)) from None
+  if e.compile_s:   # after the check: a refusal is one paragraph with no line before it
+    logging.info("memory: the largest task needs about %.1f GiB for %d members per device, "
+                 "estimated from its program compiled for %d and %d members in %.0f s",
+                 e.total / memory_lib.GIB, e.members, *memory_lib.SMALL_MEMBERS, e.compile_s)
 
 
 def train_and_evaluate(config: RunConfig, workdir: str,

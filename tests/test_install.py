@@ -2,13 +2,15 @@
 
 The guard is the notebook's code cell tagged "guard" (experiments/colab_tpu.ipynb), run here on
 its own: `plan_install` returns the pip commands that install jaxact with --no-deps and only the
-dependencies the runtime lacks, with its jax, jaxlib and libtpu pinned, or raises where the
-runtime's jax is older than pyproject.toml's bound.
+dependencies the runtime lacks, with its jax, jaxlib and libtpu pinned; where the runtime's jax
+is older than pyproject.toml's bound, one pip command that installs a matching jax with the
+runtime's backend (jax[tpu], jax[cuda12]) and the missing dependencies, and a restart.
 
 test_guard_keeps_an_older_jax_in_a_real_venv builds a virtual environment with the jax release
 just below the bound (jax and jaxlib without their dependencies: the guard reads versions, it
 imports no jax; ~80 MB from PyPI, 40-55 s on the 2-core VM) and runs the notebook's install cells
-in it. It skips where pip cannot fetch jax (no network), and with JAXACT_SLOW_TESTS=0.
+in it (printing their pip commands, running none). It skips where pip cannot fetch jax (no
+network), and with JAXACT_SLOW_TESTS=0.
 """
 
 import os
@@ -32,7 +34,9 @@ except ImportError:   # Python 3.10: pip's copy of tomli
 
 REPO = Path(__file__).resolve().parents[1]
 # The jax release just below pyproject.toml's bound (checked below), for the real-venv test.
-OLD_JAX = "0.9.0"
+OLD_JAX = "0.8.0"
+# What the code needs (BUILD_NOTES.md, Dependencies): flax 0.12.1's own floor.
+JAX_FLOOR = "0.8.1"
 
 
 def _dependencies() -> list[Requirement]:
@@ -79,6 +83,13 @@ def test_old_jax_is_below_the_bound():
   assert not _jax_bound().specifier.contains(OLD_JAX)
 
 
+def test_the_jax_floor_is_what_the_code_needs():
+  """pyproject.toml asks for no newer jax than the code needs, and no older than flax's floor."""
+  assert str(_jax_bound().specifier) == f">={JAX_FLOOR}"
+  flax = next(r for r in _dependencies() if r.name == "flax")
+  assert str(flax.specifier) == ">=0.12.1"   # nnx.List; flax 0.12.1 itself asks for jax>=0.8.1
+
+
 def _runtime(jax: str) -> dict[str, str]:
   """A Colab-like runtime: its own jax stack, some of jaxact's dependencies, flax too old."""
   return {"jax": jax, "jaxlib": jax, "libtpu": "0.0.99", "numpy": "2.0.2", "scipy": "1.14.1",
@@ -86,16 +97,25 @@ def _runtime(jax: str) -> dict[str, str]:
           "tensorflow-datasets": "4.9.9", "unrelated": "1.0"}
 
 
-def test_guard_refuses_a_jax_below_the_bound(guard):
+@pytest.mark.parametrize("backend, extra", [
+    ({"libtpu": "0.0.99"}, "tpu"), ({"jax-cuda12-plugin": OLD_JAX, "jax-cuda12-pjrt": OLD_JAX},
+                                    "cuda12"), ({}, None)])
+def test_guard_installs_a_matching_jax_below_the_bound(guard, backend, extra):
   bound = _jax_bound()
   requirements = [str(r) for r in _dependencies()]
-  with pytest.raises(RuntimeError) as err:
-    guard["plan_install"](str(REPO), requirements, _runtime(OLD_JAX), "/tmp/pins.txt")
-  message = str(err.value)
-  # Names the installed and the required versions, and the fixes.
-  assert f"jax {OLD_JAX}" in message and str(bound) in message
-  assert "nothing was installed" in message
-  assert "newer Colab runtime" in message and 'pip install -U "jax[tpu]"' in message
+  runtime = {n: v for n, v in _runtime(OLD_JAX).items() if n != "libtpu"}
+  runtime.update(backend)
+  commands, pins, restart = guard["plan_install"](str(REPO), requirements, runtime,
+                                                  "/tmp/pins.txt")
+  assert restart and pins == ""
+  stack, own = commands
+  # One pip command: jax with the runtime's backend, and what the runtime lacks, nothing pinned.
+  jax = f"jax[{extra}]{bound.specifier}" if extra else f"jax{bound.specifier}"
+  assert stack[:4] == ["install", "-q", "-U", jax] and "-c" not in stack
+  named = {canonicalize_name(Requirement(r).name) for r in stack[3:]}
+  assert "flax" in named and "optax" in named and not named & {"numpy", "scipy", "libtpu"}
+  assert own == ["install", "-q", "--no-deps", "-e", str(REPO)]
+  assert guard["backend_extra"](runtime) == extra
 
 
 def test_guard_keeps_a_jax_at_or_above_the_bound(guard):
@@ -104,7 +124,9 @@ def test_guard_keeps_a_jax_at_or_above_the_bound(guard):
   requirements = [str(r) for r in _dependencies()]
   for jax in (at_bound, "99.0.0"):
     runtime = _runtime(jax)
-    commands, pins = guard["plan_install"](str(REPO), requirements, runtime, "/tmp/pins.txt")
+    commands, pins, restart = guard["plan_install"](str(REPO), requirements, runtime,
+                                                    "/tmp/pins.txt")
+    assert not restart
     # The runtime's jax stack is pinned as it is; nothing else is.
     assert pins.splitlines() == [f"jax=={jax}", f"jaxlib=={jax}", "libtpu==0.0.99"]
     deps, own = commands
@@ -129,14 +151,15 @@ def test_guard_installs_nothing_but_jaxact_when_all_is_there(guard, tmp_path):
                'Requires-Dist: pytest>=8; extra == "test"\n')
   requirements = guard["read_requirements"](str(wheel))
   assert requirements == ["jax>=0.8.0", "flax>=0.12.0", 'pytest>=8; extra == "test"']
-  commands, _ = guard["plan_install"](str(wheel), requirements, runtime, "/tmp/pins.txt")
+  commands, _, _ = guard["plan_install"](str(wheel), requirements, runtime, "/tmp/pins.txt")
   assert commands == [["install", "-q", "--no-deps", str(wheel)]]   # the test extra is skipped
 
 
 def test_guard_installs_jax_where_there_is_none(guard):
-  commands, pins = guard["plan_install"](str(REPO), ["jax>=0.8.0", "numpy"], {"numpy": "2.0"},
-                                         "/tmp/pins.txt")
-  assert pins == "" and commands[0] == ["install", "-q", "-c", "/tmp/pins.txt", "jax>=0.8.0"]
+  commands, pins, restart = guard["plan_install"](str(REPO), ["jax>=0.8.0", "numpy"],
+                                                  {"numpy": "2.0"}, "/tmp/pins.txt")
+  assert pins == "" and not restart
+  assert commands[0] == ["install", "-q", "-c", "/tmp/pins.txt", "jax>=0.8.0"]
 
 
 def test_guard_reads_the_checkouts_bounds(guard):
@@ -172,9 +195,13 @@ def test_guard_keeps_an_older_jax_in_a_real_venv(tmp_path):
   script.write_text(tagged_cells(_load(), "settings", "source", "guard", "install"),
                     encoding="utf-8")
   run = subprocess.run([python, str(script)], cwd=str(tmp_path),
-                       env=dict(env, JAXACT_NOTEBOOK_SOURCE=str(REPO)),
+                       env=dict(env, JAXACT_NOTEBOOK_SOURCE=str(REPO), JAXACT_NOTEBOOK_DRY_RUN="1"),
                        capture_output=True, text=True, timeout=300)
+  # The plan: a matching jax (no backend in this venv) with the missing dependencies, then
+  # jaxact; then the cell stops "Run all" and asks for a restart.
   assert run.returncode != 0, run.stdout + run.stderr
-  assert "RuntimeError: This runtime has jax " + OLD_JAX in run.stderr, run.stderr[-2000:]
-  assert str(_jax_bound()) in run.stderr and 'pip install -U "jax[tpu]"' in run.stderr
-  assert versions() == before   # jax untouched, nothing installed
+  assert f"this runtime's jax {OLD_JAX} is older than jaxact needs" in run.stdout, run.stdout
+  assert f"pip install -q -U jax{_jax_bound().specifier} " in run.stdout, run.stdout
+  assert "Restart the runtime (Runtime > Restart session)" in run.stderr, run.stderr[-2000:]
+  assert "Traceback" not in run.stderr
+  assert versions() == before   # a dry run: nothing installed

@@ -11,8 +11,10 @@ WHEEL_PATH (tests/test_install.py; here the notebook finds the checkout it lies
 in, as in a local Jupyter); JAXACT_NOTEBOOK_DRY_RUN=1, the install cell
 computes and prints its pip commands (the guard runs for real against this
 environment's jax) but runs none; JAXACT_NOTEBOOK_TINY and
-JAXACT_NOTEBOOK_WORKDIR. USE_DRIVE is off by default, so the Drive cell does
-nothing. The install guard itself is tested in tests/test_install.py.
+JAXACT_NOTEBOOK_WORKDIR. Outside Colab (no google.colab) USE_DRIVE's default is
+off, so the Drive cell does nothing; the Colab routes (the wheel's upload, Drive)
+are tested with a stand-in google.colab module. The install guard itself is tested in
+tests/test_install.py.
 
 IPython-only lines cannot run in plain Python: every line whose first
 non-blank character is `!` (shell, e.g. `!pip install`) or `%` (a magic) is
@@ -26,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -75,8 +78,9 @@ def test_notebook_is_valid_nbformat_4():
   code = [_source(c) for c in nb["cells"] if c["cell_type"] == "code"]
   # What the notebook must do, in order: install, devices, config, train, report.
   joined = "\n".join(code)
-  for needle in ("REPO_URL", "WHEEL_PATH", "def plan_install", '"--no-deps"', "USE_DRIVE",
-                 "drive.mount(", "jax.devices()", "JAXACT_NOTEBOOK_TINY", "DATA_DIR",
+  for needle in ("REPO_URL", "WHEEL_PATH", "colab_files.upload()", "def plan_install",
+                 '"--no-deps"', "def backend_extra", "USE_DRIVE", "drive.mount(", "jax.devices()",
+                 "JAXACT_NOTEBOOK_TINY", "DATA_DIR",
                  "train.train_and_evaluate", "report.write_report", "Markdown(report_text)",
                  "Image(filename="):
     assert needle in joined, needle
@@ -101,17 +105,73 @@ def test_ipython_only_lines_are_replaced_by_pass():
   compile(script, "<notebook>", "exec")
 
 
+def _fake_colab(monkeypatch, uploads: dict[str, bytes]) -> list[str]:
+  """A `google.colab` module whose files.upload() returns `uploads`; records drive mounts."""
+  mounted = []
+  colab = types.ModuleType("google.colab")
+  colab.files = types.SimpleNamespace(upload=lambda: dict(uploads))
+  colab.drive = types.SimpleNamespace(mount=mounted.append)
+  google = types.ModuleType("google")
+  google.colab = colab
+  monkeypatch.setitem(sys.modules, "google", google)
+  monkeypatch.setitem(sys.modules, "google.colab", colab)
+  return mounted
+
+
 def test_source_cell_says_what_to_set(tmp_path, monkeypatch):
-  """Neither REPO_URL nor WHEEL_PATH set, outside a checkout: a clear error, not a NameError."""
+  """No source set, outside a checkout and outside Colab: a clear error, not a NameError."""
   nb = _load()
   monkeypatch.chdir(tmp_path)
   monkeypatch.delenv("JAXACT_NOTEBOOK_SOURCE", raising=False)
+  monkeypatch.setitem(sys.modules, "google.colab", None)   # not Colab: its import fails
   cells = tagged_cells(nb, "settings", "source")
-  with pytest.raises(RuntimeError, match=r"set REPO_URL .* or WHEEL_PATH"):
+  with pytest.raises(RuntimeError, match=r"set WHEEL_PATH to a jaxact wheel \(build it in a "
+                                         r"checkout of jaxact with  python -m pip wheel "
+                                         r"--no-deps -w dist \.\) or REPO_URL"):
     exec(compile(cells, "<notebook>", "exec"), {})   # pylint: disable=exec-used
   missing_wheel = cells.replace('WHEEL_PATH = ""', f'WHEEL_PATH = "{tmp_path / "no.whl"}"', 1)
   with pytest.raises(FileNotFoundError, match="upload the jaxact wheel"):
     exec(compile(missing_wheel, "<notebook>", "exec"), {})   # pylint: disable=exec-used
+
+
+def test_colab_asks_for_the_wheel_by_default(tmp_path, monkeypatch):
+  """On Colab with nothing set, the source cell uploads the wheel and installs that file."""
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.delenv("JAXACT_NOTEBOOK_SOURCE", raising=False)
+  # A second upload of the same file is named "... (1).whl" by the browser; pip needs the name.
+  _fake_colab(monkeypatch, {"jaxact-0.1.0-py3-none-any (1).whl": b"wheel bytes"})
+  namespace = {}
+  cells = compile(tagged_cells(_load(), "settings", "source"), "<notebook>", "exec")
+  exec(cells, namespace)   # pylint: disable=exec-used
+  wheel = tmp_path / "jaxact-0.1.0-py3-none-any.whl"
+  assert namespace["SOURCE"] == namespace["WHEEL_PATH"] == str(wheel)
+  assert wheel.read_bytes() == b"wheel bytes" and namespace["IN_COLAB"]
+  _fake_colab(monkeypatch, {"notes.txt": b""})
+  with pytest.raises(RuntimeError, match=r"No \.whl file was uploaded\. Build the wheel"):
+    exec(cells, {})   # pylint: disable=exec-used
+
+
+@pytest.mark.parametrize("tiny, mounts", [(False, ["/content/drive"]), (True, [])])
+def test_colab_keeps_the_full_runs_workdir_on_drive(monkeypatch, tiny, mounts):
+  mounted = _fake_colab(monkeypatch, {})
+  monkeypatch.delenv("JAXACT_NOTEBOOK_TINY", raising=False)
+  namespace = {"os": os, "IN_COLAB": True}
+  settings = tagged_cells(_load(), "settings").replace("TINY = False", f"TINY = {tiny}")
+  cells = compile(settings + "\n" + tagged_cells(_load(), "drive"), "<notebook>", "exec")
+  exec(cells, namespace)   # pylint: disable=exec-used
+  assert mounted == mounts and namespace["USE_DRIVE"] is (not tiny)
+
+
+def test_a_notebook_kernel_gets_the_progress_bar(monkeypatch):
+  from jaxact import metrics_writer  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+  assert metrics_writer.ProgressBar.wanted()
+  bar = metrics_writer.ProgressBar("binary", 10, 0, 4)
+  try:
+    # tqdm.auto's pick (a widget where ipywidgets is there, else the text bar)
+    assert type(bar._bar).__module__.startswith("tqdm")   # pylint: disable=protected-access
+  finally:
+    bar.close()
 
 
 def test_notebook_runs_tiny_on_cpu(mnist_dir, tfds_dir, tmp_path):
