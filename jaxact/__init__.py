@@ -26,6 +26,7 @@ Modules, one concept each:
   report          Markdown tables from a workdir's saved results
   figures         the report's PNGs
   compare         intervention arms across runs, paired by seed
+  variance        the split's and the seed's shares of a cell's variance (crossed runs)
   flagdoc         docs/flags.md from the command line's flags
   main            the absl command line (also `python -m jaxact` and the `jaxact` script)
 """
