@@ -41,6 +41,8 @@ from absl import flags
 import numpy as np
 
 from jaxact import files
+from jaxact import program
+from jaxact import runner
 from jaxact import report as report_lib
 from jaxact import results_io
 from jaxact import stats as stats_lib
@@ -73,6 +75,18 @@ def _network_label(cell: studies.Cell) -> str:
   return cell.label[len(base.label):].strip(" ()")
 
 
+def _run_training_label(record: dict, cell: studies.Cell) -> str:
+  """The run's training choices (its results' "training" record) that differ from PROTOCOL's,
+  less those the cell's own arm sets (its label names them)."""
+  if not any(k in record for k in studies.TRAINING_OPTIONS):
+    return str(record.get("label") or "")    # a results file that holds the label only
+  fields = {f.name for f in dataclasses.fields(program.EngineConfig)}
+  config = program.EngineConfig(**{k: v for k, v in record.items()
+                                   if k in fields and v is not None})
+  config = dataclasses.replace(config, **{k: getattr(program.PROTOCOL, k) for k in cell.arm})
+  return runner.training_label(config)
+
+
 def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
   """The arms of `workdirs`' runs of `task`, in the order given, network variants in run order.
 
@@ -87,14 +101,15 @@ def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
       raise ValueError(f"{workdir!r} holds no results of task {task!r} (it has "
                        f"{', '.join(results)}): choose --task, or drop that workdir.")
     result = results[task]
-    training = (result.get("training") or {}).get("label") or ""
+    record = result.get("training") or {}
     variants: dict[str, dict[tuple[str, str, str], list[dict]]] = {}
     for cell, members in results_io.group_members(result).items():
       network = _network_label(cell)
+      training = _run_training_label(record, cell)
+      network = ", ".join(p for p in (training, network) if p)
       key = (cell.head, cell.loss, cell.convention)
       variants.setdefault(network, {})[key] = members
-    for network, members in variants.items():
-      label = ", ".join(p for p in (training, network) if p)
+    for label, members in variants.items():
       arms.append(Arm(label, workdir, str(result.get("command") or ""), members))
   labels = [a.label for a in arms]
   if len(set(labels)) != len(labels):

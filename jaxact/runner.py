@@ -54,8 +54,14 @@ def training_label(config: EngineConfig) -> str:
 
 
 def cell_label(cell: Cell, config: EngineConfig) -> str:
-  """`cell.label`, followed by the training choices that differ from PROTOCOL's, if any."""
-  training = training_label(config)
+  """`cell.label`, followed by the run's training choices that differ from PROTOCOL's, if any.
+
+  The options the cell's own arm sets (`Cell.arm`) are named by `cell.label` and left out
+  of the run's part, e.g. 'sigmoid + bce (lr 0.1) [sgd (momentum 0.9)]' in a run whose
+  reference arm has lr 0.01.
+  """
+  training = training_label(dataclasses.replace(
+      config, **{k: getattr(PROTOCOL, k) for k in cell.arm}))
   return f"{cell.label} [{training}]" if training else cell.label
 
 
