@@ -225,8 +225,11 @@ def render(arms: list[Arm], task: str) -> str:
   size_text = (f"{max(sizes)}" if sizes and min(sizes) == max(sizes)
                else f"{min(sizes or [0])} to {max(sizes or [0])}")
   lines = [f"# Interventions on {task}: {len(arms)} arms", ""]
-  lines += ["Each arm changes one thing against the protocol (AdamW, lr 0.001, PyTorch's "
-            "initialisation, sigmoid hidden layer). Members of the same seed share their "
+  lines += ["Each arm's label names every factor it changes against the protocol (AdamW "
+            "with lr 0.001, eps 1e-8 and weight decay 0.01, PyTorch's initialisation and output "
+            "bias, sigmoid hidden layer): an arm whose label names several (e.g. SGD's "
+            "optimizer, step scale and decay) does not isolate one of them. Members of the "
+            "same seed share their "
             "initial weights (except what the arm changes) and batch order, so arms are "
             "compared pair by pair.", "",
             "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
