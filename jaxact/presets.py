@@ -171,6 +171,9 @@ LEGACY_DEFAULTS = {"init": "torch", "hidden_activation": "sigmoid", "dense_layer
 def _candidate(preset: Preset, identity: Mapping[str, Any]) -> bool:
   """Whether `preset` may name a run: a study preset for its own study only; a preset
   without a study (smoke) only where every value it sets is the run's."""
+  arms = (identity.get("arms") or {}).get("listed")
+  if list(preset.flags.get("arms") or []) != list(arms or []):
+    return False          # a preset's arms are the run's, or the preset does not name it
   if "study" in preset.flags:
     return preset.flags["study"] == identity["study"]
   return all(identity.get(k, v) == v for k, v in preset.flags.items())

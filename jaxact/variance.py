@@ -190,28 +190,29 @@ def render(workdirs: Sequence[str], task: str, n_boot: int = 2000) -> str:
   return "\n".join(lines) + "\n"
 
 
-_TASK = flags.DEFINE_string("task", "multiclass", "The task to decompose.")
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "The fixed-split runs, one per split seed.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the Markdown report (default: stdout).")
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not _WORKDIRS.value or len(_WORKDIRS.value) < 2:
+  workdirs, task, out = flags.FLAGS.workdirs, flags.FLAGS.task, flags.FLAGS.out
+  if not workdirs or len(workdirs) < 2:
     raise app.UsageError("--workdirs: give two or more fixed-split runs, comma-separated.")
   try:
-    text = render(_WORKDIRS.value, _TASK.value)
+    text = render(workdirs, task)
   except (FileNotFoundError, ValueError) as err:
     print(f"jaxact.variance: error: {err}", file=sys.stderr)
     sys.exit(2)
-  if _OUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-    files.atomic_write(_OUT.value, lambda f: f.write(text))
-    print(f"wrote {_OUT.value}")
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    files.atomic_write(out, lambda f: f.write(text))
+    print(f"wrote {out}")
   else:
     print(text)
 
 
 if __name__ == "__main__":
+  # Defined here, not at import: jaxact.main and jaxact.compare own --task on absl's global
+  # flags, and a test process imports them all.
+  flags.DEFINE_string("task", "multiclass", "The task to decompose.")
+  flags.DEFINE_list("workdirs", None, "The fixed-split runs, one per split seed.")
+  flags.DEFINE_string("out", None, "Where to write the Markdown report (default: stdout).")
   app.run(main)

@@ -85,7 +85,8 @@ import glob, json, os
 import jaxact.main as main
 from absl import flags
 from jaxact import checkpoint, presets, train
-default = train.run_identity(train.RunConfig())
+from jaxact import config as config_lib
+default = config_lib.DEFAULT_IDENTITY   # a run.json without "split" was a fixed-split run
 paths = sorted(glob.glob(os.path.join("experiments", "**", "run.json"), recursive=True))
 assert len(paths) >= 10, paths
 for path in paths:
