@@ -101,12 +101,13 @@ def main(argv=None) -> None:
     configs.insert(0, ("shared", os.path.abspath(args.baseline_tree)))
   for mode in args.modes.split(","):
     for path, tree in configs:
-      steady = []
+      steady, first = [], []
       for _ in range(args.repeats):
         times = measure(path, mode, args.members, args.epochs, args.data_dir, tree)
         steady.append(statistics.median(times[1:]))
+        first.append(times[0])
       rows.append((mode, path, git_revision(tree), statistics.median(steady), min(steady),
-                   max(steady)))
+                   max(steady), statistics.median(first)))
       print(rows[-1], file=sys.stderr, flush=True)
   from jaxact import provenance   # after the workers: this process's jax stays unused until now
   lines = [
@@ -119,14 +120,16 @@ def main(argv=None) -> None:
       f"{args.epochs} epochs each, steady epoch = median of epochs 2-{args.epochs}, "
       f"median [min, max] of {args.repeats} subprocesses",
       "",
-      "| member mode | data path | code (git) | steady epoch (s) | vs shared at this revision |",
-      "|---|---|---|---|---|",
+      "| member mode | data path | code (git) | steady epoch (s) | vs shared at this revision "
+      "| first epoch, compiling (s) |",
+      "|---|---|---|---|---|---|",
   ]
-  for mode, path, rev, med, lo, hi in rows:
+  for mode, path, rev, med, lo, hi, first in rows:
     ref = next(r[3] for r in rows if r[0] == mode and r[1] == "shared" and r[2] == rev) if any(
         r[0] == mode and r[1] == "shared" and r[2] == rev for r in rows) else None
     ratio = f"{(med / ref - 1) * 100:+.1f}%" if ref else "-"
-    lines.append(f"| {mode} | {path} | {rev} | {med:.3f} [{lo:.3f}, {hi:.3f}] | {ratio} |")
+    lines.append(f"| {mode} | {path} | {rev} | {med:.3f} [{lo:.3f}, {hi:.3f}] | {ratio} | "
+                 f"{first:.1f} |")
   text = "\n".join(lines) + "\n"
   print(text)
   if args.out:
