@@ -290,7 +290,7 @@ class Engine:
     if self.splits is None:
       return None
     return program_lib.member_rows(
-        self.task.name, [self.splits(s) for _, s in self.members],
+        [self.splits(s) for _, s in self.members],
         None if data is None else jax.device_get(data.t_train))
 
   def _init(self, bias, rows) -> TrainState:

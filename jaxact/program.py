@@ -240,14 +240,13 @@ class MemberRows:
   target_std: jax.Array
 
 
-def member_rows(task: str, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+def member_rows(splits: Sequence[tuple[np.ndarray, np.ndarray]],
                 pool_targets: np.ndarray | None) -> MemberRows:
   """The stacked `MemberRows` of members whose (train rows, valid rows) are `splits`.
 
   pool_targets: (P, C) the task's targets of the pool (tasks.make_targets), or
   None for a state template (means 0, stds 1).
   """
-  del task
   stats = []
   for train, _ in splits:
     if pool_targets is None:

@@ -255,13 +255,7 @@ def paired_test(a: Sequence[Any], b: Sequence[Any], confidence: float = 0.95) ->
   Raises:
     ValueError: a and b differ in length.
   """
-  a_arr = np.array([_as_float(v) for v in a], dtype=np.float64).reshape(-1)
-  b_arr = np.array([_as_float(v) for v in b], dtype=np.float64).reshape(-1)
-  if a_arr.shape != b_arr.shape:
-    raise ValueError(f"paired_test needs as many values in a as in b, got {a_arr.size} and "
-                     f"{b_arr.size}")
-  keep = np.isfinite(a_arr) & np.isfinite(b_arr)
-  d = a_arr[keep] - b_arr[keep]
+  d = _pairs(a, b)
   n = int(d.size)
   if n == 0:
     return PairedTest(0, _NAN, _NAN, _NAN, _NAN, TEST_NONE)
