@@ -48,13 +48,21 @@ class SwitchedCell:
     """`fn(((cell, 0, 1),), *args)` for the member's cell, through `lax.switch`
     over the branches (so only that one runs).
 
-    One branch is switched too (between two copies of it): XLA then compiles
-    the program around the switch alike whatever the branches, and a member
-    computes bit for bit what it computes in any other program, its run alone
-    included (tests/test_member_axes.py).
+    One branch is switched too (against a branch that returns zeros and is
+    never taken): XLA then compiles the program around the switch alike
+    whatever the branches, and a member computes bit for bit what it computes
+    in any other program, its run alone included (tests/test_member_axes.py).
     """
     fns = [functools.partial(fn, ((c, 0, 1),)) for c in self.branches]
-    return jax.lax.switch(self.index, fns * 2 if len(fns) == 1 else fns, *args)
+    if len(fns) == 1:
+      fns.append(functools.partial(_zeros_like_output, fns[0]))
+    return jax.lax.switch(self.index, fns, *args)
+
+
+def _zeros_like_output(fn: Callable, *args):
+  """Zeros shaped like `fn(*args)`'s output: the branch a one-branch switch never takes
+  (cheaper to compile than a second copy of `fn`)."""
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *args))
 
 
 class Vmapped:
