@@ -3,9 +3,12 @@
 `RunConfig` (frozen) holds every option of a run: what is trained (the study,
 its filters, seeds, data) at its top level, the training hyper-parameters in
 its `engine` group (`engine.EngineConfig`) and how each task's program is
-computed in its `execution` group (`engine.ExecutionConfig`: speed only). The
-command line's flags take their defaults from it (jaxact/main.py); `validate`
-checks it, with the messages the command line shows; `run_identity` is what
+computed in its `execution` group (`engine.ExecutionConfig`: speed only). Each
+option is declared once in jaxact.options, which says where in RunConfig it
+lives; the command line's flags are generated from the declarations and take
+their defaults from RunConfig (jaxact/main.py); `validate` checks it (each
+option as declared, then the rules that join several), with the messages the
+command line shows; `run_identity` is what
 makes two runs the same run (a workdir resumes only under the same identity).
 The run-level choices that are no part of a task's program (checkpoints,
 compiling ahead, the compilation cache, TensorBoard) are arguments of
