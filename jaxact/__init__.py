@@ -16,6 +16,7 @@ Modules, one concept each:
   memory          a run's memory, estimated before anything is built
   checkpoint      orbax checkpoints of a running task (resume after a kill)
   metrics_writer  what a run writes while it trains (metrics.jsonl, TensorBoard) and its CSVs
+  options         every option declared once: flags, checks, flag docs, identity, labels from it
   config          RunConfig, every option of a run: its one validator and its identity
   workdir         a run's workdir: layout, resuming, --restart, results records
   compile_ahead   --compile_ahead: the next task compiled in a thread while one trains
@@ -27,7 +28,8 @@ Modules, one concept each:
   figures         the report's PNGs
   compare         intervention arms across runs, paired by seed
   variance        the split's and the seed's shares of a cell's variance (crossed runs)
-  flagdoc         docs/flags.md from the command line's flags
+  presets         named runs as option values (from Python, and --preset); describe a run
+  flagdoc         docs/flags.md from the option declarations
   main            the absl command line (also `python -m jaxact` and the `jaxact` script)
 """
 

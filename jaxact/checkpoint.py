@@ -1,4 +1,4 @@
-"""Checkpoints of a running task (orbax), and the identity of a run's configuration.
+"""Checkpoints of a running task (orbax), and the differences between two runs' identities.
 
 Inside a workdir:
   checkpoints/<task>/<epoch>/   the latest snapshots of a task still training (at most KEEP)
@@ -7,8 +7,8 @@ A checkpoint holds one `engine.Snapshot` (the full-size training state in the
 original member order: stacked parameters, AdamW states, best weights and
 early-stopping state, the PRNG keys as raw key data, the epoch counter, which
 members are stacked in a compacted layout, and the host-side histories) plus
-a JSON item with the run's identity (configuration and data split), the
-epoch, and the wall time spent so far.
+a JSON item with the run's identity (configuration, `options.config_identity`,
+and data split), the epoch, and the wall time spent so far.
 
 Orbax writes each checkpoint into a temporary directory and renames it when
 complete, so a killed process leaves at most a partial `*.orbax-checkpoint-tmp-*`
@@ -42,46 +42,11 @@ CHECKPOINTS_DIR = "checkpoints"
 KEEP = 2
 FORMAT = 1
 
-# RunConfig fields that do not change results: where the data are read from
-# (their content is checked through the split fingerprint instead).
-_NOT_IDENTITY = ("data_dir", "tfds_dir")
-# The RunConfig groups whose fields are flattened into the identity's top level:
-# the training hyper-parameters and the execution choices. Run.json files written
-# before the split into two groups (30ce5cb and earlier) hold both under "engine".
-_FLATTENED = ("engine", "execution")
-# Execution choices that only choose how the same function is computed (the
-# results agree to float rounding); "auto" resolves per machine anyway, so a
-# run may be resumed on another machine or with another choice. The other two,
-# matmul_precision and compact, stay in the identity (TF32 or bfloat16 change
-# results beyond rounding; a compacted run rounds differently).
-# compact_in_background was removed after 30ce5cb; older run.json files still hold it.
-_NOT_IDENTITY_FLATTENED = ("member_mode", "eval_examples", "conv", "compact_in_background")
 _MISSING = object()
 
 
 class CheckpointError(Exception):
   """Checkpoints that cannot be used; str() says why and what to do."""
-
-
-def config_identity(config_dict: dict[str, Any]) -> dict[str, Any]:
-  """Everything in a `RunConfig.to_dict()` that changes results, as flat JSON values.
-
-  The fields of the "engine" and "execution" groups are flattened into the
-  top level (they are named as their command-line flags, e.g. `max_epochs`);
-  `data_dir`, `tfds_dir` and the execution choices that keep results to
-  float rounding (`member_mode`, `conv`, `eval_examples`) are left out. A
-  run.json written before "execution" was its own group (everything under
-  "engine") gives the same identity as today's RunConfig of the same flags.
-  """
-  out = {}
-  for key, value in config_dict.items():
-    if key in _NOT_IDENTITY:
-      continue
-    if key in _FLATTENED and isinstance(value, dict):
-      out.update({k: v for k, v in value.items() if k not in _NOT_IDENTITY_FLATTENED})
-    else:
-      out[key] = value
-  return json.loads(json.dumps(out))
 
 
 def identity_differences(old: dict[str, Any], new: dict[str, Any],

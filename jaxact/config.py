@@ -3,9 +3,12 @@
 `RunConfig` (frozen) holds every option of a run: what is trained (the study,
 its filters, seeds, data) at its top level, the training hyper-parameters in
 its `engine` group (`engine.EngineConfig`) and how each task's program is
-computed in its `execution` group (`engine.ExecutionConfig`: speed only). The
-command line's flags take their defaults from it (jaxact/main.py); `validate`
-checks it, with the messages the command line shows; `run_identity` is what
+computed in its `execution` group (`engine.ExecutionConfig`: speed only). Each
+option is declared once in jaxact.options, which says where in RunConfig it
+lives; the command line's flags are generated from the declarations and take
+their defaults from RunConfig (jaxact/main.py); `validate` checks it (each
+option as declared, then the rules that join several), with the messages the
+command line shows; `run_identity` is what
 makes two runs the same run (a workdir resumes only under the same identity).
 The run-level choices that are no part of a task's program (checkpoints,
 compiling ahead, the compilation cache, TensorBoard) are arguments of
@@ -16,16 +19,12 @@ compiling ahead, the compilation cache, TensorBoard) are arguments of
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 
-from jaxact import checkpoint as checkpoint_lib
-from jaxact import data as data_lib
-from jaxact import model as model_lib
+from jaxact import options as options_lib
 from jaxact import program
 from jaxact import studies
-from jaxact import tasks as tasks_lib
 
 
 # Member seeds become jax.random.key(uint32): first_seed + seeds - 1 may not exceed this.
@@ -34,9 +33,6 @@ MAX_SEED = 2**32 - 1
 
 class UserError(Exception):
   """A problem with the user's request; str() names the problem and the fix."""
-
-
-SPLITS = ("per_seed", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +49,7 @@ class RunConfig:
       they set the network of the activation / loss studies' cells and
       filter the hidden study's (studies.NetworkChoice).
     seeds: number of seeds per cell; the seeds are first_seed .. first_seed + seeds - 1.
-    split: one of SPLITS: "per_seed" (each member draws its own 2,000 / 3,000
+    split: one of data.SPLITS: "per_seed" (each member draws its own 2,000 / 3,000
       train / valid split from MNIST's training pool, seeded by its seed, so
       the intervals over seeds cover the data sampling too, and the two cells
       of a pair share their split) or "fixed" (every member trains on the one
@@ -100,22 +96,32 @@ def validate(config: RunConfig) -> None:
   """Checks every option of `config` that can be checked alone; UserError names the first bad one.
 
   The one place where options are checked, for the command line and the
-  Python API alike; the cells the filters select are checked by `plan`.
+  Python API alike: each option as its declaration says (jaxact.options), then
+  the rules that join several; the cells the filters select are checked by
+  `plan`.
   """
-  if config.study not in studies.STUDIES + ("all", None):
-    raise UserError(f"unknown --study {config.study!r}: choose one of "
-                    f"{', '.join(studies.STUDIES)} or all.")
-  for task in (config.task,) if isinstance(config.task, str) else config.task or ():
-    if task not in tasks_lib.TASKS:
-      raise UserError(f"unknown --task {task!r}: choose one of {', '.join(tasks_lib.TASKS)}.")
-  for conv in config.conventions:
-    if conv not in studies.CONVENTIONS:
-      raise UserError(f"unknown convention {conv!r}: choose one of "
-                      f"{', '.join(studies.CONVENTIONS)}, or 'both'.")
-  if config.seeds < 1:
-    raise UserError(f"--seeds must be a positive number of seeds per cell, got {config.seeds}.")
-  if config.first_seed < 0 or config.split_seed < 0:
-    raise UserError("--first_seed and --split_seed must be non-negative integers.")
+  try:
+    listed = config.arms.listed_arms()
+  except ValueError as err:
+    raise UserError(str(err)) from None
+  trainings = [{name: v} for name, values in config.arms.arms().items() for v in values] + [
+      {k: v for k, v in arm.items() if k in studies.TRAINING_OPTIONS} for arm in listed]
+  engines = [config.engine] + [dataclasses.replace(config.engine, **t) for t in trainings]
+  problems = options_lib.problems(config, engines)
+  if problems:
+    raise UserError(problems[0])
+  _check_seeds(config)
+  _check_arms(config, listed)
+  for e in engines:
+    _check_optimizer_options(e)
+  if config.execution.member_mode == "loop" and jax.device_count() > 1:
+    raise UserError(f"--member_mode=loop runs on one device and this run has "
+                    f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "
+                    "members over them.")
+
+
+def _check_seeds(config: RunConfig) -> None:
+  """UserError for member seeds past MAX_SEED, or a split seed that --split ignores."""
   last_seed = config.first_seed + config.seeds - 1
   if last_seed > MAX_SEED:
     raise UserError(
@@ -123,91 +129,43 @@ def validate(config: RunConfig) -> None:
         f"{MAX_SEED}, the largest seed jax.random.key takes (an unsigned 32-bit integer): "
         f"lower --first_seed to at most {MAX_SEED - config.seeds + 1}, or --seeds to at most "
         f"{MAX_SEED - config.first_seed + 1}.")
-  if config.split not in SPLITS:
-    raise UserError(f"unknown --split {config.split!r}: choose per_seed (each member its own "
-                    "split, seeded by its seed) or fixed (one split for all, --split_seed).")
   if config.split == "per_seed" and config.split_seed != 0:
     raise UserError(f"--split_seed={config.split_seed} chooses the one split of --split=fixed, "
                     "and with --split=per_seed each member's split seed is its own seed: add "
                     "--split=fixed, or leave --split_seed out.")
+
+
+def _check_arms(config: RunConfig, listed: list[dict]) -> None:
+  """UserError for a listed arm's unknown network value, or arms given both ways."""
   try:
-    listed = config.arms.listed_arms()
-    network = studies.NetworkChoice(
+    studies.NetworkChoice(
         init=tuple(a["init"] for a in listed if "init" in a) or None,
-        hidden=tuple(a["hidden"] for a in listed if "hidden" in a) or None)
-    network.check()
+        hidden=tuple(a["hidden"] for a in listed if "hidden" in a) or None).check()
   except ValueError as err:
     raise UserError(str(err)) from None
   if listed and config.arms.arms():
     raise UserError(f"--arms lists the arms one by one, and --{next(iter(config.arms.arms()))} "
                     "with several values crosses them: give one of the two.")
-  trainings = [{name: v} for name, values in config.arms.arms().items() for v in values] + [
-      {k: v for k, v in arm.items() if k in studies.TRAINING_OPTIONS} for arm in listed]
-  for e in [config.engine] + [dataclasses.replace(config.engine, **t) for t in trainings]:
-    _validate_training(e)
-  _check_execution(config)
 
 
-def _validate_training(e: program.EngineConfig) -> None:
-  """UserError for the first bad training option of `e` (one arm's training)."""
-  if e.max_epochs < 1:
-    raise UserError(f"--max_epochs must be positive, got {e.max_epochs}.")
-  if e.patience < 1:
-    raise UserError(f"--patience must be positive, got {e.patience}.")
-  if e.optimizer not in program.OPTIMIZERS:
-    raise UserError(f"unknown --optimizer {e.optimizer!r}: choose one of "
-                    f"{', '.join(program.OPTIMIZERS)}.")
-  if not (math.isfinite(e.learning_rate) and e.learning_rate > 0):
-    raise UserError(f"--learning_rate must be a positive number, got {e.learning_rate}.")
-  if not (math.isfinite(e.weight_decay) and e.weight_decay >= 0):
-    raise UserError(f"--weight_decay must be 0 or a positive number, got {e.weight_decay}.")
-  if not (math.isfinite(e.eps) and e.eps > 0):
-    raise UserError(f"--eps must be a positive number, got {e.eps}.")
+def _check_optimizer_options(e: program.EngineConfig) -> None:
+  """UserError for an option of one optimizer given with the other (one arm's training)."""
   if e.optimizer != "adamw" and e.eps != program.PROTOCOL.eps:
     raise UserError(f"--eps is AdamW's: leave it out with --optimizer={e.optimizer}, or use "
                     "--optimizer=adamw.")
-  if not 0 <= e.momentum < 1:
-    raise UserError(f"--momentum must be in [0, 1), got {e.momentum}.")
   if e.optimizer != "sgd" and e.momentum != program.PROTOCOL.momentum:
     raise UserError(f"--momentum is SGD's: add --optimizer=sgd, or leave --momentum out "
                     f"(AdamW's moments are b1 = {e.b1}, b2 = {e.b2}).")
-  if not 1 <= e.batch_size <= data_lib.TRAIN_SIZE:
-    raise UserError(f"--batch_size must be from 1 to the {data_lib.TRAIN_SIZE} training "
-                    f"examples, got {e.batch_size}.")
-  if e.head_bias_init not in program.HEAD_BIAS_INITS:
-    raise UserError(f"unknown --head_bias_init {e.head_bias_init!r}: choose one of "
-                    f"{', '.join(program.HEAD_BIAS_INITS)}.")
-
-
-def _check_execution(config: RunConfig) -> None:
-  """UserError for the first bad execution option of `config`."""
-  x = config.execution
-  if x.member_mode not in program.MEMBER_MODES:
-    raise UserError(f"unknown --member_mode {x.member_mode!r}: choose one of "
-                    f"{', '.join(program.MEMBER_MODES)}.")
-  if x.matmul_precision not in program.MATMUL_PRECISIONS:
-    raise UserError(f"unknown --matmul_precision {x.matmul_precision!r}: choose one of "
-                    f"{', '.join(program.MATMUL_PRECISIONS)}.")
-  if x.conv not in model_lib.CONV_IMPLS:
-    raise UserError(f"unknown --conv {x.conv!r}: choose one of "
-                    f"{', '.join(model_lib.CONV_IMPLS)}.")
-  if x.eval_examples is not None and x.eval_examples < 0:
-    raise UserError(f"eval_examples must be a positive number of rows, or None (or 0) for the "
-                    f"backend's default, got {x.eval_examples}.")
-  if x.member_mode == "loop" and jax.device_count() > 1:
-    raise UserError(f"--member_mode=loop runs on one device and this run has "
-                    f"{jax.device_count()}: use --member_mode=vmap (or auto) to shard the "
-                    "members over them.")
 
 
 def run_identity(config: RunConfig) -> dict:
   """What makes two runs the same run: every field of `config` that changes results.
 
-  A flat JSON dict (checkpoint.config_identity): the top-level fields without
+  A flat JSON dict (options.config_identity): the top-level fields without
   data_dir / tfds_dir, the training group's fields and the execution group's
   compact and matmul_precision.
   """
-  return checkpoint_lib.config_identity(config.to_dict())
+  return options_lib.config_identity(config.to_dict())
 
 
 # The identity of the defaults: fills in the keys that an older run.json lacks. A run.json

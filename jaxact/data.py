@@ -46,6 +46,9 @@ VALID_SIZE = 3000    # from MNIST's training set; its test set is used whole
 DATA_DIR_ENV = "JAXACT_DATA_DIR"
 IMAGE_HW = (28, 28)
 NUM_CLASSES = 10
+# How members draw their train / valid split (`load_run_data`): each its own, seeded by its
+# seed, or one for all, seeded by the split seed.
+SPLITS = ("per_seed", "fixed")
 
 # The fix a DataError names when the data directory is the problem.
 FIX_DIR = (

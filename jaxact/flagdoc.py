@@ -1,48 +1,40 @@
-r"""The flag reference of `python -m jaxact.main`, generated from its absl flags.
+r"""The flag reference of `python -m jaxact.main`, generated from the option declarations.
 
 docs/flags.md is this module's output, so the reference cannot drift from the
 command line:
 
   python -m jaxact.flagdoc > docs/flags.md
 
-`render()` imports jaxact.main (which defines its flags on absl's global
-`flags.FLAGS`), takes the flags defined there
-(`flags.FLAGS.get_flags_for_module("jaxact.main")`, in definition order) and
-renders one Markdown table per group: the study's options (what is trained and
-how: they change results), then the options that change only speed or where
-results go (SPEED_AND_PLACE). tests/test_docs.py checks that docs/flags.md
-equals the output, so a new or changed flag fails CI until the file is
-regenerated.
-
-Run it in a process of its own: jaxact.main and jaxact.compare both define
---task, and absl refuses a second definition in one process.
+`render()` defines the flags of the command line's options
+(`presets.command_line()`: --preset, then jaxact.options.OPTIONS) on a
+FlagValues of its own, with `options.define_flags` as jaxact.main does, and
+renders one Markdown table per part: the options that change results (the
+groups in STUDY_GROUPS), then those that change only speed or where results
+go. tests/test_docs.py checks that docs/flags.md equals the output, so a new
+or changed option fails CI until the file is regenerated.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any, Sequence
 
 from absl import flags
 
-MODULE = "jaxact.main"
+from jaxact import config as config_lib
+from jaxact import options as options_lib
+from jaxact import presets as presets_lib
+
 COMMAND = "python -m jaxact.flagdoc > docs/flags.md"
 
-# The flags of engine.ExecutionConfig's fields: how each task's program is computed.
-EXECUTION = ("member_mode", "conv", "matmul_precision", "compact")
-# The flags that change only speed or where results go: the execution group, then the
-# run-level ones (what is compiled when, where files go, the processes). Every other flag
-# of jaxact.main is one of the study's options.
-SPEED_AND_PLACE = EXECUTION + (
-    "compile_ahead", "compilation_cache_dir", "checkpoint_every", "restart", "workdir",
-    "data_dir", "tfds_dir", "tensorboard", "tensorboard_members", "distributed",
-    "coordinator_address", "num_processes", "process_id")
+# The option groups of the first table (they change results); the others (execution, run)
+# are the second's.
+STUDY_GROUPS = ("study", "network", "training")
 
 _HEADER = f"""\
 # Flags of `python -m jaxact.main`
 
-<!-- Generated from jaxact/main.py's absl flags by `{COMMAND}`.
+<!-- Generated from the option declarations (jaxact/options.py) by `{COMMAND}`.
      Do not edit by hand: tests/test_docs.py fails when this file differs from that output. -->
 
 Every flag is `--name=value` (booleans: `--name` / `--noname`). A run's identity is the set of
@@ -71,10 +63,18 @@ _GROUPS = (
 )
 
 
-def main_flags() -> list[Any]:
-  """The absl flags defined in jaxact.main, in definition order (imports jaxact.main)."""
-  importlib.import_module(MODULE)   # defines the flags
-  return list(flags.FLAGS.get_flags_for_module(MODULE))
+def option_flags(option_list: Sequence[options_lib.Option] | None = None,
+                 defaults: config_lib.RunConfig | None = None) -> list[tuple[Any, Any]]:
+  """(option, its absl flag) for each option with a flag, in declaration order.
+
+  Args:
+    option_list: default `presets.command_line()`, the command line's.
+    defaults: the RunConfig of the flags' defaults (default `RunConfig()`).
+  """
+  option_list = presets_lib.command_line() if option_list is None else list(option_list)
+  flag_values = flags.FlagValues()
+  options_lib.define_flags(option_list, defaults or config_lib.RunConfig(), flag_values)
+  return [(o, flag_values[o.name]) for o in option_list if o.flag]
 
 
 def _default(flag: Any) -> str:
@@ -102,27 +102,20 @@ def _table(group: Sequence[Any]) -> list[str]:
   return lines
 
 
-def render(flag_list: Sequence[Any] | None = None) -> str:
-  """docs/flags.md: the flags of jaxact.main as two Markdown tables.
+def render(option_list: Sequence[options_lib.Option] | None = None,
+           defaults: config_lib.RunConfig | None = None) -> str:
+  """docs/flags.md: the flags of the options as two Markdown tables.
 
   Args:
-    flag_list: the flags to document (absl Flag objects); default `main_flags()`.
+    option_list: the options to document; default `presets.command_line()`.
+    defaults: the RunConfig of the flags' defaults (default `RunConfig()`).
 
   Returns:
     The Markdown text, ending in a newline.
-
-  Raises:
-    ValueError: a name in SPEED_AND_PLACE is not one of the flags (renamed or
-      removed in jaxact.main without updating the grouping).
   """
-  flag_list = main_flags() if flag_list is None else list(flag_list)
-  names = {f.name for f in flag_list}
-  unknown = [n for n in SPEED_AND_PLACE if n not in names]
-  if unknown:
-    raise ValueError(f"jaxact.flagdoc.SPEED_AND_PLACE names flags that {MODULE} does not "
-                     f"define: {', '.join(unknown)}; update the grouping.")
-  study = [f for f in flag_list if f.name not in SPEED_AND_PLACE]
-  place = [f for f in flag_list if f.name in SPEED_AND_PLACE]
+  pairs = option_flags(option_list, defaults)
+  study = [f for o, f in pairs if o.group in STUDY_GROUPS]
+  place = [f for o, f in pairs if o.group not in STUDY_GROUPS]
   lines = [_HEADER]
   for (title, lead), group in zip(_GROUPS, (study, place)):
     lines += [f"## {title}", "", lead, "", *_table(group), ""]

@@ -1,6 +1,10 @@
-"""Named presets: the runs people make, as flag values (`--preset=NAME`).
+"""Named presets: the runs people make, as values of their options (`--preset=NAME`).
 
-A preset fills in flags the command line leaves unset; a flag given on the
+A preset is a set of option values (jaxact.options) on top of the defaults:
+from Python, `get_preset("all").config(task="multiclass")` is its `RunConfig`
+with one override, and `arguments()` the run's other arguments it sets (e.g.
+smoke's checkpoint_every) for `train.train_and_evaluate`. The command line
+applies the same values to the options it is not given: a flag given on the
 command line wins. A run made with a preset is the same run as one with its
 flags spelled out (the same identity, resumable either way); `run.json`
 records the command, hence the preset and the overrides.
@@ -27,19 +31,37 @@ from typing import Any, Mapping, Sequence
 from absl import app
 from absl import flags
 
+from jaxact import config as config_lib
+from jaxact import options as options_lib
+
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-  """A named set of flag values.
+  """A named set of option values.
 
   Attributes:
     name: what `--preset` takes.
     description: one line for `--help` and docs/flags.md.
-    flags: flag name -> value, as absl holds it (lists for list flags).
+    values: option name -> value, as `options.with_values` takes them; an
+      option without a RunConfig field (checkpoint_every) is an argument of
+      the run (`arguments`).
   """
   name: str
   description: str
-  flags: Mapping[str, Any]
+  values: Mapping[str, Any]
+
+  def config(self, **overrides: Any) -> config_lib.RunConfig:
+    """The RunConfig of the preset's values with `overrides` (option name -> value) on top.
+
+    Raises:
+      ValueError: an override names no option of the configuration.
+    """
+    own = {k: v for k, v in self.values.items() if options_lib.get(k).field is not None}
+    return options_lib.with_values(config_lib.RunConfig(), {**own, **overrides})
+
+  def arguments(self) -> dict[str, Any]:
+    """The preset's values of the run's arguments (`train.train_and_evaluate`'s keywords)."""
+    return {k: v for k, v in self.values.items() if options_lib.get(k).field is None}
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -57,10 +79,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "program: the protocol arm and one arm per change (learning rate, eps, weight decay, "
            "prior head bias, He / Xavier / Flax init, tanh / ReLU hidden units), 10 seeds, 100 "
            "epochs at most (SGD, another optimizer family, is a run of its own)",
-           dict(study="all", task=["multiclass"], head="sigmoid", seeds=10, max_epochs=100,
-                arms=["protocol", "lr=0.0001", "lr=0.0003", "lr=0.003", "eps=0.001", "wd=0",
+           dict(study="all", task=("multiclass",), head="sigmoid", seeds=10, max_epochs=100,
+                arms=("protocol", "lr=0.0001", "lr=0.0003", "lr=0.003", "eps=0.001", "wd=0",
                       "bias=prior", "init=he", "init=xavier", "init=flax", "hidden=tanh",
-                      "hidden=relu"])),
+                      "hidden=relu"))),
     Preset("smoke", "a first look that checks the whole pipeline: every task and cell of "
            "--study (default activation), 1 seed, 1 epoch, no checkpoints",
            dict(seeds=1, max_epochs=1, checkpoint_every=0)),
@@ -74,41 +96,16 @@ def get_preset(name: str) -> Preset:
   return PRESETS[name]
 
 
-def apply_preset(name: str, flag_values) -> dict[str, Any]:
-  """Sets the preset's flags in `flag_values` (absl FlagValues) where the command line
-  did not; returns the values it set."""
-  preset = get_preset(name)
-  applied = {}
-  for flag, value in preset.flags.items():
-    if not flag_values[flag].present:
-      flag_values[flag].value = value
-      applied[flag] = value
-  return applied
+# --preset: an option of the command line, the first of its flags.
+OPTION = options_lib.Option(
+    "preset", "study", "A named run that fills in the flags left unset (given flags win): "
+    + "; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()) + ".",
+    choices=tuple(PRESETS))
 
 
-# How the command line spells the on / off / both filters (--norm, --sigmoid_method, --batch_norm).
-TRISTATE = {"": None, "on": True, "off": False}
-
-
-def tristate_spelling(value) -> str:
-  """The --norm / --sigmoid_method / --batch_norm spelling of a filter value (None: '')."""
-  if isinstance(value, (tuple, list)):   # NetworkChoice.batch_norm: None or one value
-    if len(value) != 1:
-      return ""   # both values: what '' says
-    (value,) = value
-  return {v: k for k, v in TRISTATE.items()}[value]
-
-
-def convention_spelling(conventions) -> str:
-  """The --convention spelling of RunConfig.conventions ('both' for all of them)."""
-  from jaxact import studies   # light, but keeps this module's import free of the model stack
-  return "both" if tuple(conventions) == tuple(studies.CONVENTIONS) else ",".join(conventions)
-
-
-# Identity keys (checkpoint.config_identity) that flags of `python -m jaxact.main`
-# set under another name or shape; the others are named as their flags.
-_NETWORK_FLAGS = ("init", "hidden", "batch_norm", "depth")
-_TRISTATE_FLAGS = ("norm", "sigmoid_method")
+def command_line() -> tuple[options_lib.Option, ...]:
+  """The options of `python -m jaxact.main` in --help's and docs/flags.md's order."""
+  return (OPTION,) + tuple(o for o in options_lib.OPTIONS if o.flag)
 
 
 def _flag_value(value: Any) -> str:
@@ -119,33 +116,37 @@ def _flag_value(value: Any) -> str:
   return "" if value is None else str(value)
 
 
+def _flag(name: str, kind: options_lib.Kind | None, value: Any) -> str:
+  """The flag `--name` that gives the option (of `kind`; None: unknown) the value `value`."""
+  if kind is options_lib.BOOL or (kind is None and isinstance(value, bool)):
+    return f"--{name}" if value else f"--no{name}"
+  if kind in (options_lib.TRISTATE_KIND, options_lib.CONVENTIONS):
+    return f"--{name}={kind.spell(value)}"
+  return f"--{name}={_flag_value(value)}"
+
+
+def _network_options() -> list[options_lib.Option]:
+  return [o for o in options_lib.OPTIONS if o.identity_key == "network"]
+
+
 def identity_flags(key: str, value: Any) -> list[str]:
   """The command-line flags that give identity key `key` the value `value`.
 
   Raises:
     ValueError: no flag sets `key` (e.g. AdamW's b1, which only the Python API sets).
   """
-  if key == "conventions":
-    return ["--convention=" + convention_spelling(value)]
   if key == "network":
     value = value or {}
-    out = []
-    for name in _NETWORK_FLAGS:
-      v = value.get(name)
-      out.append(f"--{name}=" + (tristate_spelling(v) if name == "batch_norm" else _flag_value(v)))
-    return out
+    return [_flag(o.name, o.kind, value.get(o.leaf)) for o in _network_options()]
   if key == "arms":   # the training options given several values (studies.TrainingChoice)
     return [f"--{'arms' if name == 'listed' else name}={_flag_value(v)}"
             for name, v in (value or {}).items() if v]
-  if key == "task" and isinstance(value, str):
-    value = [value]
-  if key in _TRISTATE_FLAGS:
-    return [f"--{key}={tristate_spelling(value)}"]
-  if isinstance(value, bool):
-    return [f"--{key}" if value else f"--no{key}"]
-  if key in ("b1", "b2"):
+  option = next((o for o in options_lib.OPTIONS if o.identity_key == key), None)
+  if option is None:   # a key of an older run.json that no option declares
+    return [_flag(key, None, value)]
+  if not option.flag:
     raise ValueError(f"{key} has no flag of python -m jaxact.main")
-  return [f"--{key}={_flag_value(value)}"]
+  return [_flag(option.name, option.kind, value)]
 
 
 def _overrides(identity: Mapping[str, Any], base: Mapping[str, Any]) -> list[str]:
@@ -156,8 +157,8 @@ def _overrides(identity: Mapping[str, Any], base: Mapping[str, Any]) -> list[str
       continue
     if key == "network":
       network, base_network = value or {}, base.get("network") or {}
-      out += [flag for flag, name in zip(identity_flags(key, network), _NETWORK_FLAGS)
-              if network.get(name) != base_network.get(name)]
+      out += [flag for flag, o in zip(identity_flags(key, network), _network_options())
+              if network.get(o.leaf) != base_network.get(o.leaf)]
     elif value != base.get(key):
       out += identity_flags(key, value)
   return out
@@ -172,11 +173,11 @@ def _candidate(preset: Preset, identity: Mapping[str, Any]) -> bool:
   """Whether `preset` may name a run: a study preset for its own study only; a preset
   without a study (smoke) only where every value it sets is the run's."""
   arms = (identity.get("arms") or {}).get("listed")
-  if list(preset.flags.get("arms") or []) != list(arms or []):
+  if list(preset.values.get("arms") or []) != list(arms or []):
     return False          # a preset's arms are the run's, or the preset does not name it
-  if "study" in preset.flags:
-    return preset.flags["study"] == identity["study"]
-  return all(identity.get(k, v) == v for k, v in preset.flags.items())
+  if "study" in preset.values:
+    return preset.values["study"] == identity["study"]
+  return all(identity.get(k, v) == v for k, v in preset.values.items())
 
 
 def describe(config: Mapping[str, Any]) -> list[str]:
@@ -190,10 +191,9 @@ def describe(config: Mapping[str, Any]) -> list[str]:
   Raises:
     ValueError: the run set an option that no flag sets (b1, b2).
   """
-  from jaxact import checkpoint, train   # the training stack: only when describing a run
-  default = checkpoint.config_identity(train.RunConfig().to_dict())
+  default = config_lib.run_identity(config_lib.RunConfig())
   # A run.json without "split" predates per-member splits: its run used the fixed split.
-  identity = {**default, "split": "fixed", **checkpoint.config_identity(dict(config))}
+  identity = {**default, "split": "fixed", **options_lib.config_identity(dict(config))}
   for key, value in LEGACY_DEFAULTS.items():
     if identity.get(key) == value:
       del identity[key]
@@ -204,7 +204,7 @@ def describe(config: Mapping[str, Any]) -> list[str]:
     if not _candidate(preset, identity):
       continue
     flags = [f"--preset={preset.name}"] + _overrides(
-        identity, {**default, **{k: v for k, v in preset.flags.items() if k in default}})
+        identity, config_lib.run_identity(preset.config()))
     if len(flags) < len(best):
       best = flags
   return best

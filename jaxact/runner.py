@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxact import options as options_lib
 from jaxact import probes as probes_lib
 from jaxact import program as program_lib
 from jaxact import sharding
@@ -34,23 +35,10 @@ from jaxact.studies import Cell
 def training_label(config: EngineConfig) -> str:
   """The training choices of `config` that differ from PROTOCOL's, e.g. 'sgd (momentum 0.9), lr 0.01'.
 
-  '' for PROTOCOL's training; cells' labels carry it where it is not ''.
+  '' for PROTOCOL's training; cells' labels carry it where it is not ''. Each
+  training option's part is declared with it (jaxact.options).
   """
-  parts = []
-  if config.optimizer != PROTOCOL.optimizer:
-    parts.append(f"{config.optimizer} (momentum {config.momentum:g})"
-                 if config.optimizer == "sgd" else config.optimizer)
-  if config.learning_rate != PROTOCOL.learning_rate:
-    parts.append(f"lr {config.learning_rate:g}")
-  if config.weight_decay != PROTOCOL.weight_decay:
-    parts.append(f"weight decay {config.weight_decay:g}")
-  if config.eps != PROTOCOL.eps:
-    parts.append(f"eps {config.eps:g}")
-  if config.batch_size != PROTOCOL.batch_size:
-    parts.append(f"batch {config.batch_size}")
-  if config.head_bias_init != PROTOCOL.head_bias_init:
-    parts.append(f"{config.head_bias_init} head bias")
-  return ", ".join(parts)
+  return ", ".join(options_lib.training_parts(config))
 
 
 def cell_label(cell: Cell, config: EngineConfig) -> str:
@@ -67,11 +55,7 @@ def cell_label(cell: Cell, config: EngineConfig) -> str:
 
 def training_record(config: EngineConfig) -> dict[str, Any]:
   """The training choices a results file records (every field `training_label` may name)."""
-  return {"optimizer": config.optimizer, "learning_rate": config.learning_rate,
-          "momentum": config.momentum if config.optimizer == "sgd" else None,
-          "weight_decay": config.weight_decay, "eps": config.eps,
-          "batch_size": config.batch_size,
-          "head_bias_init": config.head_bias_init, "label": training_label(config)}
+  return {**options_lib.training_fields(config), "label": training_label(config)}
 
 @dataclasses.dataclass
 class MemberResult:

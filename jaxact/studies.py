@@ -12,14 +12,16 @@ import dataclasses
 from typing import Any, Iterable, Sequence
 
 from jaxact import losses as losses_lib
+from jaxact import model as model_lib
 from jaxact import tasks as tasks_lib
 
 STUDIES = ("activation", "loss", "hidden")
-HEADS = ("none", "relu", "sigmoid", "softmax")
-LOSSES = ("cce", "bce", "bce_logits", "mse", "mae", "rmse")
-CONVENTIONS = ("torch", "logits")
-INITS = ("torch", "flax", "he", "xavier")                 # = model.INITS
-HIDDEN = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "mish")
+# The names a cell may take, from the registries that implement them.
+HEADS = tuple(losses_lib.HEADS)
+LOSSES = losses_lib.LOSSES
+CONVENTIONS = losses_lib.CONVENTIONS
+INITS = model_lib.INITS
+HIDDEN = tuple(model_lib.HIDDEN_ACTIVATIONS)
 DEPTHS = (1, 2, 4, 8, 16, 32)                             # the hidden study's depth sweep
 MAX_DEPTH = 64
 

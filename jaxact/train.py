@@ -40,6 +40,7 @@ from jaxact import files
 from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
+from jaxact import options as options_lib
 from jaxact import provenance
 from jaxact import runner as runner_lib
 from jaxact import sharding
@@ -51,8 +52,8 @@ from jaxact.config import RunConfig, UserError, run_identity, validate
 from jaxact import __version__
 
 
-# train_and_evaluate's checkpoint interval, in epochs (--checkpoint_every's default too).
-CHECKPOINT_EVERY = 5
+# train_and_evaluate's checkpoint interval, in epochs: --checkpoint_every's declared default.
+CHECKPOINT_EVERY = options_lib.get("checkpoint_every").default
 
 COMPILATION_CACHE_ENV = "JAXACT_COMPILATION_CACHE_DIR"
 DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/jaxact/xla"

@@ -31,6 +31,7 @@ from jaxact import diagnostics as diagnostics_lib
 from jaxact import engine as engine_lib
 from jaxact import files
 from jaxact import metrics_writer
+from jaxact import options as options_lib
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
@@ -137,7 +138,7 @@ def check_workdir_config(workdir: str, config: config_lib.RunConfig) -> dict | N
         f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
         "says which configuration produced them, so this run cannot resume them: pass "
         "--restart to delete them and start over, or choose another --workdir.")
-  old = checkpoint_lib.config_identity(previous["config"])
+  old = options_lib.config_identity(previous["config"])
   diffs = checkpoint_lib.identity_differences(old, config_lib.run_identity(config),
                                               config_lib.DEFAULT_IDENTITY)
   if diffs:

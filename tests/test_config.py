@@ -19,6 +19,7 @@ from jaxact import checkpoint
 from jaxact import config as config_lib
 from jaxact import engine
 from jaxact import flagdoc
+from jaxact import options
 from jaxact import train
 from jaxact import workdir as workdir_lib
 
@@ -48,10 +49,14 @@ def test_training_and_execution_options_are_two_groups():
   assert training == {"max_epochs", "patience", "batch_size", "learning_rate", "b1", "b2", "eps",
                       "weight_decay", "optimizer", "momentum", "head_bias_init"}
   assert execution == {"member_mode", "matmul_precision", "conv", "compact", "eval_examples"}
-  # docs/flags.md documents every execution option with a flag beside the run-level speed
-  # options, apart from the study's (eval_examples is the Python API's only).
-  assert set(flagdoc.EXECUTION) == execution - {"eval_examples"}
-  assert not training & set(flagdoc.SPEED_AND_PLACE)
+  # Each field is one declared option of its group (jaxact.options); docs/flags.md documents
+  # the execution group's with the run-level options, apart from the study's.
+  def declared(prefix, group):
+    return {o.leaf for o in options.OPTIONS if (o.field or "").startswith(prefix)
+            and o.group == group}
+  assert declared("engine.", "training") == training
+  assert declared("execution.", "execution") == execution
+  assert "execution" not in flagdoc.STUDY_GROUPS and "training" in flagdoc.STUDY_GROUPS
   config = train.RunConfig()
   assert isinstance(config.engine, engine.EngineConfig)
   assert isinstance(config.execution, engine.ExecutionConfig)
@@ -134,7 +139,7 @@ def test_identity_is_the_same_in_both_layouts():
           member_mode="vmap", conv="native", compact=True, matmul_precision="tensorfloat32",
           eval_examples=64))
   new = train.run_identity(config)
-  assert checkpoint.config_identity(_old_layout(config)) == new
+  assert options.config_identity(_old_layout(config)) == new
   # compact and matmul_precision change results; member_mode, conv and eval_examples do not.
   assert new["compact"] is True and new["matmul_precision"] == "tensorfloat32"
   assert not {"member_mode", "conv", "eval_examples", "compact_in_background", "execution",
@@ -183,15 +188,13 @@ def test_committed_runs_keep_their_identity():
   code = (
       "import json, sys\n"
       "from absl import flags\n"
-      "from jaxact import main, presets, train\n"
+      "from jaxact import main, train\n"
       "out = {}\n"
       "for path in sys.argv[1:]:\n"
       "  run = json.load(open(path))\n"
       "  argv = run['argv'] + ([] if 'split' in run['config'] else ['--split=fixed'])\n"
       "  flags.FLAGS.unparse_flags()\n"
       "  flags.FLAGS(argv)\n"
-      "  if flags.FLAGS.preset:\n"
-      "    presets.apply_preset(flags.FLAGS.preset, flags.FLAGS)\n"
       "  out[path] = train.run_identity(main.config_from_flags())\n"
       "print(json.dumps(out))\n")
   proc = subprocess.run([sys.executable, "-c", code, *_COMMITTED], cwd=ROOT, capture_output=True,
@@ -202,7 +205,7 @@ def test_committed_runs_keep_their_identity():
   exact = 0
   for path in _COMMITTED:
     config = _run_config(path)
-    before = checkpoint.config_identity(config)
+    before = options.config_identity(config)
     diffs = checkpoint.identity_differences(before, now[path], config_lib.DEFAULT_IDENTITY)
     assert diffs == [], path
     if "head_bias_init" in config["engine"]:

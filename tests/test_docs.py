@@ -1,8 +1,7 @@
 """The documents: the generated flag reference is current, links resolve, commands exist.
 
-docs/flags.md must equal `python -m jaxact.flagdoc`'s output (run in a process
-of its own: jaxact.main and jaxact.compare both define --task, and absl refuses
-a second definition in one process). Every relative link of the project's
+docs/flags.md must equal `python -m jaxact.flagdoc`'s output (generated from
+the option declarations, jaxact/options.py). Every relative link of the project's
 documents must point to an existing file (and, for a `#fragment` into a
 Markdown file, to one of its headings), and every `python -m jaxact.<module>`
 command they show may use only flags that module defines.
@@ -78,30 +77,23 @@ def test_flags_md_is_generated_from_the_flags():
   assert proc.returncode == 0, proc.stderr
   current = _read(os.path.relpath(FLAGS_MD, ROOT)) if os.path.exists(FLAGS_MD) else ""
   assert current == proc.stdout, (
-      "docs/flags.md is not what jaxact/main.py's flags give (a flag was added, removed or "
-      "changed): regenerate it from the repository root with "
+      "docs/flags.md is not what the option declarations give (an option was added, removed "
+      "or changed): regenerate it from the repository root with "
       "`python -m jaxact.flagdoc > docs/flags.md` and commit the result.")
 
 
 def test_flagdoc_groups_every_flag_once():
-  # Without importing jaxact.main here (see the module docstring): fake flags.
-  from jaxact import flagdoc  # pylint: disable=g-import-not-at-top
-
-  class Flag:
-    def __init__(self, name, default=None, help_text="h"):
-      self.name, self.default, self.help = name, default, help_text
-
-  names = ["study", "seeds", *flagdoc.SPEED_AND_PLACE]
-  text = flagdoc.render([Flag(n) for n in names])
-  for n in names:
-    assert text.count(f"| `--{n}` |") == 1, n
+  from jaxact import flagdoc, options, presets  # pylint: disable=g-import-not-at-top
+  text = flagdoc.render()
   study_part, place_part = text.split("## Options that change only speed")
-  assert "`--seeds`" in study_part and "`--seeds`" not in place_part
-  assert "`--workdir`" in place_part and "`--workdir`" not in study_part
-  with pytest.raises(ValueError, match="SPEED_AND_PLACE"):
-    flagdoc.render([Flag("study")])
-  text = flagdoc.render([Flag("a|b", help_text="x | y\n z"), *(Flag(n) for n in names)])
-  assert "x \\| y z" in text
+  for option in presets.command_line():
+    row = f"| `--{option.name}` |"
+    assert text.count(row) == 1, option.name
+    assert (row in study_part) == (option.group in flagdoc.STUDY_GROUPS), option.name
+  assert "`--seeds`" in study_part and "`--workdir`" in place_part
+  assert "`--b1`" not in text and not options.get("b1").flag   # the Python API's only
+  toy = options.Option("toy", "run", "x | y\n z", options.BOOL, default=False)
+  assert "| `--toy` | `false` | x \\| y z |" in flagdoc.render([toy])
 
 
 @pytest.mark.parametrize("rel", _documents())
@@ -122,8 +114,14 @@ def test_relative_links_resolve(rel):
 
 
 def _defined_flags(module: str) -> set[str]:
+  """The flags `python -m module` takes: its DEFINE_* calls; jaxact.main's are generated from
+  the option declarations."""
   with open(os.path.join(ROOT, *module.split(".")) + ".py", encoding="utf-8") as f:
-    return set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", f.read()))
+    names = set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", f.read()))
+  if module == "jaxact.main":
+    from jaxact import presets  # pylint: disable=g-import-not-at-top
+    names |= {o.name for o in presets.command_line() if o.flag}
+  return names
 
 
 def _commands(rel: str) -> list[tuple[str, str]]:

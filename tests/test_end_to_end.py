@@ -72,8 +72,8 @@ def _cli(*args, env_extra=None):
 @pytest.mark.parametrize("args, message", [
     (["--task=ranking"], "unknown --task 'ranking'"),
     (["--study=everything"], "unknown --study"),
-    (["--task=binary", "--head=tanh"], "unknown head"),
-    (["--task=binary", "--loss=hinge"], "unknown loss"),
+    (["--task=binary", "--head=tanh"], "unknown --head 'tanh': choose one of none, relu"),
+    (["--task=binary", "--loss=hinge"], "unknown --loss 'hinge': choose one of cce"),
     (["--convention=numpy"], "unknown convention"),
     (["--task=regression", "--head=none", "--loss=cce"], "cce cannot be used"),
     (["--task=binary", "--norm=on"], "regression task only"),

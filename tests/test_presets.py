@@ -8,33 +8,35 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
+from jaxact import options
 from jaxact import presets
 
 
-def _flag_values(argv):
-  fv = flags.FlagValues()
-  flags.DEFINE_string("study", "activation", "", flag_values=fv)
-  flags.DEFINE_integer("seeds", 3, "", flag_values=fv)
-  flags.DEFINE_integer("max_epochs", 100, "", flag_values=fv)
-  flags.DEFINE_integer("checkpoint_every", 5, "", flag_values=fv)
-  fv(["prog", *argv])
-  return fv
+def test_a_preset_is_its_values_with_overrides_on_top():
+  from jaxact import train
+  smoke = presets.get_preset("smoke")
+  config = smoke.config(study="loss", seeds=4, learning_rate=3e-4)
+  assert config == options.with_values(train.RunConfig(), dict(
+      study="loss", seeds=4, max_epochs=1, learning_rate=(3e-4,)))
+  assert (config.study, config.seeds, config.engine.max_epochs) == ("loss", 4, 1)
+  assert config.engine.learning_rate == 3e-4 and config.arms == train.RunConfig().arms
+  assert smoke.arguments() == {"checkpoint_every": 0}
+  assert presets.get_preset("all").arguments() == {}
+  with pytest.raises(ValueError, match="no option of the run's configuration is called sed"):
+    smoke.config(sed=1)
 
 
-def test_preset_fills_unset_flags_and_given_flags_win():
-  fv = _flag_values(["--seeds=4", "--study=loss"])
-  applied = presets.apply_preset("smoke", fv)
-  assert (fv.study, fv.seeds, fv.max_epochs, fv.checkpoint_every) == ("loss", 4, 1, 0)
-  assert applied == {"max_epochs": 1, "checkpoint_every": 0}
-
-
-def test_study_presets_name_their_study():
+def test_every_preset_is_a_valid_configuration_of_declared_options():
+  from jaxact import train
   for name in ("activation", "loss", "hidden"):
-    fv = _flag_values([])
-    presets.apply_preset(name, fv)
-    assert fv.study == name
+    assert presets.get_preset(name).config().study == name
+  for preset in presets.PRESETS.values():
+    for key in preset.values:
+      assert options.get(key).flag, (preset.name, key)
+    train.validate(preset.config())
+  interventions = presets.get_preset("interventions").config()
+  assert interventions.arms.listed[0] == "protocol" and interventions.task == ("multiclass",)
 
 
 def test_unknown_preset_names_the_choices():
@@ -42,13 +44,24 @@ def test_unknown_preset_names_the_choices():
     presets.get_preset("fast")
 
 
-def test_every_preset_sets_flags_of_the_command_line():
+def test_command_line_applies_the_preset_under_the_given_flags():
   # In a process of its own: jaxact.main defines its flags on absl's global FLAGS.
-  code = ("import jaxact.main\nfrom absl import flags\nfrom jaxact import presets\n"
-          "names = {f.name for f in flags.FLAGS.get_flags_for_module('jaxact.main')}\n"
-          "print(sorted({k for p in presets.PRESETS.values() for k in p.flags} - names))\n")
+  code = (
+      "from absl import flags\n"
+      "from jaxact import main, presets\n"
+      "for argv, kw in ((['--preset=smoke', '--seeds=4', '--study=loss'], dict(seeds=4, study='loss')),\n"
+      "                 (['--preset=interventions', '--learning_rate=1e-3,3e-3'],\n"
+      "                  dict(learning_rate=(1e-3, 3e-3)))):\n"
+      "  flags.FLAGS.unparse_flags()\n"
+      "  flags.FLAGS(['prog', *argv])\n"
+      "  name = argv[0].split('=')[1]\n"
+      "  print(main.config_from_flags() == presets.get_preset(name).config(**kw),\n"
+      "        main.run_arguments()['checkpoint_every'])\n"
+      "flags.FLAGS.unparse_flags()\n"
+      "flags.FLAGS(['prog', '--preset=smoke', '--checkpoint_every=3'])\n"
+      "print(main.run_arguments()['checkpoint_every'])\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == "[]", out.stdout
+  assert out.stdout.split() == ["True", "0", "True", "5", "3"], out.stdout + out.stderr
 
 
 def test_describe_names_the_preset_and_the_overrides():
@@ -84,7 +97,7 @@ def test_every_committed_run_is_its_preset_command():
 import glob, json, os
 import jaxact.main as main
 from absl import flags
-from jaxact import checkpoint, presets, train
+from jaxact import checkpoint, options, presets, train
 from jaxact import config as config_lib
 default = config_lib.DEFAULT_IDENTITY   # a run.json without "split" was a fixed-split run
 paths = sorted(glob.glob(os.path.join("experiments", "**", "run.json"), recursive=True))
@@ -94,9 +107,7 @@ for path in paths:
   argv = presets.describe(config)
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["prog"] + argv)
-  if flags.FLAGS.preset:
-    presets.apply_preset(flags.FLAGS.preset, flags.FLAGS)
-  old = {k: v for k, v in checkpoint.config_identity(config).items()
+  old = {k: v for k, v in options.config_identity(config).items()
          if presets.LEGACY_DEFAULTS.get(k, object()) != v}
   diffs = checkpoint.identity_differences(old, train.run_identity(main.config_from_flags()), default)
   print(path, " ".join(argv), diffs)

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxact import checkpoint
 from jaxact import engine
+from jaxact import options
 from jaxact import studies
 from jaxact import tasks
 from jaxact import provenance
@@ -215,7 +215,7 @@ def test_options_are_part_of_a_runs_identity(tmp_path):
     assert train.run_identity(new) != train.run_identity(old)
     with pytest.raises(train.UserError, match=f"{next(iter(kw))}: "):
       workdir_lib.check_workdir_config(wd, new)
-  assert "optimizer" in checkpoint.config_identity(old.to_dict())
+  assert "optimizer" in options.config_identity(old.to_dict())
 
 
 def test_restart_removes_results_and_every_figure_kind(tmp_path):
