@@ -170,7 +170,7 @@ def conventions(tmp_path):
 
 
 def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions):
-  base, other = (compare.results_io.load_results(p)["binary"] for p in conventions)
+  base, other = (compare.records.load_results(p)["binary"] for p in conventions)
   pairs = compare.pair_conventions(base, other)
   assert [(p.cell.head, p.cell.loss, p.cell.convention) for p in pairs] == [
       ("sigmoid", "mse", "logits"), ("sigmoid", "cce", "logits")]
