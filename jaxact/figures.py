@@ -129,14 +129,28 @@ def _plot_cells(task: str, groups: dict[Cell, list[records.MemberRecord]],
   return out + [(c, None) for c in tables.other_cells(task, groups, which) if c not in seen]
 
 
-def _curve_matrix(members: list[records.MemberRecord], scale: float) -> np.ndarray:
-  """(members, max epochs) valid metric as recorded, NaN past a member's end."""
-  length = max((len(m.valid_metric) for m in members), default=0)
-  mat = np.full((len(members), length), np.nan)
-  for i, m in enumerate(members):
-    v = np.array([records.as_float(x) for x in (m.valid_metric)], np.float64)
+def _curve_matrix(curves: list[list], scale: float) -> np.ndarray:
+  """(curves, longest) the per-epoch values as recorded, NaN past a curve's end."""
+  length = max((len(c) for c in curves), default=0)
+  mat = np.full((len(curves), length), np.nan)
+  for i, c in enumerate(curves):
+    v = np.array([records.as_float(x) for x in c], np.float64)
     mat[i, :v.size] = v * scale
   return mat
+
+
+def _valid_curves(members: list[records.MemberRecord]) -> list[list]:
+  return [m.valid_metric for m in members]
+
+
+def _carried(curves: list[list], scale: float) -> np.ndarray:
+  """`_curve_matrix` with a stopped curve's last value repeated to the end, NaN for non-finite."""
+  mat = _curve_matrix(curves, scale)
+  for i, c in enumerate(curves):
+    n = len(c)
+    if 0 < n < mat.shape[1]:
+      mat[i, n:] = mat[i, n - 1]
+  return np.where(np.isfinite(mat), mat, np.nan)
 
 
 def carried_forward(members: list[records.MemberRecord], scale: float = 1.0) -> np.ndarray:
@@ -147,12 +161,7 @@ def carried_forward(members: list[records.MemberRecord], scale: float = 1.0) -> 
   values (and a non-finite last value carried forward) are NaN; a member with
   no epoch is all NaN.
   """
-  mat = _curve_matrix(members, scale)
-  for i, m in enumerate(members):
-    n = len(m.valid_metric)
-    if 0 < n < mat.shape[1]:
-      mat[i, n:] = mat[i, n - 1]
-  return np.where(np.isfinite(mat), mat, np.nan)
+  return _carried(_valid_curves(members), scale)
 
 
 def _nan_stat(fn, mat: np.ndarray) -> np.ndarray:
@@ -161,10 +170,14 @@ def _nan_stat(fn, mat: np.ndarray) -> np.ndarray:
     return fn(mat, axis=0)
 
 
+def _mean_of(curves: list[list], scale: float = 1.0) -> np.ndarray:
+  mat = _carried(curves, scale)
+  return _nan_stat(np.nanmean, mat) if mat.shape[1] else np.zeros((0,))
+
+
 def mean_curve(members: list[records.MemberRecord], scale: float = 1.0) -> np.ndarray:
   """(max epochs,) mean over seeds of `carried_forward`, non-finite values left out."""
-  mat = carried_forward(members, scale)
-  return _nan_stat(np.nanmean, mat) if mat.shape[1] else np.zeros((0,))
+  return _mean_of(_valid_curves(members), scale)
 
 
 def _curve_limits(mats: list[np.ndarray], chance: float | None, accuracy: bool
@@ -203,7 +216,7 @@ def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[records.M
   ax.set_ylabel("valid accuracy (%)" if accuracy else "valid MSE", fontsize=8)
   ax.tick_params(labelsize=7)
   scale = 100.0 if accuracy else 1.0
-  raw = _curve_matrix(members, scale)
+  raw = _curve_matrix(_valid_curves(members), scale)
   notes = []
   n_empty = sum(1 for m in members if not m.valid_metric)
   if raw.shape[1] == 0 or n_empty == len(members):
@@ -282,7 +295,7 @@ def curves_figure_object(task: str, result: records.TaskResults, info: dict):
   if not cells:
     axes[0].text(0.5, 0.5, "no members", ha="center", va="center")
   scale = 100.0 if accuracy else 1.0
-  ylim, yscale = _curve_limits([_curve_matrix(groups[c], scale) for c, _ in cells],
+  ylim, yscale = _curve_limits([_curve_matrix(_valid_curves(groups[c]), scale) for c, _ in cells],
                                chance, accuracy)
   for ax in drawn:
     ax.set_yscale(yscale)
@@ -546,7 +559,8 @@ def plot_heatmaps(workdir: str, task: str, result: records.TaskResults, info: di
 # Diagnostics: saturation and gradients against depth.
 
 
-def _mean_history(members: list[records.MemberRecord], name: str, layer: int | None = 0) -> np.ndarray:
+def _mean_history(members: list[records.MemberRecord], name: str, layer: int | None = 0
+                  ) -> np.ndarray:
   """(max epochs,) mean over seeds of a per-epoch diagnostic (layer `layer` if per-layer).
 
   As the curves: a stopped member's last value is carried forward.
@@ -557,7 +571,7 @@ def _mean_history(members: list[records.MemberRecord], name: str, layer: int | N
     rows.append([np.nan if v is None else
                  records.as_float(v[layer] if layer is not None and isinstance(v, list) else v)
                  for v in h])
-  return mean_curve([{"valid_metric": r} for r in rows])
+  return _mean_of(rows)
 
 
 SPREAD_FLOOR = 1e-6   # the log axis's floor for the output spread; lower values are marked

@@ -1,6 +1,7 @@
 """Tests for jaxact.figures on synthetic results written into tmp_path (no training)."""
 
 import ast
+import dataclasses
 import json
 import os
 import sys
@@ -340,7 +341,9 @@ def test_heatmap_panels_of_a_hidden_run(workdir):
 def test_heatmap_figure_annotates_values_and_seeds(workdir):
   results = records.load_results(workdir)
   result = results["multiclass"]
-  result["members"][0]["test"] = float("nan")       # sigmoid, torch, no bn, seed 0
+  members = list(result.members)                    # sigmoid, torch, no bn, seed 0
+  members[0] = dataclasses.replace(members[0], test=float("nan"))
+  result = dataclasses.replace(result, members=tuple(members))
   groups = result.groups()
   fig = figures.heatmap_figure_object("multiclass", result, {}, figures._init_panels(groups),
                                       "hidden activation and initialisation", "initialisation")

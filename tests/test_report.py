@@ -392,7 +392,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
 
   def spy(path, task, convention, sweep, command, plt):
     plotted[os.path.basename(path)] = {
-        studies.Cell.from_dict(m["cell"]).convention
+        m.cell.convention
         for by_depth in sweep.values() for ms in by_depth.values() for m in ms}
     return original(path, task, convention, sweep, command, plt)
 
