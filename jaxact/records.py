@@ -53,7 +53,8 @@ def as_float(v: Any) -> float:
 
 
 def _fields(cls) -> tuple[str, ...]:
-  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ("extra", "order"))
+  return tuple(f.name for f in dataclasses.fields(cls)
+               if f.name not in ("extra", "order", "cell_dict"))
 
 
 def _cell_of(value: Any) -> Cell:
@@ -99,6 +100,7 @@ class MemberRecord:
     diagnosis: its Diagnosis (None: not diagnosed).
     extra: keys this version does not know, kept as read.
     order: the keys in file order (to write a read record back unchanged).
+    cell_dict: the cell as the file spelled it (older files: other keys or their order).
   """
   cell: Cell
   seed: int | None = None
@@ -121,6 +123,8 @@ class MemberRecord:
   diagnosis: Diagnosis | None = None
   extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   order: tuple[str, ...] = ()
+  cell_dict: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False,
+                                                           repr=False)
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "MemberRecord":
@@ -135,7 +139,7 @@ class MemberRecord:
       values[name] = list(values.get(name) or [])
     values["diagnostics"] = dict(values.get("diagnostics") or {})
     return cls(**values, extra={k: v for k, v in d.items() if k not in known},
-               order=tuple(d))
+               order=tuple(d), cell_dict=dict(d["cell"]) if isinstance(d["cell"], dict) else None)
 
   @classmethod
   def from_result(cls, result: Any, label: str, **fields: Any) -> "MemberRecord":
@@ -155,7 +159,7 @@ class MemberRecord:
       if k in self.extra:
         out[k] = self.extra[k]
       elif k == "cell":
-        out[k] = self.cell.to_dict()
+        out[k] = dict(self.cell_dict) if self.cell_dict is not None else self.cell.to_dict()
       elif k == "diagnosis":
         out[k] = None if self.diagnosis is None else self.diagnosis.to_dict()
       else:
