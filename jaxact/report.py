@@ -722,6 +722,67 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
   ]
 
 
+def _task_section(task: str, result: records.TaskResults, info: dict,
+                  workdir_conventions: list[str]) -> list[str]:
+  """The report's section of one task: facts, tables, paired tests, rates, diagnoses, claims,
+  figure links."""
+  groups = result.groups()
+  lines = [f"## {task}: {_metric_title(result, task)}", ""]
+  facts = []
+  for key, name in (("init", "init"), ("split_seed", "split seed"),
+                    ("split_fingerprint", "split fingerprint"),
+                    ("max_epochs", "max epochs"), ("patience", "patience")):
+    if getattr(result, key) is not None:
+      facts.append(f"{name} {getattr(result, key)}")
+  if isinstance(result.wall_time_s, (int, float)):
+    facts.append(f"wall time {result.wall_time_s:.1f} s")
+  n_members = sum(len(ms) for ms in groups.values())
+  facts.append(f"{plural(n_members, 'member')} in {plural(len(groups), 'cell')}")
+  lines += ["; ".join(facts) + ".", ""]
+  training = (result.training or {}).get("label")
+  if training:
+    lines += [f"Training differs from PROTOCOL's (AdamW, lr 0.001, weight decay 0.01, batch "
+              f"32, PyTorch's head bias): **{_escape(training)}**; every cell below is "
+              "trained so.", ""]
+  # A task trained by another command than run.json's (e.g. tasks run as
+  # parallel processes into one workdir) says which command and machine made it.
+  for key, name in (("command", "Made by"), ("machine", "Machine")):
+    value = getattr(result, key)
+    if value and value != info.get(key):
+      lines += [f"{name}: {_code(value) if key == 'command' else value}", ""]
+  which = result.studies(info)
+  tables = list(study_tables(task, groups, workdir_conventions, which))
+  family = task_family((rows for _, _, rows, _ in tables), result.is_accuracy)
+  for study, conv, rows, variant in tables:
+    title = _STUDY_TITLES.get(study, f"{study} study")
+    net = "" if not variant else _variant_title(variant)
+    lines += [f"### {task}: {title}, {conv} convention{net}", ""]
+    lines += _table(rows, task, result, study) + [""]
+    paired = _paired_table(rows, task, result, family)
+    if paired:
+      lines += paired + [""]
+  lines += _originals_count(task, ((study, rows) for study, _, rows, _ in tables),
+                            result.is_accuracy)
+  others = other_cells(task, groups, which)
+  if others:
+    lines += [f"### {task}: Other cells (in no study grid)", ""]
+    lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
+  lines += _rates_section(task, groups)
+  lines += _diagnoses_section(task, groups)
+  claims = claims_lib.hidden_claims(groups, result)
+  if claims:
+    lines += claims_lib.render(claims) + [""]
+  if figures.curves_figure(task, groups):
+    lines += [f"![valid curves](curves_{task}.png)", ""]
+  lines += [s for alt, name in figures.heatmap_figures(task, groups)
+            for s in (f"![{alt}]({name})", "")]
+  if any(m.diagnostics.get("saturated") for ms in groups.values() for m in ms):
+    lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
+  for conv, name in depth_sweep_figures(task, groups):
+    lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
+  return lines
+
+
 def render_markdown(workdir: str) -> str:
   """The report for the run in `workdir`, as Markdown text (nothing is written).
 
@@ -757,60 +818,7 @@ def render_markdown(workdir: str) -> str:
   workdir_conventions = tables_lib.conventions_of(
       {c: [] for r in results.values() for c in r.groups()})
   for task, result in results.items():
-    groups = result.groups()
-    lines += [f"## {task}: {_metric_title(result, task)}", ""]
-    facts = []
-    for key, name in (("init", "init"), ("split_seed", "split seed"),
-                      ("split_fingerprint", "split fingerprint"),
-                      ("max_epochs", "max epochs"), ("patience", "patience")):
-      if getattr(result, key) is not None:
-        facts.append(f"{name} {getattr(result, key)}")
-    if isinstance(result.wall_time_s, (int, float)):
-      facts.append(f"wall time {result.wall_time_s:.1f} s")
-    n_members = sum(len(ms) for ms in groups.values())
-    facts.append(f"{plural(n_members, 'member')} in {plural(len(groups), 'cell')}")
-    lines += ["; ".join(facts) + ".", ""]
-    training = (result.training or {}).get("label")
-    if training:
-      lines += [f"Training differs from PROTOCOL's (AdamW, lr 0.001, weight decay 0.01, batch "
-                f"32, PyTorch's head bias): **{_escape(training)}**; every cell below is "
-                "trained so.", ""]
-    # A task trained by another command than run.json's (e.g. tasks run as
-    # parallel processes into one workdir) says which command and machine made it.
-    for key, name in (("command", "Made by"), ("machine", "Machine")):
-      value = getattr(result, key)
-      if value and value != info.get(key):
-        lines += [f"{name}: {_code(value) if key == 'command' else value}", ""]
-    which = result.studies(info)
-    tables = list(study_tables(task, groups, workdir_conventions, which))
-    family = task_family((rows for _, _, rows, _ in tables), result.is_accuracy)
-    for study, conv, rows, variant in tables:
-      title = _STUDY_TITLES.get(study, f"{study} study")
-      net = "" if not variant else _variant_title(variant)
-      lines += [f"### {task}: {title}, {conv} convention{net}", ""]
-      lines += _table(rows, task, result, study) + [""]
-      paired = _paired_table(rows, task, result, family)
-      if paired:
-        lines += paired + [""]
-    lines += _originals_count(task, ((study, rows) for study, _, rows, _ in tables),
-                              result.is_accuracy)
-    others = other_cells(task, groups, which)
-    if others:
-      lines += [f"### {task}: Other cells (in no study grid)", ""]
-      lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
-    lines += _rates_section(task, groups)
-    lines += _diagnoses_section(task, groups)
-    claims = claims_lib.hidden_claims(groups, result)
-    if claims:
-      lines += claims_lib.render(claims) + [""]
-    if figures.curves_figure(task, groups):
-      lines += [f"![valid curves](curves_{task}.png)", ""]
-    lines += [s for alt, name in figures.heatmap_figures(task, groups)
-              for s in (f"![{alt}]({name})", "")]
-    if any(m.diagnostics.get("saturated") for ms in groups.values() for m in ms):
-      lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
-    for conv, name in depth_sweep_figures(task, groups):
-      lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
+    lines += _task_section(task, result, info, workdir_conventions)
   lines += _how_to_read(results)
   return "\n".join(lines).rstrip("\n") + "\n"
 
