@@ -30,6 +30,7 @@ from jaxact import studies
 from jaxact.studies import Cell
 
 MemberRecord = records.MemberRecord
+Members = list[MemberRecord]   # a cell's members
 
 ALPHA = 0.05              # family-wise significance level of the paired tests
 MARGIN_POINTS = 100 * stats.EQUIVALENCE_MARGIN_ACCURACY   # equivalence margin, accuracy points
@@ -45,7 +46,7 @@ class Claim:
   verdict: str
 
 
-def _find(groups: dict[Cell, list[MemberRecord]], **fields) -> list[MemberRecord]:
+def _find(groups: dict[Cell, Members], **fields) -> list[MemberRecord]:
   """The members of the multiclass softmax + cce cell with these network fields ([] if absent).
 
   `groups` holds one loss convention's cells (`hidden_claims` splits them).
@@ -58,12 +59,12 @@ def _find(groups: dict[Cell, list[MemberRecord]], **fields) -> list[MemberRecord
   return []
 
 
-def _test_points(members: list[MemberRecord]) -> list[float]:
+def _test_points(members: Members) -> list[float]:
   """The members' finite test accuracies, in %."""
   return [v for v in map(_points, members) if math.isfinite(v)]
 
 
-def _acc(members: list[MemberRecord]) -> str:
+def _acc(members: Members) -> str:
   """'98.05% [97.41, 98.69]': mean test accuracy over seeds with its 95% t interval."""
   iv = stats.mean_interval(_test_points(members))
   if iv.n == 0:
@@ -73,7 +74,7 @@ def _acc(members: list[MemberRecord]) -> str:
   return f"{iv.estimate:.2f}% [{iv.low:.2f}, {iv.high:.2f}]"
 
 
-def _ratio_at_init(members: list[MemberRecord], layer: str = "hidden1") -> float:
+def _ratio_at_init(members: Members, layer: str = "hidden1") -> float:
   """Median over seeds of ||grad layer|| / ||grad out|| on the first batch at initialisation."""
   out = []
   for m in members:
@@ -87,7 +88,7 @@ def _ratio_at_init(members: list[MemberRecord], layer: str = "hidden1") -> float
   return float(np.median(out)) if out else math.nan
 
 
-def _dead(members: list[MemberRecord]) -> float:
+def _dead(members: Members) -> float:
   """Mean over seeds of the largest dead-unit fraction over hidden layers, at the best epoch."""
   out = []
   for m in members:
@@ -98,7 +99,7 @@ def _dead(members: list[MemberRecord]) -> float:
   return float(np.mean(out)) if out else math.nan
 
 
-def by_seed(members: list[MemberRecord]) -> dict[Any, MemberRecord]:
+def by_seed(members: Members) -> dict[Any, MemberRecord]:
   """seed -> member, for the members that record a seed (the first of a repeated seed)."""
   out: dict[Any, MemberRecord] = {}
   for m in members:
@@ -120,7 +121,7 @@ class _Family:
     self.pairs: list[tuple[list[float], list[float]]] = []
     self.adjusted = adjusted
 
-  def compare(self, a: list[MemberRecord], b: list[MemberRecord]) -> stats.Comparison:
+  def compare(self, a: Members, b: Members) -> stats.Comparison:
     """Test accuracy a - b in points over the seeds both cells have, as a family member."""
     sa, sb = by_seed(a), by_seed(b)
     seeds = [s for s in sa if s in sb]
@@ -198,7 +199,7 @@ def _direction_counts(tests: list[stats.Comparison]) -> tuple[int, int, int, int
   return up, down, same, len(words) - up - down - same
 
 
-def depth_sweep(groups: dict[Cell, list[MemberRecord]]) -> dict[tuple[str, str], dict[int, list[MemberRecord]]]:
+def depth_sweep(groups: dict[Cell, Members]) -> dict[tuple[str, str], dict[int, Members]]:
   """(hidden, init) -> depth -> members, for the depth sweep's cells (no batch norm) with >1 depth.
 
   `groups` must hold one loss convention (see `by_convention`): the two conventions'
@@ -207,22 +208,22 @@ def depth_sweep(groups: dict[Cell, list[MemberRecord]]) -> dict[tuple[str, str],
   conventions = {c.convention for c in groups}
   if len(conventions) > 1:
     raise ValueError(f"depth_sweep takes the cells of one convention, got {sorted(conventions)}")
-  sweep: dict[tuple[str, str], dict[int, list[MemberRecord]]] = {}
+  sweep: dict[tuple[str, str], dict[int, Members]] = {}
   for cell, members in groups.items():
     if cell.task == "multiclass" and cell.head == "softmax" and not cell.batch_norm:
       sweep.setdefault((cell.hidden, cell.init), {})[cell.depth] = members
   return {k: dict(sorted(v.items())) for k, v in sweep.items() if len(v) > 1}
 
 
-def by_convention(groups: dict[Cell, list[MemberRecord]]) -> dict[str, dict[Cell, list[MemberRecord]]]:
+def by_convention(groups: dict[Cell, Members]) -> dict[str, dict[Cell, Members]]:
   """convention -> that convention's cells, in order of first appearance."""
-  out: dict[str, dict[Cell, list[MemberRecord]]] = {}
+  out: dict[str, dict[Cell, Members]] = {}
   for cell, members in groups.items():
     out.setdefault(cell.convention, {})[cell] = members
   return out
 
 
-def hidden_claims(groups: dict[Cell, list[MemberRecord]], result: records.TaskResults | None = None
+def hidden_claims(groups: dict[Cell, Members], result: records.TaskResults | None = None
                   ) -> list[Claim]:
   """The claims that the run's cells can test (none for a run without hidden-study cells).
 
@@ -238,7 +239,7 @@ def hidden_claims(groups: dict[Cell, list[MemberRecord]], result: records.TaskRe
   return _claims(groups, family)
 
 
-def _claims(groups: dict[Cell, list[MemberRecord]], family: _Family) -> list[Claim]:
+def _claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
   per_convention = by_convention(groups)
   if len(per_convention) <= 1:
     return _claims_of_one_convention(groups, family)
@@ -247,14 +248,14 @@ def _claims(groups: dict[Cell, list[MemberRecord]], family: _Family) -> list[Cla
           for claim in _claims_of_one_convention(conv_groups, family)]
 
 
-def _claims_of_one_convention(groups: dict[Cell, list[MemberRecord]], family: _Family
+def _claims_of_one_convention(groups: dict[Cell, Members], family: _Family
                               ) -> list[Claim]:
   """The claims of one loss convention's cells, in the order of the table."""
   return (_vanishing_claims(groups) + _dying_relu_claims(groups, family)
           + _init_claims(groups, family) + _batch_norm_claims(groups, family))
 
 
-def _vanishing_claims(groups: dict[Cell, list[MemberRecord]]) -> list[Claim]:
+def _vanishing_claims(groups: dict[Cell, Members]) -> list[Claim]:
   """1. Vanishing gradients with depth: per activation and init with a depth sweep."""
   claims = []
   sweep = depth_sweep(groups)
@@ -282,7 +283,7 @@ def _vanishing_claims(groups: dict[Cell, list[MemberRecord]]) -> list[Claim]:
   return claims
 
 
-def _dying_relu_claims(groups: dict[Cell, list[MemberRecord]], family: _Family
+def _dying_relu_claims(groups: dict[Cell, Members], family: _Family
                        ) -> list[Claim]:
   """2. Dying ReLU (the largest dead fraction), and its fixes paired against ReLU."""
   relu_cells = [(c, ms) for c, ms in groups.items() if c.hidden == "relu"]
@@ -319,7 +320,7 @@ def _dying_relu_claims(groups: dict[Cell, list[MemberRecord]], family: _Family
   return claims
 
 
-def _init_claims(groups: dict[Cell, list[MemberRecord]], family: _Family) -> list[Claim]:
+def _init_claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
   """3. Initialisation matched to the activation, against the other one (depth 1, with and
   without batch norm) and against torch's (the depth sweep)."""
   claims = []
@@ -347,7 +348,7 @@ def _init_claims(groups: dict[Cell, list[MemberRecord]], family: _Family) -> lis
   return claims
 
 
-def _batch_norm_claims(groups: dict[Cell, list[MemberRecord]], family: _Family) -> list[Claim]:
+def _batch_norm_claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
   """4. Batch norm helps: on against off, per (activation, init) at depth 1."""
   diffs = []
   for h in ("sigmoid", "tanh") + RELU_FAMILY:

@@ -48,6 +48,8 @@ from jaxact import records
 from jaxact import stats as stats_lib
 from jaxact import studies
 
+Members = list[records.MemberRecord]   # a cell's members
+
 FC1_SATURATED_SHARE = 0.5   # fc1 counts as saturated once half of its units are (engine's rule per unit)
 FAILURE_RATES = ("collapsed", "dead_head", "no_learning", "nonfinite", "invalid")
 
@@ -61,7 +63,7 @@ class Arm:
   label: str
   workdir: str
   command: str
-  members: dict[tuple[str, str, str], list[records.MemberRecord]]
+  members: dict[tuple[str, str, str], Members]
 
   @property
   def is_protocol(self) -> bool:
@@ -102,7 +104,7 @@ def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
                        f"{', '.join(results)}): choose --task, or drop that workdir.")
     result = results[task]
     record = result.training or {}
-    variants: dict[str, dict[tuple[str, str, str], list[records.MemberRecord]]] = {}
+    variants: dict[str, dict[tuple[str, str, str], Members]] = {}
     for cell, members in result.groups().items():
       network = _network_label(cell)
       training = _run_training_label(record, cell)
@@ -144,7 +146,7 @@ class ArmCell:
   paired: stats_lib.PairedTest | None
 
 
-def arm_cell(members: list[records.MemberRecord], protocol: list[records.MemberRecord] | None) -> ArmCell:
+def arm_cell(members: Members, protocol: Members | None) -> ArmCell:
   """The statistics of one arm's members in one cell, paired with the protocol's by seed."""
   kinds = [m.kind for m in members]
   n = len(members)
@@ -192,7 +194,7 @@ def _paired_text(c: stats_lib.Comparison | None, accuracy: bool = True,
           stats_lib.verdict(c, higher_is_better, margin_text=report_lib.margin_text(accuracy)))
 
 
-def _collapsed(members: list[records.MemberRecord]) -> int:
+def _collapsed(members: Members) -> int:
   return sum(1 for m in members if m.kind == "collapsed")
 
 
@@ -298,8 +300,8 @@ class ConventionPair:
   trains the same numbers).
   """
   cell: studies.Cell
-  baseline: list[records.MemberRecord]
-  other: list[records.MemberRecord]
+  baseline: Members
+  other: Members
   paired: stats_lib.Comparison
   identical: int
 
@@ -309,7 +311,8 @@ def _without_convention(cell: studies.Cell) -> studies.Cell:
   return dataclasses.replace(cell, convention="torch")
 
 
-def pair_conventions(baseline: records.TaskResults, other: records.TaskResults) -> list[ConventionPair]:
+def pair_conventions(baseline: records.TaskResults, other: records.TaskResults
+                     ) -> list[ConventionPair]:
   """The cells of `other` (one task's results) paired with `baseline`'s cell that differs from
   it in the convention alone, other's cell order; a cell without a counterpart is left out.
 

@@ -47,6 +47,8 @@ from jaxact import records
 from jaxact import studies
 from jaxact import tables
 
+Members = list[records.MemberRecord]   # a cell's members
+
 Cell = studies.Cell
 
 CURVES_MAX_CELLS = 12     # a hidden-study task with more cells gets heatmaps instead of curves
@@ -116,7 +118,7 @@ def _conv_suffix(per_convention: dict) -> dict[str, str]:
 # Validation curves.
 
 
-def _plot_cells(task: str, groups: dict[Cell, list[records.MemberRecord]],
+def _plot_cells(task: str, groups: dict[Cell, Members],
                 which: Sequence[str] = studies.STUDIES) -> list[tuple[Cell, bool | None]]:
   """Every cell of the task once, in table order, with its recommendation (or None)."""
   out: list[tuple[Cell, bool | None]] = []
@@ -139,7 +141,7 @@ def _curve_matrix(curves: list[list], scale: float) -> np.ndarray:
   return mat
 
 
-def _valid_curves(members: list[records.MemberRecord]) -> list[list]:
+def _valid_curves(members: Members) -> list[list]:
   return [m.valid_metric for m in members]
 
 
@@ -153,7 +155,7 @@ def _carried(curves: list[list], scale: float) -> np.ndarray:
   return np.where(np.isfinite(mat), mat, np.nan)
 
 
-def carried_forward(members: list[records.MemberRecord], scale: float = 1.0) -> np.ndarray:
+def carried_forward(members: Members, scale: float = 1.0) -> np.ndarray:
   """(members, max epochs) valid metric, a stopped member's last value repeated to the end.
 
   A member that stopped early (early stopping, a non-finite value) keeps its
@@ -175,7 +177,7 @@ def _mean_of(curves: list[list], scale: float = 1.0) -> np.ndarray:
   return _nan_stat(np.nanmean, mat) if mat.shape[1] else np.zeros((0,))
 
 
-def mean_curve(members: list[records.MemberRecord], scale: float = 1.0) -> np.ndarray:
+def mean_curve(members: Members, scale: float = 1.0) -> np.ndarray:
   """(max epochs,) mean over seeds of `carried_forward`, non-finite values left out."""
   return _mean_of(_valid_curves(members), scale)
 
@@ -201,7 +203,7 @@ def _curve_limits(mats: list[np.ndarray], chance: float | None, accuracy: bool
   return (lo, hi), "linear"
 
 
-def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[records.MemberRecord],
+def _draw_cell(ax, cell: Cell, recommended: bool | None, members: Members,
                accuracy: bool, chance: float | None) -> bool:
   """Draws one cell's valid curves on `ax`; False (a note drawn instead) if none is valid.
 
@@ -307,11 +309,11 @@ def curves_figure_object(task: str, result: records.TaskResults, info: dict):
   return fig
 
 
-def _one_head_and_loss(groups: dict[Cell, list[records.MemberRecord]]) -> bool:
+def _one_head_and_loss(groups: dict[Cell, Members]) -> bool:
   return len({(c.task, c.head, c.loss, c.norm, c.sigmoid_method) for c in groups}) == 1
 
 
-def curves_figure(task: str, groups: dict[Cell, list[records.MemberRecord]]) -> str | None:
+def curves_figure(task: str, groups: dict[Cell, Members]) -> str | None:
   """The curves figure's file name, or None where the task gets heatmaps instead.
 
   None for a task with heatmaps (`heatmap_figures`) and more than
@@ -372,10 +374,10 @@ _KIND_TITLES = {"torch": "torch init (PyTorch's default)",
                 "matched": "matched init (xavier for sigmoid / tanh, he for the others)"}
 
 # A panel: (title, row values, column values, {(row, column): members}).
-Panel = tuple[str, list, list, dict[tuple[Hashable, Hashable], list[records.MemberRecord]]]
+Panel = tuple[str, list, list, dict[tuple[Hashable, Hashable], Members]]
 
 
-def _init_panels(groups: dict[Cell, list[records.MemberRecord]]) -> list[Panel]:
+def _init_panels(groups: dict[Cell, Members]) -> list[Panel]:
   """Depth-1 cells by hidden activation x init, one panel per batch-norm setting.
 
   Empty unless the depth-1 cells vary in the hidden activation or the init.
@@ -392,9 +394,9 @@ def _init_panels(groups: dict[Cell, list[records.MemberRecord]]) -> list[Panel]:
   return panels
 
 
-def _depth_panels(groups: dict[Cell, list[records.MemberRecord]]) -> list[Panel]:
+def _depth_panels(groups: dict[Cell, Members]) -> list[Panel]:
   """Cells by hidden activation x depth, one panel per init kind (and batch norm) with >1 depth."""
-  keys: dict[tuple[str, bool], dict[tuple[str, int], list[records.MemberRecord]]] = {}
+  keys: dict[tuple[str, bool], dict[tuple[str, int], Members]] = {}
   for c in groups:
     keys.setdefault((_init_kind(c), c.batch_norm), {})[(c.hidden, c.depth)] = groups[c]
   keys = {k: v for k, v in keys.items() if len({d for _, d in v}) > 1}
@@ -412,7 +414,7 @@ def _depth_panels(groups: dict[Cell, list[records.MemberRecord]]) -> list[Panel]
   return panels
 
 
-def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[records.MemberRecord]],
+def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], Members],
                    rows: Sequence,
                    cols: Sequence, field: str = "test", scale: float = 100.0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,7 +438,7 @@ def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[records.MemberRec
   return mean, n, total
 
 
-def heatmap_figures(task: str, groups: dict[Cell, list[records.MemberRecord]]
+def heatmap_figures(task: str, groups: dict[Cell, Members]
                     ) -> list[tuple[str, str]]:
   """(alt text, file name) of each heatmap figure of a task, in the order they are drawn.
 
@@ -559,7 +561,7 @@ def plot_heatmaps(workdir: str, task: str, result: records.TaskResults, info: di
 # Diagnostics: saturation and gradients against depth.
 
 
-def _mean_history(members: list[records.MemberRecord], name: str, layer: int | None = 0
+def _mean_history(members: Members, name: str, layer: int | None = 0
                   ) -> np.ndarray:
   """(max epochs,) mean over seeds of a per-epoch diagnostic (layer `layer` if per-layer).
 
@@ -580,10 +582,10 @@ _MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")
 _MARK_EVERY = 5
 
 
-def class_groups(members: list[records.MemberRecord]) -> list[tuple[str | None, list[records.MemberRecord]]]:
+def class_groups(members: Members) -> list[tuple[str | None, Members]]:
   """The members by diagnosis kind (`MemberRecord.kind`; None: not diagnosed), in
   diagnostics.KINDS order with healthy first and unknown kinds after."""
-  by_kind: dict[str | None, list[records.MemberRecord]] = {}
+  by_kind: dict[str | None, Members] = {}
   for m in members:
     by_kind.setdefault(m.kind, []).append(m)
   order = ["healthy"] + [k for k in diagnostics_lib.KINDS if k != "healthy"]
@@ -591,7 +593,7 @@ def class_groups(members: list[records.MemberRecord]) -> list[tuple[str | None, 
       kv[0] is None, order.index(kv[0]) if kv[0] in order else len(order), str(kv[0])))
 
 
-def _saturation_cells(groups: dict[Cell, list[records.MemberRecord]]) -> list[Cell]:
+def _saturation_cells(groups: dict[Cell, Members]) -> list[Cell]:
   """The cells to draw: all if at most 12, else the depth-1, no-batch-norm, torch-init ones
   plus every cell with a failure diagnosis."""
   cells = list(groups)
@@ -643,7 +645,8 @@ def plot_diagnostics(workdir: str) -> list[str]:
         style = dict(color=f"C{i % 10}", linestyle=_CLASS_STYLES[j % len(_CLASS_STYLES)],
                      marker=_MARKERS[i % len(_MARKERS)], markersize=4, linewidth=1.2,
                      markevery=(i % _MARK_EVERY, _MARK_EVERY))
-        label = f"{cell.label} [{len(members)} {tables.KIND_TEXT.get(kind, kind or 'not diagnosed')}]"
+        words = tables.KIND_TEXT.get(kind, kind or "not diagnosed")
+        label = f"{cell.label} [{len(members)} {words}]"
         sat = _mean_history(members, "saturated")
         ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
         spread = _mean_history(members, "spread", None)

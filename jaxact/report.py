@@ -40,6 +40,7 @@ from jaxact import studies
 from jaxact import tables as tables_lib
 
 Cell = studies.Cell
+Members = list[records.MemberRecord]   # a cell's members
 # The table layout and the words the figures share (jaxact.tables), under the report's names.
 study_tables = tables_lib.study_tables
 other_cells = tables_lib.other_cells
@@ -135,7 +136,7 @@ def _metric_title(result: records.TaskResults, task: str) -> str:
   return f"{result.metric_name}, {better} is better"
 
 
-def _nonfinite_kinds(members: list[records.MemberRecord], field: str) -> str:
+def _nonfinite_kinds(members: Members, field: str) -> str:
   """E.g. '1 invalid, 2 inf' for the members whose `field` is not finite."""
   counts: collections.Counter = collections.Counter()
   for m in members:
@@ -171,7 +172,7 @@ def _ordered_kinds(kinds: Iterable[str | None]) -> list[str | None]:
       [None] if None in kinds else [])
 
 
-def _class_name(members: list[records.MemberRecord]) -> str:
+def _class_name(members: Members) -> str:
   """'healthy', 'healthy or hit cap', 'collapsed': the kinds of `members`."""
   return " or ".join(_kind_name(k) for k in _ordered_kinds(m.kind for m in members))
 
@@ -183,7 +184,7 @@ def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
   return f"{_fmt(iv.estimate, accuracy)}{unit} {ci}"
 
 
-def metric_cells(members: list[records.MemberRecord], field: str, accuracy: bool,
+def metric_cells(members: Members, field: str, accuracy: bool,
                   unit: str = "") -> tuple[str, str]:
   """The (mean [95% CI], median; min–max) cells of one metric of one row.
 
@@ -218,7 +219,7 @@ def metric_cells(members: list[records.MemberRecord], field: str, accuracy: bool
   return mean, spread
 
 
-def status_counts(members: list[records.MemberRecord]) -> str:
+def status_counts(members: Members) -> str:
   """'7 early-stopped, 3 hit cap': how the members' training ended (never 'ok')."""
   counts = collections.Counter(str(m.status or "unknown") for m in members)
   order = [s for s in _STATUS_ORDER if s in counts]
@@ -231,7 +232,7 @@ def _mean_text(values: list[float]) -> str:
   return "–" if s["n"] == 0 else f"{s['mean']:.1f}"
 
 
-def _seeds_text(members: list[records.MemberRecord]) -> str:
+def _seeds_text(members: Members) -> str:
   """E.g. 'seed 1' or 'seeds 0, 2'."""
   word = "seed" if len(members) == 1 else "seeds"
   return f"{word} " + ", ".join(_seed_text(m) for m in members)
@@ -250,7 +251,7 @@ def _escape(text: Any) -> str:
   return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _invalid_reason(members: list[records.MemberRecord]) -> str:
+def _invalid_reason(members: Members) -> str:
   reasons = []
   for m in members:
     r = m.status_reason or "reason not recorded"
@@ -259,7 +260,7 @@ def _invalid_reason(members: list[records.MemberRecord]) -> str:
   return _escape("; ".join(reasons))
 
 
-def _row_notes(members: list[records.MemberRecord], result: records.TaskResults) -> str:
+def _row_notes(members: Members, result: records.TaskResults) -> str:
   """Infinite predictions, non-finite epochs and partial invalidity of one row."""
   notes = []
   n_test = N_TEST if result.n_test is None else result.n_test
@@ -293,7 +294,7 @@ def _original_text(study: str | None, cell: Cell, accuracy: bool) -> str | None:
   return f"{show(valid)} / {show(test)}"
 
 
-def original_inside(study: str | None, cell: Cell, members: list[records.MemberRecord]
+def original_inside(study: str | None, cell: Cell, members: Members
                     ) -> list[tuple[str, float, stats_lib.Interval, bool]]:
   """The original's values of a row against jaxact's 95% prediction interval for one run.
 
@@ -315,7 +316,7 @@ def original_inside(study: str | None, cell: Cell, members: list[records.MemberR
   return out
 
 
-def _prediction_text(study: str | None, cell: Cell, members: list[records.MemberRecord], accuracy: bool
+def _prediction_text(study: str | None, cell: Cell, members: Members, accuracy: bool
                      ) -> str | None:
   """'[96.21, 97.33] inside / [96.95, 97.81] outside': per original value, jaxact's 95%
   prediction interval for one run and where the original's value lies."""
@@ -334,7 +335,7 @@ def _prediction_text(study: str | None, cell: Cell, members: list[records.Member
 # Markdown.
 
 
-def _table(rows: list[tuple[Cell, bool | None, list[records.MemberRecord]]], task: str, result: records.TaskResults,
+def _table(rows: list[tuple[Cell, bool | None, Members]], task: str, result: records.TaskResults,
            study: str | None) -> list[str]:
   """One Markdown table; `rows` are (cell, recommended or None, members)."""
   accuracy = result.is_accuracy
@@ -385,15 +386,15 @@ def _table(rows: list[tuple[Cell, bool | None, list[records.MemberRecord]]], tas
   return lines
 
 
-def paired_by_seed(a: list[records.MemberRecord], b: list[records.MemberRecord], field: str
+def paired_by_seed(a: Members, b: Members, field: str
                    ) -> tuple[stats_lib.PairedTest, int]:
   """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
   xa, xb = seed_pairs(a, b, field)
   return stats_lib.paired_test(xa, xb, CONFIDENCE), len(xa)
 
 
-def _reference(cell: Cell, recommended: list[tuple[Cell, list[records.MemberRecord]]]
-               ) -> tuple[Cell, list[records.MemberRecord]]:
+def _reference(cell: Cell, recommended: list[tuple[Cell, Members]]
+               ) -> tuple[Cell, Members]:
   """The recommended row a misused cell is compared with: the first with its target treatment."""
   return next((r for r in recommended if r[0].norm == cell.norm), recommended[0])
 
@@ -427,8 +428,8 @@ def margin_text(accuracy: bool) -> str:
 Family = dict[tuple[Cell, Cell], stats_lib.Comparison]
 
 
-def _comparisons(rows: list[tuple[Cell, bool | None, list[records.MemberRecord]]]
-                 ) -> list[tuple[Cell, list[records.MemberRecord], Cell, list[records.MemberRecord]]]:
+def _comparisons(rows: list[tuple[Cell, bool | None, Members]]
+                 ) -> list[tuple[Cell, Members, Cell, Members]]:
   """(misused cell, its members, the recommended cell it is compared with, its members)."""
   recommended = [(c, ms) for c, r, ms in rows if r is True]
   if not recommended:
@@ -436,7 +437,7 @@ def _comparisons(rows: list[tuple[Cell, bool | None, list[records.MemberRecord]]
   return [(c, ms) + _reference(c, recommended) for c, r, ms in rows if r is False]
 
 
-def task_family(tables: Iterable[list[tuple[Cell, bool | None, list[records.MemberRecord]]]], accuracy: bool
+def task_family(tables: Iterable[list[tuple[Cell, bool | None, Members]]], accuracy: bool
                 ) -> Family:
   """The declared family of a task: every misused cell of its tables against its recommended
   cell (each pair once), test metric paired by seed, Holm-adjusted together.
@@ -457,7 +458,7 @@ def task_family(tables: Iterable[list[tuple[Cell, bool | None, list[records.Memb
   return dict(zip(pairs, comparisons))
 
 
-def seed_pairs(a: list[records.MemberRecord], b: list[records.MemberRecord], field: str) -> tuple[list[float], list[float]]:
+def seed_pairs(a: Members, b: Members, field: str) -> tuple[list[float], list[float]]:
   """`field` of a's and b's members over the seeds both have, in a's seed order."""
   sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
   seeds = [s for s in sa if s in sb]
@@ -465,7 +466,7 @@ def seed_pairs(a: list[records.MemberRecord], b: list[records.MemberRecord], fie
           [sb[s].value(field) for s in seeds])
 
 
-def _paired_table(rows: list[tuple[Cell, bool | None, list[records.MemberRecord]]], task: str,
+def _paired_table(rows: list[tuple[Cell, bool | None, Members]], task: str,
                   result: records.TaskResults, family: Family) -> list[str]:
   """Each misused row against the table's recommended row, test metric paired by seed, with
   the p-values adjusted in the task's family."""
@@ -524,7 +525,7 @@ def _originals_count(task: str, tables: Iterable[tuple[str, list]], accuracy: bo
           + (f"; outside: {outside}." if outside else "."), ""]
 
 
-def _rates_section(task: str, groups: dict[Cell, list[records.MemberRecord]]) -> list[str]:
+def _rates_section(task: str, groups: dict[Cell, Members]) -> list[str]:
   """Per cell, the share of members of each failure kind and that hit the cap (Wilson CIs)."""
   body = []
   for cell, members in groups.items():
@@ -561,7 +562,7 @@ def _variant_title(variant: dict[str, Any]) -> str:
   return ", " + label[label.index("(") + 1:-1] if "(" in label else ""
 
 
-def diagnosis_counts(members: list[records.MemberRecord]) -> str:
+def diagnosis_counts(members: Members) -> str:
   """'7 healthy, 3 collapsed': the members per diagnosis kind (`_ordered_kinds`).
 
   A member without a diagnosis counts by its status when that is a failure kind
@@ -571,11 +572,11 @@ def diagnosis_counts(members: list[records.MemberRecord]) -> str:
   return ", ".join(f"{counts[k]} {_kind_name(k)}" for k in _ordered_kinds(counts))
 
 
-def _diagnoses_section(task: str, groups: dict[Cell, list[records.MemberRecord]]) -> list[str]:
+def _diagnoses_section(task: str, groups: dict[Cell, Members]) -> list[str]:
   """One line per cell with a failure: its kinds and one seed's evidence per kind."""
   lines = []
   for cell, members in groups.items():
-    by_kind: dict[str, list[records.MemberRecord]] = {}
+    by_kind: dict[str, Members] = {}
     for m in members:
       if m.diagnosis is not None and m.diagnosis.kind in diagnostics_lib.FAILURES:
         by_kind.setdefault(m.diagnosis.kind, []).append(m)

@@ -20,17 +20,18 @@ from jaxact import records
 from jaxact import studies
 
 Cell = studies.Cell
+Members = list[records.MemberRecord]   # a cell's members
 KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}   # kind -> its words
 
 
-def conventions_of(groups: dict[Cell, list[records.MemberRecord]]) -> list[str]:
+def conventions_of(groups: dict[Cell, Members]) -> list[str]:
   """The loss conventions of the cells, studies.CONVENTIONS' first."""
   present = {c.convention for c in groups}
   return ([c for c in studies.CONVENTIONS if c in present]
           + sorted(c for c in present if c not in studies.CONVENTIONS))
 
 
-def study_tables(task: str, groups: dict[Cell, list[records.MemberRecord]],
+def study_tables(task: str, groups: dict[Cell, Members],
                  conventions: Sequence[str] | None = None,
                  which: Sequence[str] = studies.STUDIES):
   """Yields (study, convention, [(cell, recommended, members)]) for every table of a task.
@@ -64,7 +65,7 @@ def study_tables(task: str, groups: dict[Cell, list[records.MemberRecord]],
 _NETWORK_FIELDS = ("init", "hidden", "batch_norm", "depth")
 
 
-def network_variants(groups: dict[Cell, list[records.MemberRecord]]) -> list[dict[str, Any]]:
+def network_variants(groups: dict[Cell, Members]) -> list[dict[str, Any]]:
   """The networks of the cells present, as field dicts, PROTOCOL's first."""
   seen = list(dict.fromkeys(tuple(getattr(c, f) for f in _NETWORK_FIELDS) for c in groups))
   default = tuple(getattr(Cell("", "", ""), f) for f in _NETWORK_FIELDS)
@@ -78,7 +79,7 @@ def is_default(variant: dict[str, Any] | None) -> bool:
   return not variant or all(variant[f] == getattr(default, f) for f in _NETWORK_FIELDS)
 
 
-def other_cells(task: str, groups: dict[Cell, list[records.MemberRecord]],
+def other_cells(task: str, groups: dict[Cell, Members],
                 which: Sequence[str] = studies.STUDIES) -> list[Cell]:
   """The cells of `groups` on none of the `which` studies' grids (any convention, network)."""
   on_grid = set()
@@ -91,7 +92,7 @@ def other_cells(task: str, groups: dict[Cell, list[records.MemberRecord]],
   return [c for c in groups if c not in on_grid]
 
 
-def depth_sweep_figures(task: str, groups: dict[Cell, list[records.MemberRecord]]
+def depth_sweep_figures(task: str, groups: dict[Cell, Members]
                         ) -> list[tuple[str, str]]:
   """(convention, file name) of each gradients-against-depth figure of a task.
 

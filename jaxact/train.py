@@ -555,8 +555,9 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
   """A compact plain-text table per cell, for the console: the diagnosis first, then metrics.
 
   Each cell's line: its members per diagnosis class ("7 healthy, 3 collapsed", from the
-  workdir's results, as stored there; "not diagnosed" without a workdir), the mean best-valid and test metric (over the members that did not fail when
-  failed ones are mixed in, labelled, as the report's `metric_cells`), and how training
+  workdir's results, as stored there; "not diagnosed" without a workdir), the mean
+  best-valid and test metric (over the members that did not fail when failed ones are mixed
+  in, labelled, as the report's `metric_cells`), and how training
   stopped ("10 early-stopped"): no failed member reads "ok".
   """
   from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
