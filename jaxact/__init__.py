@@ -18,12 +18,14 @@ Modules, one concept each:
   metrics_writer  what a run writes while it trains (metrics.jsonl, TensorBoard) and its CSVs
   options         every option declared once: flags, checks, flag docs, identity, labels from it
   config          RunConfig, every option of a run: its one validator and its identity
-  workdir         a run's workdir: layout, resuming, --restart, results records
+  workdir         a run's workdir: layout, resuming, --restart, the finished tasks a rerun reuses
+  records         the results format: typed records with a schema version, written and read here
   compile_ahead   --compile_ahead: the next task compiled in a thread while one trains
   train           train_and_evaluate: runs a study into a workdir
   diagnostics     each finished member's failure class, with its evidence
   stats           intervals and paired tests over seeds (scipy.stats)
   claims          the hidden-layer study's claims, checked against a run
+  tables          which cells of a run make which table (report and figures)
   report          Markdown tables from a workdir's saved results
   figures         the report's PNGs
   compare         intervention arms across runs, paired by seed

@@ -13,7 +13,7 @@ difference counts when its adjusted p < ALPHA; a claim resting on one comparison
 is "held" / "not held" when the test finds the claimed / the opposite
 direction, "not held: equivalent within ..." when the adjusted TOST p < ALPHA,
 else "inconclusive" (or "too few pairs"). Cells without a seed in common are not
-compared. Plain Python on the results records; the report calls it.
+compared. Plain Python on the results records (jaxact.records); the report calls it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxact import records
 from jaxact import stats
 from jaxact import studies
 from jaxact.studies import Cell
+
+MemberRecord = records.MemberRecord
+Members = list[MemberRecord]   # a cell's members
 
 ALPHA = 0.05              # family-wise significance level of the paired tests
 MARGIN_POINTS = 100 * stats.EQUIVALENCE_MARGIN_ACCURACY   # equivalence margin, accuracy points
@@ -42,7 +46,7 @@ class Claim:
   verdict: str
 
 
-def _find(groups: dict[Cell, list[dict]], **fields) -> list[dict]:
+def _find(groups: dict[Cell, Members], **fields) -> list[MemberRecord]:
   """The members of the multiclass softmax + cce cell with these network fields ([] if absent).
 
   `groups` holds one loss convention's cells (`hidden_claims` splits them).
@@ -55,12 +59,12 @@ def _find(groups: dict[Cell, list[dict]], **fields) -> list[dict]:
   return []
 
 
-def _test_points(members: list[dict]) -> list[float]:
+def _test_points(members: Members) -> list[float]:
   """The members' finite test accuracies, in %."""
   return [v for v in map(_points, members) if math.isfinite(v)]
 
 
-def _acc(members: list[dict]) -> str:
+def _acc(members: Members) -> str:
   """'98.05% [97.41, 98.69]': mean test accuracy over seeds with its 95% t interval."""
   iv = stats.mean_interval(_test_points(members))
   if iv.n == 0:
@@ -70,11 +74,11 @@ def _acc(members: list[dict]) -> str:
   return f"{iv.estimate:.2f}% [{iv.low:.2f}, {iv.high:.2f}]"
 
 
-def _ratio_at_init(members: list[dict], layer: str = "hidden1") -> float:
+def _ratio_at_init(members: Members, layer: str = "hidden1") -> float:
   """Median over seeds of ||grad layer|| / ||grad out|| on the first batch at initialisation."""
   out = []
   for m in members:
-    d = m.get("diagnostics") or {}
+    d = m.diagnostics
     names, first = d.get("layers"), d.get("grad_norm_first")
     if not names or not first or not first[0] or layer not in names:
       continue
@@ -84,23 +88,23 @@ def _ratio_at_init(members: list[dict], layer: str = "hidden1") -> float:
   return float(np.median(out)) if out else math.nan
 
 
-def _dead(members: list[dict]) -> float:
+def _dead(members: Members) -> float:
   """Mean over seeds of the largest dead-unit fraction over hidden layers, at the best epoch."""
   out = []
   for m in members:
-    d = (m.get("diagnostics") or {}).get("dead")
-    e = m.get("best_epoch", -1)
+    d = m.diagnostics.get("dead")
+    e = m.best_epoch
     if d and e is not None and 0 <= e < len(d) and d[e]:
       out.append(max(x for x in d[e] if x is not None))
   return float(np.mean(out)) if out else math.nan
 
 
-def by_seed(members: list[dict]) -> dict[Any, dict]:
+def by_seed(members: Members) -> dict[Any, MemberRecord]:
   """seed -> member, for the members that record a seed (the first of a repeated seed)."""
-  out: dict[Any, dict] = {}
+  out: dict[Any, MemberRecord] = {}
   for m in members:
-    if m.get("seed") is not None:
-      out.setdefault(m["seed"], m)
+    if m.seed is not None:
+      out.setdefault(m.seed, m)
   return out
 
 
@@ -117,7 +121,7 @@ class _Family:
     self.pairs: list[tuple[list[float], list[float]]] = []
     self.adjusted = adjusted
 
-  def compare(self, a: list[dict], b: list[dict]) -> stats.Comparison:
+  def compare(self, a: Members, b: Members) -> stats.Comparison:
     """Test accuracy a - b in points over the seeds both cells have, as a family member."""
     sa, sb = by_seed(a), by_seed(b)
     seeds = [s for s in sa if s in sb]
@@ -129,12 +133,9 @@ class _Family:
     return self.adjusted[k]
 
 
-def _points(member: dict) -> float:
+def _points(member: MemberRecord) -> float:
   """The member's test accuracy in %, NaN if missing or not a number."""
-  try:
-    return 100 * float(member["test"])
-  except (KeyError, TypeError, ValueError):
-    return math.nan
+  return 100 * member.value("test")
 
 
 def _short_test(test: str) -> str:
@@ -198,7 +199,7 @@ def _direction_counts(tests: list[stats.Comparison]) -> tuple[int, int, int, int
   return up, down, same, len(words) - up - down - same
 
 
-def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[int, list[dict]]]:
+def depth_sweep(groups: dict[Cell, Members]) -> dict[tuple[str, str], dict[int, Members]]:
   """(hidden, init) -> depth -> members, for the depth sweep's cells (no batch norm) with >1 depth.
 
   `groups` must hold one loss convention (see `by_convention`): the two conventions'
@@ -207,22 +208,22 @@ def depth_sweep(groups: dict[Cell, list[dict]]) -> dict[tuple[str, str], dict[in
   conventions = {c.convention for c in groups}
   if len(conventions) > 1:
     raise ValueError(f"depth_sweep takes the cells of one convention, got {sorted(conventions)}")
-  sweep: dict[tuple[str, str], dict[int, list[dict]]] = {}
+  sweep: dict[tuple[str, str], dict[int, Members]] = {}
   for cell, members in groups.items():
     if cell.task == "multiclass" and cell.head == "softmax" and not cell.batch_norm:
       sweep.setdefault((cell.hidden, cell.init), {})[cell.depth] = members
   return {k: dict(sorted(v.items())) for k, v in sweep.items() if len(v) > 1}
 
 
-def by_convention(groups: dict[Cell, list[dict]]) -> dict[str, dict[Cell, list[dict]]]:
+def by_convention(groups: dict[Cell, Members]) -> dict[str, dict[Cell, Members]]:
   """convention -> that convention's cells, in order of first appearance."""
-  out: dict[str, dict[Cell, list[dict]]] = {}
+  out: dict[str, dict[Cell, Members]] = {}
   for cell, members in groups.items():
     out.setdefault(cell.convention, {})[cell] = members
   return out
 
 
-def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None = None
+def hidden_claims(groups: dict[Cell, Members], result: records.TaskResults | None = None
                   ) -> list[Claim]:
   """The claims that the run's cells can test (none for a run without hidden-study cells).
 
@@ -238,7 +239,7 @@ def hidden_claims(groups: dict[Cell, list[dict]], result: dict[str, Any] | None 
   return _claims(groups, family)
 
 
-def _claims(groups: dict[Cell, list[dict]], family: _Family) -> list[Claim]:
+def _claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
   per_convention = by_convention(groups)
   if len(per_convention) <= 1:
     return _claims_of_one_convention(groups, family)
@@ -247,14 +248,17 @@ def _claims(groups: dict[Cell, list[dict]], family: _Family) -> list[Claim]:
           for claim in _claims_of_one_convention(conv_groups, family)]
 
 
-def _claims_of_one_convention(groups: dict[Cell, list[dict]], family: _Family) -> list[Claim]:
-  claims: list[Claim] = []
+def _claims_of_one_convention(groups: dict[Cell, Members], family: _Family
+                              ) -> list[Claim]:
+  """The claims of one loss convention's cells, in the order of the table."""
+  return (_vanishing_claims(groups) + _dying_relu_claims(groups, family)
+          + _init_claims(groups, family) + _batch_norm_claims(groups, family))
+
+
+def _vanishing_claims(groups: dict[Cell, Members]) -> list[Claim]:
+  """1. Vanishing gradients with depth: per activation and init with a depth sweep."""
+  claims = []
   sweep = depth_sweep(groups)
-
-  def add(claim: str, measurement: str, verdict: str) -> None:
-    claims.append(Claim(claim, measurement, verdict))
-
-  # 1. Vanishing gradients with depth.
   for h in ("sigmoid", "tanh") + RELU_FAMILY:
     for init in dict.fromkeys(("torch", studies.matched_init(h))):
       by_depth = sweep.get((h, init))
@@ -275,40 +279,52 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]], family: _Family) -
         verdict = "held" if drop >= VANISHING_DROP else "not held"
       else:
         verdict = "held" if drop < VANISHING_DROP else "not held"
-      add(claim, meas, verdict)
+      claims.append(Claim(claim, meas, verdict))
+  return claims
 
-  # 2. Dying ReLU, and its fixes.
+
+def _dying_relu_claims(groups: dict[Cell, Members], family: _Family
+                       ) -> list[Claim]:
+  """2. Dying ReLU (the largest dead fraction), and its fixes paired against ReLU."""
   relu_cells = [(c, ms) for c, ms in groups.items() if c.hidden == "relu"]
-  if relu_cells:
-    worst = max(relu_cells, key=lambda cm: -1 if math.isnan(_dead(cm[1])) else _dead(cm[1]))
-    frac = _dead(worst[1])
-    add("ReLU units can die (output 0 for every input)",
-        f"largest mean dead fraction of a hidden layer at the best epoch: {frac:.1%} "
-        f"({worst[0].network_label}); a unit is dead when its derivative is 0 on every "
-        "valid example", "held" if frac > 0 else "not held")
-    fixes, dead_fracs = [], []
-    for h in RELU_FAMILY[1:]:
-      cells = [(c, ms) for c, ms in groups.items() if c.hidden == h]
-      if not cells:
-        continue
-      dead = max((_dead(ms) for _, ms in cells if not math.isnan(_dead(ms))), default=math.nan)
-      pairs = [family.compare(ms, _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
-                                  depth=c.depth)) for c, ms in cells
-               if _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
-                        depth=c.depth)]
-      dead_fracs.append(dead)
-      better, worse, same, neither = _direction_counts(pairs)
-      fixes.append(f"{h}: dead {dead:.1%}, test accuracy above ReLU's (Holm-adjusted paired p "
-                   f"< {ALPHA:g}) in {better}, below in {worse}, equivalent within "
-                   f"±{MARGIN_TEXT} in {same}, inconclusive in {neither} of {len(pairs)} "
-                   "configurations")
-    if fixes:
-      measured = [d for d in dead_fracs if not math.isnan(d)]
-      add("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU", "; ".join(fixes),
-          "not measured" if not measured else
-          "held (no dead units)" if max(measured) == 0 else "not held (some units dead)")
+  if not relu_cells:
+    return []
+  worst = max(relu_cells, key=lambda cm: -1 if math.isnan(_dead(cm[1])) else _dead(cm[1]))
+  frac = _dead(worst[1])
+  claims = [Claim("ReLU units can die (output 0 for every input)",
+                  f"largest mean dead fraction of a hidden layer at the best epoch: {frac:.1%} "
+                  f"({worst[0].network_label}); a unit is dead when its derivative is 0 on "
+                  "every valid example", "held" if frac > 0 else "not held")]
+  fixes, dead_fracs = [], []
+  for h in RELU_FAMILY[1:]:
+    cells = [(c, ms) for c, ms in groups.items() if c.hidden == h]
+    if not cells:
+      continue
+    dead = max((_dead(ms) for _, ms in cells if not math.isnan(_dead(ms))), default=math.nan)
+    pairs = [family.compare(ms, _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
+                                depth=c.depth)) for c, ms in cells
+             if _find(groups, init=c.init, hidden="relu", batch_norm=c.batch_norm,
+                      depth=c.depth)]
+    dead_fracs.append(dead)
+    better, worse, same, neither = _direction_counts(pairs)
+    fixes.append(f"{h}: dead {dead:.1%}, test accuracy above ReLU's (Holm-adjusted paired p "
+                 f"< {ALPHA:g}) in {better}, below in {worse}, equivalent within "
+                 f"±{MARGIN_TEXT} in {same}, inconclusive in {neither} of {len(pairs)} "
+                 "configurations")
+  if fixes:
+    measured = [d for d in dead_fracs if not math.isnan(d)]
+    claims.append(Claim("Leaky ReLU / ELU / GELU / SiLU / Mish fix dying ReLU", "; ".join(fixes),
+                        "not measured" if not measured else
+                        "held (no dead units)" if max(measured) == 0
+                        else "not held (some units dead)"))
+  return claims
 
-  # 3. Initialisation matched to the activation.
+
+def _init_claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
+  """3. Initialisation matched to the activation, against the other one (depth 1, with and
+  without batch norm) and against torch's (the depth sweep)."""
+  claims = []
+  sweep = depth_sweep(groups)
   for h in ("sigmoid", "tanh") + RELU_FAMILY:
     good, bad = studies.matched_init(h), ("he" if studies.matched_init(h) == "xavier" else "xavier")
     diffs, parts = [], []
@@ -327,29 +343,34 @@ def _claims_of_one_convention(groups: dict[Cell, list[dict]], family: _Family) -
           parts.append(f"depth {d}: {good} {_acc(by_depth[0][d])} vs torch "
                        f"{_acc(by_depth[1][d])}, {_diff_text(diffs[-1])}")
     if parts:
-      add(f"{good.capitalize()} initialisation suits {h}", "; ".join(parts), _verdict(diffs))
+      claims.append(Claim(f"{good.capitalize()} initialisation suits {h}", "; ".join(parts),
+                          _verdict(diffs)))
+  return claims
 
-  # 4. Batch norm.
-  diffs, parts = [], []
+
+def _batch_norm_claims(groups: dict[Cell, Members], family: _Family) -> list[Claim]:
+  """4. Batch norm helps: on against off, per (activation, init) at depth 1."""
+  diffs = []
   for h in ("sigmoid", "tanh") + RELU_FAMILY:
     for init in ("he", "xavier", "torch"):
       on, off = _find(groups, init=init, hidden=h, batch_norm=True), _find(
           groups, init=init, hidden=h, batch_norm=False)
       if on and off:
         diffs.append(family.compare(on, off))
-  if diffs:
-    up, down, same, neither = _direction_counts(diffs)
-    measured = [t.test for t in diffs if t.test.n > 0]
-    mean = (f"mean of the paired mean differences "
-            f"{np.mean([t.mean_difference for t in measured]):+.2f} points" if measured
-            else "no pair of cells with a seed in common")
-    add("Batch norm helps",
-        f"depth 1, batch norm on - off, test accuracy paired by seed: {mean} over "
-        f"{len(diffs)} (activation, init) pairs of cells; significantly better (Holm-adjusted "
-        f"paired p < {ALPHA:g}) in {up}, significantly worse in {down}, equivalent within "
-        f"±{MARGIN_TEXT} in {same}, inconclusive in {neither}",
-        _verdict(diffs))
-  return claims
+  if not diffs:
+    return []
+  up, down, same, neither = _direction_counts(diffs)
+  measured = [t.test for t in diffs if t.test.n > 0]
+  mean = (f"mean of the paired mean differences "
+          f"{np.mean([t.mean_difference for t in measured]):+.2f} points" if measured
+          else "no pair of cells with a seed in common")
+  return [Claim(
+      "Batch norm helps",
+      f"depth 1, batch norm on - off, test accuracy paired by seed: {mean} over "
+      f"{len(diffs)} (activation, init) pairs of cells; significantly better (Holm-adjusted "
+      f"paired p < {ALPHA:g}) in {up}, significantly worse in {down}, equivalent within "
+      f"±{MARGIN_TEXT} in {same}, inconclusive in {neither}",
+      _verdict(diffs))]
 
 
 def render(claims: list[Claim]) -> list[str]:

@@ -44,9 +44,11 @@ from jaxact import files
 from jaxact import program
 from jaxact import runner
 from jaxact import report as report_lib
-from jaxact import results_io
+from jaxact import records
 from jaxact import stats as stats_lib
 from jaxact import studies
+
+Members = list[records.MemberRecord]   # a cell's members
 
 FC1_SATURATED_SHARE = 0.5   # fc1 counts as saturated once half of its units are (engine's rule per unit)
 FAILURE_RATES = ("collapsed", "dead_head", "no_learning", "nonfinite", "invalid")
@@ -61,7 +63,7 @@ class Arm:
   label: str
   workdir: str
   command: str
-  members: dict[tuple[str, str, str], list[dict]]
+  members: dict[tuple[str, str, str], Members]
 
   @property
   def is_protocol(self) -> bool:
@@ -92,35 +94,35 @@ def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
 
   Raises:
     FileNotFoundError, ValueError: a workdir without results of `task`
-      (results_io.load_results's errors, or one naming the task).
+      (records.load_results's errors, or one naming the task).
   """
   arms = []
   for workdir in workdirs:
-    results = results_io.load_results(workdir)
+    results = records.load_results(workdir)
     if task not in results:
       raise ValueError(f"{workdir!r} holds no results of task {task!r} (it has "
                        f"{', '.join(results)}): choose --task, or drop that workdir.")
     result = results[task]
-    record = result.get("training") or {}
-    variants: dict[str, dict[tuple[str, str, str], list[dict]]] = {}
-    for cell, members in results_io.group_members(result).items():
+    record = result.training or {}
+    variants: dict[str, dict[tuple[str, str, str], Members]] = {}
+    for cell, members in result.groups().items():
       network = _network_label(cell)
       training = _run_training_label(record, cell)
       network = ", ".join(p for p in (training, network) if p)
       key = (cell.head, cell.loss, cell.convention)
       variants.setdefault(network, {})[key] = members
     for label, members in variants.items():
-      arms.append(Arm(label, workdir, str(result.get("command") or ""), members))
+      arms.append(Arm(label, workdir, str(result.command or ""), members))
   labels = [a.label for a in arms]
   if len(set(labels)) != len(labels):
     raise ValueError(f"two workdirs hold the same arm ({labels}): give each arm once.")
   return arms
 
 
-def fc1_saturation_epoch(member: dict) -> int | None:
+def fc1_saturation_epoch(member: records.MemberRecord) -> int | None:
   """The first epoch (1-based) after which >= FC1_SATURATED_SHARE of fc1's units were
   saturated on the valid set, or None (never, or not recorded)."""
-  saturated = (member.get("diagnostics") or {}).get("saturated") or []
+  saturated = member.diagnostics.get("saturated") or []
   for epoch, layers in enumerate(saturated):
     if layers and layers[0] is not None and layers[0] >= FC1_SATURATED_SHARE:
       return epoch + 1
@@ -144,9 +146,9 @@ class ArmCell:
   paired: stats_lib.PairedTest | None
 
 
-def arm_cell(members: list[dict], protocol: list[dict] | None) -> ArmCell:
+def arm_cell(members: Members, protocol: Members | None) -> ArmCell:
   """The statistics of one arm's members in one cell, paired with the protocol's by seed."""
-  kinds = [results_io.kind_of(m) for m in members]
+  kinds = [m.kind for m in members]
   n = len(members)
   rates = {k: stats_lib.wilson_interval(kinds.count(k), n) for k in FAILURE_RATES
            if k in kinds or k == "collapsed"}
@@ -192,8 +194,8 @@ def _paired_text(c: stats_lib.Comparison | None, accuracy: bool = True,
           stats_lib.verdict(c, higher_is_better, margin_text=report_lib.margin_text(accuracy)))
 
 
-def _collapsed(members: list[dict]) -> int:
-  return sum(1 for m in members if results_io.kind_of(m) == "collapsed")
+def _collapsed(members: Members) -> int:
+  return sum(1 for m in members if m.kind == "collapsed")
 
 
 def render(arms: list[Arm], task: str) -> str:
@@ -298,8 +300,8 @@ class ConventionPair:
   trains the same numbers).
   """
   cell: studies.Cell
-  baseline: list[dict]
-  other: list[dict]
+  baseline: Members
+  other: Members
   paired: stats_lib.Comparison
   identical: int
 
@@ -309,43 +311,44 @@ def _without_convention(cell: studies.Cell) -> studies.Cell:
   return dataclasses.replace(cell, convention="torch")
 
 
-def pair_conventions(baseline: dict, other: dict) -> list[ConventionPair]:
+def pair_conventions(baseline: records.TaskResults, other: records.TaskResults
+                     ) -> list[ConventionPair]:
   """The cells of `other` (one task's results) paired with `baseline`'s cell that differs from
   it in the convention alone, other's cell order; a cell without a counterpart is left out.
 
   The pairs of the task are one family: their test-metric comparisons are Holm-adjusted
   together, with the task's equivalence margin (`report.margin_of`).
   """
-  base_groups = results_io.group_members(baseline)
+  base_groups = baseline.groups()
   by_key = {_without_convention(c): ms for c, ms in base_groups.items()}
   found = []
-  for cell, members in results_io.group_members(other).items():
+  for cell, members in other.groups().items():
     base = by_key.get(_without_convention(cell))
     if base is None:
       continue
-    sb = {m.get("seed"): m for m in base}
+    sb = {m.seed: m for m in base}
     fields = ("train_loss", "valid_metric", "best_epoch", "best_valid", "test")
-    same = sum(1 for m in members if m.get("seed") in sb
-               and all(m.get(f) == sb[m["seed"]].get(f) for f in fields))
+    same = sum(1 for m in members if m.seed in sb
+               and all(getattr(m, f) == getattr(sb[m.seed], f) for f in fields))
     found.append((cell, base, members, same))
-  task = str(other.get("task") or "")
-  margin = report_lib.margin_of(results_io.is_accuracy(other, task))
+  margin = report_lib.margin_of(other.is_accuracy)
   family = stats_lib.compare_family(
       [report_lib.seed_pairs(members, base, "test") for _, base, members, _ in found], margin)
   return [ConventionPair(cell, base, members, c, same)
           for (cell, base, members, same), c in zip(found, family)]
 
 
-def _conventions_of(result: dict) -> str:
-  return ", ".join(sorted({c.convention for c in results_io.group_members(result)})) or "?"
+def _conventions_of(result: records.TaskResults) -> str:
+  return ", ".join(sorted({c.convention for c in result.groups()})) or "?"
 
 
-def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
+def render_conventions(baseline: dict[str, records.TaskResults],
+                       other: dict[str, records.TaskResults],
                        commands: tuple[str, str]) -> str:
   """Markdown: per task both runs ran, one row per cell of `other` paired with `baseline`'s.
 
   Args:
-    baseline, other: task -> results (results_io.load_results) of the two runs.
+    baseline, other: task -> results (records.load_results) of the two runs.
     commands: the commands that made them (baseline's, other's).
   """
   tasks = [t for t in other if t in baseline]
@@ -375,8 +378,8 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
   if not tasks:
     lines += ["The two runs share no task.", ""]
   for task in tasks:
-    accuracy = results_io.is_accuracy(other[task], task)
-    higher = results_io.higher_is_better(other[task], task)
+    accuracy = other[task].is_accuracy
+    higher = other[task].higher_is_better
     unit = "accuracy %" if accuracy else "MSE"
     lines += [f"## {task}", "",
               f"| cell | n pairs | diagnosis ({base_conv}) | test {unit} ({base_conv}) | "
@@ -400,8 +403,8 @@ def render_conventions(baseline: dict[str, dict], other: dict[str, dict],
   return "\n".join(lines) + "\n"
 
 
-def _command_of(results: dict[str, dict]) -> str:
-  return next((str(r["command"]) for r in results.values() if r.get("command")), "")
+def _command_of(results: dict[str, records.TaskResults]) -> str:
+  return next((str(r.command) for r in results.values() if r.command), "")
 
 
 def load_conventions(workdirs: Sequence[str], tasks: Sequence[str] | None) -> str:
@@ -409,12 +412,12 @@ def load_conventions(workdirs: Sequence[str], tasks: Sequence[str] | None) -> st
 
   Raises:
     ValueError: not two workdirs, or a task neither holds.
-    FileNotFoundError, ValueError: results_io.load_results's errors.
+    FileNotFoundError, ValueError: records.load_results's errors.
   """
   if len(workdirs) != 2:
     raise ValueError(f"--by=convention pairs two runs, got {len(workdirs)} workdirs: give the "
                      "baseline's (e.g. the torch convention's) and the other's.")
-  baseline, other = (results_io.load_results(w) for w in workdirs)
+  baseline, other = (records.load_results(w) for w in workdirs)
   if tasks:
     missing = [t for t in tasks if t not in baseline or t not in other]
     if missing:
@@ -454,10 +457,10 @@ def program_mismatch(workdirs: Sequence[str], tasks: Sequence[str] | None) -> st
     return None
   prints: dict[str, set] = {}
   for workdir in workdirs:
-    results = results_io.load_results(workdir)
+    results = records.load_results(workdir)
     for task in tasks or results:
       if task in results:
-        numerics = results[task].get("numerics") or {}
+        numerics = results[task].numerics or {}
         prints.setdefault(workdir, set()).add(numerics.get("fingerprint"))
   missing = [w for w, p in prints.items() if None in p]
   if missing:

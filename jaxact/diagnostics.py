@@ -317,7 +317,7 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   """The diagnosis of one finished member.
 
   Args:
-    record: a member's results record (`workdir.member_record`): status,
+    record: a member's results record (`records.MemberRecord.to_dict`): status,
       status_reason, status_epoch, best_valid, test, best_epoch, train_loss,
       valid_metric and `diagnostics` (per-epoch lists, see engine).
     task: the task's name.
@@ -333,28 +333,15 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   t = tasks_lib.get_task(task)
   cell = Cell.from_dict(record["cell"]) if isinstance(record["cell"], dict) else record["cell"]
   d = record.get("diagnostics") or {}
-  status = record["status"]
-  if status == "invalid":
-    return Diagnosis("invalid", record.get("status_reason") or "the loss refused its input")
-  if status == "nonfinite":
-    return Diagnosis("nonfinite", f"non-finite at epoch {(record.get('status_epoch') or 0) + 1}: "
-                     "the loss or a parameter became NaN or inf; frozen at its last finite state")
+  stopped = _stopped(record, d, cell, t)
+  if stopped is not None:
+    return stopped
   grads = d.get("grad_norm") or []
-  flat = [g for epoch in grads for g in (epoch or []) if g is not None]
-  if flat and max(flat) == 0.0:
-    why = (" (a softmax over one output is the constant 1)"
-           if cell.head == "softmax" and t.num_outputs == 1 else "")
-    dead = d.get("head_saturated") or []
-    if cell.head == "relu" and dead and all(v is not None and v >= 1.0 for v in dead):
-      why = " (the ReLU head's input is negative on every valid example in every epoch)"
-    return Diagnosis("no_gradient", "no gradient reaches the weights: every layer's gradient "
-                     f"is exactly 0 in all {len(grads)} epochs{why}")
   best_epoch = record.get("best_epoch", -1)
   e = best_epoch if best_epoch is not None and best_epoch >= 0 else len(grads) - 1
   best_valid = float(record["best_valid"]) if record["best_valid"] is not None else math.nan
   at_chance = _at_chance(t, best_valid, chance)
   hidden = _hidden_state(d, e)
-  head = _head_state(d, cell)
   ratio = gradient_ratio_at_init(d)
   ratio_text = "" if ratio is None else (
       f"; at initialisation the gradient at conv1 is {ratio:.2g} x the output layer's")
@@ -364,59 +351,108 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
                      f"vanishing gradient: at initialisation the gradient at conv1 is {ratio:.2g} x "
                      f"the output layer's; best valid {_fmt_metric(t, best_valid)}{chance_text}"
                      + (f"; {hidden}" if hidden else ""))
-  dead = _dead_head(record, d, cell, t, e, chance_text)
-  if dead is not None:
-    return dead
+  found = (_dead_head(record, d, cell, t, e, chance_text)
+           or _collapse(d, cell, t, e, best_valid, chance, ratio_text)
+           or _structural(record, cell, t, ceiling, clamp_bound, hidden))
+  if found is not None:
+    return found
+  return _learned(record, cell, t, best_valid, at_chance, chance_text, reference, hidden,
+                  _head_state(d, cell), ratio_text)
+
+
+def _stopped(record: dict[str, Any], d: dict, cell: Cell, t: tasks_lib.Task
+             ) -> Diagnosis | None:
+  """invalid, nonfinite (from the status) or no_gradient (every gradient 0), else None."""
+  status = record["status"]
+  if status == "invalid":
+    return Diagnosis("invalid", record.get("status_reason") or "the loss refused its input")
+  if status == "nonfinite":
+    return Diagnosis("nonfinite", f"non-finite at epoch {(record.get('status_epoch') or 0) + 1}: "
+                     "the loss or a parameter became NaN or inf; frozen at its last finite state")
+  grads = d.get("grad_norm") or []
+  flat = [g for epoch in grads for g in (epoch or []) if g is not None]
+  if not flat or max(flat) != 0.0:
+    return None
+  why = (" (a softmax over one output is the constant 1)"
+         if cell.head == "softmax" and t.num_outputs == 1 else "")
+  dead = d.get("head_saturated") or []
+  if cell.head == "relu" and dead and all(v is not None and v >= 1.0 for v in dead):
+    why = " (the ReLU head's input is negative on every valid example in every epoch)"
+  return Diagnosis("no_gradient", "no gradient reaches the weights: every layer's gradient "
+                   f"is exactly 0 in all {len(grads)} epochs{why}")
+
+
+def _collapse(d: dict, cell: Cell, t: tasks_lib.Task, e: int, best_valid: float,
+              chance: float | None, ratio_text: str) -> Diagnosis | None:
+  """collapsed: a constant output at the best epoch `e`, or (regression) the constant
+  predictor's MSE; else None."""
   n = len(d.get("spread") or [])
-  mse_ratio = (best_valid / chance if task == "regression" and chance
+  mse_ratio = (best_valid / chance if t.name == "regression" and chance
                and math.isfinite(best_valid) else None)
   mse_collapsed = mse_ratio is not None and abs(mse_ratio - 1.0) <= COLLAPSE_MSE_TOLERANCE
   spread_collapsed = bool(n and e < n and _collapsed(d, e, t.single_label))
-  if mse_collapsed or spread_collapsed:
-    spread = d["spread"][e] if n and e < n else None
-    mse_text = "" if mse_ratio is None else (
-        f"best valid MSE {best_valid:.5g} against the constant predictor's {chance:.5g} "
-        f"(ratio {mse_ratio:.5f})")
-    if spread_collapsed:
-      start = _first_of_last_run([_collapsed(d, i, t.single_label) for i in range(e + 1)]) or 0
-      parts = [f"collapsed to a constant output from epoch {start + 1}: output spread "
-               f"{spread:.2g} of the targets'" if spread is not None else
-               f"collapsed to a constant output from epoch {start + 1}"]
-      if mse_text:
-        parts.append(mse_text)
-    else:
-      parts = [f"collapsed to the constant predictor: {mse_text}, equal within "
-               f"{100 * COLLAPSE_MSE_TOLERANCE:g}%",
-               f"output spread {spread:.2g} of the targets' at epoch {e + 1}"
-               if spread is not None else "output spread not recorded"]
-      if not hidden:
-        parts.append("hidden layers not recorded")
-    if t.single_label:
-      parts.append(f"{100 * (d['argmax_minority'][e] or 0):.2f}% of valid examples off the "
-                   "most frequent argmax")
-    if hidden:
-      parts.append(_hidden_summary(d, e) if task == "regression" else hidden)
-    if head:
-      parts.append(head)
-    return Diagnosis("collapsed", "; ".join(parts) + ratio_text)
-  if task == "multilabel" and cell.head == "softmax" and ceiling is not None:
+  if not (mse_collapsed or spread_collapsed):
+    return None
+  hidden = _hidden_state(d, e)
+  head = _head_state(d, cell)
+  spread = d["spread"][e] if n and e < n else None
+  mse_text = "" if mse_ratio is None else (
+      f"best valid MSE {best_valid:.5g} against the constant predictor's {chance:.5g} "
+      f"(ratio {mse_ratio:.5f})")
+  if spread_collapsed:
+    start = _first_of_last_run([_collapsed(d, i, t.single_label) for i in range(e + 1)]) or 0
+    parts = [f"collapsed to a constant output from epoch {start + 1}: output spread "
+             f"{spread:.2g} of the targets'" if spread is not None else
+             f"collapsed to a constant output from epoch {start + 1}"]
+    if mse_text:
+      parts.append(mse_text)
+  else:
+    parts = [f"collapsed to the constant predictor: {mse_text}, equal within "
+             f"{100 * COLLAPSE_MSE_TOLERANCE:g}%",
+             f"output spread {spread:.2g} of the targets' at epoch {e + 1}"
+             if spread is not None else "output spread not recorded"]
+    if not hidden:
+      parts.append("hidden layers not recorded")
+  if t.single_label:
+    parts.append(f"{100 * (d['argmax_minority'][e] or 0):.2f}% of valid examples off the "
+                 "most frequent argmax")
+  if hidden:
+    parts.append(_hidden_summary(d, e) if t.name == "regression" else hidden)
+  if head:
+    parts.append(head)
+  return Diagnosis("collapsed", "; ".join(parts) + ratio_text)
+
+
+def _structural(record: dict[str, Any], cell: Cell, t: tasks_lib.Task, ceiling: float | None,
+                clamp_bound: float | None, hidden: str) -> Diagnosis | None:
+  """ceiling (multi-label softmax) or clamped (ReLU head on standardised regression), else
+  None: bounds the head cannot pass, computed from the targets."""
+  if t.name == "multilabel" and cell.head == "softmax" and ceiling is not None:
     return Diagnosis("ceiling", "structural ceiling: softmax outputs sum to 1, so at most one "
                      f"of the {t.num_outputs} labels can be predicted; the best achievable "
                      f"accuracy on this test set is {100 * ceiling:.2f}%, this member reached "
                      f"{_fmt_metric(t, float(record['test']))}")
   bound = record.get("relu_clamp_bound_test", clamp_bound)
-  if task == "regression" and cell.head == "relu" and cell.norm and bound is not None:
-    test = float(record["test"]) if record.get("test") is not None else math.nan
-    return Diagnosis("clamped", "structural clamp: a ReLU head cannot output a negative value, "
-                     "so on standardised targets it predicts nothing below the training "
-                     "targets' mean; the best such prediction (exact above the mean, the mean "
-                     "below it) has a test MSE of "
-                     f"{bound:.4g} (the mean over test examples of min(t, 0)^2 on the "
-                     "standardised targets, in original units), the least any ReLU head can "
-                     f"reach; this member reached {_fmt_metric(t, test)} "
-                     + (f"({test / bound:.2f} x the bound)" if bound > 0 and math.isfinite(test)
-                        else "")
-                     + (f"; {hidden}" if hidden else ""))
+  if not (t.name == "regression" and cell.head == "relu" and cell.norm and bound is not None):
+    return None
+  test = float(record["test"]) if record.get("test") is not None else math.nan
+  return Diagnosis("clamped", "structural clamp: a ReLU head cannot output a negative value, "
+                   "so on standardised targets it predicts nothing below the training "
+                   "targets' mean; the best such prediction (exact above the mean, the mean "
+                   "below it) has a test MSE of "
+                   f"{bound:.4g} (the mean over test examples of min(t, 0)^2 on the "
+                   "standardised targets, in original units), the least any ReLU head can "
+                   f"reach; this member reached {_fmt_metric(t, test)} "
+                   + (f"({test / bound:.2f} x the bound)" if bound > 0 and math.isfinite(test)
+                      else "")
+                   + (f"; {hidden}" if hidden else ""))
+
+
+def _learned(record: dict[str, Any], cell: Cell, t: tasks_lib.Task, best_valid: float,
+             at_chance: bool, chance_text: str, reference: float | None, hidden: str,
+             head: str, ratio_text: str) -> Diagnosis:
+  """The kinds of a member that trained: unbounded_loss, no_learning, underperforming,
+  hit_cap or healthy."""
   losses = [v for v in record.get("train_loss") or [] if v is not None and math.isfinite(v)]
   if losses and min(losses) < -1e-3:
     return Diagnosis("unbounded_loss", f"the training loss went below 0 (to {min(losses):.4g}): "
@@ -435,7 +471,7 @@ def classify(record: dict[str, Any], task: str, chance: float | None = None,
   floor = loss_floor(cell, t.num_outputs)
   floor_text = "" if floor is None or not losses else (
       f"; train loss {min(losses):.4f} against its floor {floor:.4f}")
-  if status == "hit_cap":
+  if record["status"] == "hit_cap":
     return Diagnosis("hit_cap", (record.get("status_reason") or "hit the epoch cap") + floor_text)
   return Diagnosis("healthy", f"learned: best valid {_fmt_metric(t, best_valid)}"
                    + (f"; {hidden}" if hidden else "") + floor_text)

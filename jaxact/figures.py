@@ -1,6 +1,6 @@
 """Figures of a run's saved results: validation curves, hidden-study heatmaps, diagnostics.
 
-Reads the same workdir files as `jaxact.report`, through `jaxact.results_io`
+Reads the same workdir files as `jaxact.report`, through `jaxact.records`
 (report calls `plot_curves` and `plot_diagnostics` from `write_report`), and
 writes PNGs beside them:
 
@@ -43,9 +43,11 @@ from jaxact import diagnostics as diagnostics_lib
 from jaxact import claims as claims_lib
 from jaxact import files
 from jaxact import losses as losses_lib
-from jaxact import report
-from jaxact import results_io
+from jaxact import records
 from jaxact import studies
+from jaxact import tables
+
+Members = list[records.MemberRecord]   # a cell's members
 
 Cell = studies.Cell
 
@@ -75,7 +77,7 @@ def _truncate(text: str, n: int = _COMMAND_CHARS) -> str:
   return text if len(text) <= n else text[:n - 1] + "…"
 
 
-def made_by_text(result: dict, info: dict, width: int = 110) -> str:
+def made_by_text(result: records.TaskResults, info: dict, width: int = 110) -> str:
   """The caption line(s) naming what made a task's figure.
 
   The command is the task's own (its results file's `command`); run.json's
@@ -85,7 +87,7 @@ def made_by_text(result: dict, info: dict, width: int = 110) -> str:
   names none): a task trained into the workdir by another command ran elsewhere
   or at another time.
   """
-  own = result.get("command")
+  own = result.command
   run_command = info.get("command") or (" ".join(map(str, info["argv"])) if info.get("argv")
                                         else None)
   command = own or run_command
@@ -95,7 +97,7 @@ def made_by_text(result: dict, info: dict, width: int = 110) -> str:
                         break_on_hyphens=False)
   same_run = not own or own == run_command
   where = []
-  machine = result.get("machine") or (info.get("machine") if same_run else None)
+  machine = result.machine or (info.get("machine") if same_run else None)
   if machine:
     where.append(f"on {machine}")
   if info.get("finished") and same_run:
@@ -103,8 +105,8 @@ def made_by_text(result: dict, info: dict, width: int = 110) -> str:
   return "\n".join(lines + (["; ".join(where)] if where else []))
 
 
-def _chance(result: dict) -> float | None:
-  v = results_io.as_float(result.get("chance_valid"))
+def _chance(result: records.TaskResults) -> float | None:
+  v = records.as_float(result.chance_valid)
   return v if math.isfinite(v) else None
 
 
@@ -116,30 +118,44 @@ def _conv_suffix(per_convention: dict) -> dict[str, str]:
 # Validation curves.
 
 
-def _plot_cells(task: str, groups: dict[Cell, list[dict]],
+def _plot_cells(task: str, groups: dict[Cell, Members],
                 which: Sequence[str] = studies.STUDIES) -> list[tuple[Cell, bool | None]]:
   """Every cell of the task once, in table order, with its recommendation (or None)."""
   out: list[tuple[Cell, bool | None]] = []
   seen = set()
-  for _, _, rows, _ in report.study_tables(task, groups, which=which):
+  for _, _, rows, _ in tables.study_tables(task, groups, which=which):
     for cell, recommended, _ in rows:
       if cell not in seen:
         seen.add(cell)
         out.append((cell, recommended))
-  return out + [(c, None) for c in report.other_cells(task, groups, which) if c not in seen]
+  return out + [(c, None) for c in tables.other_cells(task, groups, which) if c not in seen]
 
 
-def _curve_matrix(members: list[dict], scale: float) -> np.ndarray:
-  """(members, max epochs) valid metric as recorded, NaN past a member's end."""
-  length = max((len(m.get("valid_metric") or []) for m in members), default=0)
-  mat = np.full((len(members), length), np.nan)
-  for i, m in enumerate(members):
-    v = np.array([results_io.as_float(x) for x in (m.get("valid_metric") or [])], np.float64)
+def _curve_matrix(curves: list[list], scale: float) -> np.ndarray:
+  """(curves, longest) the per-epoch values as recorded, NaN past a curve's end."""
+  length = max((len(c) for c in curves), default=0)
+  mat = np.full((len(curves), length), np.nan)
+  for i, c in enumerate(curves):
+    v = np.array([records.as_float(x) for x in c], np.float64)
     mat[i, :v.size] = v * scale
   return mat
 
 
-def carried_forward(members: list[dict], scale: float = 1.0) -> np.ndarray:
+def _valid_curves(members: Members) -> list[list]:
+  return [m.valid_metric for m in members]
+
+
+def _carried(curves: list[list], scale: float) -> np.ndarray:
+  """`_curve_matrix` with a stopped curve's last value repeated to the end, NaN for non-finite."""
+  mat = _curve_matrix(curves, scale)
+  for i, c in enumerate(curves):
+    n = len(c)
+    if 0 < n < mat.shape[1]:
+      mat[i, n:] = mat[i, n - 1]
+  return np.where(np.isfinite(mat), mat, np.nan)
+
+
+def carried_forward(members: Members, scale: float = 1.0) -> np.ndarray:
   """(members, max epochs) valid metric, a stopped member's last value repeated to the end.
 
   A member that stopped early (early stopping, a non-finite value) keeps its
@@ -147,12 +163,7 @@ def carried_forward(members: list[dict], scale: float = 1.0) -> np.ndarray:
   values (and a non-finite last value carried forward) are NaN; a member with
   no epoch is all NaN.
   """
-  mat = _curve_matrix(members, scale)
-  for i, m in enumerate(members):
-    n = len(m.get("valid_metric") or [])
-    if 0 < n < mat.shape[1]:
-      mat[i, n:] = mat[i, n - 1]
-  return np.where(np.isfinite(mat), mat, np.nan)
+  return _carried(_valid_curves(members), scale)
 
 
 def _nan_stat(fn, mat: np.ndarray) -> np.ndarray:
@@ -161,10 +172,14 @@ def _nan_stat(fn, mat: np.ndarray) -> np.ndarray:
     return fn(mat, axis=0)
 
 
-def mean_curve(members: list[dict], scale: float = 1.0) -> np.ndarray:
-  """(max epochs,) mean over seeds of `carried_forward`, non-finite values left out."""
-  mat = carried_forward(members, scale)
+def _mean_of(curves: list[list], scale: float = 1.0) -> np.ndarray:
+  mat = _carried(curves, scale)
   return _nan_stat(np.nanmean, mat) if mat.shape[1] else np.zeros((0,))
+
+
+def mean_curve(members: Members, scale: float = 1.0) -> np.ndarray:
+  """(max epochs,) mean over seeds of `carried_forward`, non-finite values left out."""
+  return _mean_of(_valid_curves(members), scale)
 
 
 def _curve_limits(mats: list[np.ndarray], chance: float | None, accuracy: bool
@@ -188,7 +203,7 @@ def _curve_limits(mats: list[np.ndarray], chance: float | None, accuracy: bool
   return (lo, hi), "linear"
 
 
-def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
+def _draw_cell(ax, cell: Cell, recommended: bool | None, members: Members,
                accuracy: bool, chance: float | None) -> bool:
   """Draws one cell's valid curves on `ax`; False (a note drawn instead) if none is valid.
 
@@ -203,13 +218,13 @@ def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
   ax.set_ylabel("valid accuracy (%)" if accuracy else "valid MSE", fontsize=8)
   ax.tick_params(labelsize=7)
   scale = 100.0 if accuracy else 1.0
-  raw = _curve_matrix(members, scale)
+  raw = _curve_matrix(_valid_curves(members), scale)
   notes = []
-  n_empty = sum(1 for m in members if not m.get("valid_metric"))
+  n_empty = sum(1 for m in members if not m.valid_metric)
   if raw.shape[1] == 0 or n_empty == len(members):
     ax.text(0.5, 0.55, "invalid", ha="center", va="center", transform=ax.transAxes,
             fontsize=12, color="tab:red")
-    reasons = sorted({str(m.get("status_reason")) for m in members if m.get("status_reason")})
+    reasons = sorted({str(m.status_reason) for m in members if m.status_reason})
     if reasons:
       ax.text(0.5, 0.35, textwrap.fill(_truncate("; ".join(reasons), 160), 45), ha="center",
               va="top", transform=ax.transAxes, fontsize=7)
@@ -217,17 +232,17 @@ def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
     ax.set_yticks([])
     return False
   if n_empty:
-    notes.append(f"{report.plural(n_empty, 'seed')} invalid")
-  n_bad = sum(1 for m in members if m.get("status") == "nonfinite" or not all(
-      math.isfinite(results_io.as_float(x)) for x in (m.get("valid_metric") or [])))
+    notes.append(f"{tables.plural(n_empty, 'seed')} invalid")
+  n_bad = sum(1 for m in members if m.status == "nonfinite" or not all(
+      math.isfinite(records.as_float(x)) for x in (m.valid_metric)))
   if n_bad:
-    notes.append(f"{report.plural(n_bad, 'seed')} non-finite")
+    notes.append(f"{tables.plural(n_bad, 'seed')} non-finite")
   finite_raw = np.where(np.isfinite(raw), raw, np.nan)
   carried = carried_forward(members, scale)
   epochs = np.arange(1, raw.shape[1] + 1)
   for m, row in zip(members, finite_raw):
     ax.plot(epochs, row, color="tab:blue", alpha=0.45, linewidth=0.6, label="one seed")
-    n = len(m.get("valid_metric") or [])
+    n = len(m.valid_metric)
     if 0 < n < raw.shape[1] and np.isfinite(row[n - 1]):
       ax.plot([n], [row[n - 1]], linestyle="none", marker="o", markersize=2.5,
               color="tab:blue", alpha=0.7, label="a seed stopped")
@@ -236,7 +251,7 @@ def _draw_cell(ax, cell: Cell, recommended: bool | None, members: list[dict],
                   color="tab:blue", alpha=0.15, linewidth=0, label="min–max over seeds")
   ax.plot(epochs, mean, color="tab:blue", linewidth=1.8, label=CARRIED_TEXT)
   for m in members:
-    b = m.get("best_epoch")
+    b = m.best_epoch
     if isinstance(b, (int, float)) and b >= 0:
       ax.axvline(b + 1, color="gray", linestyle=":", linewidth=0.8, alpha=0.6,
                  label="a seed's best epoch")
@@ -262,11 +277,11 @@ def _figure_legend(fig, axes, **kwargs) -> None:
     fig.legend(list(handles.values()), list(handles), **kwargs)
 
 
-def curves_figure_object(task: str, result: dict, info: dict):
+def curves_figure_object(task: str, result: records.TaskResults, info: dict):
   """The curves Figure of one task (not saved): one panel per cell, y-axis shared."""
-  groups = results_io.group_members(result)
-  cells = _plot_cells(task, groups, results_io.studies_of(result, info))
-  accuracy = results_io.is_accuracy(result, task)
+  groups = result.groups()
+  cells = _plot_cells(task, groups, result.studies(info))
+  accuracy = result.is_accuracy
   chance = _chance(result)
   n = max(len(cells), 1)
   ncols = min(4, n)
@@ -282,7 +297,7 @@ def curves_figure_object(task: str, result: dict, info: dict):
   if not cells:
     axes[0].text(0.5, 0.5, "no members", ha="center", va="center")
   scale = 100.0 if accuracy else 1.0
-  ylim, yscale = _curve_limits([_curve_matrix(groups[c], scale) for c, _ in cells],
+  ylim, yscale = _curve_limits([_curve_matrix(_valid_curves(groups[c]), scale) for c, _ in cells],
                                chance, accuracy)
   for ax in drawn:
     ax.set_yscale(yscale)
@@ -294,11 +309,11 @@ def curves_figure_object(task: str, result: dict, info: dict):
   return fig
 
 
-def _one_head_and_loss(groups: dict[Cell, list[dict]]) -> bool:
+def _one_head_and_loss(groups: dict[Cell, Members]) -> bool:
   return len({(c.task, c.head, c.loss, c.norm, c.sigmoid_method) for c in groups}) == 1
 
 
-def curves_figure(task: str, groups: dict[Cell, list[dict]]) -> str | None:
+def curves_figure(task: str, groups: dict[Cell, Members]) -> str | None:
   """The curves figure's file name, or None where the task gets heatmaps instead.
 
   None for a task with heatmaps (`heatmap_figures`) and more than
@@ -323,13 +338,13 @@ def plot_curves(workdir: str) -> list[str]:
     The paths written, in task order.
 
   Raises:
-    FileNotFoundError, ValueError: as results_io.load_results.
+    FileNotFoundError, ValueError: as records.load_results.
   """
-  results = results_io.load_results(workdir)
-  info = results_io.load_run_info(workdir)
+  results = records.load_results(workdir)
+  info = records.load_run_info(workdir)
   paths = []
   for task, result in results.items():
-    groups = results_io.group_members(result)
+    groups = result.groups()
     name = curves_figure(task, groups)
     if name is not None:
       paths.append(_save(curves_figure_object(task, result, info), os.path.join(workdir, name)))
@@ -359,10 +374,10 @@ _KIND_TITLES = {"torch": "torch init (PyTorch's default)",
                 "matched": "matched init (xavier for sigmoid / tanh, he for the others)"}
 
 # A panel: (title, row values, column values, {(row, column): members}).
-Panel = tuple[str, list, list, dict[tuple[Hashable, Hashable], list[dict]]]
+Panel = tuple[str, list, list, dict[tuple[Hashable, Hashable], Members]]
 
 
-def _init_panels(groups: dict[Cell, list[dict]]) -> list[Panel]:
+def _init_panels(groups: dict[Cell, Members]) -> list[Panel]:
   """Depth-1 cells by hidden activation x init, one panel per batch-norm setting.
 
   Empty unless the depth-1 cells vary in the hidden activation or the init.
@@ -379,9 +394,9 @@ def _init_panels(groups: dict[Cell, list[dict]]) -> list[Panel]:
   return panels
 
 
-def _depth_panels(groups: dict[Cell, list[dict]]) -> list[Panel]:
+def _depth_panels(groups: dict[Cell, Members]) -> list[Panel]:
   """Cells by hidden activation x depth, one panel per init kind (and batch norm) with >1 depth."""
-  keys: dict[tuple[str, bool], dict[tuple[str, int], list[dict]]] = {}
+  keys: dict[tuple[str, bool], dict[tuple[str, int], Members]] = {}
   for c in groups:
     keys.setdefault((_init_kind(c), c.batch_norm), {})[(c.hidden, c.depth)] = groups[c]
   keys = {k: v for k, v in keys.items() if len({d for _, d in v}) > 1}
@@ -399,7 +414,8 @@ def _depth_panels(groups: dict[Cell, list[dict]]) -> list[Panel]:
   return panels
 
 
-def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[dict]], rows: Sequence,
+def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], Members],
+                   rows: Sequence,
                    cols: Sequence, field: str = "test", scale: float = 100.0
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(mean, n, total): per (row, column), the mean over seeds of member[field] * scale.
@@ -413,7 +429,7 @@ def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[dict]], rows: Seq
   for i, r in enumerate(rows):
     for j, c in enumerate(cols):
       members = cells.get((r, c)) or []
-      vals = np.array([results_io.as_float(m.get(field)) for m in members], np.float64)
+      vals = np.array([m.value(field) for m in members], np.float64)
       vals = vals[np.isfinite(vals)]
       total[i, j] = len(members)
       n[i, j] = vals.size
@@ -422,7 +438,8 @@ def heatmap_matrix(cells: dict[tuple[Hashable, Hashable], list[dict]], rows: Seq
   return mean, n, total
 
 
-def heatmap_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
+def heatmap_figures(task: str, groups: dict[Cell, Members]
+                    ) -> list[tuple[str, str]]:
   """(alt text, file name) of each heatmap figure of a task, in the order they are drawn.
 
   A task whose cells share one head, loss and target treatment (the hidden
@@ -433,7 +450,7 @@ def heatmap_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str
   """
   if not groups or not _one_head_and_loss(groups):
     return []
-  metric = "accuracy" if results_io.is_accuracy({}, task) else "MSE"
+  metric = "accuracy" if records.TaskResults(task).is_accuracy else "MSE"
   per_convention = claims_lib.by_convention(groups)
   suffix = _conv_suffix(per_convention)
   out = []
@@ -448,11 +465,11 @@ def heatmap_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str
   return out
 
 
-def heatmap_figure_object(task: str, result: dict, info: dict, panels: list[Panel],
+def heatmap_figure_object(task: str, result: records.TaskResults, info: dict, panels: list[Panel],
                           what: str, col_label: str, conv_text: str = ""):
   """One heatmap Figure (not saved): a panel per entry of `panels`, one shared colour scale."""
   from matplotlib import colors  # pylint: disable=g-import-not-at-top
-  accuracy = results_io.is_accuracy(result, task)
+  accuracy = result.is_accuracy
   scale = 100.0 if accuracy else 1.0
   chance = _chance(result)
   mats = [heatmap_matrix(cells, rows, cols, "test", scale) for _, rows, cols, cells in panels]
@@ -518,9 +535,9 @@ def _colormap(name: str):
   return matplotlib.colormaps[name]
 
 
-def plot_heatmaps(workdir: str, task: str, result: dict, info: dict) -> list[str]:
+def plot_heatmaps(workdir: str, task: str, result: records.TaskResults, info: dict) -> list[str]:
   """Writes the task's heatmap figures (`heatmap_figures`); returns their paths."""
-  groups = results_io.group_members(result)
+  groups = result.groups()
   names = dict((name, alt) for alt, name in heatmap_figures(task, groups))
   if not names:
     return []
@@ -544,18 +561,19 @@ def plot_heatmaps(workdir: str, task: str, result: dict, info: dict) -> list[str
 # Diagnostics: saturation and gradients against depth.
 
 
-def _mean_history(members: list[dict], name: str, layer: int | None = 0) -> np.ndarray:
+def _mean_history(members: Members, name: str, layer: int | None = 0
+                  ) -> np.ndarray:
   """(max epochs,) mean over seeds of a per-epoch diagnostic (layer `layer` if per-layer).
 
   As the curves: a stopped member's last value is carried forward.
   """
   rows = []
   for m in members:
-    h = (m.get("diagnostics") or {}).get(name) or []
+    h = m.diagnostics.get(name) or []
     rows.append([np.nan if v is None else
-                 results_io.as_float(v[layer] if layer is not None and isinstance(v, list) else v)
+                 records.as_float(v[layer] if layer is not None and isinstance(v, list) else v)
                  for v in h])
-  return mean_curve([{"valid_metric": r} for r in rows])
+  return _mean_of(rows)
 
 
 SPREAD_FLOOR = 1e-6   # the log axis's floor for the output spread; lower values are marked
@@ -564,25 +582,25 @@ _MARKERS = ("o", "s", "^", "D", "P", "X", "*", "<", ">", "h")
 _MARK_EVERY = 5
 
 
-def class_groups(members: list[dict]) -> list[tuple[str | None, list[dict]]]:
-  """The members by diagnosis kind (`results_io.kind_of`; None: not diagnosed), in
+def class_groups(members: Members) -> list[tuple[str | None, Members]]:
+  """The members by diagnosis kind (`MemberRecord.kind`; None: not diagnosed), in
   diagnostics.KINDS order with healthy first and unknown kinds after."""
-  by_kind: dict[str | None, list[dict]] = {}
+  by_kind: dict[str | None, Members] = {}
   for m in members:
-    by_kind.setdefault(results_io.kind_of(m), []).append(m)
+    by_kind.setdefault(m.kind, []).append(m)
   order = ["healthy"] + [k for k in diagnostics_lib.KINDS if k != "healthy"]
   return sorted(by_kind.items(), key=lambda kv: (
       kv[0] is None, order.index(kv[0]) if kv[0] in order else len(order), str(kv[0])))
 
 
-def _saturation_cells(groups: dict[Cell, list[dict]]) -> list[Cell]:
+def _saturation_cells(groups: dict[Cell, Members]) -> list[Cell]:
   """The cells to draw: all if at most 12, else the depth-1, no-batch-norm, torch-init ones
   plus every cell with a failure diagnosis."""
   cells = list(groups)
   if len(cells) <= 12:
     return cells
   def failing(c):
-    return any((m.get("diagnosis") or {}).get("kind") in diagnostics_lib.FAILURES
+    return any(m.diagnosis is not None and m.diagnosis.kind in diagnostics_lib.FAILURES
                for m in groups[c])
   keep = [c for c in cells if (c.depth == 1 and not c.batch_norm and c.init == "torch")]
   return keep + [c for c in cells if c not in keep and failing(c)][:12]
@@ -602,16 +620,16 @@ def plot_diagnostics(workdir: str) -> list[str]:
   activation and init of the depth sweep, the gradient norm of every layer at
   initialisation (first batch, median over seeds) for each depth.
   """
-  results = results_io.load_results(workdir)
-  info = results_io.load_run_info(workdir)
+  results = records.load_results(workdir)
+  info = records.load_run_info(workdir)
   paths = []
   for task, result in results.items():
-    groups = results_io.group_members(result)
+    groups = result.groups()
     made_by = made_by_text(result, info)
-    if not any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values()
+    if not any(m.diagnostics.get("saturated") for ms in groups.values()
                for m in ms):
       continue
-    has_head = any((m.get("diagnostics") or {}).get("head_saturated")
+    has_head = any(m.diagnostics.get("head_saturated")
                    for ms in groups.values() for m in ms)      # absent from older results
     cells = _saturation_cells(groups)
     height = 4.2 + 0.17 * math.ceil(len(cells) / 2) + 0.18 * made_by.count("\n")
@@ -627,7 +645,8 @@ def plot_diagnostics(workdir: str) -> list[str]:
         style = dict(color=f"C{i % 10}", linestyle=_CLASS_STYLES[j % len(_CLASS_STYLES)],
                      marker=_MARKERS[i % len(_MARKERS)], markersize=4, linewidth=1.2,
                      markevery=(i % _MARK_EVERY, _MARK_EVERY))
-        label = f"{cell.label} [{len(members)} {report.KIND_TEXT.get(kind, kind or 'not diagnosed')}]"
+        words = tables.KIND_TEXT.get(kind, kind or "not diagnosed")
+        label = f"{cell.label} [{len(members)} {words}]"
         sat = _mean_history(members, "saturated")
         ax_s.plot(np.arange(1, sat.size + 1), sat, label=label, **style)
         spread = _mean_history(members, "spread", None)
@@ -657,7 +676,7 @@ def plot_diagnostics(workdir: str) -> list[str]:
                  fontsize=10)
     paths.append(_save(fig, os.path.join(workdir, f"saturation_{task}.png")))
     per_convention = claims_lib.by_convention(groups)
-    for conv, name in report.depth_sweep_figures(task, groups):
+    for conv, name in tables.depth_sweep_figures(task, groups):
       paths.append(_plot_gradients_depth(
           os.path.join(workdir, name), task, conv, claims_lib.depth_sweep(per_convention[conv]),
           made_by, None))
@@ -683,7 +702,7 @@ def _plot_gradients_depth(path, task, convention, sweep, command, plt) -> str:
       ax.set_title(f"{h}, {init} init", fontsize=8)
       by_depth = sweep.get((h, init)) or {}
       for k, (depth, members) in enumerate(by_depth.items()):
-        firsts = [((m.get("diagnostics") or {}).get("grad_norm_first") or [None])[0]
+        firsts = [(m.diagnostics.get("grad_norm_first") or [None])[0]
                   for m in members]
         firsts = [np.array([np.nan if v is None else v for v in f]) for f in firsts if f]
         if not firsts:

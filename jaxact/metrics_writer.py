@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 from jaxact import engine as engine_lib
 from jaxact import files
-from jaxact import results_io
+from jaxact import records
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
@@ -335,30 +335,27 @@ def _cell_value(v) -> Any:
   return "" if v is None else v
 
 
-def csv_rows(saved: dict) -> list[dict[str, Any]]:
-  """The CSV rows (CSV_COLUMNS) of a results/<task>.json's content, one per member.
+def csv_rows(result: records.TaskResults) -> list[dict[str, Any]]:
+  """The CSV rows (CSV_COLUMNS) of a task's results, one per member.
 
   best_epoch is 1-based ('' when the member never had a finite valid
-  metric); non-finite numbers are ''; diagnosis is the diagnosis's kind, classified again
-  with this version's rules where the member carries diagnostics (`results_io.rediagnose`);
+  metric); non-finite numbers are ''; diagnosis is the stored diagnosis's kind;
   stopping is the status, "ok" written as "early_stopped".
   """
-  saved = results_io.rediagnose(saved, str(saved.get("task") or ""))
   rows = []
-  for m in saved.get("members", []):
-    cell = m.get("cell", {})
-    best_epoch = m.get("best_epoch")
+  for m in result.members:
+    cell = m.cell.to_dict()
+    best_epoch = m.best_epoch
     row = {
-        "task": saved.get("task", cell.get("task")), "metric": saved.get("metric_name"),
-        "key": m.get("key"), "label": m.get("label"),
+        "task": result.task, "metric": result.metric_name, "key": m.key, "label": m.label,
         **{k: cell.get(k) for k in ("head", "loss", "convention", "norm", "sigmoid_method",
                                     "init", "hidden", "batch_norm", "depth")},
-        "seed": m.get("seed"), "best_valid": m.get("best_valid"), "test": m.get("test"),
+        "seed": m.seed, "best_valid": m.best_valid, "test": m.test,
         "best_epoch": best_epoch + 1 if isinstance(best_epoch, int) and best_epoch >= 0 else None,
-        "epochs_trained": m.get("epochs_trained"),
-        "stopping": _STOPPING.get(m.get("status"), m.get("status")),
-        "status_reason": m.get("status_reason"),
-        "diagnosis": (m.get("diagnosis") or {}).get("kind"),
+        "epochs_trained": m.epochs_trained,
+        "stopping": _STOPPING.get(m.status, m.status),
+        "status_reason": m.status_reason,
+        "diagnosis": m.diagnosis.kind if m.diagnosis is not None else None,
     }
     rows.append({k: _cell_value(row[k]) for k in CSV_COLUMNS})
   return rows
@@ -374,10 +371,8 @@ def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
 
 def write_task_csv(json_path: str) -> str:
   """Writes results/<task>.csv beside results/<task>.json (atomically); returns its path."""
-  with open(json_path, encoding="utf-8") as f:
-    saved = json.load(f)
   path = os.path.splitext(json_path)[0] + ".csv"
-  _write_csv(path, csv_rows(saved))
+  _write_csv(path, csv_rows(records.read_task_results(json_path)))
   return path
 
 
@@ -389,8 +384,7 @@ def write_run_csv(workdir: str) -> str:
     if not os.path.exists(path):
       continue
     try:
-      with open(path, encoding="utf-8") as f:
-        rows += csv_rows(json.load(f))
+      rows += csv_rows(records.read_task_results(path, task))
     except (OSError, ValueError):
       continue
   out = os.path.join(workdir, RUN_CSV)

@@ -5,7 +5,7 @@ A training run writes a workdir:
   WORKDIR/run.json             how the run was made (command, machine, times, flags);
   WORKDIR/results/<task>.json  every member (cell x seed) trained for that task.
 
-This module turns them (read through `jaxact.results_io`) into `WORKDIR/report.md`,
+This module turns them (read through `jaxact.records`) into `WORKDIR/report.md`,
 with one table per study, task and loss convention laid out like the source
 documents (PROTOCOL section 8), and one figure of validation curves per task,
 `WORKDIR/curves_<task>.png`. Every statistic is over a cell's seeds
@@ -20,8 +20,6 @@ report can be rebuilt from saved results:
 from __future__ import annotations
 
 import collections
-import dataclasses
-import itertools
 import json
 import math
 import os
@@ -33,14 +31,21 @@ from absl import flags
 import numpy as np
 
 from jaxact import diagnostics as diagnostics_lib
+from jaxact import figures
 from jaxact import files
-from jaxact import losses as losses_lib
 from jaxact import claims as claims_lib
-from jaxact import results_io
+from jaxact import records
 from jaxact import stats as stats_lib
 from jaxact import studies
+from jaxact import tables as tables_lib
 
 Cell = studies.Cell
+Members = list[records.MemberRecord]   # a cell's members
+# The table layout and the words the figures share (jaxact.tables), under the report's names.
+study_tables = tables_lib.study_tables
+other_cells = tables_lib.other_cells
+depth_sweep_figures = tables_lib.depth_sweep_figures
+plural = tables_lib.plural
 
 # The source documents' own single-run numbers, shown in an extra "original (source
 # document)" column for the rows that have one. Key: (study, Cell.key of the row,
@@ -74,7 +79,7 @@ _STUDY_TITLES = {
     "loss": "loss study",
     "hidden": "hidden-layer study",
 }
-KIND_TEXT = {k: k.replace("_", " ") for k in diagnostics_lib.KINDS}   # kind -> its words
+KIND_TEXT = tables_lib.KIND_TEXT
 _STATUS_ORDER = ("ok", "hit_cap", "nonfinite", "invalid")
 # The stopping column says how training ended, not whether the member is healthy
 # (that is the diagnosis column): "ok" is shown as "early-stopped".
@@ -99,7 +104,7 @@ def summarize(values: Sequence[float]) -> dict:
     {"mean", "std", "min", "max"} (floats, NaN when no value is finite),
     "n" (number of finite values) and "n_nonfinite".
   """
-  arr = np.array([results_io.as_float(v) for v in values], dtype=np.float64)
+  arr = np.array([records.as_float(v) for v in values], dtype=np.float64)
   finite = arr[np.isfinite(arr)]
   n_nonfinite = int(arr.size - finite.size)
   if finite.size == 0:
@@ -114,7 +119,7 @@ def _fmt(v: Any, accuracy: bool) -> str:
   """Accuracy as a percentage with 2 decimals, MSE with 4 significant digits."""
   if isinstance(v, str):
     return v
-  v = results_io.as_float(v)
+  v = records.as_float(v)
   if math.isnan(v):
     return "nan"
   if math.isinf(v):
@@ -122,23 +127,23 @@ def _fmt(v: Any, accuracy: bool) -> str:
   return f"{100.0 * v:.2f}" if accuracy else f"{v:#.4g}"
 
 
-def _metric_title(result: dict, task: str) -> str:
-  if results_io.is_accuracy(result, task):
+def _metric_title(result: records.TaskResults, task: str) -> str:
+  if result.is_accuracy:
     return "accuracy, higher is better"
-  if str(result.get("metric_name", "mse")).lower() == "mse":
+  if str(result.metric_name).lower() == "mse":
     return "MSE in original units, lower is better"
-  better = "higher" if results_io.higher_is_better(result, task) else "lower"
-  return f"{result.get('metric_name')}, {better} is better"
+  better = "higher" if result.higher_is_better else "lower"
+  return f"{result.metric_name}, {better} is better"
 
 
-def _nonfinite_kinds(members: list[dict], field: str) -> str:
+def _nonfinite_kinds(members: Members, field: str) -> str:
   """E.g. '1 invalid, 2 inf' for the members whose `field` is not finite."""
   counts: collections.Counter = collections.Counter()
   for m in members:
-    v = results_io.as_float(m.get(field))
+    v = m.value(field)
     if math.isfinite(v):
       continue
-    if math.isnan(v) and m.get("status") == "invalid":
+    if math.isnan(v) and m.status == "invalid":
       counts["invalid"] += 1
     elif math.isinf(v):
       counts["inf" if v > 0 else "-inf"] += 1
@@ -167,9 +172,9 @@ def _ordered_kinds(kinds: Iterable[str | None]) -> list[str | None]:
       [None] if None in kinds else [])
 
 
-def _class_name(members: list[dict]) -> str:
+def _class_name(members: Members) -> str:
   """'healthy', 'healthy or hit cap', 'collapsed': the kinds of `members`."""
-  return " or ".join(_kind_name(k) for k in _ordered_kinds(results_io.kind_of(m) for m in members))
+  return " or ".join(_kind_name(k) for k in _ordered_kinds(m.kind for m in members))
 
 
 def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
@@ -179,7 +184,7 @@ def _fmt_ci(iv: stats_lib.Interval, accuracy: bool, unit: str = "") -> str:
   return f"{_fmt(iv.estimate, accuracy)}{unit} {ci}"
 
 
-def metric_cells(members: list[dict], field: str, accuracy: bool,
+def metric_cells(members: Members, field: str, accuracy: bool,
                   unit: str = "") -> tuple[str, str]:
   """The (mean [95% CI], median; min–max) cells of one metric of one row.
 
@@ -190,14 +195,14 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   several modes (`stats.split_modes`) are shown as their modes, each with its count, mean
   and interval ("2 modes: 9 at 78.81 [78.62, 79.00]; 1 at 76.89"), never as one mean.
   """
-  finite = [m for m in members if math.isfinite(results_io.as_float(m.get(field)))]
+  finite = [m for m in members if math.isfinite(m.value(field))]
   extra = _nonfinite_kinds(members, field)
   if not finite:
     return f"no finite value ({extra})", ""
-  failed = [m for m in finite if _is_failure(results_io.kind_of(m))]
-  chosen = [m for m in finite if not _is_failure(results_io.kind_of(m))] or failed
+  failed = [m for m in finite if _is_failure(m.kind)]
+  chosen = [m for m in finite if not _is_failure(m.kind)] or failed
   label = f"{len(chosen)} {_class_name(chosen)}: " if failed else ""
-  values = [results_io.as_float(m.get(field)) for m in chosen]
+  values = [m.value(field) for m in chosen]
   modes = stats_lib.split_modes(values)
   if len(modes) > 1:
     label += f"{len(modes)} modes: "
@@ -214,9 +219,9 @@ def metric_cells(members: list[dict], field: str, accuracy: bool,
   return mean, spread
 
 
-def status_counts(members: list[dict]) -> str:
+def status_counts(members: Members) -> str:
   """'7 early-stopped, 3 hit cap': how the members' training ended (never 'ok')."""
-  counts = collections.Counter(str(m.get("status") or "unknown") for m in members)
+  counts = collections.Counter(str(m.status or "unknown") for m in members)
   order = [s for s in _STATUS_ORDER if s in counts]
   order += sorted(s for s in counts if s not in _STATUS_ORDER)
   return ", ".join(f"{counts[s]} {_STATUS_TEXT.get(s, s)}" for s in order)
@@ -227,15 +232,14 @@ def _mean_text(values: list[float]) -> str:
   return "–" if s["n"] == 0 else f"{s['mean']:.1f}"
 
 
-def _seeds_text(members: list[dict]) -> str:
+def _seeds_text(members: Members) -> str:
   """E.g. 'seed 1' or 'seeds 0, 2'."""
   word = "seed" if len(members) == 1 else "seeds"
-  return f"{word} " + ", ".join(str(m.get("seed", "?")) for m in members)
+  return f"{word} " + ", ".join(_seed_text(m) for m in members)
 
 
-def plural(n: int, word: str) -> str:
-  """'1 seed', '3 seeds'."""
-  return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _seed_text(m: records.MemberRecord) -> str:
+  return "?" if m.seed is None else str(m.seed)
 
 
 def _epoch_1based(epoch: Any) -> str:
@@ -247,33 +251,33 @@ def _escape(text: Any) -> str:
   return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _invalid_reason(members: list[dict]) -> str:
+def _invalid_reason(members: Members) -> str:
   reasons = []
   for m in members:
-    r = m.get("status_reason") or "reason not recorded"
+    r = m.status_reason or "reason not recorded"
     if r not in reasons:
       reasons.append(r)
   return _escape("; ".join(reasons))
 
 
-def _row_notes(members: list[dict], result: dict) -> str:
+def _row_notes(members: Members, result: records.TaskResults) -> str:
   """Infinite predictions, non-finite epochs and partial invalidity of one row."""
   notes = []
-  n_test = result.get("n_test", N_TEST)
-  n_valid = result.get("n_valid", N_VALID)
+  n_test = N_TEST if result.n_test is None else result.n_test
+  n_valid = N_VALID if result.n_valid is None else result.n_valid
   for field, n, what in (("n_infinite_test", n_test, "test predictions infinite"),
                          ("n_infinite_valid", n_valid,
                           "valid predictions infinite at the best epoch")):
-    hit = [m for m in members if (m.get(field) or 0) > 0]
+    hit = [m for m in members if (getattr(m, field) or 0) > 0]
     if hit:
-      counts = ", ".join(f"{int(m[field])}/{n}" for m in hit)
+      counts = ", ".join(f"{int(getattr(m, field))}/{n}" for m in hit)
       notes.append(f"{counts} {what} ({_seeds_text(hit)})")
-  nonfinite = [m for m in members if m.get("status") == "nonfinite"]
+  nonfinite = [m for m in members if m.status == "nonfinite"]
   if nonfinite:
-    parts = ", ".join(f"seed {m.get('seed', '?')} at epoch {_epoch_1based(m.get('status_epoch'))}"
+    parts = ", ".join(f"seed {_seed_text(m)} at epoch {_epoch_1based(m.status_epoch)}"
                       for m in nonfinite)
     notes.append(f"non-finite: {parts}")
-  invalid = [m for m in members if m.get("status") == "invalid"]
+  invalid = [m for m in members if m.status == "invalid"]
   if invalid and len(invalid) < len(members):
     notes.append(f"invalid ({_seeds_text(invalid)}): {_invalid_reason(invalid)}")
   return "; ".join(_escape(n) for n in notes)
@@ -290,7 +294,7 @@ def _original_text(study: str | None, cell: Cell, accuracy: bool) -> str | None:
   return f"{show(valid)} / {show(test)}"
 
 
-def original_inside(study: str | None, cell: Cell, members: list[dict]
+def original_inside(study: str | None, cell: Cell, members: Members
                     ) -> list[tuple[str, float, stats_lib.Interval, bool]]:
   """The original's values of a row against jaxact's 95% prediction interval for one run.
 
@@ -306,13 +310,13 @@ def original_inside(study: str | None, cell: Cell, members: list[dict]
   out = []
   for field, value in zip(("best_valid", "test"), entry):
     if isinstance(value, (int, float)):
-      iv = stats_lib.prediction_interval([results_io.as_float(m.get(field)) for m in members],
+      iv = stats_lib.prediction_interval([m.value(field) for m in members],
                                          CONFIDENCE)
       out.append((field, float(value), iv, iv.n > 1 and iv.low <= value <= iv.high))
   return out
 
 
-def _prediction_text(study: str | None, cell: Cell, members: list[dict], accuracy: bool
+def _prediction_text(study: str | None, cell: Cell, members: Members, accuracy: bool
                      ) -> str | None:
   """'[96.21, 97.33] inside / [96.95, 97.81] outside': per original value, jaxact's 95%
   prediction interval for one run and where the original's value lies."""
@@ -331,25 +335,25 @@ def _prediction_text(study: str | None, cell: Cell, members: list[dict], accurac
 # Markdown.
 
 
-def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: dict,
+def _table(rows: list[tuple[Cell, bool | None, Members]], task: str, result: records.TaskResults,
            study: str | None) -> list[str]:
   """One Markdown table; `rows` are (cell, recommended or None, members)."""
-  accuracy = results_io.is_accuracy(result, task)
+  accuracy = result.is_accuracy
   unit = "accuracy %" if accuracy else "MSE"
   with_marker = any(r is not None for _, r, _ in rows)
   body = []
   for cell, recommended, members in rows:
-    if all(m.get("status") == "invalid" for m in members):
+    if all(m.status == "invalid" for m in members):
       text = f"invalid: {_invalid_reason(members)}"
       valid, valid_range, test, test_range = text, "", text, ""
     else:
       valid, valid_range = metric_cells(members, "best_valid", accuracy)
       test, test_range = metric_cells(members, "test", accuracy)
-    best = [m["best_epoch"] + 1 for m in members
-            if isinstance(m.get("best_epoch"), (int, float)) and m["best_epoch"] >= 0]
+    best = [m.best_epoch + 1 for m in members
+            if isinstance(m.best_epoch, (int, float)) and m.best_epoch >= 0]
     cols = [_escape(cell.label), str(len(members)), diagnosis_counts(members),
             valid, valid_range, test, test_range, _mean_text(best),
-            _mean_text([m.get("epochs_trained") for m in members]), status_counts(members)]
+            _mean_text([m.epochs_trained for m in members]), status_counts(members)]
     if with_marker:
       mark = "" if recommended is None else (
           MARK_RECOMMENDED if recommended else MARK_MISUSED)
@@ -382,15 +386,15 @@ def _table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str, result: 
   return lines
 
 
-def paired_by_seed(a: list[dict], b: list[dict], field: str
+def paired_by_seed(a: Members, b: Members, field: str
                    ) -> tuple[stats_lib.PairedTest, int]:
   """(paired test of a - b on `field` over the seeds both have, how many seeds both have)."""
   xa, xb = seed_pairs(a, b, field)
   return stats_lib.paired_test(xa, xb, CONFIDENCE), len(xa)
 
 
-def _reference(cell: Cell, recommended: list[tuple[Cell, list[dict]]]
-               ) -> tuple[Cell, list[dict]]:
+def _reference(cell: Cell, recommended: list[tuple[Cell, Members]]
+               ) -> tuple[Cell, Members]:
   """The recommended row a misused cell is compared with: the first with its target treatment."""
   return next((r for r in recommended if r[0].norm == cell.norm), recommended[0])
 
@@ -424,8 +428,8 @@ def margin_text(accuracy: bool) -> str:
 Family = dict[tuple[Cell, Cell], stats_lib.Comparison]
 
 
-def _comparisons(rows: list[tuple[Cell, bool | None, list[dict]]]
-                 ) -> list[tuple[Cell, list[dict], Cell, list[dict]]]:
+def _comparisons(rows: list[tuple[Cell, bool | None, Members]]
+                 ) -> list[tuple[Cell, Members, Cell, Members]]:
   """(misused cell, its members, the recommended cell it is compared with, its members)."""
   recommended = [(c, ms) for c, r, ms in rows if r is True]
   if not recommended:
@@ -433,7 +437,7 @@ def _comparisons(rows: list[tuple[Cell, bool | None, list[dict]]]
   return [(c, ms) + _reference(c, recommended) for c, r, ms in rows if r is False]
 
 
-def task_family(tables: Iterable[list[tuple[Cell, bool | None, list[dict]]]], accuracy: bool
+def task_family(tables: Iterable[list[tuple[Cell, bool | None, Members]]], accuracy: bool
                 ) -> Family:
   """The declared family of a task: every misused cell of its tables against its recommended
   cell (each pair once), test metric paired by seed, Holm-adjusted together.
@@ -454,23 +458,23 @@ def task_family(tables: Iterable[list[tuple[Cell, bool | None, list[dict]]]], ac
   return dict(zip(pairs, comparisons))
 
 
-def seed_pairs(a: list[dict], b: list[dict], field: str) -> tuple[list[float], list[float]]:
+def seed_pairs(a: Members, b: Members, field: str) -> tuple[list[float], list[float]]:
   """`field` of a's and b's members over the seeds both have, in a's seed order."""
   sa, sb = claims_lib.by_seed(a), claims_lib.by_seed(b)
   seeds = [s for s in sa if s in sb]
-  return ([results_io.as_float(sa[s].get(field)) for s in seeds],
-          [results_io.as_float(sb[s].get(field)) for s in seeds])
+  return ([sa[s].value(field) for s in seeds],
+          [sb[s].value(field) for s in seeds])
 
 
-def _paired_table(rows: list[tuple[Cell, bool | None, list[dict]]], task: str,
-                  result: dict, family: Family) -> list[str]:
+def _paired_table(rows: list[tuple[Cell, bool | None, Members]], task: str,
+                  result: records.TaskResults, family: Family) -> list[str]:
   """Each misused row against the table's recommended row, test metric paired by seed, with
   the p-values adjusted in the task's family."""
   comparisons = _comparisons(rows)
   if not comparisons:
     return []
-  accuracy = results_io.is_accuracy(result, task)
-  higher = results_io.higher_is_better(result, task)
+  accuracy = result.is_accuracy
+  higher = result.higher_is_better
   unit = "accuracy points" if accuracy else "MSE"
   margin = margin_text(accuracy)
   size = next(iter(family.values())).family_size if family else 0
@@ -521,19 +525,19 @@ def _originals_count(task: str, tables: Iterable[tuple[str, list]], accuracy: bo
           + (f"; outside: {outside}." if outside else "."), ""]
 
 
-def _rates_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
+def _rates_section(task: str, groups: dict[Cell, Members]) -> list[str]:
   """Per cell, the share of members of each failure kind and that hit the cap (Wilson CIs)."""
   body = []
   for cell, members in groups.items():
     n = len(members)
-    counts = collections.Counter(results_io.kind_of(m) for m in members)
+    counts = collections.Counter(m.kind for m in members)
     named = [(_kind_name(k), counts[k]) for k in _ordered_kinds(counts) if _is_failure(k)]
-    named.append(("hit cap", sum(1 for m in members if m.get("status") == "hit_cap")))
+    named.append(("hit cap", sum(1 for m in members if m.status == "hit_cap")))
     parts = [_rate_text(name, k, n) for name, k in named if k]
     if parts:
       body.append(f"| {_escape(cell.label)} | {n} | {'; '.join(parts)} |")
   n_all = sum(len(ms) for ms in groups.values())
-  undiagnosed = sum(1 for ms in groups.values() for m in ms if results_io.kind_of(m) is None)
+  undiagnosed = sum(1 for ms in groups.values() for m in ms if m.kind is None)
   caveat = ("" if not undiagnosed else
             f" {plural(undiagnosed, 'member')} not diagnosed: only invalid and nonfinite are "
             "counted as failures for them.")
@@ -552,105 +556,38 @@ def _rate_text(name: str, k: int, n: int) -> str:
   return f"{name} {k}/{n} = {100 * iv.estimate:.1f}% [{100 * iv.low:.1f}, {100 * iv.high:.1f}]"
 
 
-def _conventions(groups: dict[Cell, list[dict]]) -> list[str]:
-  present = {c.convention for c in groups}
-  return ([c for c in studies.CONVENTIONS if c in present]
-          + sorted(c for c in present if c not in studies.CONVENTIONS))
-
-
-def study_tables(task: str, groups: dict[Cell, list[dict]],
-                 conventions: Sequence[str] | None = None,
-                 which: Sequence[str] = studies.STUDIES):
-  """Yields (study, convention, [(cell, recommended, members)]) for every table of a task.
-
-  `conventions` (default: those of the task's members) lets a workdir trained
-  with both conventions show both tables for a task whose cells were all
-  trained once because their loss is the same in both (regression).
-  """
-  for study in which:
-    rows = studies.grid(study).get(task, [])
-    variants = [None] if study == "hidden" else _network_variants(groups)
-    for conv, variant in itertools.product(conventions or _conventions(groups), variants):
-      present = []
-      for row in rows:
-        cell = studies.with_convention(row.cell, conv)
-        if variant is not None:
-          cell = dataclasses.replace(cell, **variant)
-        if cell in groups:
-          present.append((cell, row.recommended, groups[cell]))
-          continue
-        # Trained once under another convention because the loss is the same in both.
-        if not losses_lib.convention_matters(cell.head, cell.loss):
-          twin = next((c for c in groups if c.convention != conv
-                       and studies.with_convention(c, conv) == cell), None)
-          if twin is not None:
-            present.append((twin, row.recommended, groups[twin]))
-      if present:
-        yield study, conv, present, variant
-
-
-_NETWORK_FIELDS = ("init", "hidden", "batch_norm", "depth")
-
-
-def _network_variants(groups: dict[Cell, list[dict]]) -> list[dict[str, Any]]:
-  """The networks of the cells present, as field dicts, PROTOCOL's first."""
-  seen = list(dict.fromkeys(tuple(getattr(c, f) for f in _NETWORK_FIELDS) for c in groups))
-  default = tuple(getattr(Cell("", "", ""), f) for f in _NETWORK_FIELDS)
-  seen.sort(key=lambda v: v != default)
-  return [dict(zip(_NETWORK_FIELDS, v)) for v in seen]
-
-
-def _is_default(variant: dict[str, Any] | None) -> bool:
-  default = Cell("", "", "")
-  return not variant or all(variant[f] == getattr(default, f) for f in _NETWORK_FIELDS)
-
-
 def _variant_title(variant: dict[str, Any]) -> str:
   """', he init, relu hidden' for a network other than PROTOCOL's, '' for PROTOCOL's."""
   label = Cell("", "", "", **variant).label
   return ", " + label[label.index("(") + 1:-1] if "(" in label else ""
 
 
-def diagnosis_counts(members: list[dict]) -> str:
+def diagnosis_counts(members: Members) -> str:
   """'7 healthy, 3 collapsed': the members per diagnosis kind (`_ordered_kinds`).
 
   A member without a diagnosis counts by its status when that is a failure kind
   (invalid, nonfinite), else as "not diagnosed".
   """
-  counts = collections.Counter(results_io.kind_of(m) for m in members)
+  counts = collections.Counter(m.kind for m in members)
   return ", ".join(f"{counts[k]} {_kind_name(k)}" for k in _ordered_kinds(counts))
 
 
-def _diagnoses_section(task: str, groups: dict[Cell, list[dict]]) -> list[str]:
+def _diagnoses_section(task: str, groups: dict[Cell, Members]) -> list[str]:
   """One line per cell with a failure: its kinds and one seed's evidence per kind."""
   lines = []
   for cell, members in groups.items():
-    by_kind: dict[str, list[dict]] = {}
+    by_kind: dict[str, Members] = {}
     for m in members:
-      d = m.get("diagnosis")
-      if isinstance(d, dict) and d.get("kind") in diagnostics_lib.FAILURES:
-        by_kind.setdefault(d["kind"], []).append(m)
+      if m.diagnosis is not None and m.diagnosis.kind in diagnostics_lib.FAILURES:
+        by_kind.setdefault(m.diagnosis.kind, []).append(m)
     for kind, ms in by_kind.items():
       lines.append(f"- **{_escape(cell.label)}**: {KIND_TEXT[kind]} in {len(ms)}/{len(members)} "
-                   f"seeds. Seed {ms[0].get('seed', '?')}: {_escape(ms[0]['diagnosis']['evidence'])}.")
+                   f"seeds. Seed {_seed_text(ms[0])}: {_escape(ms[0].diagnosis.evidence)}.")
   if not lines:
     return []
   return [f"### {task}: diagnoses of the failing cells", "",
           "Measured in the training program (see *How to read*); one seed's evidence per "
           "cell and kind.", ""] + lines + [""]
-
-
-def other_cells(task: str, groups: dict[Cell, list[dict]],
-                which: Sequence[str] = studies.STUDIES) -> list[Cell]:
-  """The cells of `groups` on none of the `which` studies' grids (any convention, network)."""
-  on_grid = set()
-  for study in which:
-    variants = [{}] if study == "hidden" else _network_variants(groups)
-    for row in studies.grid(study).get(task, []):
-      for conv in set(_conventions(groups)) | set(studies.CONVENTIONS):
-        for v in variants:
-          on_grid.add(dataclasses.replace(studies.with_convention(row.cell, conv), **v))
-  return [c for c in groups if c not in on_grid]
 
 
 def _code(text: str) -> str:
@@ -659,9 +596,9 @@ def _code(text: str) -> str:
   return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _common(results: dict[str, dict], key: str) -> Any:
-  values = {json.dumps(r.get(key)) for r in results.values()}
-  return next(iter(results.values())).get(key) if len(values) == 1 else None
+def _common(results: dict[str, records.TaskResults], key: str) -> Any:
+  values = {json.dumps(getattr(r, key)) for r in results.values()}
+  return getattr(next(iter(results.values())), key) if len(values) == 1 else None
 
 
 # What each diagnosis kind means, for the "How to read" section (kinds not listed here are
@@ -697,7 +634,7 @@ def _kinds_help() -> str:
   return "; ".join(parts) + f". Failure kinds: {failures}."
 
 
-def _how_to_read(results: dict[str, dict]) -> list[str]:
+def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
   patience = _common(results, "patience")
   max_epochs = _common(results, "max_epochs")
   patience = f"{patience}" if patience is not None else "`patience`"
@@ -786,15 +723,75 @@ def _how_to_read(results: dict[str, dict]) -> list[str]:
   ]
 
 
+def _task_section(task: str, result: records.TaskResults, info: dict,
+                  workdir_conventions: list[str]) -> list[str]:
+  """The report's section of one task: facts, tables, paired tests, rates, diagnoses, claims,
+  figure links."""
+  groups = result.groups()
+  lines = [f"## {task}: {_metric_title(result, task)}", ""]
+  facts = []
+  for key, name in (("init", "init"), ("split_seed", "split seed"),
+                    ("split_fingerprint", "split fingerprint"),
+                    ("max_epochs", "max epochs"), ("patience", "patience")):
+    if getattr(result, key) is not None:
+      facts.append(f"{name} {getattr(result, key)}")
+  if isinstance(result.wall_time_s, (int, float)):
+    facts.append(f"wall time {result.wall_time_s:.1f} s")
+  n_members = sum(len(ms) for ms in groups.values())
+  facts.append(f"{plural(n_members, 'member')} in {plural(len(groups), 'cell')}")
+  lines += ["; ".join(facts) + ".", ""]
+  training = (result.training or {}).get("label")
+  if training:
+    lines += [f"Training differs from PROTOCOL's (AdamW, lr 0.001, weight decay 0.01, batch "
+              f"32, PyTorch's head bias): **{_escape(training)}**; every cell below is "
+              "trained so.", ""]
+  # A task trained by another command than run.json's (e.g. tasks run as
+  # parallel processes into one workdir) says which command and machine made it.
+  for key, name in (("command", "Made by"), ("machine", "Machine")):
+    value = getattr(result, key)
+    if value and value != info.get(key):
+      lines += [f"{name}: {_code(value) if key == 'command' else value}", ""]
+  which = result.studies(info)
+  tables = list(study_tables(task, groups, workdir_conventions, which))
+  family = task_family((rows for _, _, rows, _ in tables), result.is_accuracy)
+  for study, conv, rows, variant in tables:
+    title = _STUDY_TITLES.get(study, f"{study} study")
+    net = "" if not variant else _variant_title(variant)
+    lines += [f"### {task}: {title}, {conv} convention{net}", ""]
+    lines += _table(rows, task, result, study) + [""]
+    paired = _paired_table(rows, task, result, family)
+    if paired:
+      lines += paired + [""]
+  lines += _originals_count(task, ((study, rows) for study, _, rows, _ in tables),
+                            result.is_accuracy)
+  others = other_cells(task, groups, which)
+  if others:
+    lines += [f"### {task}: Other cells (in no study grid)", ""]
+    lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
+  lines += _rates_section(task, groups)
+  lines += _diagnoses_section(task, groups)
+  claims = claims_lib.hidden_claims(groups, result)
+  if claims:
+    lines += claims_lib.render(claims) + [""]
+  if figures.curves_figure(task, groups):
+    lines += [f"![valid curves](curves_{task}.png)", ""]
+  lines += [s for alt, name in figures.heatmap_figures(task, groups)
+            for s in (f"![{alt}]({name})", "")]
+  if any(m.diagnostics.get("saturated") for ms in groups.values() for m in ms):
+    lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
+  for conv, name in depth_sweep_figures(task, groups):
+    lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
+  return lines
+
+
 def render_markdown(workdir: str) -> str:
   """The report for the run in `workdir`, as Markdown text (nothing is written).
 
   Raises:
-    FileNotFoundError, ValueError: as results_io.load_results.
+    FileNotFoundError, ValueError: as records.load_results.
   """
-  from jaxact import figures  # pylint: disable=g-import-not-at-top  (figures imports report)
-  results = results_io.load_results(workdir)
-  info = results_io.load_run_info(workdir)
+  results = records.load_results(workdir)
+  info = records.load_run_info(workdir)
   command = info.get("command") or (" ".join(map(str, info["argv"])) if info.get("argv")
                                     else None)
   lines = [
@@ -819,62 +816,10 @@ def render_markdown(workdir: str) -> str:
       f"{_code(f'python -m jaxact.report --workdir={workdir}')}",
       "",
   ]
-  workdir_conventions = _conventions(
-      {c: [] for r in results.values() for c in results_io.group_members(r)})
+  workdir_conventions = tables_lib.conventions_of(
+      {c: [] for r in results.values() for c in r.groups()})
   for task, result in results.items():
-    groups = results_io.group_members(result)
-    lines += [f"## {task}: {_metric_title(result, task)}", ""]
-    facts = []
-    for key, name in (("init", "init"), ("split_seed", "split seed"),
-                      ("split_fingerprint", "split fingerprint"),
-                      ("max_epochs", "max epochs"), ("patience", "patience")):
-      if result.get(key) is not None:
-        facts.append(f"{name} {result[key]}")
-    if isinstance(result.get("wall_time_s"), (int, float)):
-      facts.append(f"wall time {result['wall_time_s']:.1f} s")
-    n_members = sum(len(ms) for ms in groups.values())
-    facts.append(f"{plural(n_members, 'member')} in {plural(len(groups), 'cell')}")
-    lines += ["; ".join(facts) + ".", ""]
-    training = (result.get("training") or {}).get("label")
-    if training:
-      lines += [f"Training differs from PROTOCOL's (AdamW, lr 0.001, weight decay 0.01, batch "
-                f"32, PyTorch's head bias): **{_escape(training)}**; every cell below is "
-                "trained so.", ""]
-    # A task trained by another command than run.json's (e.g. tasks run as
-    # parallel processes into one workdir) says which command and machine made it.
-    for key, name in (("command", "Made by"), ("machine", "Machine")):
-      if result.get(key) and result.get(key) != info.get(key):
-        lines += [f"{name}: {_code(result[key]) if key == 'command' else result[key]}", ""]
-    which = results_io.studies_of(result, info)
-    tables = list(study_tables(task, groups, workdir_conventions, which))
-    family = task_family((rows for _, _, rows, _ in tables), results_io.is_accuracy(result, task))
-    for study, conv, rows, variant in tables:
-      title = _STUDY_TITLES.get(study, f"{study} study")
-      net = "" if not variant else _variant_title(variant)
-      lines += [f"### {task}: {title}, {conv} convention{net}", ""]
-      lines += _table(rows, task, result, study) + [""]
-      paired = _paired_table(rows, task, result, family)
-      if paired:
-        lines += paired + [""]
-    lines += _originals_count(task, ((study, rows) for study, _, rows, _ in tables),
-                              results_io.is_accuracy(result, task))
-    others = other_cells(task, groups, which)
-    if others:
-      lines += [f"### {task}: Other cells (in no study grid)", ""]
-      lines += _table([(c, None, groups[c]) for c in others], task, result, None) + [""]
-    lines += _rates_section(task, groups)
-    lines += _diagnoses_section(task, groups)
-    claims = claims_lib.hidden_claims(groups, result)
-    if claims:
-      lines += claims_lib.render(claims) + [""]
-    if figures.curves_figure(task, groups):
-      lines += [f"![valid curves](curves_{task}.png)", ""]
-    lines += [s for alt, name in figures.heatmap_figures(task, groups)
-              for s in (f"![{alt}]({name})", "")]
-    if any((m.get("diagnostics") or {}).get("saturated") for ms in groups.values() for m in ms):
-      lines += [f"![hidden-unit saturation](saturation_{task}.png)", ""]
-    for conv, name in depth_sweep_figures(task, groups):
-      lines += [f"![gradient norm per layer against depth, {conv} convention]({name})", ""]
+    lines += _task_section(task, result, info, workdir_conventions)
   lines += _how_to_read(results)
   return "\n".join(lines).rstrip("\n") + "\n"
 
@@ -890,21 +835,21 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
   when some failed, labelled; see `metric_cells`). Made for README files; the full tables,
   paired differences and rates are in report.md.
   """
-  results = results_io.load_results(workdir)
+  results = records.load_results(workdir)
   lines = ["| task | | variant | n seeds | diagnosis | best valid: mean [95% CI] "
            "| test at best epoch: mean [95% CI] | stopping |",
            "|---|---|---|---|---|---|---|---|"]
   for task, result in results.items():
-    groups = results_io.group_members(result)
-    accuracy = results_io.is_accuracy(result, task)
+    groups = result.groups()
+    accuracy = result.is_accuracy
     unit = "%" if accuracy else " MSE"
     for s, conv, rows, variant in study_tables(task, groups, [convention]):
-      if not _is_default(variant):
+      if not tables_lib.is_default(variant):
         continue   # the summary shows PROTOCOL's network
       if s != study or conv != convention:
         continue
       for cell, recommended, members in rows:
-        if all(m.get("status") == "invalid" for m in members):
+        if all(m.status == "invalid" for m in members):
           valid = test = f"invalid: {_invalid_reason(members)}"
         else:
           valid = metric_cells(members, "best_valid", accuracy, unit)[0]
@@ -916,25 +861,12 @@ def render_summary(workdir: str, study: str = "activation", convention: str = "t
   return "\n".join(lines) + "\n"
 
 
-def depth_sweep_figures(task: str, groups: dict[Cell, list[dict]]) -> list[tuple[str, str]]:
-  """(convention, file name) of each gradients-against-depth figure of a task.
-
-  One figure per loss convention with a depth sweep: gradients_depth_<task>.png when the
-  run has one convention, gradients_depth_<task>_<convention>.png when it has both.
-  """
-  per_convention = claims_lib.by_convention(groups)
-  return [(conv, f"gradients_depth_{task}.png" if len(per_convention) == 1
-           else f"gradients_depth_{task}_{conv}.png")
-          for conv, conv_groups in per_convention.items() if claims_lib.depth_sweep(conv_groups)]
-
-
 # ---------------------------------------------------------------------------
 # Writing and the command line.
 
 
 def write_report(workdir: str) -> str:
   """Writes WORKDIR/report.md (atomically) and the curve PNGs; returns the report's path."""
-  from jaxact import figures  # pylint: disable=g-import-not-at-top  (imports report)
   text = render_markdown(workdir)
   figures.plot_curves(workdir)
   figures.plot_diagnostics(workdir)

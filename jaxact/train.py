@@ -36,12 +36,12 @@ from jaxact import checkpoint as checkpoint_lib
 from jaxact import compile_ahead as compile_ahead_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
-from jaxact import files
 from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
 from jaxact import metrics_writer
 from jaxact import options as options_lib
 from jaxact import provenance
+from jaxact import records as records_lib
 from jaxact import runner as runner_lib
 from jaxact import sharding
 from jaxact import studies
@@ -269,9 +269,12 @@ def _saved_fingerprint(workdir: str, run_info: dict, tasks) -> str | None:
   if run_info.get("split_fingerprint"):
     return run_info["split_fingerprint"]
   for task in tasks:
-    saved = files.read_json_object(workdir_lib.task_results_path(workdir, task)) or {}
-    if saved.get("split_fingerprint"):
-      return saved["split_fingerprint"]
+    try:
+      saved = records_lib.read_task_results(workdir_lib.task_results_path(workdir, task), task)
+    except (OSError, ValueError):
+      continue
+    if saved.split_fingerprint:
+      return saved.split_fingerprint
   return None
 
 
@@ -334,107 +337,27 @@ def _train_tasks(config: RunConfig, workdir: str,
   trained_s, trained_members = 0.0, 0   # this start's trained tasks, for the run's ETA
   for task, task_members in members.items():
     results_path = workdir_lib.task_results_path(workdir, task)
-    ckpt_dir = os.path.join(workdir_lib.checkpoints_dir(workdir), task)
     if os.path.exists(results_path):
-      out[task] = workdir_lib.reuse_results(results_path, task, task_members)
-      saved_fp = (files.read_json_object(results_path) or {}).get("split_fingerprint")
-      if saved_fp and not run_info.get("split_fingerprint"):
-        run_info["split_fingerprint"] = saved_fp   # a run.json written before it was recorded
-      logging.info("task %s: already done, results kept from %s (not trained again)",
-                   task, results_path)
-      if primary and os.path.isdir(ckpt_dir):
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-      if primary:
-        if not os.path.exists(os.path.splitext(results_path)[0] + ".csv"):
-          metrics_writer.write_task_csv(results_path)   # a workdir from before the CSVs
-        metrics_writer.write_run_csv(workdir)
+      out[task] = _reuse_task(workdir, task, task_members, run_info)
       continue
     if run_info.get("split_fingerprint") != split.fingerprint:
       run_info["split_fingerprint"] = split.fingerprint
       workdir_lib.write_json_atomic(run_path, run_info)
-    cells = list(dict.fromkeys(c for c, _ in task_members))
-    logging.info("task %s: %d cells x %d seeds = %d members in one program",
-                 task, len(cells), config.seeds, len(task_members))
     start = time.perf_counter()
-    prepared = ahead.take(task) if ahead is not None else None
-    if prepared is not None:
-      engine, task_data = prepared
-    else:
-      engine = engine_lib.Engine(task, task_members, config.engine, config.execution,
-                                 splits=split.member_splits)
-      task_data = engine_lib.TaskData.from_pool(split.pool, task)
-    if ahead is not None:
-      later = [t for t in order[order.index(task) + 1:]
-               if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
-      if later:
-        ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
-                                                config.execution, splits=split.member_splits),
-                    engine_lib.TaskData.from_pool(split.pool, later[0]))
+    engine, task_data, background = _task_engine(config, workdir, task, members, split, ahead)
     checkpointer = checkpoint_lib.TaskCheckpointer(
-        ckpt_dir, every=checkpoint_every, identity={
-            "config": run_identity(config), "split_fingerprint": split.fingerprint,
-            "task": task, "members": [[c.key, s] for c, s in engine.members]})
+        os.path.join(workdir_lib.checkpoints_dir(workdir), task), every=checkpoint_every,
+        identity={"config": run_identity(config), "split_fingerprint": split.fingerprint,
+                  "task": task, "members": [[c.key, s] for c, s in engine.members]})
     checkpointer.session_start = start
-    live = []                        # this task's on_epoch hooks, closed when it ends
-    try:
-      try:
-        snapshot = checkpointer.restore(engine)
-      except checkpoint_lib.CheckpointError as err:
-        raise UserError(str(err)) from None
-      if snapshot is not None:
-        logging.info("task %s: resumed from epoch %d (checkpoint in %s)", task, snapshot.epoch,
-                     ckpt_dir)
-      if primary:
-        live = _live_outputs(workdir, task, engine, config, checkpointer.elapsed,
-                             snapshot.epoch if snapshot is not None else 0, tensorboard,
-                             tensorboard_members)
-      bars = [h for h in live if isinstance(h, metrics_writer.ProgressBar)]
-      engine.progress = bars[0].log if bars else logging.info
-      engine.progress(compile_line(task, engine.num_members, time.perf_counter() - clock,
-                                   background=prepared is not None))
-      results = engine.run(task_data, restore=snapshot,
-                           on_epoch_end=checkpointer if checkpoint_every else None,
-                           on_epoch=metrics_writer.compose(*live))
-      for hook in live:
-        if isinstance(hook, metrics_writer.TensorBoardLog):
-          hook.write_hparams(results, engine_lib.training_record(config.engine))
-    finally:
-      checkpointer.close()   # waits for pending saves, also on errors and interrupts
-      for hook in live:
-        hook.close()
+    results, snapshot = _run_task(config, workdir, task, engine, task_data, checkpointer,
+                                  tensorboard, tensorboard_members,
+                                  compile_line(task, engine.num_members,
+                                               time.perf_counter() - clock, background))
     wall = checkpointer.elapsed()
-    t = tasks_lib.get_task(task)
-    chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
-    ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
-        tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
-    extra = [{"split_seed": split.split_seed_of(r.seed)} for r in results]
-    if task == "regression":   # each split's own bound (its train targets' mean)
-      pool_t = tasks_lib.make_targets(task, split.pool.y)
-      test_t = tasks_lib.make_targets(task, split.test_labels)
-      bounds = {s: diagnostics_lib.relu_clamp_bound(pool_t[split.member_splits(s)[0]], test_t)
-                for s in dict.fromkeys(r.seed for r in results)}
-      for fields, r in zip(extra, results):
-        fields["relu_clamp_bound_test"] = bounds[r.seed]
-    records = workdir_lib.diagnosed_records(results, task, chance, ceiling, config.engine,
-                                            extra=extra)
-    workdir_lib.write_json_atomic(results_path, {
-        "task": task, "study": config.study, "metric_name": t.metric_name,
-        "higher_is_better": t.higher_is_better,
-        "split": config.split,
-        "split_seed": config.split_seed if config.split == "fixed" else None,
-        "split_fingerprint": split.fingerprint, "numerics": engine.numerics(),
-        "max_epochs": config.engine.max_epochs,
-        "patience": config.engine.patience,
-        "training": engine_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
-        # Layouts compiled before an interruption count once; the one resumed in is traced again.
-        "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
-        "command": run_info["command"], "machine": run_info["machine"],
-        "git_revision": segment["git_revision"], "jaxact_version": __version__,
-        "chance_valid": chance, "softmax_ceiling_test": ceiling,
-        "relu_clamp_bound_test": (extra[0]["relu_clamp_bound_test"]
-                                  if task == "regression" and config.split == "fixed" else None),
-        "members": records,
-    })
+    saved = _task_results(config, task, split, engine, snapshot, results, wall, run_info)
+    if primary:
+      records_lib.write_task_results(results_path, saved)
     checkpointer.delete()   # the results file is the durable record now
     logging.info("task %s done in %.1f s", task, wall)
     segment["ended"] = provenance.now()
@@ -445,20 +368,155 @@ def _train_tasks(config: RunConfig, workdir: str,
       metrics_writer.write_run_csv(workdir)
       report_lib.write_report(workdir)
     out[task] = results
-    # This start's time per member so far, times the members still to train.
     trained_s += time.perf_counter() - start
     trained_members += len(task_members)
-    pending = [t for t in order[order.index(task) + 1:]
-               if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
-    logging.info("%s", run_line(
-        [t for t in order if t not in pending], pending, time.perf_counter() - clock,
-        trained_s / trained_members * sum(len(members[t]) for t in pending)))
+    logging.info("%s", _progress_line(workdir, members, task, trained_s / trained_members,
+                                      time.perf_counter() - clock))
 
   run_info["finished"] = segment["ended"] = provenance.now()
   workdir_lib.write_json_atomic(run_path, run_info)
   if primary:
     logging.info("report: %s", report_lib.write_report(workdir))
   return out
+
+
+def _reuse_task(workdir: str, task: str, task_members: list[tuple[studies.Cell, int]],
+                run_info: dict) -> list[engine_lib.MemberResult]:
+  """A finished task's MemberResults from its results file; its checkpoints are removed and
+  its CSVs written where missing (process 0)."""
+  results_path = workdir_lib.task_results_path(workdir, task)
+  saved, results = workdir_lib.reuse_results(results_path, task, task_members)
+  if saved.split_fingerprint and not run_info.get("split_fingerprint"):
+    run_info["split_fingerprint"] = saved.split_fingerprint   # a run.json written before it was
+  logging.info("task %s: already done, results kept from %s (not trained again)",
+               task, results_path)
+  if sharding.is_primary():
+    ckpt_dir = os.path.join(workdir_lib.checkpoints_dir(workdir), task)
+    if os.path.isdir(ckpt_dir):
+      shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if not os.path.exists(os.path.splitext(results_path)[0] + ".csv"):
+      metrics_writer.write_task_csv(results_path)   # a workdir from before the CSVs
+    metrics_writer.write_run_csv(workdir)
+  return results
+
+
+def _task_engine(config: RunConfig, workdir: str, task: str,
+                 members: dict[str, list[tuple[studies.Cell, int]]], split,
+                 ahead: compile_ahead_lib.CompileAhead | None,
+                 ) -> tuple[engine_lib.Engine, engine_lib.TaskData, bool]:
+  """The task's Engine and data (compiled in the background if --compile_ahead prepared it,
+  the third value then True); with `ahead`, starts compiling the next task left to train."""
+  logging.info("task %s: %d cells x %d seeds = %d members in one program", task,
+               len(dict.fromkeys(c for c, _ in members[task])), config.seeds,
+               len(members[task]))
+  prepared = ahead.take(task) if ahead is not None else None
+  if prepared is not None:
+    engine, task_data = prepared
+  else:
+    engine = engine_lib.Engine(task, members[task], config.engine, config.execution,
+                               splits=split.member_splits)
+    task_data = engine_lib.TaskData.from_pool(split.pool, task)
+  if ahead is not None:
+    order = list(members)
+    later = [t for t in order[order.index(task) + 1:]
+             if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
+    if later:
+      ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
+                                              config.execution, splits=split.member_splits),
+                  engine_lib.TaskData.from_pool(split.pool, later[0]))
+  return engine, task_data, prepared is not None
+
+
+def _run_task(config: RunConfig, workdir: str, task: str, engine: engine_lib.Engine,
+              task_data: engine_lib.TaskData, checkpointer: checkpoint_lib.TaskCheckpointer,
+              tensorboard: bool, tensorboard_members: bool, first_line: str,
+              ) -> tuple[list[engine_lib.MemberResult], object | None]:
+  """Trains one task from its latest checkpoint with the live outputs; returns its
+  MemberResults and the snapshot it resumed from (None: a fresh start)."""
+  live = []                        # this task's on_epoch hooks, closed when it ends
+  try:
+    try:
+      snapshot = checkpointer.restore(engine)
+    except checkpoint_lib.CheckpointError as err:
+      raise UserError(str(err)) from None
+    if snapshot is not None:
+      logging.info("task %s: resumed from epoch %d (checkpoint in %s)", task, snapshot.epoch,
+                   checkpointer.directory)
+    if sharding.is_primary():
+      live = _live_outputs(workdir, task, engine, config, checkpointer.elapsed,
+                           snapshot.epoch if snapshot is not None else 0, tensorboard,
+                           tensorboard_members)
+    bars = [h for h in live if isinstance(h, metrics_writer.ProgressBar)]
+    engine.progress = bars[0].log if bars else logging.info
+    engine.progress(first_line)
+    results = engine.run(task_data, restore=snapshot,
+                         on_epoch_end=checkpointer if checkpointer.every else None,
+                         on_epoch=metrics_writer.compose(*live))
+    for hook in live:
+      if isinstance(hook, metrics_writer.TensorBoardLog):
+        hook.write_hparams(results, engine_lib.training_record(config.engine))
+  finally:
+    checkpointer.close()   # waits for pending saves, also on errors and interrupts
+    for hook in live:
+      hook.close()
+  return results, snapshot
+
+
+def _reference_levels(task: str, split, results: Sequence[engine_lib.MemberResult]
+                      ) -> tuple[float, float | None, list[dict]]:
+  """(chance, ceiling, per-member fields) of a finished task, from its split's labels.
+
+  chance: the constant predictor's valid metric; ceiling: multilabel's softmax ceiling on the
+  test labels; per member: its split seed and, for regression, its split's ReLU clamp bound
+  (its train targets' mean).
+  """
+  chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
+  ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
+      tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
+  extra = [{"split_seed": split.split_seed_of(r.seed)} for r in results]
+  if task == "regression":
+    pool_t = tasks_lib.make_targets(task, split.pool.y)
+    test_t = tasks_lib.make_targets(task, split.test_labels)
+    bounds = {s: diagnostics_lib.relu_clamp_bound(pool_t[split.member_splits(s)[0]], test_t)
+              for s in dict.fromkeys(r.seed for r in results)}
+    for fields, r in zip(extra, results):
+      fields["relu_clamp_bound_test"] = bounds[r.seed]
+  return chance, ceiling, extra
+
+
+def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine, snapshot,
+                  results: Sequence[engine_lib.MemberResult], wall: float, run_info: dict
+                  ) -> records_lib.TaskResults:
+  """The finished task's results record, its members diagnosed (jaxact.records)."""
+  t = tasks_lib.get_task(task)
+  chance, ceiling, extra = _reference_levels(task, split, results)
+  members = [records_lib.MemberRecord.from_result(
+      r, engine_lib.cell_label(r.cell, config.engine), **fields)
+             for r, fields in zip(results, extra)]
+  return records_lib.task_results(
+      task, members, study=config.study, metric_name=t.metric_name,
+      higher_is_better=t.higher_is_better, split=config.split,
+      split_seed=config.split_seed if config.split == "fixed" else None,
+      split_fingerprint=split.fingerprint, numerics=engine.numerics(),
+      max_epochs=config.engine.max_epochs, patience=config.engine.patience,
+      training=engine_lib.training_record(config.engine), wall_time_s=round(wall, 2),
+      # Layouts compiled before an interruption count once; the one resumed in is traced again.
+      compilations=engine.traces + (snapshot.compactions if snapshot is not None else 0),
+      command=run_info["command"], machine=run_info["machine"],
+      git_revision=run_info["segments"][-1]["git_revision"], jaxact_version=__version__,
+      chance_valid=chance, softmax_ceiling_test=ceiling,
+      relu_clamp_bound_test=(extra[0]["relu_clamp_bound_test"]
+                             if task == "regression" and config.split == "fixed" else None))
+
+
+def _progress_line(workdir: str, members: dict[str, list[tuple[studies.Cell, int]]], task: str,
+                   per_member_s: float, elapsed: float) -> str:
+  """`run_line` after `task`: this start's time per trained member times the members left."""
+  order = list(members)
+  pending = [t for t in order[order.index(task) + 1:]
+             if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
+  return run_line([t for t in order if t not in pending], pending, elapsed,
+                  per_member_s * sum(len(members[t]) for t in pending))
 
 
 def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: RunConfig,
@@ -498,17 +556,16 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
   """A compact plain-text table per cell, for the console: the diagnosis first, then metrics.
 
   Each cell's line: its members per diagnosis class ("7 healthy, 3 collapsed", from the
-  workdir's results, diagnosed with this version's rules; "not diagnosed" without a
-  workdir), the mean best-valid and test metric (over the members that did not fail when
-  failed ones are mixed in, labelled, as the report's `metric_cells`), and how training
+  workdir's results, as stored there; "not diagnosed" without a workdir), the mean
+  best-valid and test metric (over the members that did not fail when failed ones are mixed
+  in, labelled, as the report's `metric_cells`), and how training
   stopped ("10 early-stopped"): no failed member reads "ok".
   """
   from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
-  from jaxact import results_io  # pylint: disable=g-import-not-at-top
-  saved: dict[str, dict] = {}
+  saved: dict[str, records_lib.TaskResults] = {}
   if workdir:
     try:
-      saved = results_io.load_results(workdir)
+      saved = records_lib.load_results(workdir)
     except (FileNotFoundError, ValueError):
       saved = {}
   lines = []
@@ -516,15 +573,14 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
     t = tasks_lib.get_task(task)
     unit = "%" if t.higher_is_better else ""
     lines.append(f"{task} ({t.metric_name})")
-    records = {(m.get("key"), m.get("seed")): m
-               for m in (saved.get(task) or {}).get("members") or []}
+    stored = {(m.key, m.seed): m for m in saved[task].members} if task in saved else {}
     for cell in dict.fromkeys(r.cell for r in rs):
       mine = [r for r in rs if r.cell == cell]
-      members = [records.get((cell.key, r.seed)) or dict(workdir_lib.member_record(r, config),
-                                                          diagnosis=None) for r in mine]
       label = engine_lib.cell_label(cell, config)
+      members = [stored.get((cell.key, r.seed))
+                 or records_lib.MemberRecord.from_result(r, label) for r in mine]
       head = f"  {label:<40} [{len(mine)} seeds: {report_lib.diagnosis_counts(members)}]"
-      if all(m.get("status") == "invalid" for m in members):
+      if all(m.status == "invalid" for m in members):
         lines.append(f"{head} invalid: {mine[0].status_reason}")
         continue
       valid = report_lib.metric_cells(members, "best_valid", t.higher_is_better, unit)[0]

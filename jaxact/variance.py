@@ -42,7 +42,7 @@ from scipy import stats as scipy_stats
 
 from jaxact import files
 from jaxact import report as report_lib
-from jaxact import results_io
+from jaxact import records
 from jaxact import studies
 
 
@@ -120,28 +120,28 @@ def load_tables(workdirs: Sequence[str], task: str, field: str = "test"
   missing from any run are left out. ValueError: a run that is not a fixed-split run, or
   two runs of the same split.
   """
-  by_split: dict[int, dict] = {}
+  by_split: dict[int, records.TaskResults] = {}
   study = ""
   for workdir in workdirs:
-    result = results_io.load_results(workdir).get(task)
+    result = records.load_results(workdir).get(task)
     if result is None:
       raise ValueError(f"{workdir!r} holds no results of task {task!r}")
-    split = result.get("split_seed")
-    if result.get("split", "fixed") != "fixed" or split is None:
+    split = result.split_seed
+    if (result.split or "fixed") != "fixed" or split is None:
       raise ValueError(f"{workdir!r} is not a fixed-split run (--split=fixed --split_seed=K)")
     if split in by_split:
       raise ValueError(f"two runs of split seed {split}: give each split once")
     by_split[int(split)] = result
-    study = study or str(result.get("study") or "")
+    study = study or str(result.study or "")
   splits = sorted(by_split)
-  groups = {s: results_io.group_members(r) for s, r in by_split.items()}
+  groups = {s: r.groups() for s, r in by_split.items()}
   cells = [c for c in groups[splits[0]] if all(c in g for g in groups.values())]
   seeds = sorted(set.intersection(*(
-      {m["seed"] for m in groups[s][c]} for s in splits for c in cells))) if cells else []
+      {m.seed for m in groups[s][c]} for s in splits for c in cells))) if cells else []
   tables = {}
   for cell in cells:
-    tables[cell.label] = np.array([[results_io.as_float(next(
-        m for m in groups[s][cell] if m["seed"] == seed).get(field)) for seed in seeds]
+    tables[cell.label] = np.array([[next(
+        m for m in groups[s][cell] if m.seed == seed).value(field) for seed in seeds]
         for s in splits])
   return tables, splits, seeds, study
 
@@ -149,12 +149,12 @@ def load_tables(workdirs: Sequence[str], task: str, field: str = "test"
 def render(workdirs: Sequence[str], task: str, n_boot: int = 2000) -> str:
   """The Markdown report of the decomposition of every cell of `workdirs`' task."""
   tables, splits, seeds, study = load_tables(workdirs, task)
-  results = results_io.load_results(workdirs[0])[task]
-  accuracy = bool(results.get("higher_is_better", True))
+  results = records.load_results(workdirs[0])[task]
+  accuracy = bool(results.higher_is_better)
   scale, unit = (100.0, " (accuracy %)") if accuracy else (1.0, " (MSE)")
   originals = {Cell_key: v for (s, Cell_key), v in report_lib.ORIGINAL_NUMBERS.items()
                if s in (study, "loss", "activation")}
-  cells = {c.label: c for c in results_io.group_members(results)}
+  cells = {c.label: c for c in results.groups()}
   lines = [
       f"# Split and seed: the variance of {task}'s test metric, decomposed",
       "",

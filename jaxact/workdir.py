@@ -1,9 +1,10 @@
-"""A run's workdir: its layout, what a rerun finds there, and the results records written to it.
+"""A run's workdir: its layout, what a rerun finds there, and the finished tasks it reuses.
 
 Layout of a workdir:
   run.json               the command, the configuration, start/finish times, and one segment
                          per start (revision, versions, machine: jaxact.provenance)
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
+                         (jaxact.records: the format, its writer and its reader)
   results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
   results.csv            the rows of every finished task, rewritten after each task
   metrics.jsonl          one JSON line per member and epoch, appended while a task trains
@@ -12,8 +13,8 @@ Layout of a workdir:
   report.md              the tables (jaxact.report), rebuilt after every task
   curves_<task>.png      valid-metric curves per cell
 
-jaxact.train writes these through this module (and jaxact.checkpoint,
-jaxact.metrics_writer, jaxact.report). With several processes (multi-host,
+jaxact.train writes these through this module (and jaxact.records,
+jaxact.checkpoint, jaxact.metrics_writer, jaxact.report). With several processes (multi-host,
 `--distributed`), only process 0 writes files (`write_json_atomic`); the
 workdir must be on a file system all hosts see.
 """
@@ -23,21 +24,20 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from typing import Sequence
 
 from jaxact import checkpoint as checkpoint_lib
 from jaxact import config as config_lib
-from jaxact import diagnostics as diagnostics_lib
 from jaxact import engine as engine_lib
 from jaxact import files
 from jaxact import metrics_writer
 from jaxact import options as options_lib
+from jaxact import records as records_lib
 from jaxact import sharding
 from jaxact import studies
 from jaxact import tasks as tasks_lib
 
 RUN_JSON = "run.json"
-RESULTS_DIR = "results"
+RESULTS_DIR = records_lib.RESULTS_DIR
 
 UserError = config_lib.UserError
 
@@ -54,16 +54,8 @@ def checkpoints_dir(workdir: str) -> str:
   return os.path.join(workdir, checkpoint_lib.CHECKPOINTS_DIR)
 
 
-def task_results_path(workdir: str, task: str) -> str:
-  """WORKDIR/results/<task>.json, a finished task's results file."""
-  return os.path.join(results_dir(workdir), f"{task}.json")
-
-
-def saved_results(workdir: str) -> list[str]:
-  """The names of the results files in WORKDIR/results, sorted."""
-  d = results_dir(workdir)
-  names = sorted(os.listdir(d)) if os.path.isdir(d) else []
-  return [n for n in names if n.endswith(".json") and not n.startswith(".")]
+task_results_path = records_lib.task_results_path
+saved_results = records_lib.saved_results
 
 
 def has_outputs(workdir: str) -> bool:
@@ -161,52 +153,23 @@ def check_split(workdir: str, run_info: dict, split) -> None:
         "to resume it, or pass --restart to delete its results and checkpoints and start over.")
 
 
-# -- results records ---------------------------------------------------------
+# -- reusing a finished task --------------------------------------------------
 
 
-def member_record(result: engine_lib.MemberResult,
-                  config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> dict:
-  """A member's results record; its label names `config`'s training where it is not PROTOCOL's."""
-  d = dataclasses.asdict(result)
-  d["cell"] = result.cell.to_dict()
-  d["key"] = result.cell.key
-  d["label"] = engine_lib.cell_label(result.cell, config)
-  return d
-
-
-def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
-                      chance: float | None, ceiling: float | None,
-                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
-                      clamp_bound: float | None = None,
-                      extra: Sequence[dict] | None = None) -> list[dict]:
-  """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics).
-
-  `extra`: per result, fields added to its record before the diagnosis (its split seed; its
-  own relu_clamp_bound_test where each member has its own split).
-  """
-  records = [member_record(r, config) for r in results]
-  for record, fields in zip(records, extra or ()):
-    record.update(fields)
-  for record, d in zip(records, diagnostics_lib.diagnose_task(records, task, chance, ceiling,
-                                                              clamp_bound)):
-    record["diagnosis"] = d.to_dict()
-  return records
-
-
-def member_from_record(record: dict) -> engine_lib.MemberResult:
-  """The inverse of `member_record`."""
+def member_from_record(record: records_lib.MemberRecord) -> engine_lib.MemberResult:
+  """The engine's MemberResult of a saved member record."""
   names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
-  values = {n: record[n] for n in names if n != "cell" and n in record}
-  return engine_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
+  values = {n: getattr(record, n) for n in names if n != "cell" and n in record.order}
+  return engine_lib.MemberResult(cell=record.cell, **values)
 
 
 def reuse_results(path: str, task: str, task_members: list[tuple[studies.Cell, int]],
-                  ) -> list[engine_lib.MemberResult]:
-  """The MemberResults of a finished task's results file; UserError if it does not fit the plan."""
-  saved = files.read_json_object(path)
+                  ) -> tuple[records_lib.TaskResults, list[engine_lib.MemberResult]]:
+  """A finished task's results file and its MemberResults; UserError if it does not fit the plan."""
   try:
-    results = [member_from_record(r) for r in saved["members"]]
-  except (TypeError, KeyError, ValueError):
+    saved = records_lib.read_task_results(path, task)
+    results = [member_from_record(r) for r in saved.members]
+  except (OSError, TypeError, ValueError):
     results = None
   if results is None or sorted((r.cell.key, r.seed) for r in results) != sorted(
       (c.key, s) for c, s in task_members):
@@ -214,4 +177,4 @@ def reuse_results(path: str, task: str, task_members: list[tuple[studies.Cell, i
         f"the results file {path!r} is unreadable or holds other members than this run plans "
         f"for task {task}: pass --restart to delete the workdir's results and train again, or "
         "choose another --workdir.")
-  return results
+  return saved, results

@@ -1,5 +1,6 @@
 """jaxact.compare: arms from several runs, paired by seed with the protocol arm."""
 
+import dataclasses
 import itertools
 import json
 import os
@@ -57,13 +58,15 @@ def test_arms_are_runs_and_network_variants(runs):
   assert [a.label for a in arms] == ["", "prior head bias", "tanh hidden"]
   assert arms[0].is_protocol and not arms[1].is_protocol
   assert set(arms[0].members) == {("sigmoid", "bce", "torch"), ("softmax", "cce", "torch")}
-  assert [m["seed"] for m in arms[1].members[("sigmoid", "bce", "torch")]] == list(range(6))
+  assert [m.seed for m in arms[1].members[("sigmoid", "bce", "torch")]] == list(range(6))
 
 
 def test_fc1_saturation_epoch_is_the_first_at_half():
-  assert compare.fc1_saturation_epoch({"diagnostics": {"saturated": [[0.2], [0.5], [1.0]]}}) == 2
-  assert compare.fc1_saturation_epoch({"diagnostics": {"saturated": [[0.49], [None]]}}) is None
-  assert compare.fc1_saturation_epoch({}) is None
+  member = lambda **d: compare.records.MemberRecord(
+      cell=studies.Cell("multiclass", "sigmoid", "bce"), diagnostics=d)
+  assert compare.fc1_saturation_epoch(member(saturated=[[0.2], [0.5], [1.0]])) == 2
+  assert compare.fc1_saturation_epoch(member(saturated=[[0.49], [None]])) is None
+  assert compare.fc1_saturation_epoch(member()) is None
 
 
 def test_arm_statistics_and_the_paired_test(runs):
@@ -170,7 +173,7 @@ def conventions(tmp_path):
 
 
 def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions):
-  base, other = (compare.results_io.load_results(p)["binary"] for p in conventions)
+  base, other = (compare.records.load_results(p)["binary"] for p in conventions)
   pairs = compare.pair_conventions(base, other)
   assert [(p.cell.head, p.cell.loss, p.cell.convention) for p in pairs] == [
       ("sigmoid", "mse", "logits"), ("sigmoid", "cce", "logits")]
@@ -180,9 +183,11 @@ def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions)
   assert collapsed.identical == 0 and collapsed.paired.test.n == 5
   # Equal metrics with another training loss (two runs collapsing to one constant) are not
   # identical training.
-  other["members"][1]["test"] = other["members"][1]["best_valid"] = base["members"][1]["test"]
-  other["members"][1]["valid_metric"] = base["members"][1]["valid_metric"]
-  other["members"][1]["best_epoch"] = base["members"][1]["best_epoch"]
+  b = base.members[1]
+  members = list(other.members)
+  members[1] = dataclasses.replace(members[1], test=b.test, best_valid=b.test,
+                                   valid_metric=b.valid_metric, best_epoch=b.best_epoch)
+  other = dataclasses.replace(other, members=tuple(members))
   assert compare.pair_conventions(base, other)[1].identical == 0
   d = [(0.5 - 0.002 * s) - (0.97 + 0.001 * s) for s in range(5)]
   assert collapsed.paired.test.mean_difference == pytest.approx(np.mean(d))
@@ -190,7 +195,7 @@ def test_conventions_pair_cells_that_differ_in_the_convention_alone(conventions)
   # One family per task: the two cells' p-values Holm-adjusted together (1 stays 1).
   assert collapsed.paired.p_adjusted == pytest.approx(2 * 2 / 32)
   assert same.paired.p_adjusted == 1.0 and collapsed.paired.family_size == 2
-  assert [m["seed"] for m in collapsed.baseline] == list(range(5))
+  assert [m.seed for m in collapsed.baseline] == list(range(5))
 
 
 def test_conventions_report_and_its_errors(conventions, tmp_path):

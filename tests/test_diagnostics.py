@@ -1,5 +1,6 @@
 """In-program diagnostics on hand-built cases, the failure classification, mixed-network programs."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -15,6 +16,7 @@ from jaxact import diagnostics
 from jaxact import engine
 from jaxact import model
 from jaxact import probes
+from jaxact import records
 from jaxact import studies
 from jaxact.studies import Cell
 from test_engine import _synthetic
@@ -459,7 +461,8 @@ def test_count_kinds_orders_dead_head_before_collapsed():
 
 def test_real_dead_relu_heads_and_collapses():
   """experiments/all_torch_10seeds, with and without its per-epoch diagnostics."""
-  members = {(m["key"], m["seed"]): m for m in json.loads(REAL_REGRESSION.read_text())["members"]}
+  saved = json.loads(REAL_REGRESSION.read_text())
+  members = {(m["key"], m["seed"]): m for m in saved["members"]}
 
   best = min(sum(m["best_valid"] for m in members.values() if m["key"] == key) / 10
              for key in {k for k, _ in members})  # the best cell's mean, as the report has it
@@ -468,7 +471,8 @@ def test_real_dead_relu_heads_and_collapses():
     rec = members[key, seed]
     if not per_epoch:  # a record as written before the in-program diagnostics existed
       rec = {k: v for k, v in rec.items() if k not in ("diagnostics", "diagnosis")}
-    return diagnostics.classify(rec, "regression", VALID_VAR, reference=best)
+    return diagnostics.classify(rec, "regression", VALID_VAR, reference=best,
+                                clamp_bound=saved["relu_clamp_bound_test"])
 
   # The classification written into the results file is the one classify gives today.
   for (key, seed), rec in members.items():
@@ -560,8 +564,10 @@ def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
   out = []
   for seed, acc in enumerate(test_accs):   # member i has seed i: cells pair up by seed
     first = [0.01] * 3 + [ratio * 0.1] + [0.01] * (depth - 1) + [0.1]
-    out.append(dict(seed=seed, test=acc, best_epoch=0, diagnostics=dict(
-        layers=engine.layer_names(depth), grad_norm_first=[first], dead=[[dead] * depth])))
+    out.append(records.MemberRecord(
+        cell=Cell("multiclass", "softmax", "cce"), seed=seed, test=acc, best_epoch=0,
+        diagnostics=dict(layers=engine.layer_names(depth), grad_norm_first=[first],
+                         dead=[[dead] * depth])))
   return out
 
 
@@ -599,9 +605,7 @@ def test_claims_verdicts_on_synthetic_runs():
       mc(hidden="relu", init="he"): _claim_members([0.975, 0.976])})}
   assert two["Batch norm helps"].verdict == "inconclusive"
   # Cells without a seed in common are not compared.
-  unpaired = _claim_members([0.985, 0.986])
-  for m in unpaired:
-    m["seed"] += 10
+  unpaired = [dataclasses.replace(m, seed=m.seed + 10) for m in _claim_members([0.985, 0.986])]
   none = {c.claim: c for c in claims.hidden_claims({
       mc(hidden="relu", init="he", batch_norm=True): unpaired,
       mc(hidden="relu", init="he"): _claim_members([0.975, 0.976])})}

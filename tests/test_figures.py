@@ -1,6 +1,7 @@
 """Tests for jaxact.figures on synthetic results written into tmp_path (no training)."""
 
 import ast
+import dataclasses
 import json
 import os
 import sys
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxact import figures
-from jaxact import results_io
+from jaxact import records
 from jaxact import studies
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -114,15 +115,15 @@ def test_plot_curves_writes_curves_and_heatmaps(workdir):
 
 
 def test_heatmap_figures_names_the_files_written(workdir):
-  results = results_io.load_results(workdir)
-  groups = results_io.group_members(results["multiclass"])
+  results = records.load_results(workdir)
+  groups = results["multiclass"].groups()
   assert len(groups) == 30 > figures.CURVES_MAX_CELLS
   links = figures.heatmap_figures("multiclass", groups)
   assert [name for _, name in links] == ["heatmap_multiclass.png",
                                          "heatmap_depth_multiclass.png"]
   assert all(alt.startswith("mean test accuracy by hidden activation") for alt, _ in links)
   assert figures.curves_figure("multiclass", groups) is None
-  binary = results_io.group_members(results["binary"])
+  binary = results["binary"].groups()
   assert figures.heatmap_figures("binary", binary) == []      # heads and losses differ
   assert figures.curves_figure("binary", binary) == "curves_binary.png"
   figures.plot_curves(workdir)
@@ -147,7 +148,7 @@ def test_both_conventions_one_heatmap_each(tmp_path):
   members = (_hidden_members(("sigmoid", "relu"), ("torch", "he"), (2,), "torch", 1)
              + _hidden_members(("sigmoid", "relu"), ("torch", "he"), (2,), "logits", 1))
   _write_results(wd, "multiclass", members, study="hidden")
-  groups = results_io.group_members(results_io.load_results(wd)["multiclass"])
+  groups = records.load_results(wd)["multiclass"].groups()
   names = [n for _, n in figures.heatmap_figures("multiclass", groups)]
   assert names == ["heatmap_multiclass_torch.png", "heatmap_depth_multiclass_torch.png",
                    "heatmap_multiclass_logits.png", "heatmap_depth_multiclass_logits.png"]
@@ -178,40 +179,40 @@ def test_plot_diagnostics_and_gradients_depth(tmp_path):
 
 def test_made_by_names_the_tasks_own_command():
   info = {"command": RUN_COMMAND, "machine": "run.json box", "finished": FINISHED}
-  text = figures.made_by_text({"command": TASK_COMMAND, "machine": MACHINE}, info)
+  text = figures.made_by_text(_task("binary", command=TASK_COMMAND, machine=MACHINE), info)
   assert text.splitlines() == [f"made by: {TASK_COMMAND}", f"on {MACHINE}"]
   assert RUN_COMMAND not in text and FINISHED not in text   # run.json's run did not train it
 
 
 def test_made_by_same_command_names_the_date():
   info = {"command": RUN_COMMAND, "machine": "run.json box", "finished": FINISHED}
-  text = figures.made_by_text({"command": RUN_COMMAND, "machine": MACHINE}, info)
+  text = figures.made_by_text(_task("binary", command=RUN_COMMAND, machine=MACHINE), info)
   assert text.splitlines() == [f"made by: {RUN_COMMAND}",
                                f"on {MACHINE}; run finished {FINISHED}"]
 
 
 def test_made_by_falls_back_to_run_json():
   info = {"command": RUN_COMMAND, "machine": "run.json box", "finished": FINISHED}
-  assert figures.made_by_text({}, info).splitlines() == [
+  assert figures.made_by_text(_task("binary"), info).splitlines() == [
       f"made by: {RUN_COMMAND}", f"on run.json box; run finished {FINISHED}"]
-  assert figures.made_by_text({}, {}).startswith("made by: unknown command")
+  assert figures.made_by_text(_task("binary"), {}).startswith("made by: unknown command")
 
 
 def test_made_by_wraps_a_long_command_over_two_lines():
   command = "python -m jaxact.main " + " ".join(f"--flag{i}=value{i}" for i in range(40))
-  lines = figures.made_by_text({"command": command}, {}).splitlines()
+  lines = figures.made_by_text(_task("binary", command=command), {}).splitlines()
   assert len(lines) == 2 and all(len(line) <= 110 for line in lines)
   assert lines[0].startswith("made by: python -m jaxact.main --flag0=value0")
   assert lines[1].endswith("…")
 
 
 def test_each_figure_names_its_tasks_command(workdir):
-  results = results_io.load_results(workdir)
-  info = results_io.load_run_info(workdir)
+  results = records.load_results(workdir)
+  info = records.load_run_info(workdir)
   curves = figures.curves_figure_object("binary", results["binary"], info)
   title = curves._suptitle.get_text()
   assert f"made by: {RUN_COMMAND}" in title and f"run finished {FINISHED}" in title
-  groups = results_io.group_members(results["multiclass"])
+  groups = results["multiclass"].groups()
   heat = figures.heatmap_figure_object("multiclass", results["multiclass"], info,
                                        figures._init_panels(groups), "x", "initialisation")
   title = heat._suptitle.get_text()
@@ -223,11 +224,20 @@ def test_each_figure_names_its_tasks_command(workdir):
 # Curves: carried-forward mean, chance line, shared y-axis.
 
 
+def _rec(**fields) -> records.MemberRecord:
+  """A member record of a multi-class cell with `fields`."""
+  return records.MemberRecord(cell=studies.Cell("multiclass", "softmax", "cce"), **fields)
+
+
+def _task(task: str, **fields) -> records.TaskResults:
+  return records.TaskResults(task=task, **fields)
+
+
 def test_carried_forward_mean_by_hand():
-  members = [{"valid_metric": [0.1, 0.2, 0.3, 0.4]},
-             {"valid_metric": [0.3, 0.5]},                    # stopped after epoch 2
-             {"valid_metric": [0.2, float("inf"), 0.6]},      # a non-finite epoch
-             {"valid_metric": []}]                            # no epoch: left out
+  members = [_rec(valid_metric=[0.1, 0.2, 0.3, 0.4]),
+             _rec(valid_metric=[0.3, 0.5]),                    # stopped after epoch 2
+             _rec(valid_metric=[0.2, float("inf"), 0.6]),      # a non-finite epoch
+             _rec(valid_metric=[])]                            # no epoch: left out
   mat = figures.carried_forward(members, scale=10.0)
   nan = np.nan
   np.testing.assert_allclose(mat, [[1, 2, 3, 4], [3, 5, 5, 5], [2, nan, 6, 6],
@@ -251,7 +261,7 @@ def test_curves_share_y_limits_and_draw_chance_on_every_panel(tmp_path):
                                 _member(high, 0, [0.95, 0.99, 0.98], 0.98),
                                 _member(high, 1, [0.96, 0.97], 0.97)],
                  chance_valid=0.5)
-  result = results_io.load_results(wd)["binary"]
+  result = records.load_results(wd)["binary"]
   fig = figures.curves_figure_object("binary", result, {})
   axes = _data_axes(fig)
   assert len(axes) == 2
@@ -281,7 +291,7 @@ def test_curves_mse_log_scale_shared(tmp_path):
   _write_results(wd, "regression", [_member(a, 0, [2.0, 1.0, 0.5], 0.5),
                                     _member(b, 0, [5000.0, 4000.0], 4000.0)],
                  metric_name="mse", higher_is_better=False, chance_valid=3.0)
-  fig = figures.curves_figure_object("regression", results_io.load_results(wd)["regression"], {})
+  fig = figures.curves_figure_object("regression", records.load_results(wd)["regression"], {})
   axes = _data_axes(fig)
   assert len(axes) == 2
   assert {ax.get_yscale() for ax in axes} == {"log"}
@@ -295,9 +305,9 @@ def test_curves_mse_log_scale_shared(tmp_path):
 
 
 def test_heatmap_matrix_by_hand():
-  a, b = {"test": 0.9}, {"test": 0.8}
-  cells = {("relu", "he"): [a, b], ("relu", "torch"): [a, {"test": float("nan")}],
-           ("tanh", "he"): [{"test": None}]}
+  a, b = _rec(test=0.9), _rec(test=0.8)
+  cells = {("relu", "he"): [a, b], ("relu", "torch"): [a, _rec(test=float("nan"))],
+           ("tanh", "he"): [_rec(test=None)]}
   mean, n, total = figures.heatmap_matrix(cells, ["relu", "tanh"], ["torch", "he"])
   np.testing.assert_allclose(mean, [[90.0, 85.0], [np.nan, np.nan]])
   np.testing.assert_array_equal(n, [[1, 2], [0, 0]])
@@ -305,7 +315,7 @@ def test_heatmap_matrix_by_hand():
 
 
 def test_heatmap_panels_of_a_hidden_run(workdir):
-  groups = results_io.group_members(results_io.load_results(workdir)["multiclass"])
+  groups = records.load_results(workdir)["multiclass"].groups()
   panels = figures._init_panels(groups)
   assert [p[0] for p in panels] == ["depth 1, no batch norm", "depth 1, with batch norm"]
   for (_, rows, cols, cells), bn in zip(panels, (False, True)):
@@ -329,10 +339,12 @@ def test_heatmap_panels_of_a_hidden_run(workdir):
 
 
 def test_heatmap_figure_annotates_values_and_seeds(workdir):
-  results = results_io.load_results(workdir)
+  results = records.load_results(workdir)
   result = results["multiclass"]
-  result["members"][0]["test"] = float("nan")       # sigmoid, torch, no bn, seed 0
-  groups = results_io.group_members(result)
+  members = list(result.members)                    # sigmoid, torch, no bn, seed 0
+  members[0] = dataclasses.replace(members[0], test=float("nan"))
+  result = dataclasses.replace(result, members=tuple(members))
+  groups = result.groups()
   fig = figures.heatmap_figure_object("multiclass", result, {}, figures._init_panels(groups),
                                       "hidden activation and initialisation", "initialisation")
   texts = [t.get_text() for t in fig.axes[0].texts]

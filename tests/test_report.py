@@ -12,7 +12,7 @@ import pytest
 from jaxact import diagnostics
 from jaxact import figures
 from jaxact import report
-from jaxact import results_io
+from jaxact import records as records_lib
 from jaxact import studies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,11 +155,11 @@ def test_summarize_nothing_finite():
 
 
 def test_load_results_order_and_errors(workdir, tmp_path):
-  assert list(results_io.load_results(workdir)) == ["regression", "binary", "multilabel"]
+  assert list(records_lib.load_results(workdir)) == ["regression", "binary", "multilabel"]
   with pytest.raises(FileNotFoundError, match="no results"):
-    results_io.load_results(str(tmp_path))
+    records_lib.load_results(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    results_io.load_results(str(tmp_path / "missing"))
+    records_lib.load_results(str(tmp_path / "missing"))
 
 
 def test_header(workdir):
@@ -392,7 +392,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
 
   def spy(path, task, convention, sweep, command, plt):
     plotted[os.path.basename(path)] = {
-        studies.Cell.from_dict(m["cell"]).convention
+        m.cell.convention
         for by_depth in sweep.values() for ms in by_depth.values() for m in ms}
     return original(path, task, convention, sweep, command, plt)
 
@@ -595,7 +595,8 @@ def test_console_table_puts_the_diagnosis_first_and_never_says_ok(tmp_path):
   wd, _, _ = _collapse_run(tmp_path)
   with open(os.path.join(wd, "results", "multiclass.json"), encoding="utf-8") as f:
     records = json.load(f)["members"]
-  results = {"multiclass": [workdir_lib.member_from_record(r) for r in records]}
+  results = {"multiclass": [workdir_lib.member_from_record(records_lib.MemberRecord.from_dict(r))
+                            for r in records]}
   text = train.format_results_table(results, workdir=wd)
   (line,) = [l for l in text.splitlines() if "sigmoid + bce" in l]
   assert "[10 seeds: 7 healthy, 3 collapsed] valid 7 healthy: " in line
