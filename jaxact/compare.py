@@ -198,15 +198,12 @@ def _collapsed(members: Members) -> int:
   return sum(1 for m in members if m.kind == "collapsed")
 
 
-def render(arms: list[Arm], task: str) -> str:
-  """The comparison as Markdown: one table per cell type, one row per arm.
-
-  The declared families, one per cell type (table): every arm's test accuracy against the
-  protocol arm's in that cell (paired by seed: Holm, TOST), and every arm's collapse rate
-  against the protocol arm's (Fisher's exact test: Holm).
-  """
-  protocol = next((a for a in arms if a.is_protocol), None)
-  cell_types = list(dict.fromkeys(k for a in arms for k in a.members))
+def _families(arms: list[Arm], protocol: Arm | None, cell_types: list[tuple]
+              ) -> tuple[dict[tuple, stats_lib.Comparison], dict[tuple, tuple[float, float]],
+                         list[int]]:
+  """Per (cell type, arm index): the paired comparison of test accuracy with the protocol arm
+  (Holm and TOST over the cell type's family), and Fisher's p of the collapse rates (raw,
+  Holm); and each family's size."""
   family: dict[tuple, stats_lib.Comparison] = {}
   rate_family: dict[tuple, tuple[float, float]] = {}
   sizes = []
@@ -223,39 +220,56 @@ def render(arms: list[Arm], task: str) -> str:
     family.update(zip(keys, stats_lib.compare_family(pairs, report_lib.margin_of(True))))
     rate_family.update(zip(keys, zip(rates, stats_lib.holm(rates))))
     sizes.append(len(keys))
+  return family, rate_family, sizes
+
+
+def _legend(size_text: str, margin: str) -> list[str]:
+  """The columns of the comparison's tables, explained."""
+  return ["Each arm's label names every factor it changes against the protocol (AdamW "
+          "with lr 0.001, eps 1e-8 and weight decay 0.01, PyTorch's initialisation and output "
+          "bias, sigmoid hidden layer): an arm whose label names several (e.g. SGD's "
+          "optimizer, step scale and decay) does not isolate one of them. Members of the "
+          "same seed share their "
+          "initial weights (except what the arm changes) and batch order, so arms are "
+          "compared pair by pair.", "",
+          "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
+          "(jaxact.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
+          "exact test against the protocol arm's rate in the same cell, raw and "
+          "Holm-adjusted over the arms of the same table (one family per cell type, "
+          f"{size_text} comparisons; read an order of two rates only where the adjusted "
+          "p < 0.05).",
+          f"- **fc1 saturated**: members in which at least {FC1_SATURATED_SHARE:.0%} of the "
+          "dense hidden layer's units were saturated on the valid set after some epoch, and "
+          "the first such epoch (1-based: 1 = during the first epoch).",
+          "- **test accuracy**: mean with its t 95% interval, as in the run reports: where "
+          "failed members (collapsed, ...) and others are mixed, over the others only, "
+          "prefixed with their count and class, and values in separate modes shown as their "
+          "modes; the paired difference uses every pair.",
+          "- **vs protocol**: the paired difference of test accuracy to the protocol arm, "
+          "same cell, same seeds (accuracy points, t 95% interval), the p-value of the exact "
+          "sign-flip test (Wilcoxon signed-rank above 16 pairs), the same p Holm-adjusted "
+          "over the family of the table (every arm against the protocol arm in that cell "
+          f"type, {size_text} comparisons), "
+          f"and the Holm-adjusted p of the equivalence test (TOST) within ±{margin}. "
+          "Verdict at alpha = 0.05: \"better\" / \"worse\" by the adjusted p, else "
+          f"\"equivalent within ±{margin}\" by the adjusted TOST p, else \"inconclusive\" "
+          "(docs/statistics.md).", ""]
+
+
+def render(arms: list[Arm], task: str) -> str:
+  """The comparison as Markdown: one table per cell type, one row per arm.
+
+  The declared families, one per cell type (table): every arm's test accuracy against the
+  protocol arm's in that cell (paired by seed: Holm, TOST), and every arm's collapse rate
+  against the protocol arm's (Fisher's exact test: Holm).
+  """
+  protocol = next((a for a in arms if a.is_protocol), None)
+  cell_types = list(dict.fromkeys(k for a in arms for k in a.members))
+  family, rate_family, sizes = _families(arms, protocol, cell_types)
   margin = report_lib.margin_text(True)
   size_text = (f"{max(sizes)}" if sizes and min(sizes) == max(sizes)
                else f"{min(sizes or [0])} to {max(sizes or [0])}")
-  lines = [f"# Interventions on {task}: {len(arms)} arms", ""]
-  lines += ["Each arm's label names every factor it changes against the protocol (AdamW "
-            "with lr 0.001, eps 1e-8 and weight decay 0.01, PyTorch's initialisation and output "
-            "bias, sigmoid hidden layer): an arm whose label names several (e.g. SGD's "
-            "optimizer, step scale and decay) does not isolate one of them. Members of the "
-            "same seed share their "
-            "initial weights (except what the arm changes) and batch order, so arms are "
-            "compared pair by pair.", "",
-            "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
-            "(jaxact.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
-            "exact test against the protocol arm's rate in the same cell, raw and "
-            "Holm-adjusted over the arms of the same table (one family per cell type, "
-            f"{size_text} comparisons; read an order of two rates only where the adjusted "
-            "p < 0.05).",
-            f"- **fc1 saturated**: members in which at least {FC1_SATURATED_SHARE:.0%} of the "
-            "dense hidden layer's units were saturated on the valid set after some epoch, and "
-            "the first such epoch (1-based: 1 = during the first epoch).",
-            "- **test accuracy**: mean with its t 95% interval, as in the run reports: where "
-            "failed members (collapsed, ...) and others are mixed, over the others only, "
-            "prefixed with their count and class, and values in separate modes shown as their "
-            "modes; the paired difference uses every pair.",
-            "- **vs protocol**: the paired difference of test accuracy to the protocol arm, "
-            "same cell, same seeds (accuracy points, t 95% interval), the p-value of the exact "
-            "sign-flip test (Wilcoxon signed-rank above 16 pairs), the same p Holm-adjusted "
-            "over the family of the table (every arm against the protocol arm in that cell "
-            f"type, {size_text} comparisons), "
-            f"and the Holm-adjusted p of the equivalence test (TOST) within ±{margin}. "
-            "Verdict at alpha = 0.05: \"better\" / \"worse\" by the adjusted p, else "
-            f"\"equivalent within ±{margin}\" by the adjusted TOST p, else \"inconclusive\" "
-            "(docs/statistics.md).", ""]
+  lines = [f"# Interventions on {task}: {len(arms)} arms", ""] + _legend(size_text, margin)
   if protocol is None:
     lines += ["No protocol arm among these runs: paired differences are left out.", ""]
   for cell_type in cell_types:

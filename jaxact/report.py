@@ -642,6 +642,23 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
   return [
       "## How to read",
       "",
+      _reading_rows(),
+      "",
+      _reading_pairs(),
+      "",
+      _reading_modes(),
+      "",
+      _reading_rates(),
+      "",
+      _reading_stopping(patience, cap),
+      "",
+      _reading_diagnosis(),
+  ]
+
+
+def _reading_rows() -> str:
+  """How to read: the rows and their statistics."""
+  return (
       "Each row is one cell (final activation, loss, target treatment, loss convention) "
       "trained once per seed; all seeds share one data split. Every statistic of a row is "
       "over its seeds (members of that cell), over the finite values only (non-finite ones "
@@ -663,8 +680,12 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
       "code did; the logits convention computes each loss from the pre-activation logits. "
       "Where both conventions compute the same loss (mse, mae and rmse; heads none and "
       "relu), the cell is trained once and its row, without the [logits] tag, appears in "
-      "both conventions' tables.",
-      "",
+      "both conventions' tables.")
+
+
+def _reading_pairs() -> str:
+  """How to read: the paired differences, their tests and verdicts."""
+  return (
       f"Paired differences (below a table with {MARK_RECOMMENDED} and {MARK_MISUSED} rows): "
       f"each misused cell minus the table's recommended cell (with several, the first with "
       "the same target treatment), on the test metric. Members with the same seed share "
@@ -687,8 +708,12 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
       "\"inconclusive\" (the data can tell neither a difference nor an equivalence). With n "
       "pairs the exact test cannot go below 2 / 2^n, so 5 or fewer seeds never show a "
       "difference at this level, and a family of k comparisons needs 2 / 2^n < 0.05 / k for "
-      "its smallest p.",
-      "",
+      "its smallest p.")
+
+
+def _reading_modes() -> str:
+  """How to read: modes, and the original's values against the prediction interval."""
+  return (
       "Values that fall into separate modes (sorted, a gap larger than "
       f"{stats_lib.MODE_GAP_FACTOR:g} times the pooled spread within the groups it makes, "
       f"for {stats_lib.MODE_MIN_VALUES} or more values) are shown as their modes, each with "
@@ -697,19 +722,31 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
       "The original's single-run values (source document) are set against jaxact's "
       "95% prediction interval for one new run, mean ± t(0.975, n-1) · s · √(1 + 1/n) over "
       "every finite member of the row: the question is whether one more run like the "
-      "original's is plausible under jaxact's seeds, not where jaxact's mean lies.",
-      "",
+      "original's is plausible under jaxact's seeds, not where jaxact's mean lies.")
+
+
+def _reading_rates() -> str:
+  """How to read: the failure and cap rates."""
+  return (
       "Rates: per cell, k/n members of each failure kind and k/n members that hit the epoch "
       "cap, with a Wilson score 95% interval (Wilson 1927), which stays inside [0, 100]% and "
-      "is informative at k = 0 (0/10 still allows up to 27.8%).",
-      "",
+      "is informative at k = 0 (0/10 still allows up to 27.8%).")
+
+
+def _reading_stopping(patience: str, cap: str) -> str:
+  """How to read: the stopping column."""
+  return (
       "Stopping (how training ended, not whether the member learned: that is the diagnosis "
       f"column): **early-stopped**: after {patience} epochs without strict improvement of "
       f"the valid metric; **hit cap**: still improving at {cap}; "
       "**invalid**: the loss refused its input (as PyTorch raised an error), the reason "
       "is given; **nonfinite**: the loss or the parameters became NaN/inf at epoch k "
-      "(see the note), the member was frozen at its last finite state.",
-      "",
+      "(see the note), the member was frozen at its last finite state.")
+
+
+def _reading_diagnosis() -> str:
+  """How to read: the diagnosis column."""
+  return (
       "Diagnosis: the members of the cell per class, e.g. \"7 healthy, 3 collapsed\". Each "
       "member's class comes from what the training program measured every epoch (per-layer "
       "gradient and parameter norms; on the valid set, the share of hidden units saturated "
@@ -719,8 +756,7 @@ def _how_to_read(results: dict[str, records.TaskResults]) -> list[str]:
       "saturated: no entry of its Jacobian above 1e-6); members of runs without in-program "
       "diagnostics are \"not diagnosed\" unless their stopping was invalid or nonfinite. "
       f"Classes, the first that applies: {_kinds_help()} Definitions and thresholds: "
-      "`jaxact/diagnostics.py`.",
-  ]
+      "`jaxact/diagnostics.py`.")
 
 
 def _task_section(task: str, result: records.TaskResults, info: dict,
