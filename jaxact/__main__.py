@@ -1,6 +1,6 @@
 """`python -m jaxact`: the command line of jaxact.main (see there)."""
 
-from jaxact import main
+from jaxact.cli import main
 
 if __name__ == "__main__":
   main.run()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxact import train
+from jaxact.study import train
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 

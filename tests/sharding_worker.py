@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from jaxact import engine  # pylint: disable=g-import-not-at-top
-from jaxact import studies
+from jaxact.engine import engine  # pylint: disable=g-import-not-at-top
+from jaxact.model import cells as studies
 from test_engine import _synthetic
 
 CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32)

@@ -22,11 +22,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_engine  # noqa: E402
 from benchmarks import common  # noqa: E402
-from jaxact import engine  # noqa: E402
-from jaxact import losses  # noqa: E402
-from jaxact import model as model_lib  # noqa: E402
-from jaxact import tasks  # noqa: E402
-from jaxact.studies import Cell  # noqa: E402
+from jaxact.engine import engine  # noqa: E402
+from jaxact.model import losses  # noqa: E402
+from jaxact.model import network as model_lib  # noqa: E402
+from jaxact.data import tasks  # noqa: E402
+from jaxact.model.cells import Cell  # noqa: E402
 
 
 def test_model_epoch_flops_match_the_layer_shapes():
@@ -289,7 +289,7 @@ def test_jaxact_loss_and_gradients_equal_pytorch(ref, cell, out_bias):
 
 def test_full_table_bookkeeping(monkeypatch, tmp_path):
   """--full_table's accounting and report, with train_and_evaluate stubbed out (a real run is long)."""
-  from jaxact import train  # pylint: disable=g-import-not-at-top
+  from jaxact.study import train  # pylint: disable=g-import-not-at-top
 
   def fake_train_and_evaluate(config, workdir, command=None, compile_ahead=False):
     del command

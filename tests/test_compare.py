@@ -1,4 +1,4 @@
-"""jaxact.compare: arms from several runs, paired by seed with the protocol arm."""
+"""jaxact.analysis.compare: arms from several runs, paired by seed with the protocol arm."""
 
 import dataclasses
 import itertools
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxact import compare
-from jaxact import studies
+from jaxact.analysis import compare
+from jaxact.model import cells as studies
 
 
 def _member(head, loss, seed, test, kind, saturated, *, init="torch", hidden="sigmoid"):
@@ -117,7 +117,7 @@ def test_cli_refuses_pairs_across_programs_unless_asked(runs, tmp_path):
   assert "record no numerics fingerprint" in compare.program_mismatch(runs, None)
   assert compare.program_mismatch(runs[:1] * 2, None) is None   # one run: one program
   out = tmp_path / "cmp.md"
-  args = [sys.executable, "-m", "jaxact.compare", f"--workdirs={','.join(runs[:2])},{runs[2]}",
+  args = [sys.executable, "-m", "jaxact.analysis.compare", f"--workdirs={','.join(runs[:2])},{runs[2]}",
           f"--out={out}"]
   proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "--allow_other_programs" in proc.stderr
@@ -129,12 +129,12 @@ def test_cli_refuses_pairs_across_programs_unless_asked(runs, tmp_path):
 
 
 def test_cli_refuses_a_workdir_without_the_task(runs, tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", f"--workdirs={runs[0]}",
+  proc = subprocess.run([sys.executable, "-m", "jaxact.analysis.compare", f"--workdirs={runs[0]}",
                          "--task=binary"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2
   assert "holds no results of task 'binary'" in proc.stderr
   out = tmp_path / "cmp.md"
-  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", f"--workdirs={','.join(runs)}",
+  proc = subprocess.run([sys.executable, "-m", "jaxact.analysis.compare", f"--workdirs={','.join(runs)}",
                          f"--out={out}"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert out.read_text().startswith("# Interventions on multiclass: 3 arms")
@@ -212,7 +212,7 @@ def test_conventions_report_and_its_errors(conventions, tmp_path):
   with pytest.raises(ValueError, match="task multiclass is not in both runs"):
     compare.load_conventions(conventions, ["multiclass"])
   out = tmp_path / "vs.md"
-  proc = subprocess.run([sys.executable, "-m", "jaxact.compare", "--by=convention",
+  proc = subprocess.run([sys.executable, "-m", "jaxact.analysis.compare", "--by=convention",
                          f"--workdirs={','.join(conventions)}", f"--out={out}"],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr

@@ -15,13 +15,13 @@ import sys
 
 import pytest
 
-from jaxact import checkpoint
-from jaxact import config as config_lib
-from jaxact import engine
-from jaxact import flagdoc
-from jaxact import options
-from jaxact import train
-from jaxact import workdir as workdir_lib
+from jaxact.store import checkpoint
+from jaxact.study import config as config_lib
+from jaxact.engine import engine
+from jaxact.cli import flagdoc
+from jaxact.study import options
+from jaxact.study import train
+from jaxact.store import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,7 +70,7 @@ def test_training_and_execution_options_are_two_groups():
 def test_command_line_defaults_are_the_run_configs():
   out = _python(
       "from absl import flags\n"
-      "from jaxact import main, train\n"
+      "from jaxact.cli import main\nfrom jaxact.study import train\n"
       "flags.FLAGS(['prog'])\n"
       "print(main.config_from_flags() == train.RunConfig())\n"
       "print(flags.FLAGS['checkpoint_every'].default == train.CHECKPOINT_EVERY)\n")
@@ -188,7 +188,7 @@ def test_committed_runs_keep_their_identity():
   code = (
       "import json, sys\n"
       "from absl import flags\n"
-      "from jaxact import main, train\n"
+      "from jaxact.cli import main\nfrom jaxact.study import train\n"
       "out = {}\n"
       "for path in sys.argv[1:]:\n"
       "  run = json.load(open(path))\n"

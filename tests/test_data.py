@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
-from jaxact import data
-from jaxact import mnist_tfds
-from jaxact.data import DataError
+from jaxact.data import mnist as data
+from jaxact.data import tfds_builder as mnist_tfds
+from jaxact.data.mnist import DataError
 
 # The 19,690-example prefix in ../shared/data/mnist; and the full MNIST.
 PREFIX_LABEL_COUNTS = [1955, 2248, 1901, 2048, 1919, 1738, 1940, 2067, 1894,
@@ -746,7 +746,7 @@ def test_real_mnist_second_load_reuses_prepared(real, monkeypatch):
 def test_import_does_not_load_tfds():
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  code = ("import sys, jaxact.data, jaxact.mnist_tfds; "
+  code = ("import sys, jaxact.data.mnist, jaxact.data.tfds_builder; "
           "print('tensorflow_datasets' in sys.modules, 'jax' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True, cwd=Path(__file__).parents[1])

@@ -4,8 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from jaxact import engine
-from jaxact import studies
+from jaxact.engine import engine
+from jaxact.model import cells as studies
 from test_engine import _synthetic
 
 

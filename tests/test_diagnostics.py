@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxact import diagnostics
-from jaxact import engine
-from jaxact import model
-from jaxact import probes
-from jaxact import records
-from jaxact import studies
-from jaxact.studies import Cell
+from jaxact.store import diagnostics
+from jaxact.engine import engine
+from jaxact.model import network as model
+from jaxact.engine import probes
+from jaxact.store import records
+from jaxact.model import cells as studies
+from jaxact.model.cells import Cell
 from test_engine import _synthetic
 
 CFG = engine.EngineConfig(max_epochs=2, patience=2, batch_size=32)
@@ -572,7 +572,7 @@ def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
 
 
 def test_claims_verdicts_on_synthetic_runs():
-  from jaxact import claims
+  from jaxact.analysis import claims
   mc = lambda **kw: Cell("multiclass", "softmax", "cce", **kw)
   groups = {
       mc(hidden="sigmoid", depth=1): _claim_members([0.97, 0.97], ratio=0.1),
@@ -617,7 +617,7 @@ def test_claims_verdicts_on_synthetic_runs():
 def test_claims_are_measured_within_each_convention():
   # A logits-convention run gets the same claims as a torch one (not an empty table), and a
   # run with both never compares a torch cell with a logits one.
-  from jaxact import claims
+  from jaxact.analysis import claims
   def grid(convention, he_acc):
     mc = lambda **kw: Cell("multiclass", "softmax", "cce", convention=convention, **kw)
     return {mc(hidden="relu", init="he"): _claim_members(he_acc),

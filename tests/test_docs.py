@@ -1,7 +1,7 @@
 """The documents: the generated flag reference is current, links resolve, commands exist.
 
 docs/flags.md must equal `python -m jaxact.flagdoc`'s output (generated from
-the option declarations, jaxact/options.py). Every relative link of the project's
+the option declarations, jaxact/study/options.py). Every relative link of the project's
 documents must point to an existing file (and, for a `#fragment` into a
 Markdown file, to one of its headings), and every `python -m jaxact.<module>`
 command they show may use only flags that module defines.
@@ -72,7 +72,7 @@ def _links(rel: str) -> list[str]:
 
 
 def test_flags_md_is_generated_from_the_flags():
-  proc = subprocess.run([sys.executable, "-m", "jaxact.flagdoc"], cwd=ROOT, capture_output=True,
+  proc = subprocess.run([sys.executable, "-m", "jaxact.cli.flagdoc"], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr
   current = _read(os.path.relpath(FLAGS_MD, ROOT)) if os.path.exists(FLAGS_MD) else ""
@@ -83,7 +83,9 @@ def test_flags_md_is_generated_from_the_flags():
 
 
 def test_flagdoc_groups_every_flag_once():
-  from jaxact import flagdoc, options, presets  # pylint: disable=g-import-not-at-top
+  from jaxact.cli import flagdoc
+  from jaxact.study import options
+  from jaxact.study import presets  # pylint: disable=g-import-not-at-top
   text = flagdoc.render()
   study_part, place_part = text.split("## Options that change only speed")
   for option in presets.command_line():
@@ -114,12 +116,17 @@ def test_relative_links_resolve(rel):
 
 
 def _defined_flags(module: str) -> set[str]:
-  """The flags `python -m module` takes: its DEFINE_* calls; jaxact.main's are generated from
-  the option declarations."""
+  """The flags `python -m module` takes: its DEFINE_* calls, or for a command module
+  (jaxact/report.py, ...) those of the module it runs; jaxact.main's are generated from the
+  option declarations."""
   with open(os.path.join(ROOT, *module.split(".")) + ".py", encoding="utf-8") as f:
-    names = set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", f.read()))
-  if module == "jaxact.main":
-    from jaxact import presets  # pylint: disable=g-import-not-at-top
+    text = f.read()
+  names = set(re.findall(r"DEFINE_\w+\(\s*[\"'](\w+)[\"']", text))
+  if "the command of" in text:
+    for implementation in re.findall(r"^from (jaxact\.[\w.]+) import run$", text, flags=re.M):
+      names |= _defined_flags(implementation)
+  if module == "jaxact.cli.main":
+    from jaxact.study import presets  # pylint: disable=g-import-not-at-top
     names |= {o.name for o in presets.command_line() if o.flag}
   return names
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from jaxact import mnist_tfds
-from jaxact import engine
-from jaxact import train
-from jaxact.studies import Cell
+from jaxact.data import tfds_builder as mnist_tfds
+from jaxact.engine import engine
+from jaxact.study import train
+from jaxact.model.cells import Cell
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_workdir_holds_results_report_and_plot(binary_run):
 
 def _cli(*args, env_extra=None):
   env = dict(os.environ, **(env_extra or {}))
-  return subprocess.run([sys.executable, "-m", "jaxact.main", *args], capture_output=True,
+  return subprocess.run([sys.executable, "-m", "jaxact.cli.main", *args], capture_output=True,
                         text=True, env=env, timeout=300)
 
 

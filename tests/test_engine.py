@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxact import engine
-from jaxact import losses
-from jaxact import program
-from jaxact import studies
-from jaxact import tasks
-from jaxact.studies import Cell
+from jaxact.engine import engine
+from jaxact.model import losses
+from jaxact.engine import program
+from jaxact.model import cells as studies
+from jaxact.data import tasks
+from jaxact.model.cells import Cell
 
 
 def _synthetic(task, n_train=160, n_valid=64, n_test=80, seed=0):

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from jaxact import figures
-from jaxact import records
-from jaxact import studies
+from jaxact.analysis import figures
+from jaxact.store import records
+from jaxact.model import cells as studies
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_COMMAND = "python -m jaxact.main --workdir=/tmp/w --study=activation --task=binary"

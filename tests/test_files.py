@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from jaxact import files
-from jaxact import workdir as workdir_lib
+from jaxact.store import files
+from jaxact.store import workdir as workdir_lib
 
 
 def _full_disk(f):

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxact import engine
-from jaxact import layout
-from jaxact import program as program_lib
-from jaxact import tasks
-from jaxact.studies import Cell
+from jaxact.engine import engine
+from jaxact.engine import layout
+from jaxact.engine import program as program_lib
+from jaxact.data import tasks
+from jaxact.model.cells import Cell
 
 _PATH = Path(__file__).resolve().parents[1] / "experiments" / "first_steps_trace.py"
 _spec = importlib.util.spec_from_file_location("first_steps_trace", _PATH)

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxact import engine
-from jaxact import metrics_writer
-from jaxact import runner
-from jaxact import studies
-from jaxact import tasks
-from jaxact import train
-from jaxact import workdir as workdir_lib
+from jaxact.engine import engine
+from jaxact.store import metrics_writer
+from jaxact.engine import runner
+from jaxact.model import cells as studies
+from jaxact.data import tasks
+from jaxact.study import train
+from jaxact.store import workdir as workdir_lib
 from test_engine import _synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -499,7 +499,7 @@ def test_python_dash_m_jaxact(tmp_path):
   assert "unknown --task 'ranking'" in proc.stderr and "Traceback" not in proc.stderr
   helps = [subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=300)
-           for module in ("jaxact", "jaxact.main")]
+           for module in ("jaxact", "jaxact.cli.main")]
   assert helps[0].returncode == helps[1].returncode      # absl's --help exits with 1
   assert "jaxact command line" in helps[0].stdout and "--tensorboard" in helps[0].stdout
   flag_lines = [[l for l in h.stdout.splitlines() if l.lstrip().startswith("--")] for h in helps]

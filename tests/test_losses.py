@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxact import losses
+from jaxact.model import losses
 
 HEAD_NAMES = tuple(losses.HEADS)
 ALL_CELLS = list(itertools.product(HEAD_NAMES, losses.LOSSES, losses.CONVENTIONS))

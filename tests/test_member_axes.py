@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from jaxact import config as config_lib
-from jaxact import data as data_lib
-from jaxact import engine
-from jaxact import studies
-from jaxact import tasks
-from jaxact import train
+from jaxact.study import config as config_lib
+from jaxact.data import mnist as data_lib
+from jaxact.engine import engine
+from jaxact.model import cells as studies
+from jaxact.data import tasks
+from jaxact.study import train
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_bad_split_or_arm_is_named(kwargs, words):
 
 def test_cli_bad_arm_value_is_one_line(tmp_path):
   proc = subprocess.run(
-      [sys.executable, "-m", "jaxact.main", "--learning_rate=1e-3,fast",
+      [sys.executable, "-m", "jaxact.cli.main", "--learning_rate=1e-3,fast",
        f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 2, proc.stderr
   assert "--learning_rate takes one or more (comma-separated) numbers" in proc.stderr

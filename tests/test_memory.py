@@ -1,4 +1,4 @@
-"""jaxact.memory: the estimate of a run's memory from its compiled program, and the refusal
+"""jaxact.engine.memory: the estimate of a run's memory from its compiled program, and the refusal
 of runs that cannot fit.
 
 The compiled estimate compiles the multiclass epoch program twice (4 and 8 members); the
@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 
-from jaxact import engine
-from jaxact import memory
-from jaxact import studies
-from jaxact import train
+from jaxact.engine import engine
+from jaxact.engine import memory
+from jaxact.model import cells as studies
+from jaxact.study import train
 
 CELL = studies.recommended_cell("multiclass")
 CONFIG = train.RunConfig(task="multiclass", head=CELL.head, loss=CELL.loss)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxact import model
+from jaxact.model import network as model
 
 
 def _params(m):

@@ -48,7 +48,7 @@ def _start(workdir: Path, mnist_dir: Path, tfds_dir: Path, stderr, *extra: str,
   env = dict(os.environ, JAXACT_TFDS_DIR=str(tfds_dir), XLA_FLAGS=xla_flags,
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
   return subprocess.Popen(
-      [sys.executable, "-m", "jaxact.main", *ARGS, f"--data_dir={mnist_dir}",
+      [sys.executable, "-m", "jaxact.cli.main", *ARGS, f"--data_dir={mnist_dir}",
        f"--workdir={workdir}", *extra],
       env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=stderr, text=True)
 

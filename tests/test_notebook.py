@@ -163,7 +163,7 @@ def test_colab_keeps_the_full_runs_workdir_on_drive(monkeypatch, tiny, mounts):
 
 
 def test_a_notebook_kernel_gets_the_progress_bar(monkeypatch):
-  from jaxact import metrics_writer  # pylint: disable=g-import-not-at-top
+  from jaxact.store import metrics_writer  # pylint: disable=g-import-not-at-top
   monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
   assert metrics_writer.ProgressBar.wanted()
   bar = metrics_writer.ProgressBar("binary", 10, 0, 4)

@@ -1,4 +1,4 @@
-"""One declaration per option (jaxact/options.py): what is generated from it.
+"""One declaration per option (jaxact/study/options.py): what is generated from it.
 
 A toy training option, declared in a copy of the registry, gets its flag, its
 row in docs/flags.md, its identity entry, its label and record, and its check;
@@ -16,12 +16,12 @@ import sys
 import pytest
 from absl import flags
 
-from jaxact import config as config_lib
-from jaxact import flagdoc
-from jaxact import options
-from jaxact import presets
-from jaxact import program
-from jaxact import runner
+from jaxact.study import config as config_lib
+from jaxact.cli import flagdoc
+from jaxact.study import options
+from jaxact.study import presets
+from jaxact.engine import program
+from jaxact.engine import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,7 +116,10 @@ def test_the_command_line_validates_a_run_once(tmp_path):
   code = f"""
 import sys
 from absl import flags
-from jaxact import config, data, main, train
+from jaxact.study import config
+from jaxact.data import mnist as data
+from jaxact.cli import main
+from jaxact.study import train
 calls = []
 validate = config.validate
 def counted(c):

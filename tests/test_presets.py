@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from jaxact import options
-from jaxact import presets
+from jaxact.study import options
+from jaxact.study import presets
 
 
 def test_a_preset_is_its_values_with_overrides_on_top():
-  from jaxact import train
+  from jaxact.study import train
   smoke = presets.get_preset("smoke")
   config = smoke.config(study="loss", seeds=4, learning_rate=3e-4)
   assert config == options.with_values(train.RunConfig(), dict(
@@ -28,7 +28,7 @@ def test_a_preset_is_its_values_with_overrides_on_top():
 
 
 def test_every_preset_is_a_valid_configuration_of_declared_options():
-  from jaxact import train
+  from jaxact.study import train
   for name in ("activation", "loss", "hidden"):
     assert presets.get_preset(name).config().study == name
   for preset in presets.PRESETS.values():
@@ -48,7 +48,7 @@ def test_command_line_applies_the_preset_under_the_given_flags():
   # In a process of its own: jaxact.main defines its flags on absl's global FLAGS.
   code = (
       "from absl import flags\n"
-      "from jaxact import main, presets\n"
+      "from jaxact.cli import main\nfrom jaxact.study import presets\n"
       "for argv, kw in ((['--preset=smoke', '--seeds=4', '--study=loss'], dict(seeds=4, study='loss')),\n"
       "                 (['--preset=interventions', '--learning_rate=1e-3,3e-3'],\n"
       "                  dict(learning_rate=(1e-3, 3e-3)))):\n"
@@ -65,7 +65,8 @@ def test_command_line_applies_the_preset_under_the_given_flags():
 
 
 def test_describe_names_the_preset_and_the_overrides():
-  from jaxact import engine, train
+  from jaxact.engine import engine
+  from jaxact.study import train
   config = train.RunConfig(study="all", task=("multiclass",), head="sigmoid", seeds=10,
                            engine=engine.EngineConfig(learning_rate=1e-4))
   assert presets.describe(config.to_dict()) == [
@@ -76,7 +77,7 @@ def test_describe_names_the_preset_and_the_overrides():
 
 
 def test_describe_uses_no_preset_where_none_shortens_the_command():
-  from jaxact import train
+  from jaxact.study import train
   assert presets.describe(train.RunConfig().to_dict()) == []
   # A study preset never names a run of another study, and smoke only a run of its values.
   loss = train.RunConfig(study="loss", seeds=1, task=("binary",))
@@ -84,7 +85,8 @@ def test_describe_uses_no_preset_where_none_shortens_the_command():
 
 
 def test_describe_refuses_options_without_a_flag():
-  from jaxact import engine, train
+  from jaxact.engine import engine
+  from jaxact.study import train
   config = train.RunConfig(engine=engine.EngineConfig(b1=0.8))
   with pytest.raises(ValueError, match="b1 has no flag"):
     presets.describe(config.to_dict())
@@ -95,10 +97,13 @@ def test_every_committed_run_is_its_preset_command():
   # make a run of the same identity (the test of the names experiments/README.md gives).
   code = r"""
 import glob, json, os
-import jaxact.main as main
+import jaxact.cli.main as main
 from absl import flags
-from jaxact import checkpoint, options, presets, train
-from jaxact import config as config_lib
+from jaxact.store import checkpoint
+from jaxact.study import options
+from jaxact.study import presets
+from jaxact.study import train
+from jaxact.study import config as config_lib
 default = config_lib.DEFAULT_IDENTITY   # a run.json without "split" was a fixed-split run
 paths = sorted(glob.glob(os.path.join("experiments", "**", "run.json"), recursive=True))
 assert len(paths) >= 10, paths
@@ -122,7 +127,7 @@ print("checked", len(paths))
 
 
 def test_presets_command_names_a_bad_workdir(tmp_path):
-  out = subprocess.run([sys.executable, "-m", "jaxact.presets", str(tmp_path)],
+  out = subprocess.run([sys.executable, "-m", "jaxact.study.presets", str(tmp_path)],
                        capture_output=True, text=True, check=False)
   assert out.returncode == 2
   assert "no run.json in or below" in out.stderr and "give the workdir of a run" in out.stderr

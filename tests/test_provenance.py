@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxact import provenance
-from jaxact import train
+from jaxact.store import provenance
+from jaxact.study import train
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "experiments" / "collapse_interventions" / "sgd_pilots" / "lr0.1_wd0"
@@ -35,7 +35,7 @@ def _cli(workdir: Path, prelude: str = "") -> subprocess.CompletedProcess:
   flags = [a for a in run["argv"][1:] if not a.startswith(("--workdir=", "--data_dir="))]
   if "split" not in run["config"]:
     flags.append("--split=fixed")   # made before per-member splits: the one fixed split
-  code = (f"{prelude}\nimport sys\nfrom jaxact import main\n"
+  code = (f"{prelude}\nimport sys\nfrom jaxact.cli import main\n"
           f"sys.argv = ['jaxact'] + {flags + [f'--workdir={workdir}']!r}\nmain.run()\n")
   return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         timeout=300)

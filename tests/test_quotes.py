@@ -16,7 +16,7 @@ as fractions, so each of its values also counts times 100. Not results, hence no
 - text in code spans, fenced blocks and link targets (commands, flags such as --lr=0.1, paths);
 - dotted versions (0.10.2) and numbers glued to letters (lr0.1, 1.5x);
 - scientific notation (1e-3, 3.5e-10): quoted as orders of magnitude, not to a table's digits;
-- the equivalence margins, written "±" and the margin (±0.50, ±0.01: `jaxact.stats`);
+- the equivalence margins, written "±" and the margin (±0.50, ±0.01: `jaxact.analysis.stats`);
 - a number followed by a unit of time or memory (26.4 min, 0.5 s, 24 GiB): run metadata;
 - a number right after a training option's name (lr 0.1, learning rate 0.1, eps 1e-3,
   momentum 0.9, weight decay 0.01): a setting, not a measurement;
@@ -30,7 +30,7 @@ import re
 
 import pytest
 
-from jaxact import stats
+from jaxact.analysis import stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""jaxact.records: the results format, its writer and its reader (both layouts)."""
+"""jaxact.store.records: the results format, its writer and its reader (both layouts)."""
 
 import dataclasses
 import glob
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from jaxact import records
-from jaxact.studies import Cell
+from jaxact.store import records
+from jaxact.model.cells import Cell
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMITTED = sorted(glob.glob(os.path.join(ROOT, "experiments", "**", "results", "*.json"),
@@ -90,9 +90,9 @@ def test_rediagnose_rewrites_only_stale_diagnoses(tmp_path):
   data["members"][1]["diagnosis"] = {"kind": "healthy", "evidence": "older rules"}
   path = wd / "results" / "binary.json"
   path.write_text(json.dumps(data, indent=1))
-  assert records.main(["jaxact.records", "rediagnose", str(wd)]) == 0
+  assert records.main(["jaxact.store.records", "rediagnose", str(wd)]) == 0
   fixed = json.loads(path.read_text())
   assert fixed["members"][1]["diagnosis"]["kind"] == "no_learning"
   assert dict(fixed, members=None) == dict(data, members=None)
   assert records.rediagnose_file(str(path)) == 0
-  assert records.main(["jaxact.records", "rediagnose", str(tmp_path / "missing")]) == 2
+  assert records.main(["jaxact.store.records", "rediagnose", str(tmp_path / "missing")]) == 2

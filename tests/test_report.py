@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from jaxact import diagnostics
-from jaxact import figures
-from jaxact import report
-from jaxact import records as records_lib
-from jaxact import studies
+from jaxact.store import diagnostics
+from jaxact.analysis import figures
+from jaxact.analysis import report
+from jaxact.store import records as records_lib
+from jaxact.model import cells as studies
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -313,7 +313,7 @@ def test_write_report(workdir):
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "jaxact.report", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "jaxact.analysis.report", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=120,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
@@ -408,7 +408,7 @@ def test_depth_sweep_figures_per_convention(tmp_path, monkeypatch):
   assert not os.path.exists(os.path.join(wd, "gradients_depth_multiclass.png"))
   with open(os.path.join(wd, "saturation_multiclass.png"), "rb") as f:   # with the head panel
     assert f.read(8) == PNG_SIGNATURE
-  from jaxact import claims  # pylint: disable=g-import-not-at-top
+  from jaxact.analysis import claims  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="one convention"):
     claims.depth_sweep({studies.Cell.from_dict(m["cell"]): [m] for m in members})
 
@@ -591,7 +591,8 @@ def test_a_cell_in_two_modes_is_shown_as_its_modes(tmp_path):
 
 
 def test_console_table_puts_the_diagnosis_first_and_never_says_ok(tmp_path):
-  from jaxact import train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.study import train
+  from jaxact.store import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   wd, _, _ = _collapse_run(tmp_path)
   with open(os.path.join(wd, "results", "multiclass.json"), encoding="utf-8") as f:
     records = json.load(f)["members"]

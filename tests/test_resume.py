@@ -16,10 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxact import checkpoint
-from jaxact import engine
-from jaxact import studies
-from jaxact import train
+from jaxact.store import checkpoint
+from jaxact.engine import engine
+from jaxact.model import cells as studies
+from jaxact.study import train
 from test_engine import _BAD, _GOOD, _synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def _env(tfds_dir):
 
 
 def _cmd(mnist_dir, *extra):
-  return [sys.executable, "-m", "jaxact.main", *_ARGS, f"--data_dir={mnist_dir}", *extra]
+  return [sys.executable, "-m", "jaxact.cli.main", *_ARGS, f"--data_dir={mnist_dir}", *extra]
 
 
 def _cli(cwd, mnist_dir, tfds_dir, *extra, timeout=600):
@@ -315,7 +315,7 @@ def killed_and_resumed(mnist_dir, tfds_dir, tmp_path_factory):
   a.mkdir()
   b.mkdir()
   # Prepare the tfds copy first, so the two concurrent runs do not both build it.
-  from jaxact import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.data import mnist as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.load_split(str(mnist_dir), 0, tfds_dir=str(tfds_dir))
   t0 = time.perf_counter()
   with open(b / "killed.log", "w") as log:
@@ -400,7 +400,7 @@ def test_other_configuration_is_refused_until_restart(killed_and_resumed, mnist_
 
 
 def test_checkpoint_flag_is_validated(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "jaxact.main", "--task=binary",
+  proc = subprocess.run([sys.executable, "-m", "jaxact.cli.main", "--task=binary",
                          "--checkpoint_every=-1", f"--workdir={tmp_path}"], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2

@@ -1,4 +1,4 @@
-"""The member axis sharded over devices (jaxact/sharding.py): padding, placement, equal results.
+"""The member axis sharded over devices (jaxact/engine/sharding.py): padding, placement, equal results.
 
 The engine runs on 4 devices in subprocesses (tests/sharding_worker.py) with
 XLA_FLAGS=--xla_force_host_platform_device_count=4, because this pytest
@@ -25,7 +25,7 @@ import chex
 import numpy as np
 import pytest
 
-from jaxact import sharding
+from jaxact.engine import sharding
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "sharding_worker.py"

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from jaxact import stats
+from jaxact.analysis import stats
 
 NAN = float("nan")
 Z_975 = 1.959963984540054         # standard normal 0.975 quantile

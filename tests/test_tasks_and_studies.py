@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxact import studies
-from jaxact import tasks
-from jaxact.studies import Cell
+from jaxact.model import cells as studies
+from jaxact.data import tasks
+from jaxact.model.cells import Cell
 
 DIGITS = np.arange(10)
 

@@ -12,14 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxact import engine
-from jaxact import options
-from jaxact import studies
-from jaxact import tasks
-from jaxact import provenance
-from jaxact import train
-from jaxact import workdir as workdir_lib
-from jaxact.studies import Cell
+from jaxact.engine import engine
+from jaxact.study import options
+from jaxact.model import cells as studies
+from jaxact.data import tasks
+from jaxact.store import provenance
+from jaxact.study import train
+from jaxact.store import workdir as workdir_lib
+from jaxact.model.cells import Cell
 
 from test_engine import _by, _synthetic   # pylint: disable=g-bad-import-order
 

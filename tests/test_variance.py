@@ -1,4 +1,4 @@
-"""jaxact.variance: the split's and the seed's shares of a cell's variance."""
+"""jaxact.analysis.variance: the split's and the seed's shares of a cell's variance."""
 
 import json
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from jaxact import studies
-from jaxact import variance
+from jaxact.model import cells as studies
+from jaxact.analysis import variance
 
 
 def test_additive_table_gives_the_sample_variances():

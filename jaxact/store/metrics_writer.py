@@ -29,11 +29,11 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from jaxact import engine as engine_lib
-from jaxact import files
-from jaxact import records
-from jaxact import studies
-from jaxact import tasks as tasks_lib
+from jaxact.engine import engine as engine_lib
+from jaxact.store import files
+from jaxact.store import records
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

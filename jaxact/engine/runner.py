@@ -24,12 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxact import options as options_lib
-from jaxact import probes as probes_lib
-from jaxact import program as program_lib
-from jaxact import sharding
-from jaxact.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
-from jaxact.studies import Cell
+from jaxact.study import options as options_lib
+from jaxact.engine import probes as probes_lib
+from jaxact.engine import program as program_lib
+from jaxact.engine import sharding
+from jaxact.engine.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
+from jaxact.model.cells import Cell
 
 
 def training_label(config: EngineConfig) -> str:

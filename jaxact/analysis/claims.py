@@ -4,7 +4,7 @@ Each claim gets the measurement that tests it, from the members' results and
 in-program diagnostics (`engine.Engine.diagnostic_shapes`), and a verdict.
 Claims about accuracy compare two cells member by member: members with the same
 seed share initial weights and batch order, so each comparison is a paired test
-of the test-accuracy differences (`jaxact.stats.paired_test`: mean difference
+of the test-accuracy differences (`jaxact.analysis.stats.paired_test`: mean difference
 in points with its 95% t interval, two-sided p of an exact sign-flip
 permutation test, Wilcoxon signed-rank above 16 pairs). Every paired test of one
 claims table is one declared family: its p-values are Holm-adjusted together, and so
@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxact import records
-from jaxact import stats
-from jaxact import studies
-from jaxact.studies import Cell
+from jaxact.store import records
+from jaxact.analysis import stats
+from jaxact.model import cells as studies
+from jaxact.model.cells import Cell
 
 MemberRecord = records.MemberRecord
 Members = list[MemberRecord]   # a cell's members

@@ -4,7 +4,7 @@ The network's last dense layer produces pre-activation outputs ``z`` of shape
 ``(B, C)``; a *head* maps them to the outputs ``out = head(z)``; a *loss*
 compares them with dense float targets ``t`` of shape ``(B, C)`` (one-hot for
 binary / multiclass, bits for multilabel, the value for regression /
-probability with ``C = 1``; see :mod:`jaxact.tasks`).
+probability with ``C = 1``; see :mod:`jaxact.data.tasks`).
 
 Heads (:data:`HEADS`, :func:`apply_head`): ``none`` (identity), ``relu``,
 ``sigmoid``, ``softmax`` (over the last axis; with ``C = 1`` it is the

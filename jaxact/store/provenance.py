@@ -21,7 +21,7 @@ import jax
 from jaxact import __version__
 
 # The checkout that holds this package (when it runs from one): pyproject.toml, constraints.txt.
-_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Distributions that plug a backend into jaxlib: TPU's libtpu, the CUDA and ROCm plugins.
 _PLUGIN = re.compile(r"libtpu(-nightly)?|jax-(cuda|rocm)\d*-(plugin|pjrt)")
@@ -48,7 +48,7 @@ def machine_description() -> str:
 
 def git_revision() -> str | None:
   """The checkout's commit (with '+dirty' if modified), or None outside a git checkout."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   try:
     rev = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
                          capture_output=True, text=True, timeout=10, check=True).stdout.strip()

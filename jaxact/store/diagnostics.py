@@ -52,9 +52,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxact import losses as losses_lib
-from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
+from jaxact.model import losses as losses_lib
+from jaxact.data import tasks as tasks_lib
+from jaxact.model.cells import Cell
 
 KINDS = ("invalid", "nonfinite", "no_gradient", "vanishing_gradient", "dead_head", "collapsed",
          "ceiling", "clamped", "unbounded_loss", "no_learning", "underperforming", "hit_cap",

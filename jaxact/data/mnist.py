@@ -2,7 +2,7 @@
 
 `load_split` is the entry point the trainer and the benchmarks use: it
 resolves the data directory (`--data_dir`, else `JAXACT_DATA_DIR`), loads
-MNIST through tensorflow-datasets (`jaxact.mnist_tfds.load_mnist`: the four
+MNIST through tensorflow-datasets (`jaxact.data.tfds_builder.load_mnist`: the four
 IDX files of that directory, or a checked download of the official ones,
 prepared once into a cache), and draws the split (`make_split`, PROTOCOL
 section 1). This module reads and validates the IDX files themselves
@@ -489,7 +489,7 @@ def load_mnist(data_dir: str | None, tfds_dir: str | None = None
     data directory, or the download URL.
   """
   # Not at the top: mnist_tfds imports this module (its builder reads the IDX files here).
-  from jaxact import mnist_tfds  # pylint: disable=g-import-not-at-top
+  from jaxact.data import tfds_builder as mnist_tfds  # pylint: disable=g-import-not-at-top
   resolved = resolve_data_dir(data_dir)
   mnist = mnist_tfds.load_mnist(resolved, tfds_dir)
   source = (os.path.abspath(os.path.expanduser(resolved)) if resolved

@@ -1,9 +1,9 @@
 """MNIST through tensorflow-datasets: the IDX builder, the download, the prepared-data cache.
 
-`load_mnist` is the one way in (`jaxact.data.load_split` calls it):
+`load_mnist` is the one way in (`jaxact.data.mnist.load_split` calls it):
 
 * `data_dir` given (or `JAXACT_DATA_DIR`): a directory holding the four MNIST
-  IDX files (gzip or raw). They are validated (`jaxact.data.read_mnist_idx_dir`),
+  IDX files (gzip or raw). They are validated (`jaxact.data.mnist.read_mnist_idx_dir`),
   then prepared through a small custom tensorflow-datasets builder (`MnistIdx`,
   array_record format, no TensorFlow and no network needed) into a cache keyed
   by their content, and read back with tfds' random-access data source.
@@ -12,7 +12,7 @@
   tfds' download manager, checked against the checksums tfds registers for
   them, and then go the same way (needs internet once, not TensorFlow).
 
-Every problem raises `jaxact.data.DataError`. This module does I/O only; it
+Every problem raises `jaxact.data.mnist.DataError`. This module does I/O only; it
 does not import JAX, and imports tensorflow_datasets lazily (`MnistIdx` is
 defined on first access).
 """
@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from absl import logging
 import numpy as np
 
-from jaxact import data as data_lib
+from jaxact.data import mnist as data_lib
 
 try:
   import fcntl

@@ -14,7 +14,7 @@ Generated from the declarations:
 - the absl flags of `python -m jaxact.main` (`define_flags`) and the parsing of
   their values (`Kind.parse`);
 - the per-option checks of `config.validate` (`problems`);
-- docs/flags.md (jaxact/flagdoc.py renders the flags `define_flags` makes);
+- docs/flags.md (jaxact/cli/flagdoc.py renders the flags `define_flags` makes);
 - a run's identity (`config_identity`);
 - a configuration from option values, as the command line and the presets
   build it (`with_values`);
@@ -34,12 +34,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import flags
 
-from jaxact import data as data_lib
-from jaxact import losses as losses_lib
-from jaxact import model as model_lib
-from jaxact import program
-from jaxact import studies
-from jaxact import tasks as tasks_lib
+from jaxact.data import mnist as data_lib
+from jaxact.model import losses as losses_lib
+from jaxact.model import network as model_lib
+from jaxact.engine import program
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
 
 # The groups of options: what is trained (study, network, training: they change results), how
 # it is computed (execution: speed only) and the run's own arguments (run: files, processes).

@@ -40,11 +40,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxact import losses as losses_lib
-from jaxact import model as model_lib
-from jaxact import probes as probes_lib
-from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell, TRAINING_OPTIONS
+from jaxact.model import losses as losses_lib
+from jaxact.model import network as model_lib
+from jaxact.engine import probes as probes_lib
+from jaxact.data import tasks as tasks_lib
+from jaxact.model.cells import Cell, TRAINING_OPTIONS
 
 class Status(enum.IntEnum):
   TRAINING = 0

@@ -35,8 +35,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jaxact import __version__
-from jaxact import engine as engine_lib
-from jaxact import sharding
+from jaxact.engine import engine as engine_lib
+from jaxact.engine import sharding
 
 CHECKPOINTS_DIR = "checkpoints"
 KEEP = 2

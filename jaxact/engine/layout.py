@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxact.studies import Cell
+from jaxact.model.cells import Cell
 
 Groups = tuple[tuple[Cell, int, int], ...]   # static per-cell slices (cell, start, stop)
 

@@ -32,22 +32,22 @@ from typing import Sequence
 import jax
 from absl import logging
 
-from jaxact import checkpoint as checkpoint_lib
-from jaxact import compile_ahead as compile_ahead_lib
-from jaxact import data as data_lib
-from jaxact import engine as engine_lib
-from jaxact import memory as memory_lib
-from jaxact import diagnostics as diagnostics_lib
-from jaxact import metrics_writer
-from jaxact import options as options_lib
-from jaxact import provenance
-from jaxact import records as records_lib
-from jaxact import runner as runner_lib
-from jaxact import sharding
-from jaxact import studies
-from jaxact import tasks as tasks_lib
-from jaxact import workdir as workdir_lib
-from jaxact.config import RunConfig, UserError, run_identity, validate
+from jaxact.store import checkpoint as checkpoint_lib
+from jaxact.engine import compile_ahead as compile_ahead_lib
+from jaxact.data import mnist as data_lib
+from jaxact.engine import engine as engine_lib
+from jaxact.engine import memory as memory_lib
+from jaxact.store import diagnostics as diagnostics_lib
+from jaxact.store import metrics_writer
+from jaxact.study import options as options_lib
+from jaxact.store import provenance
+from jaxact.store import records as records_lib
+from jaxact.engine import runner as runner_lib
+from jaxact.engine import sharding
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
+from jaxact.store import workdir as workdir_lib
+from jaxact.study.config import RunConfig, UserError, run_identity, validate
 
 from jaxact import __version__
 
@@ -327,7 +327,7 @@ def _train_tasks(config: RunConfig, workdir: str,
 
   `clock` is `time.perf_counter()` at the run's start, for the progress lines.
   """
-  from jaxact import report as report_lib  # matplotlib is imported lazily
+  from jaxact.analysis import report as report_lib  # matplotlib is imported lazily
 
   primary = sharding.is_primary()
   clock = time.perf_counter() if clock is None else clock
@@ -561,7 +561,7 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
   in, labelled, as the report's `metric_cells`), and how training
   stopped ("10 early-stopped"): no failed member reads "ok".
   """
-  from jaxact import report as report_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.analysis import report as report_lib  # pylint: disable=g-import-not-at-top
   saved: dict[str, records_lib.TaskResults] = {}
   if workdir:
     try:

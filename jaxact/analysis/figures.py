@@ -1,6 +1,6 @@
 """Figures of a run's saved results: validation curves, hidden-study heatmaps, diagnostics.
 
-Reads the same workdir files as `jaxact.report`, through `jaxact.records`
+Reads the same workdir files as `jaxact.analysis.report`, through `jaxact.store.records`
 (report calls `plot_curves` and `plot_diagnostics` from `write_report`), and
 writes PNGs beside them:
 
@@ -39,13 +39,13 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from jaxact import diagnostics as diagnostics_lib
-from jaxact import claims as claims_lib
-from jaxact import files
-from jaxact import losses as losses_lib
-from jaxact import records
-from jaxact import studies
-from jaxact import tables
+from jaxact.store import diagnostics as diagnostics_lib
+from jaxact.analysis import claims as claims_lib
+from jaxact.store import files
+from jaxact.model import losses as losses_lib
+from jaxact.store import records
+from jaxact.model import cells as studies
+from jaxact.analysis import tables
 
 Members = list[records.MemberRecord]   # a cell's members
 

@@ -25,16 +25,16 @@ import dataclasses
 import os
 import shutil
 
-from jaxact import checkpoint as checkpoint_lib
-from jaxact import config as config_lib
-from jaxact import engine as engine_lib
-from jaxact import files
-from jaxact import metrics_writer
-from jaxact import options as options_lib
-from jaxact import records as records_lib
-from jaxact import sharding
-from jaxact import studies
-from jaxact import tasks as tasks_lib
+from jaxact.store import checkpoint as checkpoint_lib
+from jaxact.study import config as config_lib
+from jaxact.engine import engine as engine_lib
+from jaxact.store import files
+from jaxact.store import metrics_writer
+from jaxact.study import options as options_lib
+from jaxact.store import records as records_lib
+from jaxact.engine import sharding
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
 
 RUN_JSON = "run.json"
 RESULTS_DIR = records_lib.RESULTS_DIR

@@ -43,20 +43,20 @@ from typing import Any, Callable, Sequence
 import jax
 from absl import logging
 
-from jaxact import layout as layout_lib
-from jaxact import model as model_lib
-from jaxact import program as program_lib
-from jaxact import runner as runner_lib
-from jaxact import sharding
-from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
-from jaxact.layout import Groups
-from jaxact.probes import layer_names
-from jaxact.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS,
+from jaxact.engine import layout as layout_lib
+from jaxact.model import network as model_lib
+from jaxact.engine import program as program_lib
+from jaxact.engine import runner as runner_lib
+from jaxact.engine import sharding
+from jaxact.data import tasks as tasks_lib
+from jaxact.model.cells import Cell
+from jaxact.engine.layout import Groups
+from jaxact.engine.probes import layer_names
+from jaxact.engine.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS,
                             MEMBER_MODES, OPTIMIZERS, PROTOCOL, Status, TaskData, TrainState,
                             branch_cell, make_optimizer, predictions, prior_output_bias,
                             train_targets, with_matmul_precision)
-from jaxact.runner import (MemberResult, Snapshot, cell_label, state_from_host, state_to_host,
+from jaxact.engine.runner import (MemberResult, Snapshot, cell_label, state_from_host, state_to_host,
                            training_label, training_record)
 
 # The engine's public names: its own, and those of its parts that the rest of the code uses.

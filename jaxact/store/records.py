@@ -32,10 +32,10 @@ import os
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
-from jaxact import diagnostics as diagnostics_lib
-from jaxact import files
-from jaxact import studies
-from jaxact import tasks as tasks_lib
+from jaxact.store import diagnostics as diagnostics_lib
+from jaxact.store import files
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
 
 Cell = studies.Cell
 Diagnosis = diagnostics_lib.Diagnosis
@@ -328,7 +328,7 @@ def _diagnose_missing(result: TaskResults) -> TaskResults:
 
 def classify_members(result: TaskResults, members: Sequence[MemberRecord]
                      ) -> list[Diagnosis] | None:
-  """jaxact.diagnostics' classification of `members` (the run's best cell among them as
+  """jaxact.store.diagnostics' classification of `members` (the run's best cell among them as
   reference), with `result`'s chance level, ceiling and clamp bound; None where this version
   cannot (an unknown task, a record it cannot read)."""
   if result.task not in tasks_lib.TASKS:
@@ -477,7 +477,7 @@ def main(argv: Sequence[str]) -> int:
         path = os.path.join(workdir, RESULTS_DIR, name)
         print(f"{path}: {rediagnose_file(path)} diagnoses changed")
     except (FileNotFoundError, ValueError, files.WriteError) as e:
-      print(f"jaxact.records: error: {e}", file=sys.stderr)
+      print(f"jaxact.store.records: error: {e}", file=sys.stderr)
       return 2
   return 0
 

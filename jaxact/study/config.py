@@ -6,7 +6,7 @@ its `engine` group (`engine.EngineConfig`) and how each task's program is
 computed in its `execution` group (`engine.ExecutionConfig`: speed only). Each
 option is declared once in jaxact.options, which says where in RunConfig it
 lives; the command line's flags are generated from the declarations and take
-their defaults from RunConfig (jaxact/main.py); `validate` checks it (each
+their defaults from RunConfig (jaxact/cli/main.py); `validate` checks it (each
 option as declared, then the rules that join several), with the messages the
 command line shows; `run_identity` is what
 makes two runs the same run (a workdir resumes only under the same identity).
@@ -22,9 +22,9 @@ import dataclasses
 
 import jax
 
-from jaxact import options as options_lib
-from jaxact import program
-from jaxact import studies
+from jaxact.study import options as options_lib
+from jaxact.engine import program
+from jaxact.model import cells as studies
 
 
 # Member seeds become jax.random.key(uint32): first_seed + seeds - 1 may not exceed this.
@@ -66,7 +66,7 @@ class RunConfig:
       member mode, matmul precision, convolutions, compaction, evaluation
       chunks): speed only, results agree to float rounding.
 
-  The command line's flags take their defaults from this class (jaxact/main.py),
+  The command line's flags take their defaults from this class (jaxact/cli/main.py),
   `validate` checks every field, and a run's identity is computed from
   `to_dict()` (`run_identity`).
   """

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Sequence
 
-from jaxact import losses as losses_lib
-from jaxact import model as model_lib
-from jaxact import tasks as tasks_lib
+from jaxact.model import losses as losses_lib
+from jaxact.model import network as model_lib
+from jaxact.data import tasks as tasks_lib
 
 STUDIES = ("activation", "loss", "hidden")
 # The names a cell may take, from the registries that implement them.

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from absl import logging
 
-from jaxact import engine as engine_lib
+from jaxact.engine import engine as engine_lib
 
 
 class BackgroundCompile:

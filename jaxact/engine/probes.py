@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxact import losses as losses_lib
+from jaxact.model import losses as losses_lib
 
 SATURATION_RATIO = 0.01
 SATURATION_SHARE = 0.99

@@ -4,7 +4,7 @@ The report's tables and its figures lay a task's cells out the same way: per
 study grid (jaxact.studies), loss convention and network variant, each row a
 grid row's cell with its members (`study_tables`); the cells on no grid apart
 (`other_cells`). Also the words both print (`KIND_TEXT`, `plural`) and the
-file names of the depth-sweep figures. Plain Python over `jaxact.records`.
+file names of the depth-sweep figures. Plain Python over `jaxact.store.records`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import dataclasses
 import itertools
 from typing import Any, Sequence
 
-from jaxact import claims as claims_lib
-from jaxact import diagnostics as diagnostics_lib
-from jaxact import losses as losses_lib
-from jaxact import records
-from jaxact import studies
+from jaxact.analysis import claims as claims_lib
+from jaxact.store import diagnostics as diagnostics_lib
+from jaxact.model import losses as losses_lib
+from jaxact.store import records
+from jaxact.model import cells as studies
 
 Cell = studies.Cell
 Members = list[records.MemberRecord]   # a cell's members
