@@ -21,7 +21,6 @@ from jaxact.engine import engine
 from jaxact.cli import flagdoc
 from jaxact.study import options
 from jaxact.study import train
-from jaxact.store import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,11 +153,11 @@ def test_old_run_json_with_compact_in_background_resumes(tmp_path):
   old = _old_layout(config)
   old["engine"]["compact_in_background"] = True   # never part of the identity
   (tmp_path / "run.json").write_text(json.dumps({"config": old}))
-  previous = workdir_lib.check_workdir_config(str(tmp_path), config)
+  previous = config_lib.check_workdir_config(str(tmp_path), config)
   assert previous["config"]["engine"]["compact_in_background"] is True
   other = dataclasses.replace(config, execution=engine.ExecutionConfig(compact=True))
   with pytest.raises(train.UserError, match="compact: False before, True now"):
-    workdir_lib.check_workdir_config(str(tmp_path), other)
+    config_lib.check_workdir_config(str(tmp_path), other)
 
 
 def _run_config(path: str) -> dict:

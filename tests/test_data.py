@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxact.data import mnist as data
+from jaxact.data import idx as idx_lib
 from jaxact.data import tfds_builder as mnist_tfds
 from jaxact.data.mnist import DataError
 
@@ -52,7 +53,7 @@ def write_mnist_dir(directory: Path, n_train: int, n_test: int, seed: int = 0,
   for split, n in (("train", n_train), ("test", n_test)):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, (n,), dtype=np.uint8)
-    images_name, labels_name = data.MNIST_FILES[split]
+    images_name, labels_name = idx_lib.MNIST_FILES[split]
     suffix = ".gz" if gz else ""
     write_file(directory / (images_name + suffix), idx_bytes(images))
     write_file(directory / (labels_name + suffix), idx_bytes(labels))
@@ -84,7 +85,7 @@ def assert_names(error: pytest.ExceptionInfo, *parts: str) -> None:
 def test_read_idx_round_trips(tmp_path, suffix, shape):
   array = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
   path = write_file(tmp_path / f"x-idx{suffix}", idx_bytes(array))
-  result = data.read_idx(path)
+  result = idx_lib.read_idx(path)
   assert result.dtype == np.uint8 and result.shape == shape
   np.testing.assert_array_equal(result, array)
   assert result.flags.writeable
@@ -92,7 +93,7 @@ def test_read_idx_round_trips(tmp_path, suffix, shape):
 
 def test_read_idx_empty_dimension_is_valid(tmp_path):
   path = write_file(tmp_path / "empty", idx_bytes(np.zeros((0, 28, 28))))
-  assert data.read_idx(path).shape == (0, 28, 28)
+  assert idx_lib.read_idx(path).shape == (0, 28, 28)
 
 
 GOOD = idx_bytes(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
@@ -114,7 +115,7 @@ GOOD = idx_bytes(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4))
 def test_read_idx_rejects_corrupt_content(tmp_path, suffix, content, expected):
   path = write_file(tmp_path / f"bad-idx{suffix}", content)
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), expected, "re-download")
 
 
@@ -122,7 +123,7 @@ def test_read_idx_truncated_data_names_counts(tmp_path):
   array = np.zeros((5, 28, 28), np.uint8)
   path = write_file(tmp_path / "images.gz", idx_bytes(array)[:-784])
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), "(5, 28, 28)", "3920 data bytes",
                f"holds {3920 - 784}")
 
@@ -132,7 +133,7 @@ def test_read_idx_truncated_gzip(tmp_path):
   raw = path.read_bytes()
   path.write_bytes(raw[:len(raw) // 2])
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), "truncated or corrupt gzip")
 
 
@@ -142,7 +143,7 @@ def test_read_idx_corrupt_gzip_crc(tmp_path):
   raw[-8] ^= 0xFF  # CRC-32 of the member.
   path.write_bytes(bytes(raw))
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), "truncated or corrupt gzip")
 
 
@@ -150,7 +151,7 @@ def test_read_idx_non_gzip_bytes_in_gz_file(tmp_path):
   path = tmp_path / "x.gz"
   path.write_bytes(GOOD)  # Raw IDX under a .gz name.
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), "truncated or corrupt gzip")
 
 
@@ -158,14 +159,14 @@ def test_read_idx_gzip_bytes_in_raw_file_hint(tmp_path):
   path = tmp_path / "x"
   path.write_bytes(gzip.compress(GOOD))
   with pytest.raises(DataError) as e:
-    data.read_idx(path)
+    idx_lib.read_idx(path)
   assert_names(e, str(path), "looks gzip-compressed")
 
 
 def test_read_idx_missing_and_directory(tmp_path):
   for path in (tmp_path / "nope.gz", tmp_path):
     with pytest.raises(DataError) as e:
-      data.read_idx(path)
+      idx_lib.read_idx(path)
     assert_names(e, str(path), "cannot be read")
 
 
@@ -179,7 +180,7 @@ def _read_or_data_error(directory: Path, content: bytes, name: str) -> None:
   path = directory / name
   path.write_bytes(content)
   try:
-    result = data.read_idx(path)
+    result = idx_lib.read_idx(path)
   except DataError as e:
     assert str(path) in str(e)
   else:
@@ -225,20 +226,20 @@ def test_read_idx_fuzz_mutations(fuzz_dir, edits, cut, extra, mode):
 
 def test_read_mnist_idx_dir_reads_gz_and_raw(tmp_path):
   expected = write_mnist_dir(tmp_path / "gz", 6, 4, gz=True)
-  assert_mnist_equal(data.read_mnist_idx_dir(tmp_path / "gz"), expected)
+  assert_mnist_equal(idx_lib.read_mnist_idx_dir(tmp_path / "gz"), expected)
   expected = write_mnist_dir(tmp_path / "raw", 6, 4, gz=False)
-  assert_mnist_equal(data.read_mnist_idx_dir(str(tmp_path / "raw")), expected)
+  assert_mnist_equal(idx_lib.read_mnist_idx_dir(str(tmp_path / "raw")), expected)
 
 
 def test_read_mnist_idx_dir_prefers_gz(tmp_path):
   expected = write_mnist_dir(tmp_path, 6, 4, seed=1, gz=True)
   write_mnist_dir(tmp_path, 6, 4, seed=2, gz=False)
-  assert_mnist_equal(data.read_mnist_idx_dir(tmp_path), expected)
+  assert_mnist_equal(idx_lib.read_mnist_idx_dir(tmp_path), expected)
 
 
 def test_read_mnist_idx_dir_missing_dir(tmp_path):
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path / "absent")
+    idx_lib.read_mnist_idx_dir(tmp_path / "absent")
   assert_names(e, str(tmp_path / "absent"), "does not exist", "--data_dir",
                "JAXACT_DATA_DIR")
 
@@ -247,13 +248,13 @@ def test_read_mnist_idx_dir_not_a_directory(tmp_path):
   path = tmp_path / "file"
   path.write_bytes(b"x")
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(path)
+    idx_lib.read_mnist_idx_dir(path)
   assert_names(e, str(path), "not a directory")
 
 
 def test_read_mnist_idx_dir_empty(tmp_path):
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, str(tmp_path), "is empty", "--data_dir")
 
 
@@ -263,7 +264,7 @@ def test_read_mnist_idx_dir_some_files_missing(tmp_path):
   (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
   (tmp_path / "notes.txt").write_text("x")
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   message = str(e.value)
   missing = message[message.index("missing"):message.index("found")]
   found = message[message.index("found"):]
@@ -281,7 +282,7 @@ def test_read_mnist_idx_dir_count_mismatch(tmp_path):
   labels_path = tmp_path / "t10k-labels-idx1-ubyte.gz"
   write_file(labels_path, idx_bytes(np.zeros(3, np.uint8)))
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, "t10k-images-idx3-ubyte.gz", str(labels_path),
                "holds 4 images", "3 labels")
 
@@ -292,7 +293,7 @@ def test_read_mnist_idx_dir_label_out_of_range(tmp_path):
   write_file(labels_path,
              idx_bytes(np.array([0, 1, 12, 3, 4, 5], np.uint8)))
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, str(labels_path), "outside 0..9", "index 2", "value 12")
 
 
@@ -306,14 +307,14 @@ def test_read_mnist_idx_dir_bad_shapes(tmp_path, name, array, expected):
   write_mnist_dir(tmp_path, 6, 4)
   write_file(tmp_path / name, idx_bytes(array.astype(np.uint8)))
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, str(tmp_path / name), expected)
 
 
 def test_read_mnist_idx_dir_no_examples(tmp_path):
   write_mnist_dir(tmp_path, 0, 4)
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, "train-images-idx3-ubyte.gz", "no examples")
 
 
@@ -322,7 +323,7 @@ def test_read_mnist_idx_dir_corrupt_file_named(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte.gz"
   path.write_bytes(path.read_bytes()[:40])
   with pytest.raises(DataError) as e:
-    data.read_mnist_idx_dir(tmp_path)
+    idx_lib.read_mnist_idx_dir(tmp_path)
   assert_names(e, str(path), "truncated or corrupt gzip")
 
 
@@ -575,7 +576,7 @@ def serve(directory: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 def _gz_names() -> list[str]:
-  return [name + ".gz" for pair in data.MNIST_FILES.values() for name in pair]
+  return [name + ".gz" for pair in idx_lib.MNIST_FILES.values() for name in pair]
 
 
 def test_registered_checksums_cover_the_four_files():
@@ -713,14 +714,14 @@ def test_real_mnist_through_tfds(real):
   assert mnist["test"][0].shape == (10000, 28, 28)
   assert mnist["test"][1].shape == (10000,)
   # The PNG round trip is lossless and keeps the file order.
-  assert_mnist_equal(mnist, data.read_mnist_idx_dir(REAL_DIR))
+  assert_mnist_equal(mnist, idx_lib.read_mnist_idx_dir(REAL_DIR))
 
 
 @needs_real_data
 def test_real_mnist_prefix_count():
   if REAL_DIR != Path(__file__).parents[1].parent / "shared/data/mnist":
     pytest.skip("only ../shared/data/mnist is known to hold the prefix")
-  assert len(data.read_mnist_idx_dir(REAL_DIR)["train"][1]) == 19690
+  assert len(idx_lib.read_mnist_idx_dir(REAL_DIR)["train"][1]) == 19690
 
 
 @needs_real_data

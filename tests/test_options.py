@@ -118,6 +118,7 @@ import sys
 from absl import flags
 from jaxact.study import config
 from jaxact.data import mnist as data
+from jaxact.data import idx as idx_lib
 from jaxact.cli import main
 from jaxact.study import train
 calls = []
@@ -126,7 +127,7 @@ def counted(c):
   calls.append(1)
   validate(c)
 def refuse(*args, **kwargs):
-  raise data.DataError("no data in this test")
+  raise idx_lib.DataError("no data in this test")
 train.validate = counted
 train.check_memory = lambda *args: None
 data.load_run_data = refuse

@@ -8,13 +8,11 @@ reused, nothing trains, so each costs a process start and a report.
 import errno
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from jaxact.store import provenance
 from jaxact.study import train

@@ -1,6 +1,5 @@
 """jaxact.store.records: the results format, its writer and its reader (both layouts)."""
 
-import dataclasses
 import glob
 import json
 import os

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxact.study import config as config_lib
 from jaxact.engine import engine
 from jaxact.study import options
 from jaxact.model import cells as studies
@@ -207,14 +208,14 @@ def test_options_are_part_of_a_runs_identity(tmp_path):
   for key in ("optimizer", "momentum", "head_bias_init"):
     del config["engine"][key]
   (tmp_path / "run.json").write_text(json.dumps({"config": config}))
-  assert workdir_lib.check_workdir_config(wd, old) is not None
+  assert config_lib.check_workdir_config(wd, old) is not None
   # ...and each option, changed, is another run.
   for kw in (dict(optimizer="sgd"), dict(learning_rate=0.01), dict(weight_decay=0.0),
              dict(batch_size=64), dict(head_bias_init="prior"), dict(eps=1e-3)):
     new = dataclasses.replace(old, engine=dataclasses.replace(old.engine, **kw))
     assert train.run_identity(new) != train.run_identity(old)
     with pytest.raises(train.UserError, match=f"{next(iter(kw))}: "):
-      workdir_lib.check_workdir_config(wd, new)
+      config_lib.check_workdir_config(wd, new)
   assert "optimizer" in options.config_identity(old.to_dict())
 
 

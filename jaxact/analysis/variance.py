@@ -43,7 +43,6 @@ from scipy import stats as scipy_stats
 from jaxact.store import files
 from jaxact.analysis import report as report_lib
 from jaxact.store import records
-from jaxact.model import cells as studies
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxact.data import mnist as data_lib
+from jaxact.data import idx as idx_lib
 from jaxact.store import files
 from jaxact.study import options as options_lib
 from jaxact.study import presets as presets_lib
@@ -142,7 +142,7 @@ def main(argv):
                                        compile_ahead=args["compile_ahead"],
                                        tensorboard=args["tensorboard"],
                                        tensorboard_members=args["tensorboard_members"])
-  except (train.UserError, data_lib.DataError) as err:
+  except (train.UserError, idx_lib.DataError) as err:
     sys.stderr.write(f"jaxact: error: {err}\n")
     sys.exit(2)
   except OSError as err:

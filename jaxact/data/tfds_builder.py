@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from absl import logging
 import numpy as np
 
-from jaxact.data import mnist as data_lib
+from jaxact.data import idx as data_lib
 
 try:
   import fcntl

@@ -56,6 +56,7 @@ import numpy as np
 from jaxact.data import mnist as data_lib
 from jaxact.model import network as model_lib
 from jaxact.data import tasks as tasks_lib
+from jaxact.engine import engine as engine_lib
 
 SMALL_MEMBERS = (4, 8)             # members per device of the two programs compiled
 SCREEN = 0.5                       # byte_count at most this share of the memory: no compilation
@@ -204,8 +205,6 @@ def abstract_task_data(task: str, *sizes: int):
   (pool, test), the data of every run (each member holds its rows of the pool), or
   `engine.TaskData.from_split` for sizes (train, valid, test), one split shared by
   members without rows (the benchmarks' synthetic splits)."""
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from jaxact.data import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   sizes = sizes or (POOL_SIZE, TEST_SIZE)
   c = tasks_lib.get_task(task).num_outputs
 
@@ -260,7 +259,6 @@ def compiled_peak(engine, data) -> int:
     if not a.shape:
       return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
     return jax.ShapeDtypeStruct((stacked,) + a.shape[1:], a.dtype, sharding=member)
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   state = engine_lib.TrainState.from_dict(jax.tree_util.tree_map(stack, template))
   def replicate(a):
     if isinstance(a, (int, float)):   # target_mean / target_std: weakly typed scalars
@@ -293,7 +291,6 @@ def program_need(task: str, cells: tuple, config, execution,
   description (pass `representative_cells`' cells so that runs of the same
   network share it); the device count is the process's.
   """
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   data = abstract_task_data(task, *data_sizes)
   devices = jax.device_count()
   start = time.perf_counter()

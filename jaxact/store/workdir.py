@@ -25,12 +25,11 @@ import dataclasses
 import os
 import shutil
 
+from jaxact.errors import UserError
 from jaxact.store import checkpoint as checkpoint_lib
-from jaxact.study import config as config_lib
 from jaxact.engine import engine as engine_lib
 from jaxact.store import files
 from jaxact.store import metrics_writer
-from jaxact.study import options as options_lib
 from jaxact.store import records as records_lib
 from jaxact.engine import sharding
 from jaxact.model import cells as studies
@@ -39,7 +38,6 @@ from jaxact.data import tasks as tasks_lib
 RUN_JSON = "run.json"
 RESULTS_DIR = records_lib.RESULTS_DIR
 
-UserError = config_lib.UserError
 
 
 def run_json_path(workdir: str) -> str:
@@ -109,38 +107,6 @@ def remove_run_outputs(workdir: str) -> None:
 
 
 # -- resuming ----------------------------------------------------------------
-
-
-def check_workdir_config(workdir: str, config: config_lib.RunConfig) -> dict | None:
-  """The earlier run.json when the workdir holds outputs of this same configuration.
-
-  Returns None when the workdir holds no results or checkpoints (nothing to
-  resume or reuse; a fresh run). A run.json of either layout (the execution
-  options in their own group or, up to 30ce5cb, under "engine") is read.
-
-  Raises:
-    UserError: they belong to another configuration (naming every differing
-      key, its old and its new value), or no readable run.json says which.
-  """
-  if not has_outputs(workdir):
-    return None
-  previous = files.read_json_object(run_json_path(workdir))
-  if previous is None or not isinstance(previous.get("config"), dict):
-    raise UserError(
-        f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
-        "says which configuration produced them, so this run cannot resume them: pass "
-        "--restart to delete them and start over, or choose another --workdir.")
-  old = options_lib.config_identity(previous["config"])
-  diffs = checkpoint_lib.identity_differences(old, config_lib.run_identity(config),
-                                              config_lib.DEFAULT_IDENTITY)
-  if diffs:
-    listed = "; ".join(f"{k}: {checkpoint_lib.format_value(a)} before, "
-                       f"{checkpoint_lib.format_value(b)} now" for k, a, b in diffs)
-    raise UserError(
-        f"the workdir {workdir!r} holds a run with another configuration ({listed}). "
-        "Rerun with the same flags to resume or reuse it, choose another --workdir, or pass "
-        "--restart to delete its results and checkpoints and start over.")
-  return previous
 
 
 def check_split(workdir: str, run_info: dict, split) -> None:

@@ -22,6 +22,10 @@ import dataclasses
 
 import jax
 
+from jaxact.errors import UserError
+from jaxact.store import checkpoint as checkpoint_lib
+from jaxact.store import files
+from jaxact.store import workdir as workdir_lib
 from jaxact.study import options as options_lib
 from jaxact.engine import program
 from jaxact.model import cells as studies
@@ -29,10 +33,6 @@ from jaxact.model import cells as studies
 
 # Member seeds become jax.random.key(uint32): first_seed + seeds - 1 may not exceed this.
 MAX_SEED = 2**32 - 1
-
-
-class UserError(Exception):
-  """A problem with the user's request; str() names the problem and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,3 +171,35 @@ def run_identity(config: RunConfig) -> dict:
 # The identity of the defaults: fills in the keys that an older run.json lacks. A run.json
 # without "split" was written before per-member splits: its run used the fixed split.
 DEFAULT_IDENTITY = {**run_identity(RunConfig()), "split": "fixed"}
+
+
+def check_workdir_config(workdir: str, config: RunConfig) -> dict | None:
+  """The earlier run.json when the workdir holds outputs of this same configuration.
+
+  Returns None when the workdir holds no results or checkpoints (nothing to
+  resume or reuse; a fresh run). A run.json of either layout (the execution
+  options in their own group or, up to 30ce5cb, under "engine") is read.
+
+  Raises:
+    UserError: they belong to another configuration (naming every differing
+      key, its old and its new value), or no readable run.json says which.
+  """
+  if not workdir_lib.has_outputs(workdir):
+    return None
+  previous = files.read_json_object(workdir_lib.run_json_path(workdir))
+  if previous is None or not isinstance(previous.get("config"), dict):
+    raise UserError(
+        f"the workdir {workdir!r} holds results or checkpoints but no readable run.json that "
+        "says which configuration produced them, so this run cannot resume them: pass "
+        "--restart to delete them and start over, or choose another --workdir.")
+  old = options_lib.config_identity(previous["config"])
+  diffs = checkpoint_lib.identity_differences(old, run_identity(config),
+                                              DEFAULT_IDENTITY)
+  if diffs:
+    listed = "; ".join(f"{k}: {checkpoint_lib.format_value(a)} before, "
+                       f"{checkpoint_lib.format_value(b)} now" for k, a, b in diffs)
+    raise UserError(
+        f"the workdir {workdir!r} holds a run with another configuration ({listed}). "
+        "Rerun with the same flags to resume or reuse it, choose another --workdir, or pass "
+        "--restart to delete its results and checkpoints and start over.")
+  return previous

@@ -22,7 +22,6 @@ files; the workdir must be on a file system all hosts see.
 from __future__ import annotations
 
 import logging as std_logging
-import math
 import os
 import shutil
 import sys
@@ -32,6 +31,7 @@ from typing import Sequence
 import jax
 from absl import logging
 
+from jaxact.study import config as config_lib
 from jaxact.store import checkpoint as checkpoint_lib
 from jaxact.engine import compile_ahead as compile_ahead_lib
 from jaxact.data import mnist as data_lib
@@ -185,7 +185,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                     "install tensorboardX), or leave --tensorboard out.")
   clock = time.perf_counter()
   primary = sharding.is_primary()   # multi-host: only process 0 writes files
-  previous = None if restart else workdir_lib.check_workdir_config(workdir, config)
+  previous = None if restart else config_lib.check_workdir_config(workdir, config)
   run_info = _run_record(config, command or sys.argv, previous)
   segment = run_info["segments"][-1]
   # The data before anything is written: a bad --data_dir or tfds cache leaves no files behind.
@@ -327,13 +327,13 @@ def _train_tasks(config: RunConfig, workdir: str,
 
   `clock` is `time.perf_counter()` at the run's start, for the progress lines.
   """
-  from jaxact.analysis import report as report_lib  # matplotlib is imported lazily
+  # Imported here for import time: the report brings matplotlib, which only a run's end needs.
+  from jaxact.analysis import report as report_lib  # pylint: disable=g-import-not-at-top (import time)
 
   primary = sharding.is_primary()
   clock = time.perf_counter() if clock is None else clock
   segment = run_info["segments"][-1]
   out = {}
-  order = list(members)
   trained_s, trained_members = 0.0, 0   # this start's trained tasks, for the run's ETA
   for task, task_members in members.items():
     results_path = workdir_lib.task_results_path(workdir, task)
@@ -561,7 +561,7 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
   in, labelled, as the report's `metric_cells`), and how training
   stopped ("10 early-stopped"): no failed member reads "ok".
   """
-  from jaxact.analysis import report as report_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.analysis import report as report_lib  # pylint: disable=g-import-not-at-top (import time)
   saved: dict[str, records_lib.TaskResults] = {}
   if workdir:
     try:
