@@ -64,7 +64,7 @@ def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> di
   ExecutionConfig.matmul_precision (on a GPU, "tensorfloat32" uses the TF32
   tensor cores: the peak the engine can reach at that precision).
   """
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if not n:
@@ -82,8 +82,8 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
                    conv: str = "im2col") -> dict:
   """Trains `members` seeds of the task's recommended cell for `epochs` epochs with Engine.run."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
   config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
@@ -132,7 +132,7 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
   """
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_reference as ref  # pylint: disable=g-import-not-at-top
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
   torch.set_num_threads(threads)
@@ -158,9 +158,9 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
 
 def measure_full_table(args) -> dict:
   """Wall time of jaxact.train.train_and_evaluate over the whole grid, early stopping included."""
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
-  from jaxact import train  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
+  from jaxact.study import train  # pylint: disable=g-import-not-at-top
 
   conventions = tuple(studies.CONVENTIONS) if args.conventions == "both" else (args.conventions,)
   config = train.RunConfig(
@@ -197,7 +197,7 @@ def measure_full_table(args) -> dict:
 
 
 def machine_info(matmul_n: int, repeats: int, precision: str = "float32") -> dict:
-  from jaxact import provenance  # pylint: disable=g-import-not-at-top
+  from jaxact.store import provenance  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   return dict(kind="machine", description=provenance.machine_description(),
               git_revision=provenance.git_revision(), backend=jax.default_backend(),
@@ -485,15 +485,15 @@ def parse_args(argv=None):
     p.error("--epochs must be >= 2 (the first epoch includes compilation)")
   if args.repeats < 1:
     p.error("--repeats must be >= 1")
-  from jaxact.engine import MEMBER_MODES  # pylint: disable=g-import-not-at-top
+  from jaxact.engine.engine import MEMBER_MODES  # pylint: disable=g-import-not-at-top
   for mode in args.member_modes.split(","):
     if mode not in MEMBER_MODES:
       p.error(f"--member_modes: unknown mode {mode!r} ({', '.join(MEMBER_MODES)})")
   args.member_mode = args.member_mode or args.member_modes.split(",")[0]
-  from jaxact.engine import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
+  from jaxact.engine.engine import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
   if args.matmul_precision not in MATMUL_PRECISIONS:
     p.error(f"--matmul_precision: unknown {args.matmul_precision!r} ({', '.join(MATMUL_PRECISIONS)})")
-  from jaxact.model import CONV_IMPLS  # pylint: disable=g-import-not-at-top
+  from jaxact.model.network import CONV_IMPLS  # pylint: disable=g-import-not-at-top
   if args.conv not in CONV_IMPLS:
     p.error(f"--conv: unknown {args.conv!r} ({', '.join(CONV_IMPLS)})")
   return args

@@ -96,7 +96,7 @@ def load_arrays(data_dir: str | None, split_seed: int = 0, synthetic: bool = Fal
   """
   if synthetic:
     return synthetic_arrays(n_test=n_test or 256)
-  from jaxact import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.data import mnist as data_lib  # pylint: disable=g-import-not-at-top
   split = data_lib.load_split(data_dir, split_seed)
   k = slice(None) if n_test is None else slice(0, n_test)
   return Arrays(np.asarray(split.x_train), np.asarray(split.y_train),

@@ -42,7 +42,7 @@ _MARK = "BENCH_JSON "
 
 def subset_cells(subset: str, k: int):
   """The hidden study's cells of one subset (see the module docstring)."""
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
   cells = [r.cell for r in studies.hidden_grid()["multiclass"]]
   hidden = studies.HIDDEN[:k]
   if subset == "depth1":
@@ -57,7 +57,7 @@ def subset_cells(subset: str, k: int):
 def measure(subset: str, k: int, member_mode: str) -> dict:
   """Seconds to compile the epoch and test programs of one subset, in this process."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
 
   cells = subset_cells(subset, k)
   eng = engine_lib.Engine("multiclass", [(c, 0) for c in cells],
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
   if args.worker:
     print(_MARK + json.dumps(measure(args.subsets, ks[0], args.member_mode)), flush=True)
     return
-  from jaxact import provenance  # pylint: disable=g-import-not-at-top
+  from jaxact.store import provenance  # pylint: disable=g-import-not-at-top
   rows = []
   for subset in args.subsets.split(","):
     for k in ([None] if subset == "all" else ks):

@@ -41,7 +41,7 @@ import optax  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
 
 from benchmarks import common  # pylint: disable=g-import-not-at-top
-from jaxact import model as model_lib  # pylint: disable=g-import-not-at-top
+from jaxact.model import network as model_lib  # pylint: disable=g-import-not-at-top
 
 BATCHES, BATCH, VALID = 63, 32, 3000
 SECTIONS = ("members", "chunks", "pooling", "conv", "conv1")

@@ -1,4 +1,4 @@
-r"""jaxact.memory's estimate against the measured peak memory of a training run.
+r"""jaxact.engine.memory's estimate against the measured peak memory of a training run.
 
 For each member count M, a fresh child process trains M seeds of the
 multiclass softmax + cce cell for `--epochs` epochs with `Engine.run`, saving
@@ -48,7 +48,7 @@ TASK = "multiclass"
 
 def configs(epochs: int, member_mode: str):
   """The EngineConfig and ExecutionConfig of the runs: `epochs` epochs, no early stop."""
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   return (engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1),
           engine_lib.ExecutionConfig(member_mode=member_mode))
 
@@ -56,9 +56,9 @@ def configs(epochs: int, member_mode: str):
 def measure(members: int, epochs: int, member_mode: str, sizes: tuple[int, int, int]) -> dict:
   """Trains `members` seeds in this process; its resident memory before and at the peak."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxact import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from jaxact import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact.store import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
 
   jax.devices()
   baseline = common.rss_bytes()
@@ -108,8 +108,8 @@ def _run_worker(members: int, args) -> dict:
 def estimate_line(args, sizes) -> dict:
   """The memory check's lines for the benchmark's program, and the rough byte count's."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxact import memory  # pylint: disable=g-import-not-at-top
-  from jaxact import studies  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import memory  # pylint: disable=g-import-not-at-top
+  from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
   config, execution = configs(args.epochs, args.member_mode)
   cells = memory.representative_cells([studies.recommended_cell(TASK)])
   t0 = time.perf_counter()
@@ -141,8 +141,8 @@ def main(argv=None) -> None:
   if args.worker:
     print(_MARK + json.dumps(measure(ms[0], args.epochs, args.member_mode, sizes)), flush=True)
     return
-  from jaxact import memory  # pylint: disable=g-import-not-at-top
-  from jaxact import provenance  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import memory  # pylint: disable=g-import-not-at-top
+  from jaxact.store import provenance  # pylint: disable=g-import-not-at-top
   line = estimate_line(args, sizes)
   rows = []
   for m in ms:

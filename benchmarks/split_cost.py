@@ -39,7 +39,9 @@ PATHS = ("shared", "fixed_rows", "per_seed_rows")
 _WORKER = r"""
 import json, sys, time
 import jax
-from jaxact import data as data_lib, engine, studies
+from jaxact.data import mnist as data_lib
+from jaxact.engine import engine
+from jaxact.model import cells as studies
 path, mode, members, epochs, data_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 task = "multiclass"
 cell = studies.Cell(task, "softmax", "cce")
@@ -109,7 +111,7 @@ def main(argv=None) -> None:
       rows.append((mode, path, git_revision(tree), statistics.median(steady), min(steady),
                    max(steady), statistics.median(first)))
       print(rows[-1], file=sys.stderr, flush=True)
-  from jaxact import provenance   # after the workers: this process's jax stays unused until now
+  from jaxact.store import provenance   # after the workers: this process's jax stays unused until now
   lines = [
       "# The cost of per-member data splits",
       "",

@@ -7,9 +7,9 @@ improvement, stop when epoch - best_epoch >= patience), test metric with the
 restored best-valid weights. It is a peer to measure jaxact against (speed,
 and what a cell trains to), not a second product: no vmapping, no tricks.
 
-The data is jaxact's: the same split (`jaxact.data.load_split`) and the same
-targets (`jaxact.tasks.make_targets`), transposed from NHWC to NCHW. The cells
-are jaxact's (`jaxact.studies.select_cells`); each loss is the PyTorch class
+The data is jaxact's: the same split (`jaxact.data.mnist.load_split`) and the same
+targets (`jaxact.data.tasks.make_targets`), transposed from NHWC to NCHW. The cells
+are jaxact's (`jaxact.model.cells.select_cells`); each loss is the PyTorch class
 the original used, applied to the head's output (PROTOCOL section 6):
 
   cce         nn.CrossEntropyLoss   class indices for binary / multiclass; the dense
@@ -48,9 +48,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from jaxact import studies
-from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
+from jaxact.model import cells as studies
+from jaxact.data import tasks as tasks_lib
+from jaxact.model.cells import Cell
 
 
 def build_model(num_outputs: int) -> nn.Sequential:
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   allow_tf32(args.tf32)
 
-  from jaxact import data as data_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.data import mnist as data_lib  # pylint: disable=g-import-not-at-top
   tasks = None if args.task is None else tuple(args.task.split(","))
   cells = studies.select_cells(args.study, tasks, args.head, args.loss)
   split = data_lib.load_split(args.data_dir, args.split_seed)
