@@ -30,6 +30,8 @@ from flax import nnx
 
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
+from jaxact import model as model_lib
+from jaxact import program as program_lib
 from jaxact import losses as losses_lib
 from jaxact import provenance
 from jaxact.studies import Cell
@@ -48,12 +50,12 @@ def parse_cell(text: str) -> Cell:
   return Cell(task, head, loss, norm=bool(rest and rest[0] == "norm"))
 
 
-def measure(eng: engine_lib.Engine, params, data: engine_lib.TaskData, cell: Cell) -> dict:
+def measure(eng: engine_lib.Engine, params, data: program_lib.TaskData, cell: Cell) -> dict:
   model = nnx.merge(eng.graphdef, params)
 
   def hidden_pre(x):
-    x = engine_lib.model_lib.max_pool_2x2(jax.nn.relu(model.conv1(x)))
-    x = engine_lib.model_lib.max_pool_2x2(jax.nn.relu(model.conv2(x)))
+    x = model_lib.max_pool_2x2(jax.nn.relu(model.conv1(x)))
+    x = model_lib.max_pool_2x2(jax.nn.relu(model.conv2(x)))
     x = jax.nn.relu(model.conv3(x)).reshape(x.shape[0], -1)
     return model.hidden[0](x)
 
@@ -66,7 +68,7 @@ def measure(eng: engine_lib.Engine, params, data: engine_lib.TaskData, cell: Cel
 
   def loss(p):
     zz = nnx.merge(eng.graphdef, p)(data.x_train[:256])
-    t = engine_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
+    t = program_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
     return fn.finalize(jnp.mean(fn.per_example(zz, t)))
 
   grads = jax.grad(loss)(params)
@@ -89,13 +91,13 @@ def main(argv):
   rows = []
   for text in _CELLS.value:
     cell = parse_cell(text)
-    data = engine_lib.TaskData.from_split(split, cell.task)
+    data = program_lib.TaskData.from_split(split, cell.task)
     members = [(cell, int(s)) for s in _SEEDS.value]
-    cfg = engine_lib.EngineConfig(max_epochs=_EPOCHS.value, patience=_EPOCHS.value + 1)
+    cfg = program_lib.EngineConfig(max_epochs=_EPOCHS.value, patience=_EPOCHS.value + 1)
     eng = engine_lib.Engine(cell.task, members, cfg, progress=lambda _: None)
-    results = eng.run(data)
-    for i, r in enumerate(results):
-      params = jax.tree_util.tree_map(lambda l: l[i], eng.final_state["params"])
+    outcome = eng.run(data)
+    for i, r in enumerate(outcome.members):
+      params = jax.tree_util.tree_map(lambda l: l[i], outcome.final_state["params"])
       row = {"cell": cell.key, "seed": r.seed, "epochs": _EPOCHS.value,
              "valid_metric_per_epoch": [round(v, 4) for v in r.valid_metric],
              "train_loss_per_epoch": [round(v, 4) for v in r.train_loss]}

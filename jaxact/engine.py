@@ -10,7 +10,8 @@ and trained together; `Engine` composes the parts:
 - runner.py: the host loop (histories, compaction, snapshots, progress,
   results).
 It keeps one jitted epoch function per task (plus one per compacted layout)
-and the public names the rest of the code base uses (`engine.X`, `__all__`).
+and hands the runner what it needs (`run_spec`); every other name lives in
+the module that defines it (program, runner, layout, probes).
 
 An Engine takes two configurations: `EngineConfig`, the training
 hyper-parameters (what is trained), and `ExecutionConfig`, how it is computed
@@ -49,24 +50,11 @@ from jaxact import program as program_lib
 from jaxact import runner as runner_lib
 from jaxact import sharding
 from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
 from jaxact.layout import Groups
-from jaxact.probes import layer_names
-from jaxact.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS,
-                            MEMBER_MODES, OPTIMIZERS, PROTOCOL, Status, TaskData, TrainState,
-                            branch_cell, make_optimizer, predictions, prior_output_bias,
-                            train_targets, with_matmul_precision)
-from jaxact.runner import (MemberResult, Snapshot, cell_label, state_from_host, state_to_host,
-                           training_label, training_record)
-
-# The engine's public names: its own, and those of its parts that the rest of the code uses.
-__all__ = [
-    "Engine", "EngineConfig", "ExecutionConfig", "Groups", "HEAD_BIAS_INITS",
-    "MATMUL_PRECISIONS", "MEMBER_MODES", "MemberResult", "OPTIMIZERS", "PROTOCOL", "Snapshot",
-    "Status", "TaskData", "TrainState", "branch_cell", "cell_label", "layer_names",
-    "make_optimizer", "predictions", "prior_output_bias", "state_from_host", "state_to_host",
-    "train_targets", "training_label", "training_record", "with_matmul_precision",
-]
+from jaxact.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MEMBER_MODES,
+                            TaskData, TrainState, branch_cell, with_matmul_precision)
+from jaxact.runner import Outcome, RunSpec, Snapshot
+from jaxact.studies import Cell
 
 
 class Engine:
@@ -74,7 +62,7 @@ class Engine:
 
   Usage:
     engine = Engine(task, members, config, execution)
-    results = engine.run(data)
+    results = engine.run(data).members      # runner.Outcome
     # resumable: engine.run(data, restore=snapshot, on_epoch_end=hook), see `run`
 
   `engine.traces` counts how often the epoch function was traced, over all
@@ -149,8 +137,6 @@ class Engine:
                                                      for c, _ in self.stacked_members])
                    if mode == "loop" else layout_lib.Vmapped(self.groups))
     self.traces = 0
-    self.compactions = 0             # in the task's whole history, restored runs included
-    self.final_state: dict[str, Any] | None = None
     self.epoch_fn = jax.jit(self.epoch_program(), donate_argnums=(0,))   # all members
     self.layout_epoch_fns: dict[Groups, Callable] = {}                  # compacted layouts
     self.test_fn = jax.jit(self._precise(self._test_of(self.layout)))
@@ -308,18 +294,23 @@ class Engine:
   def run(self, data: TaskData, restore: Snapshot | None = None,
           on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-          ) -> list[MemberResult]:
-    """Trains every member to its early stop (or the cap); returns per-member results.
+          ) -> Outcome:
+    """Trains every member to its early stop (or the cap); returns the `runner.Outcome`.
+
+    The outcome holds the per-member results (`.members`, in `self.members`
+    order), the compactions of the task's whole history (restored runs
+    included), the real members' final state and histories. The engine keeps
+    none of it: `run` may be called again (e.g. with another `restore`).
 
     With `execution.compact`, after an epoch in which at most half of the
     stacked members are still training, the state is cut down to those
     members (`layout` maps stacked position -> index in `self.members`) and
-    the others' final state is kept in `full`, the full-size state in the
-    original member order, which the test pass and `final_state` use.
+    the others' final state is kept in a full-size state in the original
+    member order, which the test pass and the final state use.
 
     The state lives on `self.mesh` (sharding.py): stacked positions are the
     real members then the pads; a compacted layout is padded with stopped
-    members to a multiple of the device count. Snapshots, `final_state` and
+    members to a multiple of the device count. Snapshots, the final state and
     the results hold the real members only.
 
     Args:
@@ -353,7 +344,22 @@ class Engine:
         member would stop if none improved again (capped by max_epochs). It
         is low while members still improve; 0.0 once none trains.
     """
-    return runner_lib.run(self, data, restore, on_epoch_end, on_epoch)
+    data = sharding.replicate(data, self.mesh)
+    return runner_lib.run(self.run_spec(), data, self.initial_state(data), restore,
+                          on_epoch_end, on_epoch)
+
+  def run_spec(self) -> RunSpec:
+    """What the runner needs of this engine (`runner.RunSpec`)."""
+    return RunSpec(
+        task=self.task, config=self.config, members=self.members,
+        stacked=len(self.stacked_members), groups=self.groups, mesh=self.mesh,
+        member_mode=self.member_mode, compact=self.execution.compact,
+        probes=self.program.probes, diagnostic_shapes=self.diagnostic_shapes(),
+        max_depth=self.max_depth,
+        invalid_reasons={c: self.loss_fns[c].invalid_reason for c, _ in self.members},
+        epoch_fn=self.epoch_fn,
+        layout_epoch_fn=lambda positions: self.layout_epoch_fn(self.layout_groups(positions)),
+        test_fn=self.test_fn, progress=self.progress)
 
   def compile_ahead(self, data: TaskData) -> None:
     """Compiles the programs `run(data)` starts with, so that `run` compiles nothing.

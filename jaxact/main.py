@@ -33,7 +33,7 @@ from absl import flags
 from absl import logging
 
 from jaxact import data as data_lib
-from jaxact import engine as engine_lib
+from jaxact import program as program_lib
 from jaxact import files
 from jaxact import model as model_lib
 from jaxact import presets as presets_lib
@@ -115,7 +115,7 @@ _DEPTH = flags.DEFINE_list(
     "--study=hidden, filters, like --init.")
 _OPTIMIZER = flags.DEFINE_string(
     "optimizer", DEFAULTS.engine.optimizer,
-    f"Optimizer, of {', '.join(engine_lib.OPTIMIZERS)}: adamw (PROTOCOL: torch.optim.AdamW) or "
+    f"Optimizer, of {', '.join(program_lib.OPTIMIZERS)}: adamw (PROTOCOL: torch.optim.AdamW) or "
     "sgd (torch.optim.SGD with --momentum; --weight_decay is then its L2 term).")
 _ARMS_HELP = (" Several (comma-separated) train every cell under each, as members of one "
               "program paired by seed; the first is the reference arm.")
@@ -144,7 +144,7 @@ _ARMS = flags.DEFINE_list(
     "values of --learning_rate, --weight_decay, --eps or --head_bias_init (which cross them).")
 _HEAD_BIAS_INIT = flags.DEFINE_list(
     "head_bias_init", _list_flag(DEFAULTS.engine.head_bias_init),
-    f"Output-layer bias at initialisation, of {', '.join(engine_lib.HEAD_BIAS_INITS)}: torch "
+    f"Output-layer bias at initialisation, of {', '.join(program_lib.HEAD_BIAS_INITS)}: torch "
     "(as the --init scheme draws it) or prior (the training targets' mean through the head: "
     "logit of each class's share for a sigmoid, its log for a softmax)." + _ARMS_HELP)
 _MAX_EPOCHS = flags.DEFINE_integer(
@@ -269,7 +269,7 @@ def config_from_flags() -> train.RunConfig:
       sigmoid_method=_tristate("sigmoid_method", _SIGMOID_METHOD.value),
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split=_SPLIT.value, split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
-      engine=engine_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
+      engine=program_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
                                      optimizer=_OPTIMIZER.value,
                                      learning_rate=lr[0],
                                      momentum=_MOMENTUM.value,
@@ -278,7 +278,7 @@ def config_from_flags() -> train.RunConfig:
                                      batch_size=_BATCH_SIZE.value,
                                      head_bias_init=bias[0]),
       arms=arms,
-      execution=engine_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,
+      execution=program_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,
                                            matmul_precision=_MATMUL_PRECISION.value,
                                            conv=_CONV.value, compact=_COMPACT.value))
 

@@ -36,6 +36,7 @@ from jaxact import checkpoint as checkpoint_lib
 from jaxact import compile_ahead as compile_ahead_lib
 from jaxact import data as data_lib
 from jaxact import engine as engine_lib
+from jaxact import program as program_lib
 from jaxact import files
 from jaxact import memory as memory_lib
 from jaxact import diagnostics as diagnostics_lib
@@ -136,7 +137,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                        checkpoint_every: int = CHECKPOINT_EVERY,
                        restart: bool = False, compile_ahead: bool = False,
                        tensorboard: bool = False, tensorboard_members: bool = False,
-                       ) -> dict[str, list[engine_lib.MemberResult]]:
+                       ) -> dict[str, list[runner_lib.MemberResult]]:
   """Trains every planned member, task by task, writing results as each task ends.
 
   Resumable: rerun with the same configuration and workdir and finished tasks
@@ -318,7 +319,7 @@ def _train_tasks(config: RunConfig, workdir: str,
                  ahead: compile_ahead_lib.CompileAhead | None,
                  tensorboard: bool = False, tensorboard_members: bool = False,
                  clock: float | None = None,
-                 ) -> dict[str, list[engine_lib.MemberResult]]:
+                 ) -> dict[str, list[runner_lib.MemberResult]]:
   """The task loop of `train_and_evaluate` (see there); `split` is loaded if a task trains.
 
   `clock` is `time.perf_counter()` at the run's start, for the progress lines.
@@ -361,14 +362,14 @@ def _train_tasks(config: RunConfig, workdir: str,
     else:
       engine = engine_lib.Engine(task, task_members, config.engine, config.execution,
                                  splits=split.member_splits)
-      task_data = engine_lib.TaskData.from_pool(split.pool, task)
+      task_data = program_lib.TaskData.from_pool(split.pool, task)
     if ahead is not None:
       later = [t for t in order[order.index(task) + 1:]
                if not os.path.exists(workdir_lib.task_results_path(workdir, t))]
       if later:
         ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
                                                 config.execution, splits=split.member_splits),
-                    engine_lib.TaskData.from_pool(split.pool, later[0]))
+                    program_lib.TaskData.from_pool(split.pool, later[0]))
     checkpointer = checkpoint_lib.TaskCheckpointer(
         ckpt_dir, every=checkpoint_every, identity={
             "config": run_identity(config), "split_fingerprint": split.fingerprint,
@@ -393,10 +394,10 @@ def _train_tasks(config: RunConfig, workdir: str,
                                    background=prepared is not None))
       results = engine.run(task_data, restore=snapshot,
                            on_epoch_end=checkpointer if checkpoint_every else None,
-                           on_epoch=metrics_writer.compose(*live))
+                           on_epoch=metrics_writer.compose(*live)).members
       for hook in live:
         if isinstance(hook, metrics_writer.TensorBoardLog):
-          hook.write_hparams(results, engine_lib.training_record(config.engine))
+          hook.write_hparams(results, runner_lib.training_record(config.engine))
     finally:
       checkpointer.close()   # waits for pending saves, also on errors and interrupts
       for hook in live:
@@ -424,7 +425,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         "split_fingerprint": split.fingerprint, "numerics": engine.numerics(),
         "max_epochs": config.engine.max_epochs,
         "patience": config.engine.patience,
-        "training": engine_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
+        "training": runner_lib.training_record(config.engine), "wall_time_s": round(wall, 2),
         # Layouts compiled before an interruption count once; the one resumed in is traced again.
         "compilations": engine.traces + (snapshot.compactions if snapshot is not None else 0),
         "command": run_info["command"], "machine": run_info["machine"],
@@ -491,8 +492,8 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
   return hooks
 
 
-def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
-                         config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+def format_results_table(results: dict[str, list[runner_lib.MemberResult]],
+                         config: program_lib.EngineConfig = program_lib.PROTOCOL,
                          workdir: str | None = None) -> str:
   """A compact plain-text table per cell, for the console: the diagnosis first, then metrics.
 
@@ -521,7 +522,7 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
       mine = [r for r in rs if r.cell == cell]
       members = [records.get((cell.key, r.seed)) or dict(workdir_lib.member_record(r, config),
                                                           diagnosis=None) for r in mine]
-      label = engine_lib.cell_label(cell, config)
+      label = runner_lib.cell_label(cell, config)
       head = f"  {label:<40} [{len(mine)} seeds: {report_lib.diagnosis_counts(members)}]"
       if all(m.get("status") == "invalid" for m in members):
         lines.append(f"{head} invalid: {mine[0].status_reason}")

@@ -28,7 +28,8 @@ from typing import Sequence
 from jaxact import checkpoint as checkpoint_lib
 from jaxact import config as config_lib
 from jaxact import diagnostics as diagnostics_lib
-from jaxact import engine as engine_lib
+from jaxact import program as program_lib
+from jaxact import runner as runner_lib
 from jaxact import files
 from jaxact import metrics_writer
 from jaxact import sharding
@@ -163,19 +164,19 @@ def check_split(workdir: str, run_info: dict, split) -> None:
 # -- results records ---------------------------------------------------------
 
 
-def member_record(result: engine_lib.MemberResult,
-                  config: engine_lib.EngineConfig = engine_lib.PROTOCOL) -> dict:
+def member_record(result: runner_lib.MemberResult,
+                  config: program_lib.EngineConfig = program_lib.PROTOCOL) -> dict:
   """A member's results record; its label names `config`'s training where it is not PROTOCOL's."""
   d = dataclasses.asdict(result)
   d["cell"] = result.cell.to_dict()
   d["key"] = result.cell.key
-  d["label"] = engine_lib.cell_label(result.cell, config)
+  d["label"] = runner_lib.cell_label(result.cell, config)
   return d
 
 
-def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
+def diagnosed_records(results: Sequence[runner_lib.MemberResult], task: str,
                       chance: float | None, ceiling: float | None,
-                      config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+                      config: program_lib.EngineConfig = program_lib.PROTOCOL,
                       clamp_bound: float | None = None,
                       extra: Sequence[dict] | None = None) -> list[dict]:
   """`member_record`s, each with its `diagnosis` ({kind, evidence}, see jaxact.diagnostics).
@@ -192,15 +193,15 @@ def diagnosed_records(results: Sequence[engine_lib.MemberResult], task: str,
   return records
 
 
-def member_from_record(record: dict) -> engine_lib.MemberResult:
+def member_from_record(record: dict) -> runner_lib.MemberResult:
   """The inverse of `member_record`."""
-  names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
+  names = [f.name for f in dataclasses.fields(runner_lib.MemberResult)]
   values = {n: record[n] for n in names if n != "cell" and n in record}
-  return engine_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
+  return runner_lib.MemberResult(cell=studies.Cell.from_dict(record["cell"]), **values)
 
 
 def reuse_results(path: str, task: str, task_members: list[tuple[studies.Cell, int]],
-                  ) -> list[engine_lib.MemberResult]:
+                  ) -> list[runner_lib.MemberResult]:
   """The MemberResults of a finished task's results file; UserError if it does not fit the plan."""
   saved = files.read_json_object(path)
   try:

@@ -13,13 +13,14 @@ from flax import nnx
 
 from jaxact import diagnostics
 from jaxact import engine
+from jaxact import program
 from jaxact import model
 from jaxact import probes
 from jaxact import studies
 from jaxact.studies import Cell
 from test_engine import _synthetic
 
-CFG = engine.EngineConfig(max_epochs=2, patience=2, batch_size=32)
+CFG = program.EngineConfig(max_epochs=2, patience=2, batch_size=32)
 QUIET = dict(progress=lambda _: None)
 
 
@@ -122,7 +123,7 @@ def test_layer_norms_match_a_direct_computation():
   params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
   stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params)
   sq = np.asarray(probes.layer_sq_norms(stacked, 3))
-  assert sq.shape == (2, len(engine.layer_names(3)))
+  assert sq.shape == (2, len(probes.layer_names(3)))
   want = [float(jnp.sum(m.conv1.kernel[...] ** 2) + jnp.sum(m.conv1.bias[...] ** 2)),
           float(jnp.sum(m.hidden[2].kernel[...] ** 2) + jnp.sum(m.hidden[2].bias[...] ** 2)),
           float(jnp.sum(m.out.kernel[...] ** 2) + jnp.sum(m.out.bias[...] ** 2))]
@@ -135,7 +136,7 @@ def test_softmax_over_one_output_has_exactly_zero_gradient():
   cell = Cell("probability", "softmax", "bce")
   eng = engine.Engine("probability", [(cell, 0), (studies.recommended_cell("probability"), 0)],
                       CFG, **QUIET)
-  results = eng.run(data)
+  results = eng.run(data).members
   dead, alive = (next(r for r in results if r.cell == c) for c in (cell, eng.members[1][0]))
   assert all(g == 0.0 for epoch in dead.diagnostics["grad_norm"] for g in epoch)
   assert all(g > 0.0 for g in alive.diagnostics["grad_norm"][0])
@@ -149,7 +150,7 @@ def test_grad_norm_first_is_the_gradient_at_initialisation(data):
   """Epoch 0's first-batch gradient norms equal jax.grad of the loss on that batch, by hand."""
   cell = studies.recommended_cell("multiclass")
   eng = engine.Engine("multiclass", [(cell, 3)], CFG, **QUIET)
-  (r,) = eng.run(data)
+  (r,) = eng.run(data).members
   key = jax.random.split(jax.random.key(3))[1]
   perm = jax.random.permutation(jax.random.fold_in(key, 0), data.x_train.shape[0])[:32]
   m = model.CNN(10, rngs=nnx.Rngs(params=jax.random.split(jax.random.key(3))[0]))
@@ -176,11 +177,11 @@ def test_mixed_network_member_equals_its_single_run(data):
            Cell("multiclass", "sigmoid", "bce", hidden="gelu", batch_norm=True, depth=2)]
   mixed = engine.Engine("multiclass", [(c, s) for c in cells for s in (0, 1)], CFG, **QUIET)
   assert mixed.max_depth == 3 and mixed.has_batch_norm
-  results = mixed.run(data)
+  results = mixed.run(data).members
   assert mixed.traces == 1
   for cell in cells[1:]:
     alone = engine.Engine("multiclass", [(cell, 1)], CFG, **QUIET)
-    (a,) = alone.run(data)
+    (a,) = alone.run(data).members
     b = next(r for r in results if r.cell == cell and r.seed == 1)
     if not cell.batch_norm:
       chex.assert_trees_all_close((a.train_loss, a.valid_metric, a.test),
@@ -274,7 +275,7 @@ def test_chance_levels():
 def _record(cell=None, status="ok", best_valid=0.97, test=0.97, best_epoch=4, epochs=8,
             train_loss=None, **diag):
   cell = cell or studies.recommended_cell("multiclass")
-  d = dict(layers=engine.layer_names(cell.depth),
+  d = dict(layers=probes.layer_names(cell.depth),
            grad_norm=[[0.1] * (4 + cell.depth)] * epochs,
            grad_norm_first=[[0.01] * (3 + cell.depth) + [0.1]] * epochs,
            saturated=[[0.0] * cell.depth] * epochs, dead=[[0.0] * cell.depth] * epochs,
@@ -561,7 +562,7 @@ def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
   for seed, acc in enumerate(test_accs):   # member i has seed i: cells pair up by seed
     first = [0.01] * 3 + [ratio * 0.1] + [0.01] * (depth - 1) + [0.1]
     out.append(dict(seed=seed, test=acc, best_epoch=0, diagnostics=dict(
-        layers=engine.layer_names(depth), grad_norm_first=[first], dead=[[dead] * depth])))
+        layers=probes.layer_names(depth), grad_norm_first=[first], dead=[[dead] * depth])))
   return out
 
 

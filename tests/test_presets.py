@@ -52,13 +52,13 @@ def test_every_preset_sets_flags_of_the_command_line():
 
 
 def test_describe_names_the_preset_and_the_overrides():
-  from jaxact import engine, train
+  from jaxact import program, train
   config = train.RunConfig(study="all", task=("multiclass",), head="sigmoid", seeds=10,
-                           engine=engine.EngineConfig(learning_rate=1e-4))
+                           engine=program.EngineConfig(learning_rate=1e-4))
   assert presets.describe(config.to_dict()) == [
       "--preset=all", "--task=multiclass", "--head=sigmoid", "--learning_rate=0.0001"]
   hidden = train.RunConfig(study="hidden", seeds=3, conventions=("torch", "logits"),
-                           engine=engine.EngineConfig(max_epochs=30))
+                           engine=program.EngineConfig(max_epochs=30))
   assert presets.describe(hidden.to_dict()) == ["--preset=hidden", "--convention=both"]
 
 
@@ -71,8 +71,8 @@ def test_describe_uses_no_preset_where_none_shortens_the_command():
 
 
 def test_describe_refuses_options_without_a_flag():
-  from jaxact import engine, train
-  config = train.RunConfig(engine=engine.EngineConfig(b1=0.8))
+  from jaxact import program, train
+  config = train.RunConfig(engine=program.EngineConfig(b1=0.8))
   with pytest.raises(ValueError, match="b1 has no flag"):
     presets.describe(config.to_dict())
 
