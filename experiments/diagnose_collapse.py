@@ -32,6 +32,7 @@ from jaxact import data as data_lib
 from jaxact import engine as engine_lib
 from jaxact import model as model_lib
 from jaxact import program as program_lib
+from jaxact import stacked as stacked_lib
 from jaxact import losses as losses_lib
 from jaxact import provenance
 from jaxact.studies import Cell
@@ -68,7 +69,7 @@ def measure(eng: engine_lib.Engine, params, data: program_lib.TaskData, cell: Ce
 
   def loss(p):
     zz = nnx.merge(eng.graphdef, p)(data.x_train[:256])
-    t = program_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
+    t = stacked_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
     return fn.finalize(jnp.mean(fn.per_example(zz, t)))
 
   grads = jax.grad(loss)(params)

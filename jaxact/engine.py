@@ -302,16 +302,10 @@ class Engine:
     included), the real members' final state and histories. The engine keeps
     none of it: `run` may be called again (e.g. with another `restore`).
 
-    With `execution.compact`, after an epoch in which at most half of the
-    stacked members are still training, the state is cut down to those
-    members (`layout` maps stacked position -> index in `self.members`) and
-    the others' final state is kept in a full-size state in the original
-    member order, which the test pass and the final state use.
-
-    The state lives on `self.mesh` (sharding.py): stacked positions are the
-    real members then the pads; a compacted layout is padded with stopped
-    members to a multiple of the device count. Snapshots, the final state and
-    the results hold the real members only.
+    With `execution.compact` ("vmap" mode), the runner drops finished members
+    from the stacked state (runner.py). The state lives on `self.mesh`
+    (sharding.py): the real members, then pads; snapshots, the final state
+    and the results hold the real members only.
 
     Args:
       data: the task's data.
@@ -322,27 +316,10 @@ class Engine:
         `snapshot()` builds the `Snapshot` of that moment (a host copy; call it
         only when you need it). The engine does no file I/O itself.
       on_epoch: called on the host after EVERY epoch (the last one included,
-        before `on_epoch_end`), as `on_epoch(epochs_done, host)`, with what the
-        loop fetched anyway; cheap, nothing is copied off the devices for it.
-        `host` holds numpy arrays over the real members in `self.members`
-        order, R of them, fresh copies the callee may keep:
-          train_loss (R,) float32: mean training loss of the epoch (NaN for a
-            member that did not train in it);
-          valid_metric (R,) float32: the valid metric after it (NaN likewise);
-          n_infinite (R,) int: non-finite valid predictions;
-          trained (R,) bool: the member trained in this epoch;
-          active (R,) bool: it is still training after it;
-          status (R,) int: its `Status` so far (TRAINING while active);
-          best_valid (R,) float32: its best valid metric so far, in the
-            metric's units (NaN before any finite one);
-          best_epoch (R,) int: the 0-based epoch of that best (-1: none);
-          diag: name -> (R, ...) this epoch's diagnostics (`diagnostic_shapes`);
-        and two floats: elapsed_s, the seconds since this call started, and
-        eta_s, an estimate of the seconds until the task ends: the mean
-        duration of the recent epochs (the first one, which compiles, left
-        out once there are others) times the epochs until the last active
-        member would stop if none improved again (capped by max_epochs). It
-        is low while members still improve; 0.0 once none trains.
+        before `on_epoch_end`), as `on_epoch(epochs_done, host)`; cheap.
+        `host` holds fresh numpy copies over the real members in
+        `self.members` order, what the loop fetched anyway (nothing is copied
+        off the devices for it): see `runner.epoch_report`.
     """
     data = sharding.replicate(data, self.mesh)
     return runner_lib.run(self.run_spec(), data, self.initial_state(data), restore,

@@ -158,7 +158,7 @@ def is_accuracy(result: dict, task: str) -> bool:
     try:
       name = tasks_lib.get_task(task).metric_name
     except ValueError:
-      name = "mse" if task == "regression" else "accuracy"
+      name = "accuracy"   # a task this version does not define
   return str(name).lower() != "mse"
 
 

@@ -501,8 +501,28 @@ def _eta(durations: list[float], standing: Standing, cfg: EngineConfig, epoch: i
 
 def epoch_report(task, hist: Histories, standing: Standing, epoch: int, r: int,
                  elapsed: float, eta: float) -> dict[str, Any]:
-  """The `on_epoch` hook's `host` dict after `epoch` epochs: fresh copies over the R real
-  members (see `Engine.run`)."""
+  """The `on_epoch` hook's `host` dict after `epoch` epochs (`Engine.run`).
+
+  Numpy arrays over the R real members in `RunSpec.members` order, fresh
+  copies the callee may keep:
+    train_loss (R,) float32: mean training loss of the epoch (NaN for a
+      member that did not train in it);
+    valid_metric (R,) float32: the valid metric after it (NaN likewise);
+    n_infinite (R,) int: non-finite valid predictions;
+    trained (R,) bool: the member trained in this epoch;
+    active (R,) bool: it is still training after it;
+    status (R,) int: its `Status` so far (TRAINING while active);
+    best_valid (R,) float32: its best valid metric so far, in the metric's
+      units (NaN before any finite one);
+    best_epoch (R,) int: the 0-based epoch of that best (-1: none);
+    diag: name -> (R, ...) this epoch's diagnostics (`RunSpec.diagnostic_shapes`);
+  and two floats: elapsed_s, the seconds since `run` started, and eta_s, an
+  estimate of the seconds until the task ends: the mean duration of the
+  recent epochs (the first one, which compiles, left out once there are
+  others) times the epochs until the last active member would stop if none
+  improved again (capped by max_epochs). It is low while members still
+  improve; 0.0 once none trains.
+  """
   e = epoch - 1
   sign = 1.0 if task.higher_is_better else -1.0
   best_epoch = standing.best_epoch[:r]

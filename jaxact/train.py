@@ -404,11 +404,11 @@ def _train_tasks(config: RunConfig, workdir: str,
         hook.close()
     wall = checkpointer.elapsed()
     t = tasks_lib.get_task(task)
-    chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
+    chance = t.chance_level(t.targets(split.valid_labels))
     ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
-        tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
+        t.targets(split.test_labels)) if t.multi_label else None)
     extra = [{"split_seed": split.split_seed_of(r.seed)} for r in results]
-    if task == "regression":   # each split's own bound (its train targets' mean)
+    if t.continuous:   # each split's own bound (its train targets' mean)
       pool_t = tasks_lib.make_targets(task, split.pool.y)
       test_t = tasks_lib.make_targets(task, split.test_labels)
       bounds = {s: diagnostics_lib.relu_clamp_bound(pool_t[split.member_splits(s)[0]], test_t)
@@ -432,7 +432,7 @@ def _train_tasks(config: RunConfig, workdir: str,
         "git_revision": segment["git_revision"], "jaxact_version": __version__,
         "chance_valid": chance, "softmax_ceiling_test": ceiling,
         "relu_clamp_bound_test": (extra[0]["relu_clamp_bound_test"]
-                                  if task == "regression" and config.split == "fixed" else None),
+                                  if t.continuous and config.split == "fixed" else None),
         "members": records,
     })
     checkpointer.delete()   # the results file is the durable record now

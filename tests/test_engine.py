@@ -14,6 +14,7 @@ import pytest
 from jaxact import engine
 from jaxact import losses
 from jaxact import program
+from jaxact import stacked
 from jaxact import studies
 from jaxact import tasks
 from jaxact.studies import Cell
@@ -212,14 +213,14 @@ def test_sigmoid_method_predictions_and_infinities():
   cell = Cell("regression", "sigmoid", "mse", norm=False, sigmoid_method=True)
   t = jnp.asarray([[1.0], [6.0]])
   # Targets are squashed for the loss and recovered exactly by the inverse.
-  st = program.train_targets(cell, t, 0.0, 1.0)
+  st = stacked.train_targets(cell, t, 0.0, 1.0)
   np.testing.assert_allclose(st, jax.nn.sigmoid(t))
   z = jnp.asarray([[2.0], [100.0], [-200.0]])
-  pred = program.predictions(cell, z, 0.0, 1.0)
+  pred = stacked.predictions(cell, z, 0.0, 1.0)
   np.testing.assert_allclose(pred[0], 2.0, rtol=1e-5)
   assert pred[1, 0] == np.inf and pred[2, 0] == -np.inf
   norm = dataclasses.replace(cell, norm=True)
-  np.testing.assert_allclose(program.predictions(norm, z[:1], 3.0, 2.0)[0], 2.0 * 2.0 + 3.0, rtol=1e-5)
+  np.testing.assert_allclose(stacked.predictions(norm, z[:1], 3.0, 2.0)[0], 2.0 * 2.0 + 3.0, rtol=1e-5)
 
 
 def test_epoch_cap_is_reported():
