@@ -1,10 +1,14 @@
 """The host loop of a task: epochs, histories, compaction, snapshots, progress, results.
 
-`run(engine, data)` calls the engine's jitted epoch function once per epoch
-and fetches only a few (M,) vectors per epoch: the histories (train loss,
-valid metric, diagnostics) are kept here, on the host, and so are the
-progress line, the `on_epoch` / `on_epoch_end` hooks (snapshots for
-checkpoints; the runner does no file I/O itself) and the `MemberResult`s.
+`run(spec, data, state)` takes what it needs of the task's program as a
+`RunSpec` (built by the engine: members, configuration, mesh, jitted
+functions), calls the epoch function once per epoch and fetches only a few
+(M,) vectors per epoch: the histories (train loss, valid metric,
+diagnostics: `Histories`) are kept here, on the host, and so are the
+progress line and the `on_epoch` / `on_epoch_end` hooks (snapshots for
+checkpoints; the runner does no file I/O itself). It returns an `Outcome`:
+the `MemberResult`s, the compactions, the final state and the histories.
+The runner imports nothing of the engine and writes nothing into it.
 
 With `ExecutionConfig.compact` ("vmap" mode) the runner drops finished members
 from the stacked state whenever at most half of the stacked members are

@@ -22,11 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_engine  # noqa: E402
 from benchmarks import common  # noqa: E402
-from jaxact import program  # noqa: E402
-from jaxact import stacked  # noqa: E402
-from jaxact import runner  # noqa: E402
 from jaxact import losses  # noqa: E402
 from jaxact import model as model_lib  # noqa: E402
+from jaxact import runner  # noqa: E402
+from jaxact import stacked  # noqa: E402
 from jaxact import tasks  # noqa: E402
 from jaxact.studies import Cell  # noqa: E402
 

@@ -131,6 +131,21 @@ def test_layer_norms_match_a_direct_computation():
   np.testing.assert_allclose(sq[1], 4 * sq[0], rtol=1e-5)
 
 
+def test_probes_declare_their_axes_and_a_member_keeps_its_own_layers():
+  dims = probes.Dims(layers=len(probes.layer_names(3)), depth=3, width=64, outputs=10)
+  for p in probes.PROBES:
+    assert p.shape(dims) == tuple({"layer": 7, "hidden": 3}[a] for a in p.axes), p.name
+  assert {p.name for p in probes.PROBES if p.axes == ("layer",)} == {
+      "grad_norm", "grad_norm_first", "param_norm"}
+  # Two epochs of a depth-1 member recorded in a program of depth 3: conv1-3, hidden1, out.
+  layers = np.arange(2 * 7, dtype=np.float32).reshape(2, 7)
+  np.testing.assert_array_equal(probes.member_part(layers, ("layer",), 1, 3, leading=1),
+                                layers[:, [0, 1, 2, 3, 6]])
+  np.testing.assert_array_equal(probes.member_part(layers[:, :3], ("hidden",), 2, 3, leading=1),
+                                layers[:, :2])
+  assert probes.member_part(np.float32(0.5), (), 1, 3) == np.float32(0.5)
+
+
 def test_softmax_over_one_output_has_exactly_zero_gradient():
   data = _synthetic("probability")
   cell = Cell("probability", "softmax", "bce")
