@@ -89,7 +89,7 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   cell = studies.recommended_cell(task)
   config = program_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
   execution = program_lib.ExecutionConfig(member_mode=member_mode,
-                                         matmul_precision=matmul_precision, conv=conv)
+                                          matmul_precision=matmul_precision, conv=conv)
   marks = []
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config, execution,
                           progress=lambda _: marks.append(time.perf_counter()))
@@ -170,8 +170,8 @@ def measure_full_table(args) -> dict:
       data_dir=args.data_dir,
       engine=program_lib.EngineConfig(max_epochs=args.max_epochs),
       execution=program_lib.ExecutionConfig(member_mode=args.member_mode,
-                                           matmul_precision=args.matmul_precision,
-                                           conv=args.conv, compact=args.compact))
+                                            matmul_precision=args.matmul_precision,
+                                            conv=args.conv, compact=args.compact))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.

@@ -270,17 +270,17 @@ def config_from_flags() -> train.RunConfig:
       conventions=conventions, network=network, seeds=_SEEDS.value, first_seed=_FIRST_SEED.value,
       split=_SPLIT.value, split_seed=_SPLIT_SEED.value, data_dir=_DATA_DIR.value, tfds_dir=_TFDS_DIR.value,
       engine=program_lib.EngineConfig(max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
-                                     optimizer=_OPTIMIZER.value,
-                                     learning_rate=lr[0],
-                                     momentum=_MOMENTUM.value,
-                                     weight_decay=wd[0],
-                                     eps=eps[0],
-                                     batch_size=_BATCH_SIZE.value,
-                                     head_bias_init=bias[0]),
+                                      optimizer=_OPTIMIZER.value,
+                                      learning_rate=lr[0],
+                                      momentum=_MOMENTUM.value,
+                                      weight_decay=wd[0],
+                                      eps=eps[0],
+                                      batch_size=_BATCH_SIZE.value,
+                                      head_bias_init=bias[0]),
       arms=arms,
       execution=program_lib.ExecutionConfig(member_mode=_MEMBER_MODE.value,
-                                           matmul_precision=_MATMUL_PRECISION.value,
-                                           conv=_CONV.value, compact=_COMPACT.value))
+                                            matmul_precision=_MATMUL_PRECISION.value,
+                                            conv=_CONV.value, compact=_COMPACT.value))
 
 
 class _QuietOrbax(std_logging.Filter):

@@ -219,10 +219,10 @@ def abstract_task_data(task: str, *sizes: int):
   else:
     n_train, n_valid, n_test = sizes
   return program_lib.TaskData(x_train=images(n_train), t_train=targets(n_train),
-                             x_valid=images(n_valid), t_valid=targets(n_valid),
-                             x_test=images(n_test), t_test=targets(n_test),
-                             target_mean=jax.ShapeDtypeStruct((), np.float32, weak_type=True),
-                             target_std=jax.ShapeDtypeStruct((), np.float32, weak_type=True))
+                              x_valid=images(n_valid), t_valid=targets(n_valid),
+                              x_test=images(n_test), t_test=targets(n_test),
+                              target_mean=jax.ShapeDtypeStruct((), np.float32, weak_type=True),
+                              target_std=jax.ShapeDtypeStruct((), np.float32, weak_type=True))
 
 
 def _shape_splits(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,10 +7,13 @@ program is built once per task (`Program`, after purejaxrl's `make_train`):
 `init_state` makes the initial state, `epoch` runs one epoch (a `lax.scan`
 over the batches with the data resident on the device, a pass over the
 valid set in chunks, the early-stopping update), `evaluate` and `test` the
-metric of stacked parameters. Each takes the members' cells as a layout's
-cells object (layout.py: static per-cell slices, or one member's cell picked
-at run time); layout.py maps it over the members, and the engine jits it.
-Nothing here does I/O or keeps state between calls.
+metric of stacked parameters. It composes its parts by job: the network of
+the stacked members (`stacked.Network`), the valid and test passes
+(`evaluation.Evaluation`) and the training arms' optimizers (`Optimizers`).
+Each takes the members' cells as a layout's cells object (layout.py: static
+per-cell slices, or one member's cell picked at run time); layout.py maps it
+over the members, and the engine jits it. Nothing here does I/O or keeps
+state between calls.
 
 Per member (PROTOCOL section 3):
 - its own initialisation and shuffle order, both from `jax.random.key(seed)`

@@ -31,6 +31,8 @@ import numpy as np
 from jaxact import probes as probes_lib
 from jaxact import program as program_lib
 from jaxact import sharding
+from jaxact import tasks as tasks_lib
+from jaxact.layout import Groups
 from jaxact.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
 from jaxact.studies import Cell
 
@@ -266,12 +268,12 @@ class RunSpec:
       (metric (M,), non-finite predictions (M,)).
     progress: receives the progress line after every epoch.
   """
-  task: Any
+  task: tasks_lib.Task
   config: EngineConfig
   members: Sequence[tuple[Cell, int]]
   stacked: int
-  groups: Any
-  mesh: Any
+  groups: Groups
+  mesh: jax.sharding.Mesh
   member_mode: str
   compact: bool
   probes: tuple[probes_lib.Probe, ...]
@@ -498,8 +500,9 @@ def _eta(durations: list[float], standing: Standing, cfg: EngineConfig, epoch: i
          r: int) -> float:
   """Seconds until the task ends if no member improved again (see `Engine.run`'s on_epoch)."""
   active = standing.active[:r]
-  left = 0 if not active.any() else min(
-      cfg.max_epochs - epoch, int(np.max(standing.best_epoch[:r][active])) + cfg.patience + 1 - epoch)
+  last_best = int(np.max(standing.best_epoch[:r][active])) if active.any() else 0
+  left = 0 if not active.any() else min(cfg.max_epochs - epoch,
+                                        last_best + cfg.patience + 1 - epoch)
   return float(np.mean((durations[1:] or durations)[-5:])) * left
 
 

@@ -172,7 +172,7 @@ def test_options_change_training():
 def test_training_label_names_what_differs_from_the_protocol():
   assert runner.training_label(program.EngineConfig()) == ""
   cfg = program.EngineConfig(optimizer="sgd", learning_rate=0.01, head_bias_init="prior",
-                            batch_size=64, weight_decay=0.0)
+                             batch_size=64, weight_decay=0.0)
   assert runner.training_label(cfg) == (
       "sgd (momentum 0.9), lr 0.01, weight decay 0, batch 64, prior head bias")
   cell = Cell("multiclass", "sigmoid", "bce")
