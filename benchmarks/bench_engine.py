@@ -64,7 +64,7 @@ def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> di
   ExecutionConfig.matmul_precision (on a GPU, "tensorfloat32" uses the TF32
   tensor cores: the peak the engine can reach at that precision).
   """
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   if not n:
@@ -72,7 +72,7 @@ def matmul_peak(n: int = 0, repeats: int = 10, precision: str = "float32") -> di
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.random.normal(ka, (n, n), jnp.float32)
   b = jax.random.normal(kb, (n, n), jnp.float32)
-  fn = jax.jit(engine_lib.with_matmul_precision(jnp.matmul, precision))
+  fn = jax.jit(program_lib.with_matmul_precision(jnp.matmul, precision))
   s = common.time_calls(fn, a, b, repeats=repeats)
   return dict(n=n, repeats=repeats, seconds=s, gflops=2.0 * n**3 / s / 1e9, precision=precision)
 
@@ -84,20 +84,21 @@ def measure_engine(arrays: common.Arrays, members: int, epochs: int, task: str =
   import jax  # pylint: disable=g-import-not-at-top
   from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
 
   cell = studies.recommended_cell(task)
-  config = engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
-  execution = engine_lib.ExecutionConfig(member_mode=member_mode,
-                                         matmul_precision=matmul_precision, conv=conv)
+  config = program_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1)
+  execution = program_lib.ExecutionConfig(member_mode=member_mode,
+                                          matmul_precision=matmul_precision, conv=conv)
   marks = []
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config, execution,
                           progress=lambda _: marks.append(time.perf_counter()))
-  data = jax.block_until_ready(engine_lib.TaskData.from_split(arrays, task))
+  data = jax.block_until_ready(program_lib.TaskData.from_split(arrays, task))
   device_before = common.device_memory_stats()
   rss_before = common.rss_bytes()
   reset = common.reset_peak_rss()
   t0 = time.perf_counter()
-  results = eng.run(data)
+  results = eng.run(data).members
   wall = time.perf_counter() - t0
   peak = common.peak_rss_bytes()
   device_after = common.device_memory_stats()
@@ -158,18 +159,18 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
 
 def measure_full_table(args) -> dict:
   """Wall time of jaxact.train.train_and_evaluate over the whole grid, early stopping included."""
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
   from jaxact.study import train  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
 
   conventions = tuple(studies.CONVENTIONS) if args.conventions == "both" else (args.conventions,)
   config = train.RunConfig(
       study=args.study, seeds=args.seeds, conventions=conventions, split_seed=args.split_seed,
       data_dir=args.data_dir,
-      engine=engine_lib.EngineConfig(max_epochs=args.max_epochs),
-      execution=engine_lib.ExecutionConfig(member_mode=args.member_mode,
-                                           matmul_precision=args.matmul_precision,
-                                           conv=args.conv, compact=args.compact))
+      engine=program_lib.EngineConfig(max_epochs=args.max_epochs),
+      execution=program_lib.ExecutionConfig(member_mode=args.member_mode,
+                                            matmul_precision=args.matmul_precision,
+                                            conv=args.conv, compact=args.compact))
   workdir = args.full_table_workdir or tempfile.mkdtemp(prefix="jaxact-full-table-")
   if os.path.isdir(workdir) and os.listdir(workdir):
     # train_and_evaluate would resume from / reuse what is there: not a timing.
@@ -485,12 +486,12 @@ def parse_args(argv=None):
     p.error("--epochs must be >= 2 (the first epoch includes compilation)")
   if args.repeats < 1:
     p.error("--repeats must be >= 1")
-  from jaxact.engine.engine import MEMBER_MODES  # pylint: disable=g-import-not-at-top
+  from jaxact.engine.program import MEMBER_MODES  # pylint: disable=g-import-not-at-top
   for mode in args.member_modes.split(","):
     if mode not in MEMBER_MODES:
       p.error(f"--member_modes: unknown mode {mode!r} ({', '.join(MEMBER_MODES)})")
   args.member_mode = args.member_mode or args.member_modes.split(",")[0]
-  from jaxact.engine.engine import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
+  from jaxact.engine.program import MATMUL_PRECISIONS  # pylint: disable=g-import-not-at-top
   if args.matmul_precision not in MATMUL_PRECISIONS:
     p.error(f"--matmul_precision: unknown {args.matmul_precision!r} ({', '.join(MATMUL_PRECISIONS)})")
   from jaxact.model.network import CONV_IMPLS  # pylint: disable=g-import-not-at-top

@@ -58,12 +58,13 @@ def measure(subset: str, k: int, member_mode: str) -> dict:
   """Seconds to compile the epoch and test programs of one subset, in this process."""
   import jax  # pylint: disable=g-import-not-at-top
   from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
 
   cells = subset_cells(subset, k)
   eng = engine_lib.Engine("multiclass", [(c, 0) for c in cells],
-                          engine_lib.EngineConfig(max_epochs=1),
-                          engine_lib.ExecutionConfig(member_mode=member_mode))
-  data = jax.block_until_ready(engine_lib.TaskData.from_split(common.synthetic_arrays(), "multiclass"))
+                          program_lib.EngineConfig(max_epochs=1),
+                          program_lib.ExecutionConfig(member_mode=member_mode))
+  data = jax.block_until_ready(program_lib.TaskData.from_split(common.synthetic_arrays(), "multiclass"))
   t0 = time.perf_counter()
   eng.compile_ahead(data)
   compile_s = time.perf_counter() - t0

@@ -72,17 +72,24 @@ def extract_base(rev: str, into: str) -> str:
 def prepare(pkg: str, arrays, task: str, members: int, member_mode: str):
   """(epoch function, state after one compiled epoch, data) of package `pkg`'s engine."""
   engine_lib = importlib.import_module(f"{pkg}.engine")
+  # Where the revision defines its configurations and TaskData: program.py (the engine
+  # re-exported them up to 59bc533), else engine.py.
+  try:
+    defs = importlib.import_module(f"{pkg}.program")
+  except ImportError:
+    defs = engine_lib
+  defs = defs if hasattr(defs, "EngineConfig") else engine_lib
   studies = importlib.import_module(f"{pkg}.studies")
   cell = studies.recommended_cell(task)
-  config = engine_lib.EngineConfig(max_epochs=10**6, patience=10**6)
-  if hasattr(engine_lib, "ExecutionConfig"):
-    execution = {"execution": engine_lib.ExecutionConfig(member_mode=member_mode)}
+  config = defs.EngineConfig(max_epochs=10**6, patience=10**6)
+  if hasattr(defs, "ExecutionConfig"):
+    execution = {"execution": defs.ExecutionConfig(member_mode=member_mode)}
   else:   # revisions up to 30ce5cb: member_mode was a field of EngineConfig
-    config = engine_lib.EngineConfig(max_epochs=10**6, patience=10**6, member_mode=member_mode)
+    config = defs.EngineConfig(max_epochs=10**6, patience=10**6, member_mode=member_mode)
     execution = {}
   eng = engine_lib.Engine(task, [(cell, s) for s in range(members)], config,
                           progress=lambda _: None, **execution)
-  data = jax.block_until_ready(engine_lib.TaskData.from_split(arrays, task))
+  data = jax.block_until_ready(defs.TaskData.from_split(arrays, task))
   # The public seams where the revision has them, else the engine's private ones.
   epoch_fn = getattr(eng, "epoch_fn", None) or eng._epoch_fn     # pylint: disable=protected-access
   initial = getattr(eng, "initial_state", None) or eng._initial_state   # pylint: disable=protected-access

@@ -48,9 +48,9 @@ TASK = "multiclass"
 
 def configs(epochs: int, member_mode: str):
   """The EngineConfig and ExecutionConfig of the runs: `epochs` epochs, no early stop."""
-  from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  return (engine_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1),
-          engine_lib.ExecutionConfig(member_mode=member_mode))
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
+  return (program_lib.EngineConfig(max_epochs=epochs, patience=epochs + 1),
+          program_lib.ExecutionConfig(member_mode=member_mode))
 
 
 def measure(members: int, epochs: int, member_mode: str, sizes: tuple[int, int, int]) -> dict:
@@ -59,6 +59,7 @@ def measure(members: int, epochs: int, member_mode: str, sizes: tuple[int, int, 
   from jaxact.store import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from jaxact.engine import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
+  from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top
 
   jax.devices()
   baseline = common.rss_bytes()
@@ -67,7 +68,7 @@ def measure(members: int, epochs: int, member_mode: str, sizes: tuple[int, int, 
   arrays = common.synthetic_arrays(*sizes)
   eng = engine_lib.Engine(TASK, [(cell, s) for s in range(members)], config, execution,
                           progress=lambda _: None)
-  data = engine_lib.TaskData.from_split(arrays, TASK)
+  data = program_lib.TaskData.from_split(arrays, TASK)
   del arrays   # the run keeps the split on the host: the estimate counts one copy (`data`)
   eng.compile_ahead(data)
   compiled = common.rss_bytes()
@@ -78,7 +79,7 @@ def measure(members: int, epochs: int, member_mode: str, sizes: tuple[int, int, 
     ckpt = checkpoint_lib.TaskCheckpointer(os.path.join(tmp, TASK), every=1,
                                            identity={"benchmark": "memory_estimate"})
     try:
-      results = eng.run(data, on_epoch_end=ckpt)
+      results = eng.run(data, on_epoch_end=ckpt).members
     finally:
       ckpt.close()
   wall = time.perf_counter() - t0

@@ -42,21 +42,22 @@ import jax
 from jaxact.data import mnist as data_lib
 from jaxact.engine import engine
 from jaxact.model import cells as studies
+from jaxact.engine import program
 path, mode, members, epochs, data_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 task = "multiclass"
 cell = studies.Cell(task, "softmax", "cce")
-cfg = engine.EngineConfig(max_epochs=epochs, patience=epochs + 1)
-ex = engine.ExecutionConfig(member_mode=mode)
+cfg = program.EngineConfig(max_epochs=epochs, patience=epochs + 1)
+ex = program.ExecutionConfig(member_mode=mode)
 members = [(cell, s) for s in range(members)]
 if path == "shared":
   split = data_lib.load_split(data_dir, 0)
   eng = engine.Engine(task, members, cfg, ex)
-  data = engine.TaskData.from_split(split, task)
+  data = program.TaskData.from_split(split, task)
 else:
   pool = data_lib.load_pool(data_dir)
   splits = pool.split_rows if path == "per_seed_rows" else (lambda _: pool.split_rows(0))
   eng = engine.Engine(task, members, cfg, ex, splits=splits)
-  data = engine.TaskData.from_pool(pool, task)
+  data = program.TaskData.from_pool(pool, task)
 times = []
 last = [time.perf_counter()]
 def hook(epoch, host):

@@ -1,7 +1,7 @@
 r"""Measures why a cell collapses: hidden-unit saturation, output spread, gradient norms.
 
 A one-off measurement for the written readings in experiments/, made before the
-engine recorded diagnostics in every run (jaxact/diagnostics.py now does). For each cell given, it trains one
+engine recorded diagnostics in every run (jaxact/store/diagnostics.py now does). For each cell given, it trains one
 member per seed with the engine for --epochs epochs (no early stopping), then,
 with the final weights, on the 3,000 valid images:
 
@@ -28,11 +28,14 @@ from absl import app
 from absl import flags
 from flax import nnx
 
-from jaxact import data as data_lib
-from jaxact import engine as engine_lib
-from jaxact import losses as losses_lib
-from jaxact import provenance
-from jaxact.studies import Cell
+from jaxact.data import mnist as data_lib
+from jaxact.engine import engine as engine_lib
+from jaxact.model import network as model_lib
+from jaxact.engine import program as program_lib
+from jaxact.engine import stacked as stacked_lib
+from jaxact.model import losses as losses_lib
+from jaxact.store import provenance
+from jaxact.model.cells import Cell
 
 _CELLS = flags.DEFINE_list("cells", ["multiclass/sigmoid+bce", "multiclass/softmax+cce"],
                            "task/head+loss[/norm|raw] cells")
@@ -48,12 +51,12 @@ def parse_cell(text: str) -> Cell:
   return Cell(task, head, loss, norm=bool(rest and rest[0] == "norm"))
 
 
-def measure(eng: engine_lib.Engine, params, data: engine_lib.TaskData, cell: Cell) -> dict:
+def measure(eng: engine_lib.Engine, params, data: program_lib.TaskData, cell: Cell) -> dict:
   model = nnx.merge(eng.graphdef, params)
 
   def hidden_pre(x):
-    x = engine_lib.model_lib.max_pool_2x2(jax.nn.relu(model.conv1(x)))
-    x = engine_lib.model_lib.max_pool_2x2(jax.nn.relu(model.conv2(x)))
+    x = model_lib.max_pool_2x2(jax.nn.relu(model.conv1(x)))
+    x = model_lib.max_pool_2x2(jax.nn.relu(model.conv2(x)))
     x = jax.nn.relu(model.conv3(x)).reshape(x.shape[0], -1)
     return model.hidden[0](x)
 
@@ -66,7 +69,7 @@ def measure(eng: engine_lib.Engine, params, data: engine_lib.TaskData, cell: Cel
 
   def loss(p):
     zz = nnx.merge(eng.graphdef, p)(data.x_train[:256])
-    t = engine_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
+    t = stacked_lib.train_targets(cell, data.t_train[:256], data.target_mean, data.target_std)
     return fn.finalize(jnp.mean(fn.per_example(zz, t)))
 
   grads = jax.grad(loss)(params)
@@ -89,13 +92,13 @@ def main(argv):
   rows = []
   for text in _CELLS.value:
     cell = parse_cell(text)
-    data = engine_lib.TaskData.from_split(split, cell.task)
+    data = program_lib.TaskData.from_split(split, cell.task)
     members = [(cell, int(s)) for s in _SEEDS.value]
-    cfg = engine_lib.EngineConfig(max_epochs=_EPOCHS.value, patience=_EPOCHS.value + 1)
+    cfg = program_lib.EngineConfig(max_epochs=_EPOCHS.value, patience=_EPOCHS.value + 1)
     eng = engine_lib.Engine(cell.task, members, cfg, progress=lambda _: None)
-    results = eng.run(data)
-    for i, r in enumerate(results):
-      params = jax.tree_util.tree_map(lambda l: l[i], eng.final_state["params"])
+    outcome = eng.run(data)
+    for i, r in enumerate(outcome.members):
+      params = jax.tree_util.tree_map(lambda l: l[i], outcome.final_state["params"])
       row = {"cell": cell.key, "seed": r.seed, "epochs": _EPOCHS.value,
              "valid_metric_per_epoch": [round(v, 4) for v in r.valid_metric],
              "train_loss_per_epoch": [round(v, 4) for v in r.train_loss]}

@@ -43,15 +43,16 @@ import optax
 from absl import app
 from absl import flags
 
-from jaxact import data as data_lib
-from jaxact import layout
-from jaxact import losses as losses_lib
-from jaxact import model as model_lib
-from jaxact import probes as probes_lib
-from jaxact import program as program_lib
-from jaxact import provenance
-from jaxact import tasks as tasks_lib
-from jaxact.studies import Cell
+from jaxact.data import mnist as data_lib
+from jaxact.engine import layout
+from jaxact.model import losses as losses_lib
+from jaxact.model import network as model_lib
+from jaxact.engine import probes as probes_lib
+from jaxact.engine import program as program_lib
+from jaxact.engine import stacked as stacked_lib
+from jaxact.store import provenance
+from jaxact.data import tasks as tasks_lib
+from jaxact.model.cells import Cell
 
 # The arms of experiments/collapse_interventions/ (the same names): changes to PROTOCOL's
 # training (EngineConfig fields) and to the cell's network (Cell fields).
@@ -106,13 +107,13 @@ def common_share(program: program_lib.Program, cells: layout.StaticCells, params
   """
   cell = cells.groups[0][0]
   fn = program.loss_fns[cell]
-  tt = program_lib.train_targets(cell, t, mean, std)
+  tt = stacked_lib.train_targets(cell, t, mean, std)
 
   def summed(feats):
-    z, _, _ = program.dense(cells.groups, params, stats, feats, mask, train=True)
+    z, _, _ = program.network.dense(cells.groups, params, stats, feats, mask, train=True)
     return jnp.sum(jax.vmap(fn.per_example)(z, tt) * mask)
 
-  g = jax.grad(summed)(program.trunk(params, stats, x))                 # (M, B, 1024)
+  g = jax.grad(summed)(program.network.trunk(params, stats, x))                 # (M, B, 1024)
   w = fc1(params)                                                        # (M, 1024, 64)
   delta = jnp.einsum("mbf,mfk,mkj->mbj", g, w, jnp.linalg.inv(jnp.swapaxes(w, 1, 2) @ w))
   n = jnp.sum(mask, axis=1)
@@ -131,8 +132,8 @@ def make_trace_step(program: program_lib.Program, cells: layout.StaticCells,
     return program.member_losses(params, stats, x, t, mask, mean, std, cells)[0]    # (M,)
 
   def fc1_pre_and_out(params, stats, x):
-    feats = program.trunk(params, stats, x)
-    z, pre, _ = program.dense(cells.groups, params, stats, feats, train=False)
+    feats = program.network.trunk(params, stats, x)
+    z, pre, _ = program.network.dense(cells.groups, params, stats, feats, train=False)
     return pre[:, 0], z                                            # (M, B, 64), (M, B, C)
 
   @jax.jit

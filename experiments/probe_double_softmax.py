@@ -21,10 +21,11 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from flax import nnx  # pylint: disable=g-import-not-at-top
 
-from jaxact import data as data_lib  # pylint: disable=g-import-not-at-top
-from jaxact import engine  # pylint: disable=g-import-not-at-top
-from jaxact import model as model_lib  # pylint: disable=g-import-not-at-top
-from jaxact import studies  # pylint: disable=g-import-not-at-top
+from jaxact.data import mnist as data_lib  # pylint: disable=g-import-not-at-top
+from jaxact.engine import engine  # pylint: disable=g-import-not-at-top
+from jaxact.engine import program  # pylint: disable=g-import-not-at-top
+from jaxact.model import network as model_lib  # pylint: disable=g-import-not-at-top
+from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
 
 
 def main():
@@ -37,14 +38,15 @@ def main():
   choice = studies.NetworkChoice(init=("he",), hidden=(args.hidden,), batch_norm=(False,),
                                  depth=(1,))
   (cell,) = studies.select_cells("hidden", "multiclass", network=choice)["multiclass"]
-  data = engine.TaskData.from_split(split, "multiclass")
+  data = program.TaskData.from_split(split, "multiclass")
   x = data.x_valid[:500]
   print(f"{cell.label}: one epoch per seed, statistics on 500 valid images")
   for seed in (int(s) for s in args.seeds.split(",")):
-    eng = engine.Engine("multiclass", [(cell, seed)], engine.EngineConfig(max_epochs=1),
+    eng = engine.Engine("multiclass", [(cell, seed)], program.EngineConfig(max_epochs=1),
                         progress=lambda _: None)
-    (result,) = eng.run(data)
-    params = jax.tree_util.tree_map(lambda a: a[0], eng.final_state["params"])
+    outcome = eng.run(data)
+    (result,) = outcome.members
+    params = jax.tree_util.tree_map(lambda a: a[0], outcome.final_state["params"])
     graphdef, _ = nnx.split(eng._make_model(jax.random.key(0), cell), nnx.Param)  # pylint: disable=protected-access
     model = nnx.merge(graphdef, params)
     c1 = jax.nn.relu(model_lib.max_pool_2x2(model.conv1(x)))

@@ -2,16 +2,18 @@
 
 Modules, one concept each:
   data            MNIST through tensorflow-datasets (download, or the four IDX files offline); the split
-  tasks           the five tasks: targets, output widths, metrics
+  tasks           the five tasks, each a Task with its behaviour: targets, width, metric
   losses          heads (final activations) and losses, in the torch and logits conventions
   model           the CNN of PROTOCOL section 2 (Flax NNX) and its initialisations
   studies         the grids of the activation, loss and hidden-layer studies; the cells flags select
   engine          the training engine: all cells x seeds of a task in one jitted program
-  program         the engine's pure program: TrainState, one epoch, evaluation; EngineConfig
+  program         the engine's pure program: TrainState, one epoch, optimizers; EngineConfig
                   (training hyper-parameters) and ExecutionConfig (how it is computed)
+  stacked         the network of the stacked members, per-member helpers, target transforms
+  evaluation      the engine's valid and test passes, in chunks
   layout          the engine's member layouts: vmapped or looped members
   probes          the engine's per-epoch diagnostics, one class each
-  runner          the engine's host loop: histories, compaction, snapshots, results
+  runner          the engine's host loop: RunSpec in, Outcome (results, histories) out
   sharding        the member axis over every device and host
   memory          a run's memory, estimated before anything is built
   checkpoint      orbax checkpoints of a running task (resume after a kill)

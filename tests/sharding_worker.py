@@ -27,10 +27,11 @@ import numpy as np
 
 from jaxact.engine import engine  # pylint: disable=g-import-not-at-top
 from jaxact.model import cells as studies
+from jaxact.engine import program
 from test_engine import _synthetic
 
-CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32)
-VMAP = engine.ExecutionConfig(member_mode="vmap")
+CFG = program.EngineConfig(max_epochs=4, patience=1, batch_size=32)
+VMAP = program.ExecutionConfig(member_mode="vmap")
 
 
 def members():
@@ -83,16 +84,17 @@ def run(data, compact: bool, restore=None, keep_snapshot_at=None) -> tuple[dict,
     if epoch == keep_snapshot_at:
       snaps[epoch] = snapshot()
 
-  results = eng.run(data, restore=restore, on_epoch_end=hook)
+  outcome = eng.run(data, restore=restore, on_epoch_end=hook)
+  results = outcome.members
   snap = snaps.get(keep_snapshot_at)
   out = {
       "results": [dict(dataclasses.asdict(r), cell=r.cell.key) for r in results],
       "lines": lines,
       "traces": eng.traces,
-      "compactions": eng.compactions,
+      "compactions": outcome.compactions,
       "layouts": [[[c.key, a, b] for c, a, b in g] for g in eng.layout_epoch_fns],
       "calls": calls,
-      "final_rows": sorted({np.shape(l)[0] for l in jax.tree_util.tree_leaves(eng.final_state)
+      "final_rows": sorted({np.shape(l)[0] for l in jax.tree_util.tree_leaves(outcome.final_state)
                             if np.ndim(l)}),
       "members": [[c.key, s] for c, s in eng.members],
       "mesh": eng.mesh.size,

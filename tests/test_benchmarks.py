@@ -22,11 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_engine  # noqa: E402
 from benchmarks import common  # noqa: E402
-from jaxact.engine import engine  # noqa: E402
 from jaxact.model import losses  # noqa: E402
 from jaxact.model import network as model_lib  # noqa: E402
 from jaxact.data import tasks  # noqa: E402
 from jaxact.model.cells import Cell  # noqa: E402
+from jaxact.engine import runner  # noqa: E402
+from jaxact.engine import stacked  # noqa: E402
 
 
 def test_model_epoch_flops_match_the_layer_shapes():
@@ -260,7 +261,7 @@ def test_jaxact_loss_and_gradients_equal_pytorch(ref, cell, out_bias):
   mean, std = float(t.mean()), float(t.std())
 
   fn = losses.get_loss(cell.head, cell.loss, "torch")
-  tt = engine.train_targets(cell, jnp.asarray(t), mean, std)
+  tt = stacked.train_targets(cell, jnp.asarray(t), mean, std)
 
   def jax_loss(p):
     z = nnx.merge(graphdef, p)(jnp.asarray(x))
@@ -298,7 +299,7 @@ def test_full_table_bookkeeping(monkeypatch, tmp_path):
     assert config.engine.max_epochs == 7 and config.seeds == 2
     out = {}
     for task, ms in members.items():
-      out[task] = [engine.MemberResult(cell=c, seed=s, best_valid=0.5, test=0.5, best_epoch=i % 3,
+      out[task] = [runner.MemberResult(cell=c, seed=s, best_valid=0.5, test=0.5, best_epoch=i % 3,
                                        epochs_trained=3 + i % 3, status="ok", status_reason=None,
                                        status_epoch=None, train_loss=[], valid_metric=[],
                                        n_infinite_valid=0, n_infinite_test=0)

@@ -17,10 +17,10 @@ import pytest
 
 from jaxact.store import checkpoint
 from jaxact.study import config as config_lib
-from jaxact.engine import engine
 from jaxact.cli import flagdoc
 from jaxact.study import options
 from jaxact.study import train
+from jaxact.engine import program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +43,8 @@ def _old_layout(config: train.RunConfig) -> dict:
 
 
 def test_training_and_execution_options_are_two_groups():
-  training = {f.name for f in dataclasses.fields(engine.EngineConfig)}
-  execution = {f.name for f in dataclasses.fields(engine.ExecutionConfig)}
+  training = {f.name for f in dataclasses.fields(program.EngineConfig)}
+  execution = {f.name for f in dataclasses.fields(program.ExecutionConfig)}
   assert training == {"max_epochs", "patience", "batch_size", "learning_rate", "b1", "b2", "eps",
                       "weight_decay", "optimizer", "momentum", "head_bias_init"}
   assert execution == {"member_mode", "matmul_precision", "conv", "compact", "eval_examples"}
@@ -57,8 +57,8 @@ def test_training_and_execution_options_are_two_groups():
   assert declared("execution.", "execution") == execution
   assert "execution" not in flagdoc.STUDY_GROUPS and "training" in flagdoc.STUDY_GROUPS
   config = train.RunConfig()
-  assert isinstance(config.engine, engine.EngineConfig)
-  assert isinstance(config.execution, engine.ExecutionConfig)
+  assert isinstance(config.engine, program.EngineConfig)
+  assert isinstance(config.execution, program.ExecutionConfig)
   with pytest.raises(dataclasses.FrozenInstanceError):
     config.execution.compact = True   # type: ignore[misc]
 
@@ -87,14 +87,14 @@ def test_command_line_defaults_are_the_run_configs():
     (dict(seeds=0), "--seeds must be a positive number of seeds per cell, got 0."),
     (dict(first_seed=2**32 - 1, seeds=2),
      "the member seeds run from --first_seed=4294967295 to 4294967296, past 4294967295"),
-    (dict(engine=engine.EngineConfig(max_epochs=0)), "--max_epochs must be positive, got 0."),
-    (dict(engine=engine.EngineConfig(optimizer="adam")), "unknown --optimizer 'adam'"),
-    (dict(execution=engine.ExecutionConfig(member_mode="fast")),
+    (dict(engine=program.EngineConfig(max_epochs=0)), "--max_epochs must be positive, got 0."),
+    (dict(engine=program.EngineConfig(optimizer="adam")), "unknown --optimizer 'adam'"),
+    (dict(execution=program.ExecutionConfig(member_mode="fast")),
      "unknown --member_mode 'fast': choose one of auto, vmap, loop."),
-    (dict(execution=engine.ExecutionConfig(matmul_precision="fp8")),
+    (dict(execution=program.ExecutionConfig(matmul_precision="fp8")),
      "unknown --matmul_precision 'fp8'"),
-    (dict(execution=engine.ExecutionConfig(conv="fft")), "unknown --conv 'fft'"),
-    (dict(execution=engine.ExecutionConfig(eval_examples=-1)),
+    (dict(execution=program.ExecutionConfig(conv="fft")), "unknown --conv 'fft'"),
+    (dict(execution=program.ExecutionConfig(eval_examples=-1)),
      "eval_examples must be a positive number of rows"),
 ])
 def test_validate_names_the_bad_option(kwargs, message):
@@ -126,15 +126,15 @@ def test_the_last_member_seed_may_be_the_largest_uint32():
   assert "--first_seed to at most 4294967293" in str(err.value)
   assert "--seeds to at most 2" in str(err.value)
   train.validate(train.RunConfig(task=("binary", "multiclass"), seeds=1,
-                                 execution=engine.ExecutionConfig(eval_examples=0)))
+                                 execution=program.ExecutionConfig(eval_examples=0)))
 
 
 # -- a run's identity, in both layouts of run.json ------------------------------
 
 
 def test_identity_is_the_same_in_both_layouts():
-  config = train.RunConfig(task="binary", seeds=2, data_dir="/a", engine=engine.EngineConfig(
-      max_epochs=7, optimizer="sgd"), execution=engine.ExecutionConfig(
+  config = train.RunConfig(task="binary", seeds=2, data_dir="/a", engine=program.EngineConfig(
+      max_epochs=7, optimizer="sgd"), execution=program.ExecutionConfig(
           member_mode="vmap", conv="native", compact=True, matmul_precision="tensorfloat32",
           eval_examples=64))
   new = train.run_identity(config)
@@ -155,7 +155,7 @@ def test_old_run_json_with_compact_in_background_resumes(tmp_path):
   (tmp_path / "run.json").write_text(json.dumps({"config": old}))
   previous = config_lib.check_workdir_config(str(tmp_path), config)
   assert previous["config"]["engine"]["compact_in_background"] is True
-  other = dataclasses.replace(config, execution=engine.ExecutionConfig(compact=True))
+  other = dataclasses.replace(config, execution=program.ExecutionConfig(compact=True))
   with pytest.raises(train.UserError, match="compact: False before, True now"):
     config_lib.check_workdir_config(str(tmp_path), other)
 

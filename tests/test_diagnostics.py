@@ -19,9 +19,10 @@ from jaxact.engine import probes
 from jaxact.store import records
 from jaxact.model import cells as studies
 from jaxact.model.cells import Cell
+from jaxact.engine import program
 from test_engine import _synthetic
 
-CFG = engine.EngineConfig(max_epochs=2, patience=2, batch_size=32)
+CFG = program.EngineConfig(max_epochs=2, patience=2, batch_size=32)
 QUIET = dict(progress=lambda _: None)
 
 
@@ -124,7 +125,7 @@ def test_layer_norms_match_a_direct_computation():
   params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
   stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), params)
   sq = np.asarray(probes.layer_sq_norms(stacked, 3))
-  assert sq.shape == (2, len(engine.layer_names(3)))
+  assert sq.shape == (2, len(probes.layer_names(3)))
   want = [float(jnp.sum(m.conv1.kernel[...] ** 2) + jnp.sum(m.conv1.bias[...] ** 2)),
           float(jnp.sum(m.hidden[2].kernel[...] ** 2) + jnp.sum(m.hidden[2].bias[...] ** 2)),
           float(jnp.sum(m.out.kernel[...] ** 2) + jnp.sum(m.out.bias[...] ** 2))]
@@ -132,12 +133,27 @@ def test_layer_norms_match_a_direct_computation():
   np.testing.assert_allclose(sq[1], 4 * sq[0], rtol=1e-5)
 
 
+def test_probes_declare_their_axes_and_a_member_keeps_its_own_layers():
+  dims = probes.Dims(layers=len(probes.layer_names(3)), depth=3, width=64, outputs=10)
+  for p in probes.PROBES:
+    assert p.shape(dims) == tuple({"layer": 7, "hidden": 3}[a] for a in p.axes), p.name
+  assert {p.name for p in probes.PROBES if p.axes == ("layer",)} == {
+      "grad_norm", "grad_norm_first", "param_norm"}
+  # Two epochs of a depth-1 member recorded in a program of depth 3: conv1-3, hidden1, out.
+  layers = np.arange(2 * 7, dtype=np.float32).reshape(2, 7)
+  np.testing.assert_array_equal(probes.member_part(layers, ("layer",), 1, 3, leading=1),
+                                layers[:, [0, 1, 2, 3, 6]])
+  np.testing.assert_array_equal(probes.member_part(layers[:, :3], ("hidden",), 2, 3, leading=1),
+                                layers[:, :2])
+  assert probes.member_part(np.float32(0.5), (), 1, 3) == np.float32(0.5)
+
+
 def test_softmax_over_one_output_has_exactly_zero_gradient():
   data = _synthetic("probability")
   cell = Cell("probability", "softmax", "bce")
   eng = engine.Engine("probability", [(cell, 0), (studies.recommended_cell("probability"), 0)],
                       CFG, **QUIET)
-  results = eng.run(data)
+  results = eng.run(data).members
   dead, alive = (next(r for r in results if r.cell == c) for c in (cell, eng.members[1][0]))
   assert all(g == 0.0 for epoch in dead.diagnostics["grad_norm"] for g in epoch)
   assert all(g > 0.0 for g in alive.diagnostics["grad_norm"][0])
@@ -151,7 +167,7 @@ def test_grad_norm_first_is_the_gradient_at_initialisation(data):
   """Epoch 0's first-batch gradient norms equal jax.grad of the loss on that batch, by hand."""
   cell = studies.recommended_cell("multiclass")
   eng = engine.Engine("multiclass", [(cell, 3)], CFG, **QUIET)
-  (r,) = eng.run(data)
+  (r,) = eng.run(data).members
   key = jax.random.split(jax.random.key(3))[1]
   perm = jax.random.permutation(jax.random.fold_in(key, 0), data.x_train.shape[0])[:32]
   m = model.CNN(10, rngs=nnx.Rngs(params=jax.random.split(jax.random.key(3))[0]))
@@ -178,11 +194,11 @@ def test_mixed_network_member_equals_its_single_run(data):
            Cell("multiclass", "sigmoid", "bce", hidden="gelu", batch_norm=True, depth=2)]
   mixed = engine.Engine("multiclass", [(c, s) for c in cells for s in (0, 1)], CFG, **QUIET)
   assert mixed.max_depth == 3 and mixed.has_batch_norm
-  results = mixed.run(data)
+  results = mixed.run(data).members
   assert mixed.traces == 1
   for cell in cells[1:]:
     alone = engine.Engine("multiclass", [(cell, 1)], CFG, **QUIET)
-    (a,) = alone.run(data)
+    (a,) = alone.run(data).members
     b = next(r for r in results if r.cell == cell and r.seed == 1)
     if not cell.batch_norm:
       chex.assert_trees_all_close((a.train_loss, a.valid_metric, a.test),
@@ -276,7 +292,7 @@ def test_chance_levels():
 def _record(cell=None, status="ok", best_valid=0.97, test=0.97, best_epoch=4, epochs=8,
             train_loss=None, **diag):
   cell = cell or studies.recommended_cell("multiclass")
-  d = dict(layers=engine.layer_names(cell.depth),
+  d = dict(layers=probes.layer_names(cell.depth),
            grad_norm=[[0.1] * (4 + cell.depth)] * epochs,
            grad_norm_first=[[0.01] * (3 + cell.depth) + [0.1]] * epochs,
            saturated=[[0.0] * cell.depth] * epochs, dead=[[0.0] * cell.depth] * epochs,
@@ -566,7 +582,7 @@ def _claim_members(test_accs, ratio=0.1, dead=0.0, depth=1):
     first = [0.01] * 3 + [ratio * 0.1] + [0.01] * (depth - 1) + [0.1]
     out.append(records.MemberRecord(
         cell=Cell("multiclass", "softmax", "cce"), seed=seed, test=acc, best_epoch=0,
-        diagnostics=dict(layers=engine.layer_names(depth), grad_norm_first=[first],
+        diagnostics=dict(layers=probes.layer_names(depth), grad_norm_first=[first],
                          dead=[[dead] * depth])))
   return out
 

@@ -16,6 +16,7 @@ from jaxact.data import tfds_builder as mnist_tfds
 from jaxact.engine import engine
 from jaxact.study import train
 from jaxact.model.cells import Cell
+from jaxact.engine import program
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def binary_run(mnist_dir, tfds_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("workdir")
   config = train.RunConfig(
       study="activation", task="binary", head="sigmoid", seeds=2, data_dir=str(mnist_dir),
-      tfds_dir=str(tfds_dir), engine=engine.EngineConfig(max_epochs=2, patience=10))
+      tfds_dir=str(tfds_dir), engine=program.EngineConfig(max_epochs=2, patience=10))
   results = train.train_and_evaluate(config, str(workdir), command=["jaxact", "--test"])
   return workdir, results
 
@@ -259,7 +260,7 @@ def test_compile_ahead_compiles_the_next_task_in_the_background(mnist_dir, tfds_
     config = train.RunConfig(
         study="activation", task=("probability", "binary"), head="sigmoid", loss="bce", seeds=1,
         data_dir=str(mnist_dir), tfds_dir=str(tfds_dir),
-        engine=engine.EngineConfig(max_epochs=2, patience=10))
+        engine=program.EngineConfig(max_epochs=2, patience=10))
     workdir = tmp_path / f"ahead_{ahead}"
     train.train_and_evaluate(config, str(workdir), command=["jaxact", "--test"],
                              compile_ahead=ahead)

@@ -17,6 +17,7 @@ from jaxact.engine import program
 from jaxact.model import cells as studies
 from jaxact.data import tasks
 from jaxact.model.cells import Cell
+from jaxact.engine import stacked
 
 
 def _synthetic(task, n_train=160, n_valid=64, n_test=80, seed=0):
@@ -33,15 +34,15 @@ def _synthetic(task, n_train=160, n_valid=64, n_test=80, seed=0):
 
   (xtr, ytr), (xv, yv), (xte, yte) = make(n_train), make(n_valid), make(n_test)
   ttr = tasks.make_targets(task, ytr)
-  return engine.TaskData(
+  return program.TaskData(
       jnp.asarray(xtr), jnp.asarray(ttr), jnp.asarray(xv),
       jnp.asarray(tasks.make_targets(task, yv)), jnp.asarray(xte),
       jnp.asarray(tasks.make_targets(task, yte)), float(ttr.mean()), float(ttr.std()))
 
 
-CFG = engine.EngineConfig(max_epochs=3, patience=2, batch_size=32)
-VMAP = engine.ExecutionConfig(member_mode="vmap")
-LOOP = engine.ExecutionConfig(member_mode="loop")
+CFG = program.EngineConfig(max_epochs=3, patience=2, batch_size=32)
+VMAP = program.ExecutionConfig(member_mode="vmap")
+LOOP = program.ExecutionConfig(member_mode="loop")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def multiclass_grid():
   cells = studies.select_cells("activation", "multiclass")["multiclass"]
   members = [(c, s) for c in cells for s in (0, 1, 2)]
   eng = engine.Engine("multiclass", members, CFG, progress=lambda _: None)
-  return data, eng, eng.run(data)
+  return data, eng, eng.run(data)     # runner.Outcome
 
 
 def _by(results, cell, seed):
@@ -58,11 +59,11 @@ def _by(results, cell, seed):
 
 
 def test_member_k_equals_single_run_with_seed_k(multiclass_grid):
-  data, eng, results = multiclass_grid
+  data, eng, grid = multiclass_grid
   cell = studies.recommended_cell("multiclass")
-  single = engine.Engine("multiclass", [(cell, 1)], CFG, progress=lambda _: None)
-  (alone,) = single.run(data)
-  grid_member = _by(results, cell, 1)
+  single = engine.Engine("multiclass", [(cell, 1)], CFG, progress=lambda _: None).run(data)
+  (alone,) = single.members
+  grid_member = _by(grid.members, cell, 1)
   chex.assert_trees_all_close(
       (alone.train_loss, alone.valid_metric, alone.test),
       (grid_member.train_loss, grid_member.valid_metric, grid_member.test),
@@ -72,13 +73,13 @@ def test_member_k_equals_single_run_with_seed_k(multiclass_grid):
   i = eng.members.index((cell, 1))
   chex.assert_trees_all_close(
       jax.tree_util.tree_map(lambda a: a[0], single.final_state["params"]),
-      jax.tree_util.tree_map(lambda a: a[i], eng.final_state["params"]),
+      jax.tree_util.tree_map(lambda a: a[i], grid.final_state["params"]),
       rtol=1e-3, atol=1e-4)  # Adam's normalisation amplifies float rounding of batched matmuls
 
 
 def test_one_compilation_per_task(multiclass_grid):
-  _, eng, results = multiclass_grid
-  assert max(r.epochs_trained for r in results) >= 2
+  _, eng, grid = multiclass_grid
+  assert max(r.epochs_trained for r in grid.members) >= 2
   assert eng.traces == 1
 
 
@@ -92,7 +93,7 @@ def test_seeds_differ_and_cells_share_initialisation(multiclass_grid):
 
 
 def test_results_are_finite_and_learn(multiclass_grid):
-  _, _, results = multiclass_grid
+  results = multiclass_grid[2].members
   ref = [r for r in results if r.cell == studies.recommended_cell("multiclass")]
   for r in results:
     chex.assert_tree_all_finite((r.train_loss, r.valid_metric, r.best_valid, r.test))
@@ -102,8 +103,7 @@ def test_results_are_finite_and_learn(multiclass_grid):
 
 
 def test_early_stopping_bookkeeping(multiclass_grid):
-  _, _, results = multiclass_grid
-  for r in results:
+  for r in multiclass_grid[2].members:
     hist = np.asarray(r.valid_metric)
     assert len(hist) == r.epochs_trained == len(r.train_loss)
     # Strict improvement: the best epoch is the FIRST epoch reaching the maximum.
@@ -117,10 +117,10 @@ def test_early_stopping_bookkeeping(multiclass_grid):
 
 
 def test_best_weights_give_the_best_valid_metric(multiclass_grid):
-  data, eng, results = multiclass_grid
-  metric, _ = eng.test_fn(eng.final_state["best_params"], data.x_valid, data.t_valid,
+  data, eng, grid = multiclass_grid
+  metric, _ = eng.test_fn(grid.final_state["best_params"], data.x_valid, data.t_valid,
                            data.target_mean, data.target_std)
-  for i, r in enumerate(results):
+  for i, r in enumerate(grid.members):
     assert float(metric[i]) == pytest.approx(r.best_valid, abs=1e-6)
 
 
@@ -129,7 +129,7 @@ def test_stopped_member_is_frozen():
   cell = studies.recommended_cell("binary")
   short = engine.Engine("binary", [(cell, 0)], dataclasses.replace(CFG, patience=1, max_epochs=8),
                         progress=lambda _: None)
-  (r,) = short.run(data)
+  (r,) = short.run(data).members
   assert r.status == "ok"
   # Patience 1: stops one epoch after its best; the engine ran no epoch for it afterwards.
   assert r.epochs_trained == r.best_epoch + 2
@@ -143,13 +143,15 @@ _BAD = Cell("regression", "none", "bce", norm=True)  # invalid in its first batc
 def regression_runs():
   """Data, the single run of `_GOOD` seed 0, and the engine and results of it with `_BAD` seed 0."""
   data = _synthetic("regression")
-  (alone,) = engine.Engine("regression", [(_GOOD, 0)], CFG, progress=lambda _: None).run(data)
+  (alone,) = engine.Engine("regression", [(_GOOD, 0)], CFG,
+                           progress=lambda _: None).run(data).members
   both = engine.Engine("regression", [(_GOOD, 0), (_BAD, 0)], CFG, progress=lambda _: None)
-  return data, alone, both, both.run(data)
+  return data, alone, both, both.run(data)     # runner.Outcome
 
 
 def test_invalid_member_is_reported_and_others_unaffected(regression_runs):
-  _, alone, _, res = regression_runs
+  _, alone, _, outcome = regression_runs
+  res = outcome.members
   r_bad = _by(res, _BAD, 0)
   assert r_bad.status == "invalid" and r_bad.status_epoch == 0
   assert "[0, 1]" in r_bad.status_reason
@@ -174,13 +176,14 @@ def test_nonfinite_member_is_frozen_and_others_unaffected(monkeypatch):
 
   monkeypatch.setattr(losses, "get_loss", get_loss)
   eng = engine.Engine("binary", [(good, 0), (poisoned, 0)], CFG, progress=lambda _: None)
-  res = eng.run(data)
+  outcome = eng.run(data)
+  res = outcome.members
   monkeypatch.setattr(losses, "get_loss", real_get_loss)
-  alone = engine.Engine("binary", [(good, 0)], CFG, progress=lambda _: None).run(data)
+  alone = engine.Engine("binary", [(good, 0)], CFG, progress=lambda _: None).run(data).members
   r = _by(res, poisoned, 0)
   assert r.status == "nonfinite" and r.status_epoch == 0
   assert "non-finite" in r.status_reason
-  chex.assert_tree_all_finite(eng.final_state["params"])  # frozen at its last finite state
+  chex.assert_tree_all_finite(outcome.final_state["params"])  # frozen at its last finite state
   chex.assert_trees_all_close(_by(res, good, 0).train_loss, alone[0].train_loss, rtol=1e-5)
 
 
@@ -210,21 +213,21 @@ def test_sigmoid_method_predictions_and_infinities():
   cell = Cell("regression", "sigmoid", "mse", norm=False, sigmoid_method=True)
   t = jnp.asarray([[1.0], [6.0]])
   # Targets are squashed for the loss and recovered exactly by the inverse.
-  st = engine.train_targets(cell, t, 0.0, 1.0)
+  st = stacked.train_targets(cell, t, 0.0, 1.0)
   np.testing.assert_allclose(st, jax.nn.sigmoid(t))
   z = jnp.asarray([[2.0], [100.0], [-200.0]])
-  pred = engine.predictions(cell, z, 0.0, 1.0)
+  pred = stacked.predictions(cell, z, 0.0, 1.0)
   np.testing.assert_allclose(pred[0], 2.0, rtol=1e-5)
   assert pred[1, 0] == np.inf and pred[2, 0] == -np.inf
   norm = dataclasses.replace(cell, norm=True)
-  np.testing.assert_allclose(engine.predictions(norm, z[:1], 3.0, 2.0)[0], 2.0 * 2.0 + 3.0, rtol=1e-5)
+  np.testing.assert_allclose(stacked.predictions(norm, z[:1], 3.0, 2.0)[0], 2.0 * 2.0 + 3.0, rtol=1e-5)
 
 
 def test_epoch_cap_is_reported():
   data = _synthetic("multiclass")
   cfg = dataclasses.replace(CFG, max_epochs=1, patience=5)
   (r,) = engine.Engine("multiclass", [(studies.recommended_cell("multiclass"), 0)], cfg,
-                       progress=lambda _: None).run(data)
+                       progress=lambda _: None).run(data).members
   assert r.status == "hit_cap" and r.epochs_trained == 1 and r.status_epoch == 0
 
 
@@ -234,7 +237,7 @@ def test_chex_trace_budget():
   eng = engine.Engine("probability", [(studies.recommended_cell("probability"), 0)],
                       dataclasses.replace(CFG, max_epochs=3, patience=5), progress=lambda _: None)
   eng.epoch_fn = jax.jit(chex.assert_max_traces(eng.epoch_program(), n=1), donate_argnums=(0,))
-  (r,) = eng.run(data)
+  (r,) = eng.run(data).members
   assert r.epochs_trained == 3
 
 
@@ -279,9 +282,11 @@ def test_compaction_matches_the_uncompacted_run(monkeypatch):
     eng = engine.Engine("multiclass", members, cfg, dataclasses.replace(VMAP, compact=compact),
                         progress=lines.append)
     runs[compact] = eng, eng.run(data), [re.sub(r"[\d.]+s;", "", l) for l in lines]
-  (full, ref, ref_lines), (compact, res, lines) = runs[False], runs[True]
+  (full, full_out, ref_lines), (compact, compact_out, lines) = runs[False], runs[True]
+  ref, res = full_out.members, compact_out.members
   assert full.traces == 1
   n = _expected_compactions(ref, cfg)
+  assert (full_out.compactions, compact_out.compactions) == (0, n)
   assert n >= 1, [r.epochs_trained for r in ref]  # the grid does exercise compaction
   assert compact.traces == 1 + n <= 1 + math.ceil(math.log2(len(members)))
   assert started == []
@@ -291,18 +296,19 @@ def test_compaction_matches_the_uncompacted_run(monkeypatch):
   assert lines == ref_lines
   # The final state is full-size, in the original member order.
   for key in ("params", "best_params"):
-    chex.assert_trees_all_close(full.final_state[key], compact.final_state[key],
+    chex.assert_trees_all_close(full_out.final_state[key], compact_out.final_state[key],
                                 rtol=1e-3, atol=1e-4)
   for key in ("best_epoch", "status", "status_epoch", "epochs_trained", "epoch"):
-    np.testing.assert_array_equal(full.final_state[key], compact.final_state[key])
+    np.testing.assert_array_equal(full_out.final_state[key], compact_out.final_state[key])
 
 
 def test_compaction_down_to_one_member(regression_runs):
-  data, alone, both, _ = regression_runs
+  data, alone, both, both_out = regression_runs
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]
   eng = engine.Engine("regression", members, CFG, dataclasses.replace(VMAP, compact=True),
                       progress=lambda _: None)
-  res = eng.run(data)
+  outcome = eng.run(data)
+  res = outcome.members
   # Three members are invalid in epoch 0: from epoch 1 on only the good one is computed,
   # and its cell's slice is the whole (1-member) layout.
   assert eng.traces == 2
@@ -320,13 +326,13 @@ def test_compaction_down_to_one_member(regression_runs):
   # Finished members kept their state in the full-size final state: best weights never
   # set (still the initial ones), parameters frozen where they went invalid.
   first3 = lambda tree: jax.tree_util.tree_map(lambda a: a[:3], tree)
-  chex.assert_trees_all_equal(first3(eng.final_state["best_params"]),
+  chex.assert_trees_all_equal(first3(outcome.final_state["best_params"]),
                               first3(eng.init_state()["params"]))
   chex.assert_trees_all_close(
-      jax.tree_util.tree_map(lambda a: a[0], eng.final_state["params"]),
+      jax.tree_util.tree_map(lambda a: a[0], outcome.final_state["params"]),
       jax.tree_util.tree_map(lambda a: a[both.members.index((_BAD, 0))],
-                             both.final_state["params"]), rtol=1e-3, atol=1e-4)
-  assert int(eng.final_state["epoch"]) == CFG.max_epochs
+                             both_out.final_state["params"]), rtol=1e-3, atol=1e-4)
+  assert int(outcome.final_state["epoch"]) == CFG.max_epochs
 
 
 # -- member modes: "loop" (members one after another) and "vmap" ---------------
@@ -341,14 +347,15 @@ def both_modes():
   cfg = dataclasses.replace(CFG, max_epochs=6, patience=1)
   out = {}
   for mode in ("loop", "vmap"):
-    eng = engine.Engine("multiclass", members, cfg, engine.ExecutionConfig(member_mode=mode),
+    eng = engine.Engine("multiclass", members, cfg, program.ExecutionConfig(member_mode=mode),
                         progress=lambda _: None)
     out[mode] = (eng, eng.run(data))
   return out
 
 
 def test_loop_and_vmap_modes_agree(both_modes):
-  (loop, loop_res), (vmap, vmap_res) = both_modes["loop"], both_modes["vmap"]
+  (loop, loop_out), (vmap, vmap_out) = both_modes["loop"], both_modes["vmap"]
+  loop_res, vmap_res = loop_out.members, vmap_out.members
   assert loop.member_mode == "loop" and vmap.member_mode == "vmap"
   assert loop.traces == vmap.traces == 1
   stopped = {r.epochs_trained for r in loop_res}
@@ -367,20 +374,20 @@ def test_loop_and_vmap_modes_agree(both_modes):
                                 rtol=rtol_grad, atol=1e-6)
   # A stopped member is frozen in both: the final parameters agree to rounding (Adam's
   # normalisation amplifies it in single entries, so compare each layer as a whole).
-  for a, b in zip(jax.tree_util.tree_leaves(loop.final_state["params"]),
-                  jax.tree_util.tree_leaves(vmap.final_state["params"])):
+  for a, b in zip(jax.tree_util.tree_leaves(loop_out.final_state["params"]),
+                  jax.tree_util.tree_leaves(vmap_out.final_state["params"])):
     a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
     rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(b, axis=1)
     assert rel.max() < rtol_params, rel
 
 
 def test_loop_mode_member_equals_single_run_exactly(both_modes):
-  eng, results = both_modes["loop"]
+  eng, outcome = both_modes["loop"]
   cell = studies.recommended_cell("multiclass")
   single = engine.Engine("multiclass", [(cell, 1)], eng.config, eng.execution,
                          progress=lambda _: None)
-  (alone,) = single.run(_synthetic("multiclass"))
-  member = _by(results, cell, 1)
+  (alone,) = single.run(_synthetic("multiclass")).members
+  member = _by(outcome.members, cell, 1)
   # The same one-member program runs in both: no batched matmul to round differently.
   assert (alone.train_loss, alone.valid_metric, alone.test) == (
       member.train_loss, member.valid_metric, member.test)
@@ -393,11 +400,11 @@ def test_loop_mode_shares_one_branch_between_initialisations():
           for i in ("torch", "he")]
   cfg = dataclasses.replace(CFG, max_epochs=2)
   eng = engine.Engine("multiclass", [(c, 0) for c in deep], cfg, LOOP, progress=lambda _: None)
-  assert eng.branches == (engine.branch_cell(deep[0]),)
+  assert eng.branches == (program.branch_cell(deep[0]),)
   data = _synthetic("multiclass")
-  results = eng.run(data)
+  results = eng.run(data).members
   (alone,) = engine.Engine("multiclass", [(deep[1], 0)], cfg, LOOP,
-                           progress=lambda _: None).run(data)
+                           progress=lambda _: None).run(data).members
   member = _by(results, deep[1], 0)
   assert (alone.train_loss, alone.valid_metric, alone.test) == (
       member.train_loss, member.valid_metric, member.test)
@@ -408,7 +415,7 @@ def test_loop_mode_shares_one_branch_between_initialisations():
 def test_member_mode_is_checked():
   cell = studies.recommended_cell("multiclass")
   with pytest.raises(ValueError, match="unknown member_mode 'fast'"):
-    engine.Engine("multiclass", [(cell, 0)], CFG, engine.ExecutionConfig(member_mode="fast"))
+    engine.Engine("multiclass", [(cell, 0)], CFG, program.ExecutionConfig(member_mode="fast"))
   eng = engine.Engine("multiclass", [(cell, 0)], CFG)
   assert eng.member_mode == ("loop" if jax.devices()[0].platform == "cpu" else "vmap")
 
@@ -422,7 +429,7 @@ def test_matmul_precision_reaches_every_matmul(precision, expected):
   cell = studies.recommended_cell("multiclass")
   for mode in ("loop", "vmap"):
     eng = engine.Engine("multiclass", [(cell, 0), (cell, 1)], CFG,
-                        engine.ExecutionConfig(matmul_precision=precision, member_mode=mode))
+                        program.ExecutionConfig(matmul_precision=precision, member_mode=mode))
     state = eng.initial_state()
     epoch = eng.epoch_fn.lower(state, data).as_text()
     test = eng.test_fn.lower(state.params, data.x_test, data.t_test, data.target_mean,
@@ -437,7 +444,7 @@ def test_matmul_precision_is_checked():
   cell = studies.recommended_cell("multiclass")
   with pytest.raises(ValueError, match="unknown matmul_precision 'fp8'"):
     engine.Engine("multiclass", [(cell, 0)], CFG,
-                  engine.ExecutionConfig(matmul_precision="fp8"))
+                  program.ExecutionConfig(matmul_precision="fp8"))
 
 
 def test_compile_ahead_leaves_run_nothing_to_compile():
@@ -445,7 +452,7 @@ def test_compile_ahead_leaves_run_nothing_to_compile():
   data = _synthetic("binary")
   cell = studies.recommended_cell("binary")
   members = [(cell, 0), (cell, 1)]
-  plain = engine.Engine("binary", members, CFG, progress=lambda _: None).run(data)
+  plain = engine.Engine("binary", members, CFG, progress=lambda _: None).run(data).members
   eng = engine.Engine("binary", members, CFG, progress=lambda _: None)
   thread = threading.Thread(target=eng.compile_ahead, args=(data,))
   thread.start()
@@ -460,7 +467,7 @@ def test_compile_ahead_leaves_run_nothing_to_compile():
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    ahead = eng.run(data)
+    ahead = eng.run(data).members
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert compiled == [] and eng.traces == 1
@@ -480,11 +487,11 @@ def test_native_convolution_trains_like_im2col():
     cfg = dataclasses.replace(CFG, max_epochs=2, patience=5)
     runs[conv] = engine.Engine("multiclass", [(cell, 0), (cell, 1)], cfg,
                                dataclasses.replace(VMAP, conv=conv),
-                               progress=lambda _: None).run(data)
+                               progress=lambda _: None).run(data).members
   for a, b in zip(runs["im2col"], runs["native"]):
     assert (a.seed, a.epochs_trained, a.status) == (b.seed, b.epochs_trained, b.status)
     np.testing.assert_allclose(b.train_loss, a.train_loss, rtol=1e-4)
     np.testing.assert_allclose(b.valid_metric, a.valid_metric, atol=1e-6)
     assert b.test == pytest.approx(a.test, abs=1e-6)
   with pytest.raises(ValueError, match="unknown conv 'fft'"):
-    engine.Engine("multiclass", [(cell, 0)], CFG, engine.ExecutionConfig(conv="fft"))
+    engine.Engine("multiclass", [(cell, 0)], CFG, program.ExecutionConfig(conv="fft"))

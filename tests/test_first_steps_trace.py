@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxact.engine import engine
 from jaxact.engine import layout
 from jaxact.engine import program as program_lib
 from jaxact.data import tasks
@@ -29,9 +28,9 @@ def _data(n_train=64, n_valid=40, seed=0):
   y_train, y_valid = rng.integers(0, 10, n_train), rng.integers(0, 10, n_valid)
   t_train = tasks.make_targets("multiclass", y_train)
   t_valid = jnp.asarray(tasks.make_targets("multiclass", y_valid))
-  return engine.TaskData(jnp.asarray(x(n_train)), jnp.asarray(t_train), jnp.asarray(x(n_valid)),
-                         t_valid, jnp.asarray(x(n_valid)), t_valid,
-                         float(t_train.mean()), float(t_train.std()))
+  return program_lib.TaskData(jnp.asarray(x(n_train)), jnp.asarray(t_train), jnp.asarray(x(n_valid)),
+                              t_valid, jnp.asarray(x(n_valid)), t_valid,
+                              float(t_train.mean()), float(t_train.std()))
 
 
 @pytest.fixture(scope="module")

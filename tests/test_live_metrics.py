@@ -24,6 +24,7 @@ from jaxact.model import cells as studies
 from jaxact.data import tasks
 from jaxact.study import train
 from jaxact.store import workdir as workdir_lib
+from jaxact.engine import program
 from test_engine import _synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def _scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 # -- the engine's on_epoch hook, on synthetic data -----------------------------
 
-_CFG = engine.EngineConfig(max_epochs=4, patience=1, batch_size=32)
+_CFG = program.EngineConfig(max_epochs=4, patience=1, batch_size=32)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def synthetic_run(tmp_path_factory):
     hosts.append((epoch, host))
     seen.append(_lines(path))
 
-  results = eng.run(data, on_epoch=metrics_writer.compose(log, None, tb, spy))
+  results = eng.run(data, on_epoch=metrics_writer.compose(log, None, tb, spy)).members
   log.close()
   tb.close()
   return dict(eng=eng, results=results, lines=lines, hosts=hosts, seen=seen, path=path,
@@ -119,7 +120,7 @@ def test_metrics_lines_one_per_member_and_trained_epoch(synthetic_run):
     mine = by_member[(m.cell.key, m.seed)]
     assert [l["epoch"] for l in mine] == list(range(1, m.epochs_trained + 1))
     assert all(l["trained"] and l["task"] == "multiclass" and l["wall_s"] == 1.5 for l in mine)
-    assert mine[0]["label"] == engine.cell_label(m.cell, _CFG)
+    assert mine[0]["label"] == runner.cell_label(m.cell, _CFG)
     np.testing.assert_allclose([l["valid_metric"] for l in mine], m.valid_metric, rtol=1e-6)
     np.testing.assert_allclose([l["train_loss"] for l in mine], m.train_loss, rtol=1e-6)
     assert all(l["status"] == "training" for l in mine[:-1])
@@ -143,7 +144,7 @@ def test_progress_line_is_short_and_names_the_best_and_worst_cells(synthetic_run
     assert len(line) < 300 and "/6 training" in line and "elapsed" in line
   means = {}
   for m in results:
-    means.setdefault(engine.cell_label(m.cell, _CFG), []).append(m.best_valid)
+    means.setdefault(runner.cell_label(m.cell, _CFG), []).append(m.best_valid)
   means = {k: float(np.mean(v)) for k, v in means.items()}
   best, worst = max(means, key=means.get), min(means, key=means.get)
   last, n_active = r["lines"][-1], int(r["hosts"][-1][1]["active"].sum())
@@ -155,7 +156,7 @@ def test_progress_line_is_short_and_names_the_best_and_worst_cells(synthetic_run
 def test_progress_line_of_a_48_cell_grid():
   cells = studies.select_cells("hidden", "multiclass")["multiclass"][:48]
   members = [(c, s) for c in cells for s in range(10)]
-  cfg = engine.EngineConfig(max_epochs=100, patience=10)
+  cfg = program.EngineConfig(max_epochs=100, patience=10)
   eng = engine.Engine("multiclass", members, cfg, progress=lambda _: None)
   m = len(eng.stacked_members)
   line_of = functools.partial(runner.progress_line, eng.task, cfg, eng.groups, eng.num_members)
@@ -163,7 +164,7 @@ def test_progress_line_of_a_48_cell_grid():
   best = rng.uniform(0.1, 0.99, m).astype(np.float32)
   active = rng.uniform(size=m) < 0.5
   line = line_of(37, active, best, 3725.0, 1234.0)
-  means = {engine.cell_label(c, cfg): float(np.mean(best[a:b])) for c, a, b in eng.groups}
+  means = {runner.cell_label(c, cfg): float(np.mean(best[a:b])) for c, a, b in eng.groups}
   hi, lo = max(means, key=means.get), min(means, key=means.get)
   assert len(line) < 300, line
   assert line.startswith(f"multiclass epoch 37: (cap 100) {int(active[:480].sum())}/480 training;")
@@ -195,10 +196,10 @@ _RUN_LINE = re.compile(r"run: (\d+)/(\d+) tasks done \(([\w, ]+)\); run elapsed 
 def _epoch_line(m: re.Match) -> str:
   """runner.progress_line's output for the numbers of a documented epoch line."""
   task, epoch, cap, n_active, r = m.group(1), *map(int, m.groups()[1:5])
-  cfg = engine.EngineConfig(max_epochs=cap)
+  cfg = program.EngineConfig(max_epochs=cap)
   labels = [g for g in (m.group(8), m.group(10), m.group(12)) if g]
   values = [float(g) for g in (m.group(9), m.group(11), m.group(13)) if g]
-  by_label = {engine.cell_label(c, cfg): c
+  by_label = {runner.cell_label(c, cfg): c
               for c in studies.select_cells("all", task, conventions=("torch", "logits"))[task]}
   per_cell = r // len(labels)
   groups = [(by_label[l], i * per_cell, (i + 1) * per_cell) for i, l in enumerate(labels)]
@@ -324,7 +325,7 @@ def _config(mnist_dir, tfds_dir):
   return train.RunConfig(
       study="activation", task="probability", head="sigmoid", loss="bce", seeds=2,
       data_dir=str(mnist_dir), tfds_dir=str(tfds_dir),
-      engine=engine.EngineConfig(max_epochs=3, patience=10))
+      engine=program.EngineConfig(max_epochs=3, patience=10))
 
 
 def _spying_run(original, workdir: Path, seen: list, stop_at: int | None = None):

@@ -15,6 +15,7 @@ from jaxact.engine import engine
 from jaxact.model import cells as studies
 from jaxact.data import tasks
 from jaxact.study import train
+from jaxact.engine import program
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +49,9 @@ def test_member_equals_its_run_alone(pool):
   task = "regression"
   cell = studies.Cell(task, "none", "mse", norm=True)
   arm = dataclasses.replace(cell, learning_rate=3e-4, head_bias_init="prior")
-  cfg = engine.EngineConfig(max_epochs=1)
-  loop = engine.ExecutionConfig(member_mode="loop")
-  data = engine.TaskData.from_pool(pool, task)
+  cfg = program.EngineConfig(max_epochs=1)
+  loop = program.ExecutionConfig(member_mode="loop")
+  data = program.TaskData.from_pool(pool, task)
   grid = engine.Engine(task, [(c, s) for c in (cell, arm) for s in (3, 5)], cfg, loop,
                        splits=pool.split_rows)
   state = grid.init_state(data)
@@ -59,7 +60,7 @@ def test_member_equals_its_run_alone(pool):
               for s in (3, 5)]
   np.testing.assert_array_equal(mean, np.asarray(expected * 2, np.float32))
   assert mean[0] != mean[1]
-  results = {(r.cell, r.seed): r for r in grid.run(data)}
+  results = {(r.cell, r.seed): r for r in grid.run(data).members}
   alone = [
       (cell, 5, engine.Engine(task, [(cell, 5)], cfg, loop, splits=lambda _: pool.split_rows(5))),
       (arm, 3, engine.Engine(task, [(cell, 3)],
@@ -67,7 +68,7 @@ def test_member_equals_its_run_alone(pool):
                              loop, splits=lambda _: pool.split_rows(3))),
   ]
   for c, seed, eng in alone:
-    (one,) = eng.run(data)
+    (one,) = eng.run(data).members
     member = results[(c, seed)]
     assert member.train_loss == one.train_loss, c.key
     assert member.valid_metric == one.valid_metric, c.key
@@ -81,7 +82,7 @@ def test_arms_are_cells_of_one_plan():
   engine's value) keeping the cells' plain keys; the arms are part of the run's identity."""
   config = config_lib.RunConfig(
       study="activation", task="binary", seeds=2,
-      engine=engine.EngineConfig(learning_rate=1e-3),
+      engine=program.EngineConfig(learning_rate=1e-3),
       arms=studies.TrainingChoice(learning_rate=(1e-3, 3e-4), head_bias_init=("torch", "prior")))
   members = train.plan(config)["binary"]
   cells = list(dict.fromkeys(c for c, _ in members))
@@ -108,7 +109,7 @@ def test_arms_are_cells_of_one_plan():
     (dict(arms=studies.TrainingChoice(learning_rate=(1e-3, -1.0))), "--learning_rate"),
     (dict(arms=studies.TrainingChoice(head_bias_init=("torch", "zeros"))), "--head_bias_init"),
     (dict(arms=studies.TrainingChoice(eps=(1e-8, 1e-3)),
-          engine=engine.EngineConfig(optimizer="sgd")), "--eps is AdamW's"),
+          engine=program.EngineConfig(optimizer="sgd")), "--eps is AdamW's"),
 ])
 def test_bad_split_or_arm_is_named(kwargs, words):
   with pytest.raises(config_lib.UserError, match=words):

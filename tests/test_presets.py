@@ -65,14 +65,14 @@ def test_command_line_applies_the_preset_under_the_given_flags():
 
 
 def test_describe_names_the_preset_and_the_overrides():
-  from jaxact.engine import engine
   from jaxact.study import train
+  from jaxact.engine import program
   config = train.RunConfig(study="all", task=("multiclass",), head="sigmoid", seeds=10,
-                           engine=engine.EngineConfig(learning_rate=1e-4))
+                           engine=program.EngineConfig(learning_rate=1e-4))
   assert presets.describe(config.to_dict()) == [
       "--preset=all", "--task=multiclass", "--head=sigmoid", "--learning_rate=0.0001"]
   hidden = train.RunConfig(study="hidden", seeds=3, conventions=("torch", "logits"),
-                           engine=engine.EngineConfig(max_epochs=30))
+                           engine=program.EngineConfig(max_epochs=30))
   assert presets.describe(hidden.to_dict()) == ["--preset=hidden", "--convention=both"]
 
 
@@ -85,9 +85,9 @@ def test_describe_uses_no_preset_where_none_shortens_the_command():
 
 
 def test_describe_refuses_options_without_a_flag():
-  from jaxact.engine import engine
+  from jaxact.engine import program
   from jaxact.study import train
-  config = train.RunConfig(engine=engine.EngineConfig(b1=0.8))
+  config = train.RunConfig(engine=program.EngineConfig(b1=0.8))
   with pytest.raises(ValueError, match="b1 has no flag"):
     presets.describe(config.to_dict())
 

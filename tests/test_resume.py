@@ -20,14 +20,23 @@ from jaxact.store import checkpoint
 from jaxact.engine import engine
 from jaxact.model import cells as studies
 from jaxact.study import train
+from jaxact.engine import program
+from jaxact.engine import runner
 from test_engine import _BAD, _GOOD, _synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _dump(results) -> str:
-  """Results as JSON text (NaN-safe exact comparison)."""
-  return json.dumps([dataclasses.asdict(r) for r in results], default=str)
+def _dump(outcome) -> str:
+  """A `runner.Outcome`'s results, compactions and epochs as JSON text (NaN-safe exact
+  comparison)."""
+  return json.dumps([[dataclasses.asdict(r) for r in outcome.members], outcome.compactions,
+                     outcome.epochs], default=str)
+
+
+def _same_final_state(a, b):
+  chex.assert_trees_all_equal(runner.state_to_host(a.final_state),
+                              runner.state_to_host(b.final_state))
 
 
 class _Stop(Exception):
@@ -54,7 +63,7 @@ def _run_until(eng, data, ckpt, stop_after):
 
 _CELL = studies.recommended_cell("probability")
 _MEMBERS = [(_CELL, 0), (_CELL, 1)]
-_CFG = engine.EngineConfig(max_epochs=5, patience=10)
+_CFG = program.EngineConfig(max_epochs=5, patience=10)
 _ID = {"config": {"seeds": 2}, "split_fingerprint": "abc", "task": "probability"}
 
 
@@ -89,7 +98,7 @@ def test_save_restore_round_trip_is_bitwise(probability_data, tmp_path):
   assert int(restored.state["epoch"]) == 4
   # PRNG keys: stored as raw key data, wrapped back into typed keys of the same impl.
   init = eng.init_state()
-  back = engine.state_from_host(restored.state, init)
+  back = runner.state_from_host(restored.state, init)
   assert jax.dtypes.issubdtype(back["shuffle_keys"].dtype, jax.dtypes.prng_key)
   assert jax.random.key_impl(back["shuffle_keys"]) == jax.random.key_impl(init["shuffle_keys"])
   np.testing.assert_array_equal(jax.random.key_data(back["shuffle_keys"]),
@@ -126,7 +135,7 @@ def test_checkpoint_without_a_newer_diagnostic_restores_it_as_nan(probability_da
     assert np.isnan(restored.hist_diag[name]).all()
   for name in checkpoint.LEGACY_DIAGNOSTICS:
     np.testing.assert_array_equal(restored.hist_diag[name], snap.hist_diag[name])
-  results = fresh.run(probability_data, restore=restored)
+  results = fresh.run(probability_data, restore=restored).members
   again.close()
   for r in results:
     values = r.diagnostics["head_saturated"]
@@ -134,7 +143,7 @@ def test_checkpoint_without_a_newer_diagnostic_restores_it_as_nan(probability_da
 
 
 def test_resumed_engine_run_is_bitwise_identical(probability_data, uninterrupted, tmp_path):
-  ref_eng, ref = uninterrupted
+  _, ref = uninterrupted
   ckpt = checkpoint.TaskCheckpointer(str(tmp_path / "probability"), _ID, every=2)
   _run_until(engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None),
              probability_data, ckpt, stop_after=3)
@@ -147,8 +156,9 @@ def test_resumed_engine_run_is_bitwise_identical(probability_data, uninterrupted
   ckpt.close()
   assert ckpt.epochs() == [2, 4]
   assert _dump(res) == _dump(ref)
-  chex.assert_trees_all_equal(engine.state_to_host(eng.final_state),
-                              engine.state_to_host(ref_eng.final_state))
+  _same_final_state(res, ref)
+  for a, b in zip(res.histories, ref.histories):
+    chex.assert_trees_all_equal(a, b)
   assert eng.traces == 1
 
 
@@ -161,7 +171,7 @@ _DICT_STATE_KEYS = ["active", "best_epoch", "best_params", "best_score", "epoch"
 
 def test_snapshot_in_the_dict_layout_restores(probability_data, uninterrupted):
   """Snapshots keep the flat dict layout; one built from its keys alone resumes bitwise."""
-  ref_eng, ref = uninterrupted
+  _, ref = uninterrupted
   snaps = {}
 
   def grab(epoch, snapshot):
@@ -175,9 +185,9 @@ def test_snapshot_in_the_dict_layout_restores(probability_data, uninterrupted):
   assert sorted(snaps[2].state) == _DICT_STATE_KEYS
   old = dataclasses.replace(snaps[2], state={k: snaps[2].state[k] for k in _DICT_STATE_KEYS})
   eng = engine.Engine("probability", _MEMBERS, _CFG, progress=lambda _: None)
-  assert _dump(eng.run(probability_data, restore=old)) == _dump(ref)
-  chex.assert_trees_all_equal(engine.state_to_host(eng.final_state),
-                              engine.state_to_host(ref_eng.final_state))
+  res = eng.run(probability_data, restore=old)
+  assert _dump(res) == _dump(ref)
+  _same_final_state(res, ref)
   bn = dataclasses.replace(_CELL, batch_norm=True)
   template = engine.Engine("probability", [(bn, 0)], _CFG).state_template()
   assert sorted(template) == sorted(_DICT_STATE_KEYS + ["best_stats", "stats"])
@@ -187,11 +197,11 @@ def test_resume_inside_a_compacted_layout(tmp_path):
   """A checkpoint taken right after a compaction keeps the layout; the rest is bitwise equal."""
   data = _synthetic("regression")
   members = [(_BAD, 0), (_BAD, 1), (_BAD, 2), (_GOOD, 0)]  # three invalid in epoch 0
-  cfg = engine.EngineConfig(max_epochs=3, patience=10)
-  compact = engine.ExecutionConfig(compact=True, member_mode="vmap")
+  cfg = program.EngineConfig(max_epochs=3, patience=10)
+  compact = program.ExecutionConfig(compact=True, member_mode="vmap")
   ref_eng = engine.Engine("regression", members, cfg, compact, progress=lambda _: None)
   ref = ref_eng.run(data)
-  assert ref_eng.compactions == 1
+  assert ref.compactions == 1
   ckpt = checkpoint.TaskCheckpointer(str(tmp_path / "regression"), _ID, every=1)
   snaps = _run_until(engine.Engine("regression", members, cfg, compact, progress=lambda _: None),
                      data, ckpt, stop_after=1)
@@ -202,10 +212,9 @@ def test_resume_inside_a_compacted_layout(tmp_path):
   np.testing.assert_array_equal(snapshot.stacked, snaps[1].stacked)
   res = eng.run(data, restore=snapshot)
   assert _dump(res) == _dump(ref)
-  chex.assert_trees_all_equal(engine.state_to_host(eng.final_state),
-                              engine.state_to_host(ref_eng.final_state))
+  _same_final_state(res, ref)
   assert list(eng.layout_epoch_fns) == [((_GOOD, 0, 1),)]
-  assert eng.compactions == ref_eng.compactions == 1
+  assert res.compactions == ref.compactions == 1
   assert eng.traces + snapshot.compactions == ref_eng.traces == 2
 
 
@@ -264,7 +273,7 @@ def test_identity_ignores_paths_and_names_differences():
   other = dataclasses.replace(base, seeds=3,
                               engine=dataclasses.replace(base.engine, max_epochs=7))
   diffs = checkpoint.identity_differences(train.run_identity(base), train.run_identity(other))
-  assert diffs == [("seeds", 2, 3), ("max_epochs", engine.PROTOCOL.max_epochs, 7)]
+  assert diffs == [("seeds", 2, 3), ("max_epochs", program.PROTOCOL.max_epochs, 7)]
   # TF32 computes other numbers: a run does not resume across precisions. A checkpoint
   # written before the field existed was float32 (the default fills it in).
   tf32 = dataclasses.replace(base, execution=dataclasses.replace(base.execution,

@@ -21,6 +21,8 @@ from jaxact.store import provenance
 from jaxact.study import train
 from jaxact.store import workdir as workdir_lib
 from jaxact.model.cells import Cell
+from jaxact.engine import program
+from jaxact.engine import runner
 
 from test_engine import _by, _synthetic   # pylint: disable=g-bad-import-order
 
@@ -31,8 +33,8 @@ def _tree(seed):
 
 
 def test_adamw_is_optax_adamw_bitwise():
-  cfg = engine.EngineConfig()
-  ours, ref = engine.make_optimizer(cfg), optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8,
+  cfg = program.EngineConfig()
+  ours, ref = program.make_optimizer(cfg), optax.adamw(1e-3, b1=0.9, b2=0.999, eps=1e-8,
                                                         weight_decay=0.01)
   params = _tree(0)
   s1, s2 = ours.init(params), ref.init(params)
@@ -46,7 +48,7 @@ def test_adamw_is_optax_adamw_bitwise():
 def test_sgd_is_pytorch_sgd_with_momentum_and_l2():
   """v = mu v + (g + wd w); w -= lr v (torch.optim.SGD, dampening 0), written out by hand."""
   lr, mu, wd = 0.05, 0.9, 0.01
-  tx = engine.make_optimizer(engine.EngineConfig(optimizer="sgd", learning_rate=lr,
+  tx = program.make_optimizer(program.EngineConfig(optimizer="sgd", learning_rate=lr,
                                                  momentum=mu, weight_decay=wd))
   w = np.array([1.0, -2.0, 0.5])
   params = jnp.asarray(w, jnp.float32)
@@ -68,7 +70,7 @@ def test_sgd_matches_torch_optim_sgd():
   w0 = np.array([[0.2, -0.4], [1.5, 0.3]], np.float32)
   tw = torch.nn.Parameter(torch.tensor(w0))
   opt = torch.optim.SGD([tw], lr=lr, momentum=mu, weight_decay=wd)
-  tx = engine.make_optimizer(engine.EngineConfig(optimizer="sgd", learning_rate=lr,
+  tx = program.make_optimizer(program.EngineConfig(optimizer="sgd", learning_rate=lr,
                                                  momentum=mu, weight_decay=wd))
   params = jnp.asarray(w0)
   state = tx.init(params)
@@ -85,7 +87,7 @@ def test_sgd_matches_torch_optim_sgd():
 
 def test_unknown_optimizer_is_refused():
   with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
-    engine.make_optimizer(engine.EngineConfig(optimizer="adam"))
+    program.make_optimizer(program.EngineConfig(optimizer="adam"))
 
 
 @pytest.mark.parametrize("head, loss, link", [
@@ -96,7 +98,7 @@ def test_prior_output_bias_closed_form(head, loss, link):
   y = np.array([0, 0, 0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9])
   t = tasks.make_targets("multiclass", y)
   p = np.bincount(y, minlength=10) / len(y)
-  bias = engine.prior_output_bias(Cell("multiclass", head, loss), t, 0.0, 1.0)
+  bias = program.prior_output_bias(Cell("multiclass", head, loss), t, 0.0, 1.0)
   want = {"logit": np.log(p / (1 - p)), "log": np.log(p), "identity": p}[link]
   np.testing.assert_allclose(bias, want, rtol=1e-5)
   if link == "logit":
@@ -108,7 +110,7 @@ def test_prior_output_bias_closed_form(head, loss, link):
 def test_prior_output_bias_of_standardised_regression_is_zero():
   t = np.arange(10, dtype=np.float32)[:, None]
   cell = Cell("regression", "none", "mse", norm=True)
-  bias = engine.prior_output_bias(cell, t, float(t.mean()), float(t.std()))
+  bias = program.prior_output_bias(cell, t, float(t.mean()), float(t.std()))
   np.testing.assert_allclose(bias, [0.0], atol=1e-6)
 
 
@@ -116,7 +118,7 @@ def test_prior_head_bias_sets_only_the_output_bias():
   data = _synthetic("multiclass")
   cells = [Cell("multiclass", "sigmoid", "bce"), Cell("multiclass", "softmax", "cce")]
   members = [(c, s) for c in cells for s in (0, 1)]
-  cfg = engine.EngineConfig(max_epochs=1, head_bias_init="prior")
+  cfg = program.EngineConfig(max_epochs=1, head_bias_init="prior")
   prior = engine.Engine("multiclass", members, cfg, progress=lambda _: None)
   torch_init = engine.Engine("multiclass", members, dataclasses.replace(cfg, head_bias_init="torch"),
                              progress=lambda _: None)
@@ -126,7 +128,7 @@ def test_prior_head_bias_sets_only_the_output_bias():
   t = np.asarray(data.t_train)
   for i, (cell, _) in enumerate(prior.members):
     np.testing.assert_allclose(np.asarray(a["out"]["bias"][i]),
-                               engine.prior_output_bias(cell, t, 0.0, 1.0), rtol=1e-6)
+                               program.prior_output_bias(cell, t, 0.0, 1.0), rtol=1e-6)
   a["out"]["bias"] = b["out"]["bias"]
   chex.assert_trees_all_equal(a, b)
   # The template of checkpoints does not need the data.
@@ -139,13 +141,14 @@ def test_prior_head_bias_sets_only_the_output_bias():
     dict(eps=1e-3)])
 def test_member_k_equals_single_run_with_seed_k(options):
   data = _synthetic("multiclass")
-  cfg = engine.EngineConfig(max_epochs=2, patience=2, **options)
+  cfg = program.EngineConfig(max_epochs=2, patience=2, **options)
   cells = [Cell("multiclass", "softmax", "cce"), Cell("multiclass", "sigmoid", "bce")]
   grid = engine.Engine("multiclass", [(c, s) for c in cells for s in (0, 1, 2)], cfg,
                        progress=lambda _: None)
-  results = grid.run(data)
+  results = grid.run(data).members
   for cell in cells:
-    (alone,) = engine.Engine("multiclass", [(cell, 2)], cfg, progress=lambda _: None).run(data)
+    (alone,) = engine.Engine("multiclass", [(cell, 2)], cfg,
+                             progress=lambda _: None).run(data).members
     member = _by(results, cell, 2)
     chex.assert_trees_all_close((alone.train_loss, alone.valid_metric, alone.test),
                                 (member.train_loss, member.valid_metric, member.test),
@@ -156,10 +159,10 @@ def test_member_k_equals_single_run_with_seed_k(options):
 def test_options_change_training():
   data = _synthetic("multiclass")
   cell = studies.recommended_cell("multiclass")
-  base = engine.EngineConfig(max_epochs=1, patience=2)
+  base = program.EngineConfig(max_epochs=1, patience=2)
   def loss(**kw):
     (r,) = engine.Engine("multiclass", [(cell, 0)], dataclasses.replace(base, **kw),
-                         progress=lambda _: None).run(data)
+                         progress=lambda _: None).run(data).members
     return r.train_loss[0]
   reference = loss()
   for kw in (dict(optimizer="sgd"), dict(learning_rate=1e-4), dict(batch_size=16),
@@ -168,32 +171,32 @@ def test_options_change_training():
 
 
 def test_training_label_names_what_differs_from_the_protocol():
-  assert engine.training_label(engine.EngineConfig()) == ""
-  cfg = engine.EngineConfig(optimizer="sgd", learning_rate=0.01, head_bias_init="prior",
-                            batch_size=64, weight_decay=0.0)
-  assert engine.training_label(cfg) == (
+  assert runner.training_label(program.EngineConfig()) == ""
+  cfg = program.EngineConfig(optimizer="sgd", learning_rate=0.01, head_bias_init="prior",
+                             batch_size=64, weight_decay=0.0)
+  assert runner.training_label(cfg) == (
       "sgd (momentum 0.9), lr 0.01, weight decay 0, batch 64, prior head bias")
   cell = Cell("multiclass", "sigmoid", "bce")
-  assert engine.cell_label(cell, cfg) == "sigmoid + bce [" + engine.training_label(cfg) + "]"
-  assert engine.cell_label(cell, engine.EngineConfig()) == cell.label
-  record = engine.training_record(cfg)
+  assert runner.cell_label(cell, cfg) == "sigmoid + bce [" + runner.training_label(cfg) + "]"
+  assert runner.cell_label(cell, program.EngineConfig()) == cell.label
+  record = runner.training_record(cfg)
   assert record["optimizer"] == "sgd" and record["momentum"] == 0.9
-  assert engine.training_record(engine.EngineConfig())["momentum"] is None
-  assert engine.training_label(engine.EngineConfig(eps=1e-3, weight_decay=0.0)) == (
+  assert runner.training_record(program.EngineConfig())["momentum"] is None
+  assert runner.training_label(program.EngineConfig(eps=1e-3, weight_decay=0.0)) == (
       "weight decay 0, eps 0.001")
-  assert engine.training_record(engine.EngineConfig(eps=1e-3))["eps"] == 1e-3
+  assert runner.training_record(program.EngineConfig(eps=1e-3))["eps"] == 1e-3
 
 
 def test_large_eps_makes_adamw_steps_proportional_to_small_gradients():
   # Closed form of the first AdamW step (bias-corrected m = g, v = g^2):
   # -lr * g / (|g| + eps); with eps >> |g| it is about -lr * g / eps, as in SGD.
-  cfg = engine.EngineConfig(eps=1.0, weight_decay=0.0)
+  cfg = program.EngineConfig(eps=1.0, weight_decay=0.0)
   g = {"w": jnp.array([1e-4, -2e-4, 3e-3])}
   params = {"w": jnp.zeros(3)}
-  update, _ = engine.make_optimizer(cfg).update(g, engine.make_optimizer(cfg).init(params), params)
+  update, _ = program.make_optimizer(cfg).update(g, program.make_optimizer(cfg).init(params), params)
   expected = -1e-3 * g["w"] / (jnp.abs(g["w"]) + 1.0)
   chex.assert_trees_all_close(update["w"], expected, rtol=1e-6)
-  small = engine.make_optimizer(engine.EngineConfig(weight_decay=0.0))
+  small = program.make_optimizer(program.EngineConfig(weight_decay=0.0))
   update, _ = small.update(g, small.init(params), params)
   chex.assert_trees_all_close(update["w"], -1e-3 * jnp.sign(g["w"]), rtol=1e-3)
 

@@ -46,9 +46,9 @@ all the same (TF32 or bfloat16 on an accelerator changes results beyond rounding
 run rounds differently from an uncompacted one), and `--data_dir`, which chooses the data: a
 run resumes only on the same MNIST files.
 From Python ([running.md](running.md#from-python)), the first table's options are the fields of
-`train.RunConfig` (the training ones in its `engine` group, `engine.EngineConfig`), and
+`train.RunConfig` (the training ones in its `engine` group, `program.EngineConfig`), and
 `--member_mode`, `--conv`, `--matmul_precision` and `--compact` those of its `execution` group
-(`engine.ExecutionConfig`); of the rest, `--data_dir` and `--tfds_dir` are `RunConfig` fields
+(`program.ExecutionConfig`); of the rest, `--data_dir` and `--tfds_dir` are `RunConfig` fields
 too, and the others arguments of `train.train_and_evaluate` or the command line's own. The
 flags take their defaults from those classes.
 The options beyond the original protocol (optimizer, learning rate, batch size, head bias) are

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from absl import logging
 
 from jaxact.engine import engine as engine_lib
+from jaxact.engine import program as program_lib
 
 
 class BackgroundCompile:
@@ -62,14 +63,14 @@ class CompileAhead:
   def __init__(self):
     self._task = self._engine = self._data = self._compile = None
 
-  def start(self, task: str, engine: engine_lib.Engine, data: engine_lib.TaskData) -> None:
+  def start(self, task: str, engine: engine_lib.Engine, data: program_lib.TaskData) -> None:
     """Compiles `engine`'s programs for `data` in a thread, keeping both for `take(task)`."""
     self.wait()
     self._task, self._engine, self._data = task, engine, data
     self._compile = BackgroundCompile(
         lambda: engine.compile_ahead(data), f"task {task}", f"jaxact-compile-{task}")
 
-  def take(self, task: str) -> tuple[engine_lib.Engine, engine_lib.TaskData] | None:
+  def take(self, task: str) -> tuple[engine_lib.Engine, program_lib.TaskData] | None:
     """The engine and data prepared for `task` (after its compilation ended), or None."""
     if self._task != task:
       return None

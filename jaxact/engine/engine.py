@@ -10,7 +10,8 @@ and trained together; `Engine` composes the parts:
 - runner.py: the host loop (histories, compaction, snapshots, progress,
   results).
 It keeps one jitted epoch function per task (plus one per compacted layout)
-and the public names the rest of the code base uses (`engine.X`, `__all__`).
+and hands the runner what it needs (`run_spec`); every other name lives in
+the module that defines it (program, runner, layout, probes).
 
 An Engine takes two configurations: `EngineConfig`, the training
 hyper-parameters (what is trained), and `ExecutionConfig`, how it is computed
@@ -49,24 +50,11 @@ from jaxact.engine import program as program_lib
 from jaxact.engine import runner as runner_lib
 from jaxact.engine import sharding
 from jaxact.data import tasks as tasks_lib
-from jaxact.model.cells import Cell
 from jaxact.engine.layout import Groups
-from jaxact.engine.probes import layer_names
-from jaxact.engine.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MATMUL_PRECISIONS,
-                            MEMBER_MODES, OPTIMIZERS, PROTOCOL, Status, TaskData, TrainState,
-                            branch_cell, make_optimizer, predictions, prior_output_bias,
-                            train_targets, with_matmul_precision)
-from jaxact.engine.runner import (MemberResult, Snapshot, cell_label, state_from_host, state_to_host,
-                           training_label, training_record)
-
-# The engine's public names: its own, and those of its parts that the rest of the code uses.
-__all__ = [
-    "Engine", "EngineConfig", "ExecutionConfig", "Groups", "HEAD_BIAS_INITS",
-    "MATMUL_PRECISIONS", "MEMBER_MODES", "MemberResult", "OPTIMIZERS", "PROTOCOL", "Snapshot",
-    "Status", "TaskData", "TrainState", "branch_cell", "cell_label", "layer_names",
-    "make_optimizer", "predictions", "prior_output_bias", "state_from_host", "state_to_host",
-    "train_targets", "training_label", "training_record", "with_matmul_precision",
-]
+from jaxact.engine.program import (EngineConfig, ExecutionConfig, HEAD_BIAS_INITS, MEMBER_MODES,
+                            TaskData, TrainState, branch_cell, with_matmul_precision)
+from jaxact.engine.runner import Outcome, RunSpec, Snapshot
+from jaxact.model.cells import Cell
 
 
 class Engine:
@@ -74,7 +62,7 @@ class Engine:
 
   Usage:
     engine = Engine(task, members, config, execution)
-    results = engine.run(data)
+    results = engine.run(data).members      # runner.Outcome
     # resumable: engine.run(data, restore=snapshot, on_epoch_end=hook), see `run`
 
   `engine.traces` counts how often the epoch function was traced, over all
@@ -149,8 +137,6 @@ class Engine:
                                                      for c, _ in self.stacked_members])
                    if mode == "loop" else layout_lib.Vmapped(self.groups))
     self.traces = 0
-    self.compactions = 0             # in the task's whole history, restored runs included
-    self.final_state: dict[str, Any] | None = None
     self.epoch_fn = jax.jit(self.epoch_program(), donate_argnums=(0,))   # all members
     self.layout_epoch_fns: dict[Groups, Callable] = {}                  # compacted layouts
     self.test_fn = jax.jit(self._precise(self._test_of(self.layout)))
@@ -308,19 +294,18 @@ class Engine:
   def run(self, data: TaskData, restore: Snapshot | None = None,
           on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-          ) -> list[MemberResult]:
-    """Trains every member to its early stop (or the cap); returns per-member results.
+          ) -> Outcome:
+    """Trains every member to its early stop (or the cap); returns the `runner.Outcome`.
 
-    With `execution.compact`, after an epoch in which at most half of the
-    stacked members are still training, the state is cut down to those
-    members (`layout` maps stacked position -> index in `self.members`) and
-    the others' final state is kept in `full`, the full-size state in the
-    original member order, which the test pass and `final_state` use.
+    The outcome holds the per-member results (`.members`, in `self.members`
+    order), the compactions of the task's whole history (restored runs
+    included), the real members' final state and histories. The engine keeps
+    none of it: `run` may be called again (e.g. with another `restore`).
 
-    The state lives on `self.mesh` (sharding.py): stacked positions are the
-    real members then the pads; a compacted layout is padded with stopped
-    members to a multiple of the device count. Snapshots, `final_state` and
-    the results hold the real members only.
+    With `execution.compact` ("vmap" mode), the runner drops finished members
+    from the stacked state (runner.py). The state lives on `self.mesh`
+    (sharding.py): the real members, then pads; snapshots, the final state
+    and the results hold the real members only.
 
     Args:
       data: the task's data.
@@ -331,29 +316,27 @@ class Engine:
         `snapshot()` builds the `Snapshot` of that moment (a host copy; call it
         only when you need it). The engine does no file I/O itself.
       on_epoch: called on the host after EVERY epoch (the last one included,
-        before `on_epoch_end`), as `on_epoch(epochs_done, host)`, with what the
-        loop fetched anyway; cheap, nothing is copied off the devices for it.
-        `host` holds numpy arrays over the real members in `self.members`
-        order, R of them, fresh copies the callee may keep:
-          train_loss (R,) float32: mean training loss of the epoch (NaN for a
-            member that did not train in it);
-          valid_metric (R,) float32: the valid metric after it (NaN likewise);
-          n_infinite (R,) int: non-finite valid predictions;
-          trained (R,) bool: the member trained in this epoch;
-          active (R,) bool: it is still training after it;
-          status (R,) int: its `Status` so far (TRAINING while active);
-          best_valid (R,) float32: its best valid metric so far, in the
-            metric's units (NaN before any finite one);
-          best_epoch (R,) int: the 0-based epoch of that best (-1: none);
-          diag: name -> (R, ...) this epoch's diagnostics (`diagnostic_shapes`);
-        and two floats: elapsed_s, the seconds since this call started, and
-        eta_s, an estimate of the seconds until the task ends: the mean
-        duration of the recent epochs (the first one, which compiles, left
-        out once there are others) times the epochs until the last active
-        member would stop if none improved again (capped by max_epochs). It
-        is low while members still improve; 0.0 once none trains.
+        before `on_epoch_end`), as `on_epoch(epochs_done, host)`; cheap.
+        `host` holds fresh numpy copies over the real members in
+        `self.members` order, what the loop fetched anyway (nothing is copied
+        off the devices for it): see `runner.epoch_report`.
     """
-    return runner_lib.run(self, data, restore, on_epoch_end, on_epoch)
+    data = sharding.replicate(data, self.mesh)
+    return runner_lib.run(self.run_spec(), data, self.initial_state(data), restore,
+                          on_epoch_end, on_epoch)
+
+  def run_spec(self) -> RunSpec:
+    """What the runner needs of this engine (`runner.RunSpec`)."""
+    return RunSpec(
+        task=self.task, config=self.config, members=self.members,
+        stacked=len(self.stacked_members), groups=self.groups, mesh=self.mesh,
+        member_mode=self.member_mode, compact=self.execution.compact,
+        probes=self.program.probes, diagnostic_shapes=self.diagnostic_shapes(),
+        max_depth=self.max_depth,
+        invalid_reasons={c: self.loss_fns[c].invalid_reason for c, _ in self.members},
+        epoch_fn=self.epoch_fn,
+        layout_epoch_fn=lambda positions: self.layout_epoch_fn(self.layout_groups(positions)),
+        test_fn=self.test_fn, progress=self.progress)
 
   def compile_ahead(self, data: TaskData) -> None:
     """Compiles the programs `run(data)` starts with, so that `run` compiles nothing.

@@ -57,6 +57,7 @@ from jaxact.data import mnist as data_lib
 from jaxact.model import network as model_lib
 from jaxact.data import tasks as tasks_lib
 from jaxact.engine import engine as engine_lib
+from jaxact.engine import program as program_lib
 
 SMALL_MEMBERS = (4, 8)             # members per device of the two programs compiled
 SCREEN = 0.5                       # byte_count at most this share of the memory: no compilation
@@ -201,9 +202,9 @@ POOL_SIZE = 60000
 
 
 def abstract_task_data(task: str, *sizes: int):
-  """ShapeDtypeStructs of a task's data: `engine.TaskData.from_pool` for sizes
+  """ShapeDtypeStructs of a task's data: `program.TaskData.from_pool` for sizes
   (pool, test), the data of every run (each member holds its rows of the pool), or
-  `engine.TaskData.from_split` for sizes (train, valid, test), one split shared by
+  `program.TaskData.from_split` for sizes (train, valid, test), one split shared by
   members without rows (the benchmarks' synthetic splits)."""
   sizes = sizes or (POOL_SIZE, TEST_SIZE)
   c = tasks_lib.get_task(task).num_outputs
@@ -217,11 +218,11 @@ def abstract_task_data(task: str, *sizes: int):
     n_train = n_valid = pool
   else:
     n_train, n_valid, n_test = sizes
-  return engine_lib.TaskData(x_train=images(n_train), t_train=targets(n_train),
-                             x_valid=images(n_valid), t_valid=targets(n_valid),
-                             x_test=images(n_test), t_test=targets(n_test),
-                             target_mean=jax.ShapeDtypeStruct((), np.float32, weak_type=True),
-                             target_std=jax.ShapeDtypeStruct((), np.float32, weak_type=True))
+  return program_lib.TaskData(x_train=images(n_train), t_train=targets(n_train),
+                              x_valid=images(n_valid), t_valid=targets(n_valid),
+                              x_test=images(n_test), t_test=targets(n_test),
+                              target_mean=jax.ShapeDtypeStruct((), np.float32, weak_type=True),
+                              target_std=jax.ShapeDtypeStruct((), np.float32, weak_type=True))
 
 
 def _shape_splits(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +260,7 @@ def compiled_peak(engine, data) -> int:
     if not a.shape:
       return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
     return jax.ShapeDtypeStruct((stacked,) + a.shape[1:], a.dtype, sharding=member)
-  state = engine_lib.TrainState.from_dict(jax.tree_util.tree_map(stack, template))
+  state = program_lib.TrainState.from_dict(jax.tree_util.tree_map(stack, template))
   def replicate(a):
     if isinstance(a, (int, float)):   # target_mean / target_std: weakly typed scalars
       return jax.ShapeDtypeStruct((), np.float32, weak_type=True, sharding=replicated)
@@ -317,7 +318,7 @@ def program_need(task: str, cells: tuple, config, execution,
 def estimate(task: str, cells: Sequence, members: int, config, execution) -> Estimate:
   """The compiled estimate for `members` members per device of `cells` of `task`.
 
-  `config`, `execution`: the run's engine.EngineConfig and ExecutionConfig.
+  `config`, `execution`: the run's program.EngineConfig and ExecutionConfig.
   """
   before = program_need.cache_info().hits
   device, host, compile_s = program_need(task, representative_cells(cells), config, execution)
@@ -367,7 +368,7 @@ def check_fits(cells_per_task: dict[str, Sequence], seeds: int, config, executio
   Args:
     cells_per_task: task -> the cells (studies.Cell) the run trains in it.
     seeds: seeds per cell.
-    config, execution: the run's engine.EngineConfig and ExecutionConfig.
+    config, execution: the run's program.EngineConfig and ExecutionConfig.
     member_mode: the resolved member mode, "loop" or "vmap".
     devices: the members are sharded over this many devices (each holds its share).
     available: (bytes, description) of one device; default `available_bytes()`.

@@ -115,14 +115,26 @@ class Totals(NamedTuple):
   single_label: bool
 
 
+# The axes a probe's per-member value may have, and their sizes.
+AXES = {
+    "layer": lambda dims: dims.layers,    # L: layer_names(depth), conv1 to out
+    "hidden": lambda dims: dims.depth,    # D: the dense hidden layers
+}
+
+
 class Probe:
-  """A per-member measurement of one epoch (see the module docstring)."""
+  """A per-member measurement of one epoch (see the module docstring).
+
+  `axes` declares the per-member value's axes, each a key of AXES: () for a
+  scalar, ("layer",) for one value per layer, ("hidden",) per hidden layer.
+  """
   name: str = ""
   phase: str = "valid"
+  axes: tuple[str, ...] = ()
 
   def shape(self, dims: Dims) -> tuple[int, ...]:
     """The per-member shape of the finalized value (its dtype is float32)."""
-    return ()
+    return tuple(AXES[a](dims) for a in self.axes)
 
   def init(self, dims: Dims, m: int):
     return jnp.zeros((m,) + self.shape(dims))
@@ -140,10 +152,7 @@ class Probe:
 class GradNorm(Probe):
   """(L,) root mean square over the epoch's updates of the per-batch gradient
   L2 norm of each layer's kernel + bias."""
-  name, phase = "grad_norm", "train"
-
-  def shape(self, dims):
-    return (dims.layers,)
+  name, phase, axes = "grad_norm", "train", ("layer",)
 
   def init(self, dims, m):
     return jnp.zeros((m, dims.layers), jnp.float32)
@@ -158,10 +167,7 @@ class GradNorm(Probe):
 class GradNormFirst(Probe):
   """(L,) the same for the epoch's first batch only (in epoch 0: the gradient
   at initialisation). The accumulator is (seen, norms)."""
-  name, phase = "grad_norm_first", "train"
-
-  def shape(self, dims):
-    return (dims.layers,)
+  name, phase, axes = "grad_norm_first", "train", ("layer",)
 
   def init(self, dims, m):
     return jnp.zeros((), bool), jnp.zeros((m, dims.layers), jnp.float32)
@@ -178,10 +184,7 @@ class GradNormFirst(Probe):
 
 class ParamNorm(Probe):
   """(L,) each layer's parameter L2 norm after the epoch."""
-  name, phase = "param_norm", "end"
-
-  def shape(self, dims):
-    return (dims.layers,)
+  name, phase, axes = "param_norm", "end", ("layer",)
 
   def update(self, obs: EndObservation):
     return jnp.sqrt(layer_sq_norms(obs.params, obs.depth))
@@ -197,9 +200,7 @@ def _rows(obs: ValidObservation) -> jax.Array:
 class _UnitShare(Probe):
   """(D,) the share of each hidden layer's units that `flags` (on the derivative
   over its largest) on `enough` of the valid examples."""
-
-  def shape(self, dims):
-    return (dims.depth,)
+  axes = ("hidden",)
 
   def init(self, dims, m):
     return jnp.zeros((m, dims.depth, dims.width))
@@ -241,10 +242,7 @@ class Dead(_UnitShare):
 
 class MeanAbsPre(Probe):
   """(D,) mean |pre-activation| of each hidden layer on the valid set."""
-  name = "mean_abs_pre"
-
-  def shape(self, dims):
-    return (dims.depth,)
+  name, axes = "mean_abs_pre", ("hidden",)
 
   def init(self, dims, m):
     return jnp.zeros((m, dims.depth))
@@ -328,3 +326,19 @@ def shapes(dims: Dims, probes: tuple[Probe, ...] = PROBES
            ) -> dict[str, tuple[tuple[int, ...], Any]]:
   """name -> (per-member shape, dtype) of the diagnostics `probes` record."""
   return {p.name: (p.shape(dims), np.float32) for p in probes}
+
+
+def member_part(value: np.ndarray, axes: tuple[str, ...], depth: int, max_depth: int,
+                leading: int = 0) -> np.ndarray:
+  """A recorded value cut to the layers of a member with `depth` dense hidden layers.
+
+  The program records every member with the most layers any member has
+  (`max_depth`; a member's values beyond its own depth are 0). `value` has
+  `leading` axes (e.g. epochs), then the probe's declared `axes`: a "layer"
+  axis keeps conv1-3, the member's hidden layers and out; a "hidden" axis its
+  hidden layers.
+  """
+  keep = {"layer": list(range(3 + depth)) + [3 + max_depth], "hidden": list(range(depth))}
+  for k, axis in enumerate(axes):
+    value = np.take(value, keep[axis], axis=leading + k)
+  return value

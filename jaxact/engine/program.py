@@ -7,10 +7,13 @@ program is built once per task (`Program`, after purejaxrl's `make_train`):
 `init_state` makes the initial state, `epoch` runs one epoch (a `lax.scan`
 over the batches with the data resident on the device, a pass over the
 valid set in chunks, the early-stopping update), `evaluate` and `test` the
-metric of stacked parameters. Each takes the members' cells as a layout's
-cells object (layout.py: static per-cell slices, or one member's cell picked
-at run time); layout.py maps it over the members, and the engine jits it.
-Nothing here does I/O or keeps state between calls.
+metric of stacked parameters. It composes its parts by job: the network of
+the stacked members (`stacked.Network`), the valid and test passes
+(`evaluation.Evaluation`) and the training arms' optimizers (`Optimizers`).
+Each takes the members' cells as a layout's cells object (layout.py: static
+per-cell slices, or one member's cell picked at run time); layout.py maps it
+over the members, and the engine jits it. Nothing here does I/O or keeps
+state between calls.
 
 Per member (PROTOCOL section 3):
 - its own initialisation and shuffle order, both from `jax.random.key(seed)`
@@ -44,7 +47,9 @@ from jaxact.model import losses as losses_lib
 from jaxact.model import network as model_lib
 from jaxact.engine import probes as probes_lib
 from jaxact.data import tasks as tasks_lib
-from jaxact.model.cells import Cell, TRAINING_OPTIONS
+from jaxact.model.cells import Cell
+from jaxact.engine.evaluation import Evaluation
+from jaxact.engine.stacked import Network, member_scale, slice_members, train_targets
 
 class Status(enum.IntEnum):
   TRAINING = 0
@@ -267,47 +272,6 @@ def target_scale(state: "TrainState", data: TaskData) -> tuple[Any, Any]:
   return state.rows.target_mean, state.rows.target_std
 
 
-def member_scale(v, a: int, b: int):
-  """A target mean or std for members a:b, shaped to broadcast over (S, rows, C).
-
-  `v` is a scalar (one split for all members) or (M,) (`MemberRows`); a
-  stack of one member (loop mode) gives its scalar, so that the member
-  computes exactly what a run of its split alone computes.
-  """
-  v = jnp.asarray(v)
-  if v.ndim == 0:
-    return v
-  if v.shape[0] == 1:
-    return v[0]
-  return v[a:b].reshape(-1, 1, 1)
-
-# Per-cell target transforms (regression standardisation, sigmoid method).
-
-
-def train_targets(cell: Cell, t: jax.Array, mean: float, std: float) -> jax.Array:
-  """Targets in the space the loss sees: standardised and/or squashed by a sigmoid."""
-  if cell.norm:
-    t = (t - mean) / std
-  if cell.sigmoid_method:
-    t = jax.nn.sigmoid(t)
-  return t
-
-
-def predictions(cell: Cell, z: jax.Array, mean: float, std: float) -> jax.Array:
-  """The head's output mapped back to original target units, (..., C).
-
-  For the sigmoid method, logit(sigmoid(z)) is computed from the float32
-  sigmoid output as the original method prescribes: outputs that round to
-  exactly 0 or 1 give -inf / +inf predictions (counted, not hidden).
-  """
-  out = losses_lib.apply_head(cell.head, z)
-  if cell.sigmoid_method:
-    out = jnp.log(out) - jnp.log1p(-out)
-  if cell.norm:
-    out = out * std + mean
-  return out
-
-
 def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) -> np.ndarray:
   """(C,) the output bias of head_bias_init="prior": the targets' mean through the link.
 
@@ -379,44 +343,36 @@ def all_finite_per_member(tree) -> jax.Array:
   return jnp.isfinite(jnp.stack(zeros)).all(axis=0)
 
 
-def network_groups(groups) -> list[tuple[tuple[str, bool, int], int, int]]:
-  """Consecutive cell slices with the same network merged: [(cell.network, start, stop)]."""
-  out: list[tuple[tuple[str, bool, int], int, int]] = []
-  for cell, a, b in groups:
-    if out and out[-1][0] == cell.network and out[-1][2] == a:
-      out[-1] = (cell.network, out[-1][1], b)
-    else:
-      out.append((cell.network, a, b))
-  return out
+class Optimizers:
+  """The optimizers of a program's training arms (`Cell.arm`), applied member by member.
 
-
-def vmap_members(fn: Callable, in_axes) -> Callable:
-  """`jax.vmap(fn, in_axes)`, except that ONE member is computed unbatched.
-
-  A vmap over a member axis of size 1 turns every matmul into a batched one
-  with batch 1, which XLA:CPU runs about 15% slower than the plain matmul
-  ("loop" mode computes one member at a time). Outputs get the member axis back.
+  Attributes:
+    config: the run's EngineConfig.
+    tx: the run's optimizer (`make_optimizer(config)`): it makes every member's
+      initial optimizer state.
+    txs: training config -> its optimizer, one per distinct arm (`optimizer_groups`).
   """
-  batched = jax.vmap(fn, in_axes=in_axes)
 
-  def call(*args):
-    sizes = {leaf.shape[ax] for arg, ax in zip(args, in_axes) if ax is not None
-             for leaf in jax.tree_util.tree_leaves(arg)}
-    if sizes != {1}:
-      return batched(*args)
-    one = [a if ax is None else jax.tree_util.tree_map(lambda l: l[0], a)
-           for a, ax in zip(args, in_axes)]
-    return jax.tree_util.tree_map(lambda l: l[None], fn(*one))
-  return call
+  def __init__(self, config: EngineConfig, cells: Sequence[Cell]):
+    self.config = config
+    self.tx = make_optimizer(config)
+    self.txs = {g[0]: make_optimizer(g[0])
+                for g in optimizer_groups(config, [(c, 0, 1) for c in cells])}
 
+  def update(self, cells, grads, opt_state, params):
+    """(updates, new optimizer state) of every stacked member, each with its cell's optimizer.
 
-def _slice_members(tree, a: int, b: int):
-  return jax.tree_util.tree_map(lambda l: l[a:b], tree)
-
-
-def _members(v: jax.Array, a: int, b: int) -> jax.Array:
-  """Members a:b of a stack (M, ...); a stack of one (loop mode) is not sliced."""
-  return v if v.shape[0] == 1 else v[a:b]
+    Through the layout's cells (layout.py): in "vmap" mode one vmapped call per
+    run of consecutive cells with the same optimizer (one call for a program of
+    one arm); in "loop" mode inside the member's branch of its switch, as the
+    loss, so that a member computes the same whatever other arms share its program.
+    """
+    def per_group(groups, grads, opt_state, params):
+      outs = [jax.vmap(self.txs[cfg].update)(*(slice_members(t, a, b)
+                                               for t in (grads, opt_state, params)))
+              for cfg, a, b in optimizer_groups(self.config, groups)]
+      return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
+    return cells.per_cell(per_group, grads, opt_state, params)
 
 
 # ---------------------------------------------------------------------------
@@ -520,46 +476,32 @@ class Program:
   Attributes:
     task: the task (tasks.Task).
     config: the EngineConfig.
-    max_depth: the most dense hidden layers of any member (the network's).
-    has_batch_norm: any member uses batch norm (the network has the layers).
+    network: the stacked members' network (`stacked.Network`: trunk, dense part).
+    max_depth, has_batch_norm, graphdef: the network's (see `stacked.Network`).
     loss_fns: cell -> its loss (losses.get_loss), for the members' cells and
       their branch cells.
-    tx: the optimizer (`make_optimizer`).
-    graphdef: the network's graph (nnx.split).
-    eval_rows: about how many (member x example) rows an evaluation chunk holds.
-    conv: how the convolutions are computed (ExecutionConfig.conv).
-    probes: the diagnostics recorded (probes.PROBES).
+    optimizers: every training arm's optimizer (`Optimizers`); tx: the run's.
+    probes: the diagnostics recorded (probes.PROBES); dims: their sizes.
+    evaluation: the valid and test passes (`evaluation.Evaluation`).
   """
 
   def __init__(self, task, cells: Sequence[Cell], config: EngineConfig, eval_rows: int,
                probes: tuple[probes_lib.Probe, ...] = probes_lib.PROBES, conv: str = "im2col"):
     self.task = task
     self.config = config
-    self.conv = conv
-    self.max_depth = max(c.depth for c in cells)
-    self.has_batch_norm = any(c.batch_norm for c in cells)
+    self.network = Network(task.num_outputs, cells, conv=conv)
+    self.max_depth = self.network.max_depth
+    self.has_batch_norm = self.network.has_batch_norm
+    self.graphdef = self.network.graphdef
     self.loss_fns = {c: losses_lib.get_loss(c.head, c.loss, c.convention)
                      for c in dict.fromkeys(list(cells) + [branch_cell(c) for c in cells])}
-    self.tx = make_optimizer(config)
-    # One optimizer per distinct training arm (optimizer_groups).
-    self.txs = {g[0]: make_optimizer(g[0])
-                for g in optimizer_groups(config, [(c, 0, 1) for c in cells])}
-    abstract = nnx.eval_shape(lambda: self.make_model(jax.random.key(0), cells[0]))
-    self.graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    self.eval_rows = eval_rows
+    self.optimizers = Optimizers(config, cells)
+    self.tx = self.optimizers.tx
     self.probes = probes
     self.dims = probes_lib.Dims(layers=len(probes_lib.layer_names(self.max_depth)),
                                 depth=self.max_depth, width=model_lib.HIDDEN_WIDTH,
                                 outputs=task.num_outputs)
-    self._max_derivative = {h: model_lib.max_derivative(h)
-                            for h in dict.fromkeys(c.hidden for c in cells)}
-
-  def make_model(self, key, cell: Cell) -> model_lib.CNN:
-    return model_lib.CNN(self.task.num_outputs, init=cell.init, hidden_activation=cell.hidden,
-                         dense_layers=cell.depth, batch_norm=cell.batch_norm,
-                         max_dense_layers=self.max_depth,
-                         with_batch_norm=self.has_batch_norm, conv=self.conv,
-                         rngs=nnx.Rngs(params=key))
+    self.evaluation = Evaluation(self.network, task, eval_rows, probes, self.dims)
 
   def diagnostic_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
     """name -> (per-member shape, dtype) of the diagnostics recorded every epoch."""
@@ -586,7 +528,7 @@ class Program:
     parts = []
     for cell, a, b in groups:
       def make(k, cell=cell):
-        _, p, st = nnx.split(self.make_model(k, cell), nnx.Param, nnx.BatchStat)
+        _, p, st = nnx.split(self.network.make_model(k, cell), nnx.Param, nnx.BatchStat)
         return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
       parts.append(jax.vmap(make)(init_keys[a:b]))
     params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
@@ -641,50 +583,12 @@ class Program:
 
   # -- the network -----------------------------------------------------------
 
-  def trunk(self, params, stats, x):
-    """The conv trunk of every stacked member: x (M, B, 28, 28, 1), or
-    (B, 28, 28, 1) shared -> features (M, B, 1024)."""
-    return vmap_members(lambda p, s, xx: nnx.merge(self.graphdef, p, s).trunk(xx),
-                        in_axes=(0, 0, None if x.ndim == 4 else 0))(params, stats, x)
-
-  def dense(self, groups, params, stats, feats, mask=None, *, train: bool):
-    """The dense part of every stacked member, for static `groups`.
-
-    Args:
-      groups: the per-cell slices of the stacked members.
-      params, stats: parameters and batch-norm statistics stacked on axis 0 (M).
-      feats: (M, B, 1024) the trunk's features.
-      mask: (M, B) the real rows of padded batches (train only).
-      train: batch norm on batch statistics (and updating them).
-
-    Returns:
-      z (M, B, C); the pre-activations (M, max_depth, B, width), zero beyond a
-      member's depth; the new batch-norm statistics.
-    """
-    zs, pres, new_stats = [], [], []
-    for (hidden, batch_norm, depth), a, b in network_groups(groups):
-      def one(p, s, f, mk, hidden=hidden, batch_norm=batch_norm, depth=depth):
-        model = nnx.merge(self.graphdef, p, s)
-        z, pre = model.dense(f, activation=hidden, depth=depth, batch_norm=batch_norm,
-                             train=train, mask=mk)
-        pre = jnp.stack(pre + [jnp.zeros_like(pre[0])] * (self.max_depth - depth))
-        return z, pre, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-      z, pre, st = vmap_members(one, in_axes=(0, 0, 0, None if mask is None else 0))(
-          _slice_members(params, a, b), _slice_members(stats, a, b), feats[a:b],
-          None if mask is None else mask[a:b] > 0)
-      zs.append(z)
-      pres.append(pre)
-      new_stats.append(st)
-    cat = lambda *xs: jnp.concatenate(xs, axis=0)
-    return (cat(*zs), cat(*pres),
-            jax.tree_util.tree_map(cat, *new_stats) if self.has_batch_norm else stats)
-
   def member_losses(self, params, stats, x, t, mask, mean, std, cells):
     """Per-member batch losses (M,), input validity (M,) and new batch-norm stats, x (M, B, ...)."""
-    feats = self.trunk(params, stats, x)
+    feats = self.network.trunk(params, stats, x)
 
     def dense_and_loss(groups, params, stats, feats, t, mask):
-      z, _, new_stats = self.dense(groups, params, stats, feats, mask, train=True)
+      z, _, new_stats = self.network.dense(groups, params, stats, feats, mask, train=True)
       losses, valid = [], []
       for cell, a, b in groups:
         fn = self.loss_fns[cell]
@@ -701,21 +605,6 @@ class Program:
 
     return cells.per_cell(dense_and_loss, params, stats, feats, t, mask)
 
-  def optimizer_update(self, cells, grads, opt_state, params):
-    """(updates, new optimizer state) of every stacked member, each with its cell's optimizer.
-
-    Through the layout's cells (layout.py): in "vmap" mode one vmapped call per
-    run of consecutive cells with the same optimizer (one call for a program of
-    one arm); in "loop" mode inside the member's branch of its switch, as the
-    loss, so that a member computes the same whatever other arms share its program.
-    """
-    def per_group(groups, grads, opt_state, params):
-      outs = [jax.vmap(self.txs[cfg].update)(*(_slice_members(t, a, b)
-                                               for t in (grads, opt_state, params)))
-              for cfg, a, b in optimizer_groups(self.config, groups)]
-      return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
-    return cells.per_cell(per_group, grads, opt_state, params)
-
   # -- one epoch -------------------------------------------------------------
 
   def epoch(self, state: TrainState, data: TaskData, cells) -> tuple[TrainState, EpochMetrics]:
@@ -725,10 +614,38 @@ class Program:
     and discarded), the valid pass with the diagnostics, the early-stopping
     update. `cells`: the members' cells (layout.py).
     """
+    rows = state.rows
+    carry, applied, nb = self.train_scan(state, data, cells)
+    params, stats, still = carry.params, carry.stats, carry.active
+    train_loss = carry.loss_sum / nb
+    mean, std = ((data.target_mean, data.target_std) if rows is None
+                 else (rows.target_mean, rows.target_std))
+    valid_metric, n_inf, diag = self.evaluate(
+        params, stats, data.x_valid, data.t_valid, mean, std, cells, diagnostics=True,
+        rows=None if rows is None else rows.valid)
+    totals = probes_lib.Totals(n=0, width=self.dims.width,
+                               applied=jnp.sum(applied, axis=0), target_spread=None,  # (M,)
+                               single_label=self.task.single_label)
+    train_probes = probes_lib.of_phase("train", self.probes)
+    for p in train_probes:
+      diag[p.name] = p.finalize(carry.probes[p.name], totals)
+    end = probes_lib.EndObservation(params=params, depth=self.max_depth)
+    for p in probes_lib.of_phase("end", self.probes):
+      diag[p.name] = p.finalize(p.update(end), totals)
+    diag = {p.name: diag[p.name] for p in self.probes}
+    new_state = self.early_stopping(state, carry, valid_metric)
+    metrics = EpochMetrics(train_loss=train_loss, valid_metric=valid_metric,
+                           n_infinite=n_inf, trained=still, diag=diag)
+    return new_state, metrics
+
+  def shuffled_batches(self, state: TrainState, n: int):
+    """(perms, masks): each member's epoch order of its n training rows in batches.
+
+    perms int32 (nb, M, batch) row indices, masks float32 (nb, M, batch) 1.0
+    for real rows; the last partial batch is padded (masked).
+    """
     cfg = self.config
     m = state.best_score.shape[0]
-    rows = state.rows
-    n = data.x_train.shape[0] if rows is None else rows.train.shape[1]
     nb = -(-n // cfg.batch_size)
     epoch = state.epoch
     perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(
@@ -738,6 +655,16 @@ class Program:
     masks = jnp.pad(jnp.ones((m, n), jnp.float32), ((0, 0), (0, pad)))
     perms = perms.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
     masks = masks.reshape(m, nb, cfg.batch_size).swapaxes(0, 1)
+    return perms, masks
+
+  def train_scan(self, state: TrainState, data: TaskData, cells):
+    """The training scan of one epoch: (final `StepCarry`, applied (nb, M) bool, nb)."""
+    m = state.best_score.shape[0]
+    rows = state.rows
+    n = data.x_train.shape[0] if rows is None else rows.train.shape[1]
+    perms, masks = self.shuffled_batches(state, n)
+    nb = perms.shape[0]
+    epoch = state.epoch
     mean, std = ((data.target_mean, data.target_std) if rows is None
                  else (rows.target_mean, rows.target_std))
     train_probes = probes_lib.of_phase("train", self.probes)
@@ -754,7 +681,7 @@ class Program:
         idx = jnp.take_along_axis(rows.train, idx, axis=1)
       x, t = data.x_train[idx], data.t_train[idx]
       grads, (loss, valid, new_stats) = grad_fn(carry.params, carry.stats, x, t, mask)
-      updates, new_opt = self.optimizer_update(cells, grads, carry.opt_state, carry.params)
+      updates, new_opt = self.optimizers.update(cells, grads, carry.opt_state, carry.params)
       new_params = optax.apply_updates(carry.params, updates)
       finite = jnp.isfinite(loss) & all_finite_per_member(new_params)
       active = carry.active
@@ -779,21 +706,13 @@ class Program:
                       state.status_epoch, jnp.zeros((m,), jnp.float32),
                       {p.name: p.init(self.dims, m) for p in train_probes})
     carry, applied = jax.lax.scan(step, carry, (perms, masks, jnp.arange(nb)))
-    params, stats, still = carry.params, carry.stats, carry.active
-    train_loss = carry.loss_sum / nb
+    return carry, applied, nb
 
-    valid_metric, n_inf, diag = self.evaluate(
-        params, stats, data.x_valid, data.t_valid, mean, std, cells, diagnostics=True,
-        rows=None if rows is None else rows.valid)
-    totals = probes_lib.Totals(n=0, width=self.dims.width,
-                               applied=jnp.sum(applied, axis=0), target_spread=None,  # (M,)
-                               single_label=self.task.single_label)
-    for p in train_probes:
-      diag[p.name] = p.finalize(carry.probes[p.name], totals)
-    end = probes_lib.EndObservation(params=params, depth=self.max_depth)
-    for p in probes_lib.of_phase("end", self.probes):
-      diag[p.name] = p.finalize(p.update(end), totals)
-    diag = {p.name: diag[p.name] for p in self.probes}
+  def early_stopping(self, state: TrainState, carry: StepCarry, valid_metric) -> TrainState:
+    """The state after the epoch: the best weights and score kept, members stopped after
+    `patience` epochs without strict improvement of the valid metric."""
+    cfg, epoch, rows = self.config, state.epoch, state.rows
+    params, stats, still = carry.params, carry.stats, carry.active
     score = valid_metric if self.task.higher_is_better else -valid_metric
     score = jnp.where(jnp.isnan(score), -jnp.inf, score)
     improved = still & (score > state.best_score)
@@ -811,9 +730,7 @@ class Program:
         status=status, status_epoch=status_epoch, epochs_trained=epochs_trained,
         shuffle_keys=state.shuffle_keys, epoch=epoch + 1, stats=stats, best_stats=best_stats,
         rows=rows)
-    metrics = EpochMetrics(train_loss=train_loss, valid_metric=valid_metric, n_infinite=n_inf,
-                           trained=still, diag=diag)
-    return new_state, metrics
+    return new_state
 
   def skipped_metrics(self, m: int) -> EpochMetrics:
     """The metrics of m members that did not train in an epoch: NaN, none trained."""
@@ -826,98 +743,10 @@ class Program:
   # -- evaluation ------------------------------------------------------------
 
   def evaluate(self, params, stats, x, t, mean, std, cells, diagnostics=False, rows=None):
-    """Metric (M,), count of non-finite predictions (M,) and diagnostics on (x, t).
-
-    Runs in chunks of examples (`lax.scan`) so memory stays bounded; the last
-    chunk is padded and masked. With `diagnostics`, the third value holds the
-    "valid" probes' values (probes.PROBES), each (M, ...); else it is {}.
-
-    Args:
-      params, stats: parameters and batch-norm statistics stacked on axis 0
-        ({} for stats without batch norm).
-      x: (N, 28, 28, 1) images; t: (N, C) targets in original units.
-      mean, std: the training targets' mean and std: scalars, or (M,) per member.
-      cells: the members' cells (layout.py).
-      diagnostics: also compute the diagnostics.
-      rows: None (every member is evaluated on all of x), or int32 (M, n):
-        member m is evaluated on the rows rows[m] of x and t.
-    """
-    m = jax.tree_util.tree_leaves(params)[0].shape[0]
-    n = x.shape[0] if rows is None else rows.shape[1]
-    target = max(8, min(n, self.eval_rows // m))
-    nc = -(-n // target)
-    chunk = -(-n // nc)                    # balanced chunks: the padding stays below nc rows
-    pad = nc * chunk - n
-    # Padded as rows of pixels: padding the (n, 28, 28, 1) images themselves got a
-    # layout that XLA:CPU then copied, about 10 ms of every epoch's valid pass.
-    if rows is None:
-      xs = jnp.pad(x.reshape(n, -1), ((0, pad), (0, 0))).reshape((nc, chunk, -1))
-      ts = jnp.pad(t, ((0, pad), (0, 0))).reshape(nc, chunk, t.shape[-1])
-    else:                 # each chunk's rows, gathered in the scan: (nc, M, chunk)
-      xs = ts = jnp.pad(rows, ((0, 0), (0, pad))).reshape(m, nc, chunk).swapaxes(0, 1)
-    ms = jnp.pad(jnp.ones((n,), jnp.float32), (0, pad)).reshape(nc, chunk)
-    cat = lambda xs: jnp.concatenate(xs, axis=0)
-    valid_probes = probes_lib.of_phase("valid", self.probes) if diagnostics else ()
-
-    def chunk_stats(groups, params, stats, feats, tc, mc):
-      """Per-chunk sums of one layout (static groups), from the trunk's features."""
-      z, pre, _ = self.dense(groups, params, stats, feats, train=False)  # (M, chunk, C)
-      scores, infs, outs, heads = [], [], [], []
-      for cell, a, b in groups:
-        pred = predictions(cell, z[a:b], member_scale(mean, a, b), member_scale(std, a, b))
-        s = tasks_lib.per_example_score(self.task.name, pred,
-                                        tc[None] if rows is None else _members(tc, a, b))
-        scores.append(jnp.sum(s * mc, axis=1))
-        bad = jnp.any(~jnp.isfinite(pred), axis=-1)
-        infs.append(jnp.sum(bad * mc, axis=1))
-        outs.append(losses_lib.apply_head(cell.head, z[a:b]))
-        heads.append(losses_lib.head_jacobian_max(cell.head, z[a:b]))       # (Mg, chunk)
-      res = dict(score=cat(scores), inf=cat(infs))
-      if valid_probes:
-        deriv = cat([model_lib.activation_derivative(hidden, pre[a:b])
-                     / self._max_derivative[hidden]
-                     for (hidden, _, _), a, b in network_groups(groups)])    # (M, D, chunk, W)
-        obs = probes_lib.ValidObservation(pre=pre, deriv=deriv, out=cat(outs),
-                                          head_jac=cat(heads), mask=mc)
-        res["probes"] = {p.name: p.update(obs) for p in valid_probes}
-      return res
-
-    def one(carry, args):
-      xc, tc, mc = args
-      if rows is None:
-        xc = xc.reshape((-1,) + x.shape[1:])
-      else:                                # (M, chunk) rows -> (M, chunk, 28, 28, 1), (M, chunk, C)
-        xc, tc = x[xc], t[tc]
-      feats = self.trunk(params, stats, xc)
-      res = cells.per_cell(chunk_stats, params, stats, feats, tc, mc)
-      new = dict(score=carry["score"] + res["score"], inf=carry["inf"] + res["inf"])
-      if valid_probes:
-        new["probes"] = {p.name: p.merge(carry["probes"][p.name], res["probes"][p.name])
-                         for p in valid_probes}
-      return new, None
-
-    carry = dict(score=jnp.zeros((m,), jnp.float32), inf=jnp.zeros((m,), jnp.float32))
-    if valid_probes:
-      carry["probes"] = {p.name: p.init(self.dims, m) for p in valid_probes}
-    acc, _ = jax.lax.scan(one, carry, (xs, ts, ms))
-    metric, n_inf = acc["score"] / n, acc["inf"].astype(jnp.int32)
-    if not diagnostics:
-      return metric, n_inf, {}
-    if rows is None:
-      target_spread = cells.per_cell(lambda groups, t: cat([
-          jnp.full((b - a,), jnp.mean(jnp.std(train_targets(cell, t, mean, std), axis=0)))
-          for cell, a, b in groups]), t)
-    else:                 # each member's own valid targets (M, n, C)
-      target_spread = cells.per_cell(lambda groups, tm: cat([
-          jnp.mean(jnp.std(train_targets(cell, _members(tm, a, b), member_scale(mean, a, b),
-                                         member_scale(std, a, b)), axis=1), axis=-1)
-          for cell, a, b in groups]), t[rows])
-    totals = probes_lib.Totals(n=n, width=self.dims.width, applied=None,
-                               target_spread=target_spread,
-                               single_label=self.task.single_label)
-    return metric, n_inf, {p.name: p.finalize(acc["probes"][p.name], totals)
-                           for p in valid_probes}
+    """`evaluation.Evaluation.evaluate`: metric (M,), non-finite predictions (M,), diagnostics."""
+    return self.evaluation.evaluate(params, stats, x, t, mean, std, cells,
+                                    diagnostics=diagnostics, rows=rows)
 
   def test(self, params, stats, x, t, mean, std, cells):
     """(metric (M,), non-finite predictions (M,)) of parameters stacked like the state's."""
-    return self.evaluate(params, stats, x, t, mean, std, cells)[:2]
+    return self.evaluation.evaluate(params, stats, x, t, mean, std, cells)[:2]

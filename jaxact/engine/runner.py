@@ -1,10 +1,14 @@
 """The host loop of a task: epochs, histories, compaction, snapshots, progress, results.
 
-`run(engine, data)` calls the engine's jitted epoch function once per epoch
-and fetches only a few (M,) vectors per epoch: the histories (train loss,
-valid metric, diagnostics) are kept here, on the host, and so are the
-progress line, the `on_epoch` / `on_epoch_end` hooks (snapshots for
-checkpoints; the runner does no file I/O itself) and the `MemberResult`s.
+`run(spec, data, state)` takes what it needs of the task's program as a
+`RunSpec` (built by the engine: members, configuration, mesh, jitted
+functions), calls the epoch function once per epoch and fetches only a few
+(M,) vectors per epoch: the histories (train loss, valid metric,
+diagnostics: `Histories`) are kept here, on the host, and so are the
+progress line and the `on_epoch` / `on_epoch_end` hooks (snapshots for
+checkpoints; the runner does no file I/O itself). It returns an `Outcome`:
+the `MemberResult`s, the compactions, the final state and the histories.
+The runner imports nothing of the engine and writes nothing into it.
 
 With `ExecutionConfig.compact` ("vmap" mode) the runner drops finished members
 from the stacked state whenever at most half of the stacked members are
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +34,8 @@ from jaxact.engine import program as program_lib
 from jaxact.engine import sharding
 from jaxact.engine.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
 from jaxact.model.cells import Cell
+from jaxact.data import tasks as tasks_lib
+from jaxact.engine.layout import Groups
 
 
 def training_label(config: EngineConfig) -> str:
@@ -221,207 +227,385 @@ def progress_line(task, config: EngineConfig, groups, num_members: int, epoch: i
           f"{'done;' if done else f'eta ~{format_duration(eta)};'} {cells}")
 
 
-def run(engine, data: TaskData, restore: Snapshot | None = None,
-        on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
-        on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
-        ) -> list[MemberResult]:
-  """`engine.run`: trains every member to its early stop (or the cap); returns per-member results.
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """What the host loop needs of a task's program: its members, configuration and functions.
 
-  `engine` is the task's `Engine` (engine.py): its members, configuration,
-  mesh and jitted functions (`epoch_fn`, `layout_epoch_fn`, `test_fn`). Sets
-  its `compactions` as they happen and its `final_state` at the end. See
-  `Engine.run` for the arguments.
+  Built by the engine (`Engine.run_spec`); the runner reads nothing else.
+
+  Attributes:
+    task: the task (tasks.Task).
+    config: the EngineConfig (the cap, patience, the cells' labels).
+    members: the R real members (cell, seed), grouped by cell.
+    stacked: M, the stacked members: the real ones, then pads (sharding.py).
+    groups: the per-cell slices (cell, start, stop) of the M stacked members.
+    mesh: the devices the stacked members are sharded over.
+    member_mode: "vmap" or "loop" (resolved, never "auto").
+    compact: drop finished members from the stacked state ("vmap" mode only).
+    probes: the diagnostics recorded (probes.Probe, each declaring its axes).
+    diagnostic_shapes: name -> (per-member shape, dtype) of the probes' values.
+    max_depth: D, the most dense hidden layers of any member.
+    invalid_reasons: cell -> why its loss refuses an input (None: never).
+    epoch_fn: the jitted epoch of all M stacked members, (state, data) -> (state, metrics).
+    layout_epoch_fn: stacked positions (increasing) -> the jitted epoch of those members.
+    test_fn: the jitted test pass, (best_params, x, t, mean, std, best_stats) ->
+      (metric (M,), non-finite predictions (M,)).
+    progress: receives the progress line after every epoch.
   """
-  cfg = engine.config
-  r, m = engine.num_members, len(engine.stacked_members)   # real members; stacked, pads included
-  data = sharding.replicate(data, engine.mesh)
-  state = engine.initial_state(data)
-  full = None                      # full-size state, from the first compaction on
-  layout = np.arange(m)
-  epoch_fn = engine.epoch_fn
-  active = np.ones((m,), bool)     # host copies over all members, for progress
-  best = np.full((m,), -np.inf, np.float32)
-  best_epoch = np.full((m,), -1, np.int64)
-  status = np.full((m,), int(Status.TRAINING), np.int64)
-  hist_loss = np.full((cfg.max_epochs, m), np.nan, np.float32)
-  hist_valid = np.full((cfg.max_epochs, m), np.nan, np.float32)
-  hist_trained = np.zeros((cfg.max_epochs, m), bool)
-  hist_inf = np.zeros((cfg.max_epochs, m), np.int64)
-  hist_diag = {name: np.full((cfg.max_epochs, m) + shape, np.nan, dtype)
-               for name, (shape, dtype) in engine.diagnostic_shapes().items()}
-  epoch = 0
-  engine.compactions = 0
-  if restore is not None:
-    for name, h in (("hist_loss", hist_loss), ("hist_valid", hist_valid),
-                    ("hist_trained", hist_trained), ("hist_inf", hist_inf)):
-      saved = getattr(restore, name)
-      if saved.shape != (cfg.max_epochs, r) or saved.dtype != h.dtype:
-        raise ValueError(f"snapshot {name} is {saved.shape} {saved.dtype}, "
-                         f"expected {(cfg.max_epochs, r)} {h.dtype}")
-      h[:, :r], h[:, r:] = saved, saved[:, -1:]       # pads: copies of the last member
-    for name, h in hist_diag.items():
-      saved = restore.hist_diag.get(name)
-      if saved is None or saved.shape != (cfg.max_epochs, r) + h.shape[2:] or (
-          saved.dtype != h.dtype):
+  task: tasks_lib.Task
+  config: EngineConfig
+  members: Sequence[tuple[Cell, int]]
+  stacked: int
+  groups: Groups
+  mesh: jax.sharding.Mesh
+  member_mode: str
+  compact: bool
+  probes: tuple[probes_lib.Probe, ...]
+  diagnostic_shapes: dict[str, tuple[tuple[int, ...], Any]]
+  max_depth: int
+  invalid_reasons: dict[Cell, str | None]
+  epoch_fn: Callable
+  layout_epoch_fn: Callable[[np.ndarray], Callable]
+  test_fn: Callable
+  progress: Callable[[str], None]
+
+
+# Histories' fields and the `Snapshot` fields that hold them.
+_SNAPSHOT_FIELDS = {"train_loss": "hist_loss", "valid_metric": "hist_valid",
+                    "trained": "hist_trained", "n_infinite": "hist_inf"}
+
+
+class Histories(NamedTuple):
+  """Per-epoch host histories of stacked members; every array is (max_epochs, M, ...).
+
+  train_loss, valid_metric: float32 (NaN where a member did not train);
+  trained: bool the member trained in that epoch; n_infinite: int64
+  non-finite valid predictions; diag: name -> the probes' values (NaN likewise).
+  """
+  train_loss: np.ndarray
+  valid_metric: np.ndarray
+  trained: np.ndarray
+  n_infinite: np.ndarray
+  diag: dict[str, np.ndarray]
+
+  @classmethod
+  def empty(cls, epochs: int, m: int, diagnostic_shapes) -> "Histories":
+    return cls(train_loss=np.full((epochs, m), np.nan, np.float32),
+               valid_metric=np.full((epochs, m), np.nan, np.float32),
+               trained=np.zeros((epochs, m), bool),
+               n_infinite=np.zeros((epochs, m), np.int64),
+               diag={name: np.full((epochs, m) + shape, np.nan, dtype)
+                     for name, (shape, dtype) in diagnostic_shapes.items()})
+
+  def record(self, epoch: int, positions: np.ndarray, host: dict[str, Any]) -> None:
+    """Writes one epoch's fetched metrics of the stacked members at `positions` (in place)."""
+    for name in _SNAPSHOT_FIELDS:
+      getattr(self, name)[epoch, positions] = host[name]
+    for name, value in host["diag"].items():
+      self.diag[name][epoch, positions] = value
+
+  def load(self, snapshot: "Snapshot", r: int) -> None:
+    """Fills the first `r` members from a snapshot's histories and the pads with copies of
+    the last member (in place); ValueError if a shape or dtype differs."""
+    epochs = self.train_loss.shape[0]
+    for name, field in _SNAPSHOT_FIELDS.items():
+      h, saved = getattr(self, name), getattr(snapshot, field)
+      if saved.shape != (epochs, r) or saved.dtype != h.dtype:
+        raise ValueError(f"snapshot {field} is {saved.shape} {saved.dtype}, "
+                         f"expected {(epochs, r)} {h.dtype}")
+      h[:, :r], h[:, r:] = saved, saved[:, -1:]
+    for name, h in self.diag.items():
+      saved = snapshot.hist_diag.get(name)
+      if saved is None or saved.shape != (epochs, r) + h.shape[2:] or saved.dtype != h.dtype:
         raise ValueError(f"snapshot diagnostics {name} missing or of another shape")
       h[:, :r], h[:, r:] = saved, saved[:, -1:]
-    restored = sharding.shard_members(TrainState.from_dict(state_from_host(
-        sharding.pad_leading(restore.state, m), state.to_dict())), engine.mesh)
-    layout = np.flatnonzero(np.asarray(restore.stacked, bool))
-    if not 0 < len(layout) <= r:
-      raise ValueError(f"snapshot stacks {len(layout)} of {r} members")
-    if len(layout) < r and engine.member_mode == "vmap":
-      full = restored
-      layout = sharding.pad_indices(layout, m, engine.mesh.size)
-      state = sharding.shard_members(take_members(full, layout), engine.mesh)
-      epoch_fn = engine.layout_epoch_fn(engine.layout_groups(layout))
-    else:
-      layout = np.arange(m)
-      state = restored
-    active = sharding.pad_leading(np.asarray(restore.state["active"], bool), m).copy()
-    best = sharding.pad_leading(np.asarray(restore.state["best_score"], np.float32), m).copy()
-    best_epoch = sharding.pad_leading(np.asarray(restore.state["best_epoch"], np.int64), m).copy()
-    status = sharding.pad_leading(np.asarray(restore.state["status"], np.int64), m).copy()
-    epoch = int(restore.epoch)
-    engine.compactions = int(restore.compactions)
+
+  def real(self, r: int) -> "Histories":
+    """A copy of the first `r` (real) members' histories."""
+    return Histories(*(a[:, :r].copy() for a in self[:4]),
+                     diag={k: v[:, :r].copy() for k, v in self.diag.items()})
+
+  def snapshot_fields(self) -> dict[str, Any]:
+    """The histories as `Snapshot`'s keyword arguments (hist_loss, ..., hist_diag)."""
+    return {**{field: getattr(self, name) for name, field in _SNAPSHOT_FIELDS.items()},
+            "hist_diag": self.diag}
+
+
+class Standing(NamedTuple):
+  """Host copies of each stacked member's standing after the last epoch, (M,) each.
+
+  active: bool still training; best: float32 the signed best score (higher is
+  better; -inf before any); best_epoch: int64 (-1: none); status: int64 `Status`.
+  """
+  active: np.ndarray
+  best: np.ndarray
+  best_epoch: np.ndarray
+  status: np.ndarray
+
+  @classmethod
+  def initial(cls, m: int) -> "Standing":
+    return cls(active=np.ones((m,), bool), best=np.full((m,), -np.inf, np.float32),
+               best_epoch=np.full((m,), -1, np.int64),
+               status=np.full((m,), int(Status.TRAINING), np.int64))
+
+  @classmethod
+  def of_state(cls, state: dict[str, Any], m: int) -> "Standing":
+    """The standing held in a host state (`Snapshot.state`, R members), padded to `m`."""
+    def col(key, dtype):
+      return sharding.pad_leading(np.asarray(state[key], dtype), m).copy()
+    return cls(active=col("active", bool), best=col("best_score", np.float32),
+               best_epoch=col("best_epoch", np.int64), status=col("status", np.int64))
+
+  def record(self, positions: np.ndarray, host: dict[str, Any]) -> None:
+    """Writes the fetched standing of the stacked members at `positions` (in place)."""
+    for name in self._fields:
+      getattr(self, name)[positions] = host[name]
+
+
+class Outcome(NamedTuple):
+  """What `run` returns.
+
+  members: every real member's `MemberResult`, in `RunSpec.members` order;
+  compactions: compactions in the task's whole history (restored runs included);
+  final_state: the real members' final training state (`TrainState.to_dict`,
+  on the devices); histories: the real members' `Histories` (max_epochs, R, ...);
+  epochs: epochs the task ran.
+  """
+  members: list[MemberResult]
+  compactions: int
+  final_state: dict[str, Any]
+  histories: Histories
+  epochs: int
+
+
+class _Layout(NamedTuple):
+  """Where the stacked state stands: `state` holds the stacked members at `positions`
+  (of the M); `full` is the full-size state once compacted (None before); `epoch_fn`
+  is the jitted epoch of `positions`."""
+  state: TrainState
+  full: TrainState | None
+  positions: np.ndarray
+  epoch_fn: Callable
+
+  def merged(self) -> TrainState:
+    """The full-size state of all M stacked members."""
+    return self.state if self.full is None else put_members(self.full, self.state, self.positions)
+
+
+def run(spec: RunSpec, data: TaskData, state: TrainState, restore: Snapshot | None = None,
+        on_epoch_end: Callable[[int, Callable[[], Snapshot]], None] | None = None,
+        on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Outcome:
+  """Trains every member of `spec` to its early stop (or the cap); returns the `Outcome`.
+
+  `data` is the task's data on `spec.mesh`, `state` the initial stacked state
+  (M members, on the mesh; with `restore`, the template the snapshot's state
+  is loaded into). See `Engine.run` for the hooks.
+  """
+  cfg, r, m = spec.config, len(spec.members), spec.stacked
+  hist = Histories.empty(cfg.max_epochs, m, spec.diagnostic_shapes)
+  now_at = _Layout(state, None, np.arange(m), spec.epoch_fn)
+  standing, epoch, compactions = Standing.initial(m), 0, 0
+  if restore is not None:
+    now_at, standing = _restore(spec, restore, state, hist)
+    epoch, compactions = int(restore.epoch), int(restore.compactions)
 
   def snapshot() -> Snapshot:
-    now = state if full is None else put_members(full, state, layout)
     stacked = np.zeros((m,), bool)
-    stacked[layout] = True
-    return Snapshot(epoch=epoch, state=state_to_host(sharding.unpad(now, r).to_dict()),
-                    stacked=stacked[:r], compactions=engine.compactions,
-                    hist_loss=hist_loss[:, :r].copy(), hist_valid=hist_valid[:, :r].copy(),
-                    hist_trained=hist_trained[:, :r].copy(), hist_inf=hist_inf[:, :r].copy(),
-                    hist_diag={k: v[:, :r].copy() for k, v in hist_diag.items()})
+    stacked[now_at.positions] = True
+    return Snapshot(epoch=epoch, state=state_to_host(sharding.unpad(now_at.merged(), r).to_dict()),
+                    stacked=stacked[:r], compactions=compactions,
+                    **hist.real(r).snapshot_fields())
 
   start = last = time.perf_counter()
   durations = []                   # seconds of each epoch of this call, for the ETA
-  sign = 1.0 if engine.task.higher_is_better else -1.0
   while epoch < cfg.max_epochs:
-    state, metrics = epoch_fn(state, data)
+    new, metrics = now_at.epoch_fn(now_at.state, data)
+    now_at = now_at._replace(state=new)
     host = sharding.to_host(dict(
         train_loss=metrics.train_loss, valid_metric=metrics.valid_metric,
         n_infinite=metrics.n_infinite, trained=metrics.trained, diag=metrics.diag,
-        active=state.active, best=state.best_score, best_epoch=state.best_epoch,
-        status=state.status))
-    hist_loss[epoch, layout] = host["train_loss"]
-    hist_valid[epoch, layout] = host["valid_metric"]
-    hist_trained[epoch, layout] = host["trained"]
-    hist_inf[epoch, layout] = host["n_infinite"]
-    for name, value in host["diag"].items():
-      hist_diag[name][epoch, layout] = value
-    active[layout] = host["active"]
-    best[layout] = host["best"]
-    best_epoch[layout] = host["best_epoch"]
-    status[layout] = host["status"]
+        active=new.active, best=new.best_score, best_epoch=new.best_epoch, status=new.status))
+    hist.record(epoch, now_at.positions, host)
+    standing.record(now_at.positions, host)
     epoch += 1
     now = time.perf_counter()
     durations.append(now - last)
     last = now
-    # Epochs until the last active member would stop if no member improved again.
-    left = 0 if not active[:r].any() else min(
-        cfg.max_epochs - epoch,
-        int(np.max(best_epoch[:r][active[:r]])) + cfg.patience + 1 - epoch)
-    eta = float(np.mean((durations[1:] or durations)[-5:])) * left
-    engine.progress(progress_line(engine.task, cfg, engine.groups, r, epoch, active, best,
-                                  now - start, eta))
+    eta = _eta(durations, standing, cfg, epoch, r)
+    spec.progress(progress_line(spec.task, cfg, spec.groups, r, epoch, standing.active,
+                                standing.best, now - start, eta))
     if on_epoch is not None:
-      on_epoch(epoch, dict(
-          train_loss=hist_loss[epoch - 1, :r].copy(),
-          valid_metric=hist_valid[epoch - 1, :r].copy(),
-          n_infinite=hist_inf[epoch - 1, :r].copy(), trained=hist_trained[epoch - 1, :r].copy(),
-          active=active[:r].copy(), status=status[:r].copy(),
-          best_valid=np.where(best_epoch[:r] >= 0, sign * best[:r], np.nan).astype(np.float32),
-          best_epoch=best_epoch[:r].copy(),
-          diag={k: v[epoch - 1, :r].copy() for k, v in hist_diag.items()},
-          elapsed_s=now - start, eta_s=eta))
-    n_active = int(host["active"].sum())
-    if not active[:r].any():       # pads are not waited for
+      on_epoch(epoch, epoch_report(spec.task, hist, standing, epoch, r, now - start, eta))
+    if not standing.active[:r].any():       # pads are not waited for
       break
-    keep = sharding.pad_indices(np.flatnonzero(host["active"]), len(layout), engine.mesh.size)
-    if (engine.execution.compact and engine.member_mode == "vmap" and epoch < cfg.max_epochs
-        and 2 * n_active <= len(layout) and len(keep) < len(layout)):
-      full = state if full is None else put_members(full, state, layout)
-      state = sharding.shard_members(take_members(state, keep), engine.mesh)
-      layout = layout[keep]
-      epoch_fn = engine.layout_epoch_fn(engine.layout_groups(layout))
-      engine.compactions += 1
+    if spec.compact and spec.member_mode == "vmap" and epoch < cfg.max_epochs:
+      compacted = _compacted(spec, now_at, host["active"])
+      if compacted is not None:
+        now_at, compactions = compacted, compactions + 1
     if on_epoch_end is not None and epoch < cfg.max_epochs:
       on_epoch_end(epoch, snapshot)
-  state = state if full is None else put_members(full, state, layout)
+  return _finish(spec, data, now_at.merged(), hist, epoch, compactions)
+
+
+def _restore(spec: RunSpec, restore: Snapshot, template: TrainState, hist: Histories
+             ) -> tuple[_Layout, Standing]:
+  """The layout and standing of a snapshot; fills `hist` from it (in place).
+
+  A compacted snapshot ("vmap" mode) gets its layout back (compiled again).
+  """
+  r, m = len(spec.members), spec.stacked
+  hist.load(restore, r)
+  restored = sharding.shard_members(TrainState.from_dict(state_from_host(
+      sharding.pad_leading(restore.state, m), template.to_dict())), spec.mesh)
+  positions = np.flatnonzero(np.asarray(restore.stacked, bool))
+  if not 0 < len(positions) <= r:
+    raise ValueError(f"snapshot stacks {len(positions)} of {r} members")
+  if len(positions) < r and spec.member_mode == "vmap":
+    positions = sharding.pad_indices(positions, m, spec.mesh.size)
+    layout = _Layout(sharding.shard_members(take_members(restored, positions), spec.mesh),
+                     restored, positions, spec.layout_epoch_fn(positions))
+  else:
+    layout = _Layout(restored, None, np.arange(m), spec.epoch_fn)
+  return layout, Standing.of_state(restore.state, m)
+
+
+def _compacted(spec: RunSpec, now_at: _Layout, active: np.ndarray) -> _Layout | None:
+  """The layout of the members of `now_at` still `active` (padded to the devices), or None
+  while more than half of its members train or nothing would be dropped."""
+  keep = sharding.pad_indices(np.flatnonzero(active), len(now_at.positions), spec.mesh.size)
+  if 2 * int(active.sum()) > len(now_at.positions) or len(keep) >= len(now_at.positions):
+    return None
+  positions = now_at.positions[keep]
+  return _Layout(sharding.shard_members(take_members(now_at.state, keep), spec.mesh),
+                 now_at.merged(), positions, spec.layout_epoch_fn(positions))
+
+
+def _eta(durations: list[float], standing: Standing, cfg: EngineConfig, epoch: int,
+         r: int) -> float:
+  """Seconds until the task ends if no member improved again (see `Engine.run`'s on_epoch)."""
+  active = standing.active[:r]
+  last_best = int(np.max(standing.best_epoch[:r][active])) if active.any() else 0
+  left = 0 if not active.any() else min(cfg.max_epochs - epoch,
+                                        last_best + cfg.patience + 1 - epoch)
+  return float(np.mean((durations[1:] or durations)[-5:])) * left
+
+
+def epoch_report(task, hist: Histories, standing: Standing, epoch: int, r: int,
+                 elapsed: float, eta: float) -> dict[str, Any]:
+  """The `on_epoch` hook's `host` dict after `epoch` epochs (`Engine.run`).
+
+  Numpy arrays over the R real members in `RunSpec.members` order, fresh
+  copies the callee may keep:
+    train_loss (R,) float32: mean training loss of the epoch (NaN for a
+      member that did not train in it);
+    valid_metric (R,) float32: the valid metric after it (NaN likewise);
+    n_infinite (R,) int: non-finite valid predictions;
+    trained (R,) bool: the member trained in this epoch;
+    active (R,) bool: it is still training after it;
+    status (R,) int: its `Status` so far (TRAINING while active);
+    best_valid (R,) float32: its best valid metric so far, in the metric's
+      units (NaN before any finite one);
+    best_epoch (R,) int: the 0-based epoch of that best (-1: none);
+    diag: name -> (R, ...) this epoch's diagnostics (`RunSpec.diagnostic_shapes`);
+  and two floats: elapsed_s, the seconds since `run` started, and eta_s, an
+  estimate of the seconds until the task ends: the mean duration of the
+  recent epochs (the first one, which compiles, left out once there are
+  others) times the epochs until the last active member would stop if none
+  improved again (capped by max_epochs). It is low while members still
+  improve; 0.0 once none trains.
+  """
+  e = epoch - 1
+  sign = 1.0 if task.higher_is_better else -1.0
+  best_epoch = standing.best_epoch[:r]
+  return dict(
+      train_loss=hist.train_loss[e, :r].copy(), valid_metric=hist.valid_metric[e, :r].copy(),
+      n_infinite=hist.n_infinite[e, :r].copy(), trained=hist.trained[e, :r].copy(),
+      active=standing.active[:r].copy(), status=standing.status[:r].copy(),
+      best_valid=np.where(best_epoch >= 0, sign * standing.best[:r], np.nan).astype(np.float32),
+      best_epoch=best_epoch.copy(),
+      diag={k: v[e, :r].copy() for k, v in hist.diag.items()},
+      elapsed_s=elapsed, eta_s=eta)
+
+
+def _finish(spec: RunSpec, data: TaskData, state: TrainState, hist: Histories, epochs: int,
+            compactions: int) -> Outcome:
+  """The test pass of every member's best weights, and the `Outcome`."""
+  r = len(spec.members)
   state = state.replace(status=jnp.where(state.active, Status.HIT_CAP, state.status))
-  engine.final_state = sharding.unpad(state, r).to_dict()
-  test_metric, test_inf = sharding.to_host(engine.test_fn(
+  test_metric, test_inf = sharding.to_host(spec.test_fn(
       state.best_params, data.x_test, data.t_test, *program_lib.target_scale(state, data),
       state.best_stats))
-  return collect(engine, sharding.to_host(state.to_dict()), np.asarray(test_metric),
-                 np.asarray(test_inf), hist_loss, hist_valid, hist_trained, hist_inf,
-                 hist_diag, epoch)
+  members = collect(spec, sharding.to_host(state.to_dict()), np.asarray(test_metric),
+                    np.asarray(test_inf), hist, epochs)
+  return Outcome(members=members, compactions=compactions,
+                 final_state=sharding.unpad(state, r).to_dict(), histories=hist.real(r),
+                 epochs=epochs)
 
 
-def collect(engine, state, test_metric, test_inf, hist_loss, hist_valid, hist_trained,
-            hist_inf, hist_diag, epochs_run) -> list[MemberResult]:
+_STATUS_NAMES = {Status.OK: "ok", Status.INVALID: "invalid", Status.NONFINITE: "nonfinite",
+                 Status.HIT_CAP: "hit_cap", Status.TRAINING: "hit_cap"}
+
+
+def collect(spec: RunSpec, state, test_metric, test_inf, hist: Histories, epochs_run: int
+            ) -> list[MemberResult]:
   """Every real member's `MemberResult`, from the final host state and the histories.
 
   Args:
-    engine: the task's Engine (members, loss_fns, config, task, max_depth).
+    spec: the task's `RunSpec` (members, task, config, invalid reasons, probes).
     state: the final state as a host dict (`TrainState.to_dict`), M stacked.
     test_metric, test_inf: (M,) the best weights' test metric and non-finite
       test predictions.
-    hist_*: the histories (max_epochs, M, ...) of `run`.
+    hist: the `Histories` (max_epochs, M, ...) of `run`.
     epochs_run: epochs run by the task.
   """
-  sign = 1.0 if engine.task.higher_is_better else -1.0
+  sign = 1.0 if spec.task.higher_is_better else -1.0
+  axes = {p.name: p.axes for p in spec.probes}
   results = []
-  for i, (cell, seed) in enumerate(engine.members):
+  for i, (cell, seed) in enumerate(spec.members):
     status = Status(int(state["status"][i]))
     best_epoch = int(state["best_epoch"][i])
-    trained = hist_trained[:epochs_run, i]
+    trained = hist.trained[:epochs_run, i]
     reason = None
     status_epoch = int(state["status_epoch"][i])
     if status == Status.INVALID:
-      reason = engine.loss_fns[cell].invalid_reason
+      reason = spec.invalid_reasons[cell]
     elif status == Status.NONFINITE:
       reason = f"loss or parameters became non-finite in epoch {status_epoch}"
     elif status == Status.HIT_CAP:
-      reason = f"still improving at the epoch cap ({engine.config.max_epochs})"
+      reason = f"still improving at the epoch cap ({spec.config.max_epochs})"
       status_epoch = epochs_run - 1
-    n_inf_valid = int(hist_inf[best_epoch, i]) if best_epoch >= 0 else 0
+    found = best_epoch >= 0
     results.append(MemberResult(
         cell=cell, seed=seed,
-        best_valid=float(sign * state["best_score"][i]) if best_epoch >= 0 else float("nan"),
-        test=float(test_metric[i]) if best_epoch >= 0 else float("nan"),
+        best_valid=float(sign * state["best_score"][i]) if found else float("nan"),
+        test=float(test_metric[i]) if found else float("nan"),
         best_epoch=best_epoch,
         epochs_trained=int(state["epochs_trained"][i]),
-        status={Status.OK: "ok", Status.INVALID: "invalid", Status.NONFINITE: "nonfinite",
-                Status.HIT_CAP: "hit_cap", Status.TRAINING: "hit_cap"}[status],
+        status=_STATUS_NAMES[status],
         status_reason=reason,
         status_epoch=status_epoch if status_epoch >= 0 else None,
-        train_loss=[float(v) for v in hist_loss[:epochs_run, i][trained]],
-        valid_metric=[float(v) for v in hist_valid[:epochs_run, i][trained]],
-        n_infinite_valid=n_inf_valid,
-        n_infinite_test=int(test_inf[i]) if best_epoch >= 0 else 0,
-        diagnostics=member_diagnostics(cell, engine.max_depth, hist_diag, i, trained),
+        train_loss=[float(v) for v in hist.train_loss[:epochs_run, i][trained]],
+        valid_metric=[float(v) for v in hist.valid_metric[:epochs_run, i][trained]],
+        n_infinite_valid=int(hist.n_infinite[best_epoch, i]) if found else 0,
+        n_infinite_test=int(test_inf[i]) if found else 0,
+        diagnostics=member_diagnostics(cell, spec.max_depth, hist.diag, axes, i, trained),
     ))
   return results
 
 
-def member_diagnostics(cell: Cell, max_depth: int, hist_diag, i: int, trained
+def member_diagnostics(cell: Cell, max_depth: int, hist_diag, axes, i: int, trained
                        ) -> dict[str, Any]:
   """Member i's diagnostics over the epochs it trained, as lists, cut to its depth.
 
-  Returns {"layers": names, name: [per-epoch value or per-layer list], ...},
-  values rounded to 4 significant digits (None for NaN).
+  `axes`: name -> the probe's declared axes (`probes.Probe.axes`). Returns
+  {"layers": names, name: [per-epoch value or per-layer list], ...}, values
+  rounded to 4 significant digits (None for NaN).
   """
   n = len(trained)
-  keep_layers = list(range(3 + cell.depth)) + [3 + max_depth]
   out: dict[str, Any] = {"layers": probes_lib.layer_names(cell.depth)}
   for name, h in hist_diag.items():
-    v = h[:n, i][trained]
-    if v.ndim == 2:
-      v = v[:, keep_layers] if v.shape[1] == 4 + max_depth else v[:, :cell.depth]
-    out[name] = round_list(v)
+    out[name] = round_list(probes_lib.member_part(h[:n, i][trained], axes[name], cell.depth,
+                                                  max_depth, leading=1))
   return out
 
 

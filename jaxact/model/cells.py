@@ -26,6 +26,13 @@ DEPTHS = (1, 2, 4, 8, 16, 32)                             # the hidden study's d
 MAX_DEPTH = 64
 
 
+def _continuous(task: str) -> bool:
+  """Whether `task`'s target is a value (`tasks.Task.continuous`): it has norm and
+  sigmoid_method choices and no cce. False for a task this version does not define."""
+  t = tasks_lib.REGISTRY.get(task)
+  return t is not None and t.continuous
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Cell:
   """One configuration of the final layer, the loss and the targets.
@@ -105,7 +112,7 @@ class Cell:
   def key(self) -> str:
     """A stable string id, e.g. 'binary/sigmoid+bce' or 'regression/none+mse/norm'."""
     parts = [self.task, f"{self.head}+{self.loss}"]
-    if self.task == "regression":
+    if _continuous(self.task):
       parts.append("norm" if self.norm else "raw")
       if self.sigmoid_method:
         parts.append("sigmoid_method")
@@ -121,7 +128,7 @@ class Cell:
       text = f"sigmoid method + {self.loss}"
     else:
       text = f"{self.head} + {self.loss}"
-    if self.task == "regression":
+    if _continuous(self.task):
       text += ", standardised" if self.norm else ", raw targets"
     if self.convention != "torch":
       text += f" [{self.convention}]"
@@ -378,12 +385,12 @@ def check_cell(cell: Cell) -> None:
   if cell.convention not in CONVENTIONS:
     raise ValueError(
         f"unknown convention {cell.convention!r}: choose one of {', '.join(CONVENTIONS)}")
-  if cell.task == "regression" and cell.loss == "cce":
+  if _continuous(cell.task) and cell.loss == "cce":
     raise ValueError(
         "loss cce cannot be used for the regression task: its target is a continuous "
         "value, neither a class index nor a distribution over classes. Use mse, mae or "
         "rmse (or bce / bce_logits to see them fail).")
-  if cell.task != "regression" and (cell.norm or cell.sigmoid_method):
+  if not _continuous(cell.task) and (cell.norm or cell.sigmoid_method):
     raise ValueError(
         f"--norm and --sigmoid_method apply to the regression task only, not {cell.task!r}: "
         "drop them or use --task=regression.")
@@ -433,8 +440,8 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
           "another --study.")
   if norm is not None or sigmoid_method is not None:
     if task is None:
-      wanted_tasks = ("regression",)
-    elif any(t != "regression" for t in wanted_tasks):
+      wanted_tasks = tuple(t for t in tasks_lib.TASKS if _continuous(t))
+    elif any(not _continuous(t) for t in wanted_tasks):
       raise ValueError(
           "--norm and --sigmoid_method apply to the regression task only: drop them or "
           "use --task=regression.")
@@ -463,8 +470,8 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
         raise ValueError(
             f"no cell of the {'/'.join(studies)} grid for task {t!r} matches "
             f"head={head} loss={loss}: give both --head and --loss to run an off-grid cell.")
-      off = Cell(t, head, loss, bool(norm) if t == "regression" else False,
-                 bool(sigmoid_method) if t == "regression" else False)
+      off = Cell(t, head, loss, bool(norm) if _continuous(t) else False,
+                 bool(sigmoid_method) if _continuous(t) else False)
       check_cell(off)
       cells.extend(network.variants(off))
     if filtered:

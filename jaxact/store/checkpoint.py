@@ -3,7 +3,7 @@
 Inside a workdir:
   checkpoints/<task>/<epoch>/   the latest snapshots of a task still training (at most KEEP)
 
-A checkpoint holds one `engine.Snapshot` (the full-size training state in the
+A checkpoint holds one `runner.Snapshot` (the full-size training state in the
 original member order: stacked parameters, AdamW states, best weights and
 early-stopping state, the PRNG keys as raw key data, the epoch counter, which
 members are stacked in a compacted layout, and the host-side histories) plus
@@ -37,6 +37,7 @@ from absl import logging
 from jaxact import __version__
 from jaxact.engine import engine as engine_lib
 from jaxact.engine import sharding
+from jaxact.engine import runner as runner_lib
 
 CHECKPOINTS_DIR = "checkpoints"
 KEEP = 2
@@ -103,14 +104,14 @@ def _leaf_paths(tree) -> list[str]:
 
 
 def _host_template(engine: engine_lib.Engine) -> dict[str, Any]:
-  """ShapeDtypeStructs of `engine_lib.state_to_host(engine.init_state())`."""
+  """ShapeDtypeStructs of `runner_lib.state_to_host(engine.init_state())`."""
   def raw(state):
     return jax.tree_util.tree_map(
         lambda a: jax.random.key_data(a) if sharding.is_key(a) else a, state)
   return jax.eval_shape(raw, engine.state_template())
 
 
-def _arrays_item(snapshot: engine_lib.Snapshot) -> dict[str, Any]:
+def _arrays_item(snapshot: runner_lib.Snapshot) -> dict[str, Any]:
   leaves = jax.tree_util.tree_leaves(snapshot.state)
   return {
       "state": {f"{i:04d}": leaf for i, leaf in enumerate(leaves)},
@@ -196,7 +197,7 @@ class TaskCheckpointer:
 
   # -- saving --------------------------------------------------------------
 
-  def __call__(self, epoch: int, snapshot: Callable[[], engine_lib.Snapshot]) -> None:
+  def __call__(self, epoch: int, snapshot: Callable[[], runner_lib.Snapshot]) -> None:
     """The engine's `on_epoch_end` hook."""
     if self.every and epoch % self.every == 0:
       self.save(snapshot())
@@ -205,7 +206,7 @@ class TaskCheckpointer:
     """Wall time spent on the task so far, earlier (interrupted) runs of it included."""
     return self.elapsed_before + (time.perf_counter() - self.session_start)
 
-  def save(self, snapshot: engine_lib.Snapshot) -> None:
+  def save(self, snapshot: runner_lib.Snapshot) -> None:
     """Starts an asynchronous save of `snapshot` as the checkpoint of its epoch."""
     manager = self._open(create=True)
     if snapshot.epoch in manager.all_steps():
@@ -227,7 +228,7 @@ class TaskCheckpointer:
 
   # -- restoring -----------------------------------------------------------
 
-  def restore(self, engine: engine_lib.Engine) -> engine_lib.Snapshot | None:
+  def restore(self, engine: engine_lib.Engine) -> runner_lib.Snapshot | None:
     """The latest readable snapshot for `engine`, or None if there is no checkpoint.
 
     Raises:
@@ -288,7 +289,7 @@ class TaskCheckpointer:
                         self.directory, err)
         manager.delete(bad)
       self.elapsed_before = float(meta.get("elapsed_s", 0.0))
-      return engine_lib.Snapshot(
+      return runner_lib.Snapshot(
           epoch=int(meta["epoch"]), state=jax.tree_util.tree_unflatten(treedef, leaves),
           stacked=np.asarray(arrays["stacked"], bool),
           compactions=int(meta.get("compactions", 0)),

@@ -139,12 +139,7 @@ def chance_level(task: str, targets: np.ndarray) -> float:
   multilabel: the mean over labels of the majority value's share; binary and
   multiclass: the most frequent class's share.
   """
-  t = np.asarray(targets, np.float64)
-  if task == "regression":
-    return float(np.var(t))
-  if task in ("binary", "multiclass"):
-    return float(np.max(np.bincount(t.argmax(axis=1), minlength=t.shape[1])) / len(t))
-  return float(np.mean(np.maximum(t.mean(axis=0), 1 - t.mean(axis=0))))
+  return tasks_lib.get_task(task).chance_level(targets)
 
 
 def loss_floor(cell: Cell, num_outputs: int) -> float | None:
@@ -256,7 +251,7 @@ def _dead_head(record: dict, d: dict, cell: Cell, t: tasks_lib.Task, e: int,
     return None
   best = float(record["best_valid"]) if record.get("best_valid") is not None else math.nan
   best_text = f"best valid {_fmt_metric(t, best)} at epoch {e + 1}{chance_text}"
-  if t.name == "regression":
+  if t.continuous:
     best_text += (", the MSE of predicting the training targets' mean (0 in standardised units)"
                   if cell.norm else ", the MSE of predicting 0")
   state = _head_dead(d, cell, e)
@@ -266,7 +261,7 @@ def _dead_head(record: dict, d: dict, cell: Cell, t: tasks_lib.Task, e: int,
     # outputs, and so the MSE, move with every update. (An accuracy can repeat while the
     # outputs move, e.g. one argmax in every epoch: regression only.)
     values = record.get("valid_metric") or []
-    if (t.name != "regression" or len(values) < 2 or any(v is None or not math.isfinite(v) for v in values)
+    if (not t.continuous or len(values) < 2 or any(v is None or not math.isfinite(v) for v in values)
         or any(v != values[0] for v in values)):
       return None
     return Diagnosis("dead_head", "dead ReLU head (inferred; this record has no per-epoch "
@@ -387,7 +382,7 @@ def _collapse(d: dict, cell: Cell, t: tasks_lib.Task, e: int, best_valid: float,
   """collapsed: a constant output at the best epoch `e`, or (regression) the constant
   predictor's MSE; else None."""
   n = len(d.get("spread") or [])
-  mse_ratio = (best_valid / chance if t.name == "regression" and chance
+  mse_ratio = (best_valid / chance if t.continuous and chance
                and math.isfinite(best_valid) else None)
   mse_collapsed = mse_ratio is not None and abs(mse_ratio - 1.0) <= COLLAPSE_MSE_TOLERANCE
   spread_collapsed = bool(n and e < n and _collapsed(d, e, t.single_label))
@@ -417,7 +412,7 @@ def _collapse(d: dict, cell: Cell, t: tasks_lib.Task, e: int, best_valid: float,
     parts.append(f"{100 * (d['argmax_minority'][e] or 0):.2f}% of valid examples off the "
                  "most frequent argmax")
   if hidden:
-    parts.append(_hidden_summary(d, e) if t.name == "regression" else hidden)
+    parts.append(_hidden_summary(d, e) if t.continuous else hidden)
   if head:
     parts.append(head)
   return Diagnosis("collapsed", "; ".join(parts) + ratio_text)
@@ -427,13 +422,13 @@ def _structural(record: dict[str, Any], cell: Cell, t: tasks_lib.Task, ceiling: 
                 clamp_bound: float | None, hidden: str) -> Diagnosis | None:
   """ceiling (multi-label softmax) or clamped (ReLU head on standardised regression), else
   None: bounds the head cannot pass, computed from the targets."""
-  if t.name == "multilabel" and cell.head == "softmax" and ceiling is not None:
+  if t.multi_label and cell.head == "softmax" and ceiling is not None:
     return Diagnosis("ceiling", "structural ceiling: softmax outputs sum to 1, so at most one "
                      f"of the {t.num_outputs} labels can be predicted; the best achievable "
                      f"accuracy on this test set is {100 * ceiling:.2f}%, this member reached "
                      f"{_fmt_metric(t, float(record['test']))}")
   bound = record.get("relu_clamp_bound_test", clamp_bound)
-  if not (t.name == "regression" and cell.head == "relu" and cell.norm and bound is not None):
+  if not (t.continuous and cell.head == "relu" and cell.norm and bound is not None):
     return None
   test = float(record["test"]) if record.get("test") is not None else math.nan
   return Diagnosis("clamped", "structural clamp: a ReLU head cannot output a negative value, "

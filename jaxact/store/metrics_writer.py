@@ -29,11 +29,12 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from jaxact.engine import engine as engine_lib
 from jaxact.store import files
 from jaxact.store import records
 from jaxact.model import cells as studies
 from jaxact.data import tasks as tasks_lib
+from jaxact.engine import program as program_lib
+from jaxact.engine import runner as runner_lib
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -66,7 +67,7 @@ def _number(x, digits: int = 7) -> float | None:
 def _status_name(code: int, active: bool, epoch: int, max_epochs: int) -> str:
   if active and epoch >= max_epochs:
     return "hit_cap"
-  return engine_lib.Status(int(code)).name.lower()
+  return program_lib.Status(int(code)).name.lower()
 
 
 # -- metrics.jsonl -------------------------------------------------------------
@@ -115,7 +116,7 @@ class MetricsLog:
   """
 
   def __init__(self, path: str, task: str, members: Sequence[tuple[studies.Cell, int]],
-               config: engine_lib.EngineConfig, clock: Callable[[], float]):
+               config: program_lib.EngineConfig, clock: Callable[[], float]):
     """Opens `path` for appending.
 
     Args:
@@ -126,7 +127,7 @@ class MetricsLog:
       clock: seconds since the task started.
     """
     self.task, self.config, self.clock = task, config, clock
-    self._ids = [(cell.key, engine_lib.cell_label(cell, config), int(seed))
+    self._ids = [(cell.key, runner_lib.cell_label(cell, config), int(seed))
                  for cell, seed in members]
     self._file = open(path, "a", encoding="utf-8")
 
@@ -239,12 +240,12 @@ class TensorBoardLog:
                                 walltime=wall)
       writer.flush()
 
-  def write_hparams(self, results: Sequence[engine_lib.MemberResult],
+  def write_hparams(self, results: Sequence[runner_lib.MemberResult],
                     training: dict[str, Any]) -> None:
     """Adds each cell's hyper-parameters and final means (HPARAMS tab), once its task ended.
 
     Hyper-parameters: the cell's fields (head, loss, convention, network, ...)
-    and `training` (engine.training_record: optimizer, learning rate, ...);
+    and `training` (runner.training_record: optimizer, learning rate, ...);
     metrics: hparam/best_valid_<metric> and hparam/test_<metric>, means over
     the cell's members with a finite value, and hparam/members. tensorboardX
     writes them into a run of their own, tensorboard/<cell key>/hparams.

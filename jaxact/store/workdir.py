@@ -27,7 +27,7 @@ import shutil
 
 from jaxact.errors import UserError
 from jaxact.store import checkpoint as checkpoint_lib
-from jaxact.engine import engine as engine_lib
+from jaxact.engine import runner as runner_lib
 from jaxact.store import files
 from jaxact.store import metrics_writer
 from jaxact.store import records as records_lib
@@ -122,15 +122,15 @@ def check_split(workdir: str, run_info: dict, split) -> None:
 # -- reusing a finished task --------------------------------------------------
 
 
-def member_from_record(record: records_lib.MemberRecord) -> engine_lib.MemberResult:
+def member_from_record(record: records_lib.MemberRecord) -> runner_lib.MemberResult:
   """The engine's MemberResult of a saved member record."""
-  names = [f.name for f in dataclasses.fields(engine_lib.MemberResult)]
+  names = [f.name for f in dataclasses.fields(runner_lib.MemberResult)]
   values = {n: getattr(record, n) for n in names if n != "cell" and n in record.order}
-  return engine_lib.MemberResult(cell=record.cell, **values)
+  return runner_lib.MemberResult(cell=record.cell, **values)
 
 
 def reuse_results(path: str, task: str, task_members: list[tuple[studies.Cell, int]],
-                  ) -> tuple[records_lib.TaskResults, list[engine_lib.MemberResult]]:
+                  ) -> tuple[records_lib.TaskResults, list[runner_lib.MemberResult]]:
   """A finished task's results file and its MemberResults; UserError if it does not fit the plan."""
   try:
     saved = records_lib.read_task_results(path, task)

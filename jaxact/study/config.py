@@ -2,8 +2,8 @@
 
 `RunConfig` (frozen) holds every option of a run: what is trained (the study,
 its filters, seeds, data) at its top level, the training hyper-parameters in
-its `engine` group (`engine.EngineConfig`) and how each task's program is
-computed in its `execution` group (`engine.ExecutionConfig`: speed only). Each
+its `engine` group (`program.EngineConfig`) and how each task's program is
+computed in its `execution` group (`program.ExecutionConfig`: speed only). Each
 option is declared once in jaxact.options, which says where in RunConfig it
 lives; the command line's flags are generated from the declarations and take
 their defaults from RunConfig (jaxact/cli/main.py); `validate` checks it (each
@@ -57,12 +57,12 @@ class RunConfig:
     split_seed: "fixed" only: the seed of the shared split.
     data_dir: directory with the four MNIST IDX files, or None for the tfds download.
     tfds_dir: where tensorflow-datasets keeps prepared data (None: its default).
-    engine: the training hyper-parameters (engine.EngineConfig, defined in
-      program.py: epochs, patience, optimizer, ...): they change results.
+    engine: the training hyper-parameters (program.EngineConfig:
+      epochs, patience, optimizer, ...): they change results.
     arms: training options given several values (studies.TrainingChoice): every
       cell is trained under each value, as members of one program; `engine`
       holds the first (the reference arm).
-    execution: how each task's program is computed (engine.ExecutionConfig:
+    execution: how each task's program is computed (program.ExecutionConfig:
       member mode, matmul precision, convolutions, compaction, evaluation
       chunks): speed only, results agree to float rounding.
 

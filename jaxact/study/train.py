@@ -48,6 +48,7 @@ from jaxact.model import cells as studies
 from jaxact.data import tasks as tasks_lib
 from jaxact.store import workdir as workdir_lib
 from jaxact.study.config import RunConfig, UserError, run_identity, validate
+from jaxact.engine import program as program_lib
 
 from jaxact import __version__
 
@@ -137,7 +138,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
                        checkpoint_every: int = CHECKPOINT_EVERY,
                        restart: bool = False, compile_ahead: bool = False,
                        tensorboard: bool = False, tensorboard_members: bool = False,
-                       ) -> dict[str, list[engine_lib.MemberResult]]:
+                       ) -> dict[str, list[runner_lib.MemberResult]]:
   """Trains every planned member, task by task, writing results as each task ends.
 
   Resumable: rerun with the same configuration and workdir and finished tasks
@@ -322,7 +323,7 @@ def _train_tasks(config: RunConfig, workdir: str,
                  ahead: compile_ahead_lib.CompileAhead | None,
                  tensorboard: bool = False, tensorboard_members: bool = False,
                  clock: float | None = None,
-                 ) -> dict[str, list[engine_lib.MemberResult]]:
+                 ) -> dict[str, list[runner_lib.MemberResult]]:
   """The task loop of `train_and_evaluate` (see there); `split` is loaded if a task trains.
 
   `clock` is `time.perf_counter()` at the run's start, for the progress lines.
@@ -381,7 +382,7 @@ def _train_tasks(config: RunConfig, workdir: str,
 
 
 def _reuse_task(workdir: str, task: str, task_members: list[tuple[studies.Cell, int]],
-                run_info: dict) -> list[engine_lib.MemberResult]:
+                run_info: dict) -> list[runner_lib.MemberResult]:
   """A finished task's MemberResults from its results file; its checkpoints are removed and
   its CSVs written where missing (process 0)."""
   results_path = workdir_lib.task_results_path(workdir, task)
@@ -403,7 +404,7 @@ def _reuse_task(workdir: str, task: str, task_members: list[tuple[studies.Cell, 
 def _task_engine(config: RunConfig, workdir: str, task: str,
                  members: dict[str, list[tuple[studies.Cell, int]]], split,
                  ahead: compile_ahead_lib.CompileAhead | None,
-                 ) -> tuple[engine_lib.Engine, engine_lib.TaskData, bool]:
+                 ) -> tuple[engine_lib.Engine, program_lib.TaskData, bool]:
   """The task's Engine and data (compiled in the background if --compile_ahead prepared it,
   the third value then True); with `ahead`, starts compiling the next task left to train."""
   logging.info("task %s: %d cells x %d seeds = %d members in one program", task,
@@ -415,7 +416,7 @@ def _task_engine(config: RunConfig, workdir: str, task: str,
   else:
     engine = engine_lib.Engine(task, members[task], config.engine, config.execution,
                                splits=split.member_splits)
-    task_data = engine_lib.TaskData.from_pool(split.pool, task)
+    task_data = program_lib.TaskData.from_pool(split.pool, task)
   if ahead is not None:
     order = list(members)
     later = [t for t in order[order.index(task) + 1:]
@@ -423,14 +424,14 @@ def _task_engine(config: RunConfig, workdir: str, task: str,
     if later:
       ahead.start(later[0], engine_lib.Engine(later[0], members[later[0]], config.engine,
                                               config.execution, splits=split.member_splits),
-                  engine_lib.TaskData.from_pool(split.pool, later[0]))
+                  program_lib.TaskData.from_pool(split.pool, later[0]))
   return engine, task_data, prepared is not None
 
 
 def _run_task(config: RunConfig, workdir: str, task: str, engine: engine_lib.Engine,
-              task_data: engine_lib.TaskData, checkpointer: checkpoint_lib.TaskCheckpointer,
+              task_data: program_lib.TaskData, checkpointer: checkpoint_lib.TaskCheckpointer,
               tensorboard: bool, tensorboard_members: bool, first_line: str,
-              ) -> tuple[list[engine_lib.MemberResult], object | None]:
+              ) -> tuple[list[runner_lib.MemberResult], object | None]:
   """Trains one task from its latest checkpoint with the live outputs; returns its
   MemberResults and the snapshot it resumed from (None: a fresh start)."""
   live = []                        # this task's on_epoch hooks, closed when it ends
@@ -451,10 +452,10 @@ def _run_task(config: RunConfig, workdir: str, task: str, engine: engine_lib.Eng
     engine.progress(first_line)
     results = engine.run(task_data, restore=snapshot,
                          on_epoch_end=checkpointer if checkpointer.every else None,
-                         on_epoch=metrics_writer.compose(*live))
+                         on_epoch=metrics_writer.compose(*live)).members
     for hook in live:
       if isinstance(hook, metrics_writer.TensorBoardLog):
-        hook.write_hparams(results, engine_lib.training_record(config.engine))
+        hook.write_hparams(results, runner_lib.training_record(config.engine))
   finally:
     checkpointer.close()   # waits for pending saves, also on errors and interrupts
     for hook in live:
@@ -462,7 +463,7 @@ def _run_task(config: RunConfig, workdir: str, task: str, engine: engine_lib.Eng
   return results, snapshot
 
 
-def _reference_levels(task: str, split, results: Sequence[engine_lib.MemberResult]
+def _reference_levels(task: str, split, results: Sequence[runner_lib.MemberResult]
                       ) -> tuple[float, float | None, list[dict]]:
   """(chance, ceiling, per-member fields) of a finished task, from its split's labels.
 
@@ -470,11 +471,12 @@ def _reference_levels(task: str, split, results: Sequence[engine_lib.MemberResul
   test labels; per member: its split seed and, for regression, its split's ReLU clamp bound
   (its train targets' mean).
   """
-  chance = diagnostics_lib.chance_level(task, tasks_lib.make_targets(task, split.valid_labels))
+  t = tasks_lib.get_task(task)
+  chance = t.chance_level(t.targets(split.valid_labels))
   ceiling = (diagnostics_lib.multilabel_softmax_ceiling(
-      tasks_lib.make_targets(task, split.test_labels)) if task == "multilabel" else None)
+      t.targets(split.test_labels)) if t.multi_label else None)
   extra = [{"split_seed": split.split_seed_of(r.seed)} for r in results]
-  if task == "regression":
+  if t.continuous:   # each split's own bound (its train targets' mean)
     pool_t = tasks_lib.make_targets(task, split.pool.y)
     test_t = tasks_lib.make_targets(task, split.test_labels)
     bounds = {s: diagnostics_lib.relu_clamp_bound(pool_t[split.member_splits(s)[0]], test_t)
@@ -485,13 +487,13 @@ def _reference_levels(task: str, split, results: Sequence[engine_lib.MemberResul
 
 
 def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine, snapshot,
-                  results: Sequence[engine_lib.MemberResult], wall: float, run_info: dict
+                  results: Sequence[runner_lib.MemberResult], wall: float, run_info: dict
                   ) -> records_lib.TaskResults:
   """The finished task's results record, its members diagnosed (jaxact.records)."""
   t = tasks_lib.get_task(task)
   chance, ceiling, extra = _reference_levels(task, split, results)
   members = [records_lib.MemberRecord.from_result(
-      r, engine_lib.cell_label(r.cell, config.engine), **fields)
+      r, runner_lib.cell_label(r.cell, config.engine), **fields)
              for r, fields in zip(results, extra)]
   return records_lib.task_results(
       task, members, study=config.study, metric_name=t.metric_name,
@@ -499,7 +501,7 @@ def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine
       split_seed=config.split_seed if config.split == "fixed" else None,
       split_fingerprint=split.fingerprint, numerics=engine.numerics(),
       max_epochs=config.engine.max_epochs, patience=config.engine.patience,
-      training=engine_lib.training_record(config.engine), wall_time_s=round(wall, 2),
+      training=runner_lib.training_record(config.engine), wall_time_s=round(wall, 2),
       # Layouts compiled before an interruption count once; the one resumed in is traced again.
       compilations=engine.traces + (snapshot.compactions if snapshot is not None else 0),
       command=run_info["command"], machine=run_info["machine"],
@@ -550,8 +552,8 @@ def _live_outputs(workdir: str, task: str, engine: engine_lib.Engine, config: Ru
   return hooks
 
 
-def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
-                         config: engine_lib.EngineConfig = engine_lib.PROTOCOL,
+def format_results_table(results: dict[str, list[runner_lib.MemberResult]],
+                         config: program_lib.EngineConfig = program_lib.PROTOCOL,
                          workdir: str | None = None) -> str:
   """A compact plain-text table per cell, for the console: the diagnosis first, then metrics.
 
@@ -576,7 +578,7 @@ def format_results_table(results: dict[str, list[engine_lib.MemberResult]],
     stored = {(m.key, m.seed): m for m in saved[task].members} if task in saved else {}
     for cell in dict.fromkeys(r.cell for r in rs):
       mine = [r for r in rs if r.cell == cell]
-      label = engine_lib.cell_label(cell, config)
+      label = runner_lib.cell_label(cell, config)
       members = [stored.get((cell.key, r.seed))
                  or records_lib.MemberRecord.from_result(r, label) for r in mine]
       head = f"  {label:<40} [{len(mine)} seeds: {report_lib.diagnosis_counts(members)}]"
