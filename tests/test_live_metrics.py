@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxact.engine import labels as labels_lib
 from jaxact.engine import engine
 from jaxact.store import metrics_writer
 from jaxact.engine import runner
@@ -120,7 +121,7 @@ def test_metrics_lines_one_per_member_and_trained_epoch(synthetic_run):
     mine = by_member[(m.cell.key, m.seed)]
     assert [l["epoch"] for l in mine] == list(range(1, m.epochs_trained + 1))
     assert all(l["trained"] and l["task"] == "multiclass" and l["wall_s"] == 1.5 for l in mine)
-    assert mine[0]["label"] == runner.cell_label(m.cell, _CFG)
+    assert mine[0]["label"] == labels_lib.cell_label(m.cell, _CFG)
     np.testing.assert_allclose([l["valid_metric"] for l in mine], m.valid_metric, rtol=1e-6)
     np.testing.assert_allclose([l["train_loss"] for l in mine], m.train_loss, rtol=1e-6)
     assert all(l["status"] == "training" for l in mine[:-1])
@@ -144,7 +145,7 @@ def test_progress_line_is_short_and_names_the_best_and_worst_cells(synthetic_run
     assert len(line) < 300 and "/6 training" in line and "elapsed" in line
   means = {}
   for m in results:
-    means.setdefault(runner.cell_label(m.cell, _CFG), []).append(m.best_valid)
+    means.setdefault(labels_lib.cell_label(m.cell, _CFG), []).append(m.best_valid)
   means = {k: float(np.mean(v)) for k, v in means.items()}
   best, worst = max(means, key=means.get), min(means, key=means.get)
   last, n_active = r["lines"][-1], int(r["hosts"][-1][1]["active"].sum())
@@ -164,7 +165,7 @@ def test_progress_line_of_a_48_cell_grid():
   best = rng.uniform(0.1, 0.99, m).astype(np.float32)
   active = rng.uniform(size=m) < 0.5
   line = line_of(37, active, best, 3725.0, 1234.0)
-  means = {runner.cell_label(c, cfg): float(np.mean(best[a:b])) for c, a, b in eng.groups}
+  means = {labels_lib.cell_label(c, cfg): float(np.mean(best[a:b])) for c, a, b in eng.groups}
   hi, lo = max(means, key=means.get), min(means, key=means.get)
   assert len(line) < 300, line
   assert line.startswith(f"multiclass epoch 37: (cap 100) {int(active[:480].sum())}/480 training;")
@@ -199,7 +200,7 @@ def _epoch_line(m: re.Match) -> str:
   cfg = program.EngineConfig(max_epochs=cap)
   labels = [g for g in (m.group(8), m.group(10), m.group(12)) if g]
   values = [float(g) for g in (m.group(9), m.group(11), m.group(13)) if g]
-  by_label = {runner.cell_label(c, cfg): c
+  by_label = {labels_lib.cell_label(c, cfg): c
               for c in studies.select_cells("all", task, conventions=("torch", "logits"))[task]}
   per_cell = r // len(labels)
   groups = [(by_label[l], i * per_cell, (i + 1) * per_cell) for i, l in enumerate(labels)]

@@ -1,7 +1,8 @@
 """One declaration per option (jaxact/study/options.py): what is generated from it.
 
-A toy training option, declared in a copy of the registry, gets its flag, its
-row in docs/flags.md, its identity entry, its label and record, and its check;
+A toy training option, declared in a copy of the registry (and its label part in
+jaxact/engine/labels.py), gets its flag, its row in docs/flags.md, its identity entry,
+its label and record, and its check;
 the generated identity equals the one of 59bc533 (before the declarations) for
 every committed run.json; the command line validates a run once.
 """
@@ -16,12 +17,12 @@ import sys
 import pytest
 from absl import flags
 
+from jaxact.engine import labels as labels_lib
 from jaxact.study import config as config_lib
 from jaxact.cli import flagdoc
 from jaxact.study import options
 from jaxact.study import presets
 from jaxact.engine import program
-from jaxact.engine import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,11 +36,14 @@ class _ToyEngine(program.EngineConfig):
 _TOY = options.Option(
     "warmup", "training", "Warm-up epochs of the learning rate (toy).", options.INTEGER,
     field="engine.warmup", check=lambda v: None if v >= 0 else f"--warmup must be 0 or more, "
-    f"got {v}.", label="warmup {}", record=True)
+    f"got {v}.")
 
 
 def test_a_declared_training_option_has_its_flag_doc_row_identity_and_label(monkeypatch):
   monkeypatch.setattr(options, "OPTIONS", options.OPTIONS + (_TOY,))
+  # Its part of the training label and record, declared beside the engine.
+  monkeypatch.setitem(labels_lib.LABEL_PARTS, "warmup", "warmup {}")
+  monkeypatch.setitem(labels_lib.RECORDED, "warmup", None)
   defaults = config_lib.RunConfig(engine=_ToyEngine())
   # Its flag, with the configuration's default, and its value in the configuration.
   flag_values = flags.FlagValues()
@@ -54,9 +58,9 @@ def test_a_declared_training_option_has_its_flag_doc_row_identity_and_label(monk
   # Its identity entry, and its part of the training label and record.
   assert config_lib.run_identity(config)["warmup"] == 3
   assert config_lib.run_identity(defaults)["warmup"] == 0
-  assert runner.training_label(config.engine) == "warmup 3"
-  assert runner.training_label(defaults.engine) == ""
-  assert runner.training_record(config.engine)["warmup"] == 3
+  assert labels_lib.training_label(config.engine) == "warmup 3"
+  assert labels_lib.training_label(defaults.engine) == ""
+  assert labels_lib.training_record(config.engine)["warmup"] == 3
   # Its check, in the one validator.
   with pytest.raises(config_lib.UserError, match="^--warmup must be 0 or more, got -1.$"):
     config_lib.validate(options.with_values(defaults, {"warmup": -1}))

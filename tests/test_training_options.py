@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxact.engine import labels as labels_lib
 from jaxact.study import config as config_lib
 from jaxact.engine import engine
 from jaxact.study import options
@@ -22,7 +23,6 @@ from jaxact.study import train
 from jaxact.store import workdir as workdir_lib
 from jaxact.model.cells import Cell
 from jaxact.engine import program
-from jaxact.engine import runner
 
 from test_engine import _by, _synthetic   # pylint: disable=g-bad-import-order
 
@@ -171,20 +171,20 @@ def test_options_change_training():
 
 
 def test_training_label_names_what_differs_from_the_protocol():
-  assert runner.training_label(program.EngineConfig()) == ""
+  assert labels_lib.training_label(program.EngineConfig()) == ""
   cfg = program.EngineConfig(optimizer="sgd", learning_rate=0.01, head_bias_init="prior",
                              batch_size=64, weight_decay=0.0)
-  assert runner.training_label(cfg) == (
+  assert labels_lib.training_label(cfg) == (
       "sgd (momentum 0.9), lr 0.01, weight decay 0, batch 64, prior head bias")
   cell = Cell("multiclass", "sigmoid", "bce")
-  assert runner.cell_label(cell, cfg) == "sigmoid + bce [" + runner.training_label(cfg) + "]"
-  assert runner.cell_label(cell, program.EngineConfig()) == cell.label
-  record = runner.training_record(cfg)
+  assert labels_lib.cell_label(cell, cfg) == "sigmoid + bce [" + labels_lib.training_label(cfg) + "]"
+  assert labels_lib.cell_label(cell, program.EngineConfig()) == cell.label
+  record = labels_lib.training_record(cfg)
   assert record["optimizer"] == "sgd" and record["momentum"] == 0.9
-  assert runner.training_record(program.EngineConfig())["momentum"] is None
-  assert runner.training_label(program.EngineConfig(eps=1e-3, weight_decay=0.0)) == (
+  assert labels_lib.training_record(program.EngineConfig())["momentum"] is None
+  assert labels_lib.training_label(program.EngineConfig(eps=1e-3, weight_decay=0.0)) == (
       "weight decay 0, eps 0.001")
-  assert runner.training_record(program.EngineConfig(eps=1e-3))["eps"] == 1e-3
+  assert labels_lib.training_record(program.EngineConfig(eps=1e-3))["eps"] == 1e-3
 
 
 def test_large_eps_makes_adamw_steps_proportional_to_small_gradients():

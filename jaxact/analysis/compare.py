@@ -41,8 +41,6 @@ from absl import flags
 import numpy as np
 
 from jaxact.store import files
-from jaxact.engine import program
-from jaxact.engine import runner
 from jaxact.analysis import report as report_lib
 from jaxact.store import records
 from jaxact.analysis import stats as stats_lib
@@ -77,18 +75,6 @@ def _network_label(cell: studies.Cell) -> str:
   return cell.label[len(base.label):].strip(" ()")
 
 
-def _run_training_label(record: dict, cell: studies.Cell) -> str:
-  """The run's training choices (its results' "training" record) that differ from PROTOCOL's,
-  less those the cell's own arm sets (its label names them)."""
-  if not any(k in record for k in studies.TRAINING_OPTIONS):
-    return str(record.get("label") or "")    # a results file that holds the label only
-  fields = {f.name for f in dataclasses.fields(program.EngineConfig)}
-  config = program.EngineConfig(**{k: v for k, v in record.items()
-                                   if k in fields and v is not None})
-  config = dataclasses.replace(config, **{k: getattr(program.PROTOCOL, k) for k in cell.arm})
-  return runner.training_label(config)
-
-
 def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
   """The arms of `workdirs`' runs of `task`, in the order given, network variants in run order.
 
@@ -107,7 +93,7 @@ def load_arms(workdirs: Sequence[str], task: str) -> list[Arm]:
     variants: dict[str, dict[tuple[str, str, str], Members]] = {}
     for cell, members in result.groups().items():
       network = _network_label(cell)
-      training = _run_training_label(record, cell)
+      training = records.training_label_of(record, cell)
       network = ", ".join(p for p in (training, network) if p)
       key = (cell.head, cell.loss, cell.convention)
       variants.setdefault(network, {})[key] = members

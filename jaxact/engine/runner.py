@@ -28,40 +28,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxact.study import options as options_lib
+from jaxact.engine import labels as labels_lib
 from jaxact.engine import probes as probes_lib
 from jaxact.engine import program as program_lib
 from jaxact.engine import sharding
-from jaxact.engine.program import EngineConfig, PROTOCOL, Status, TaskData, TrainState
+from jaxact.engine.program import EngineConfig, Status, TaskData, TrainState
 from jaxact.model.cells import Cell
 from jaxact.data import tasks as tasks_lib
 from jaxact.engine.layout import Groups
 
-
-def training_label(config: EngineConfig) -> str:
-  """The training choices of `config` that differ from PROTOCOL's, e.g. 'sgd (momentum 0.9), lr 0.01'.
-
-  '' for PROTOCOL's training; cells' labels carry it where it is not ''. Each
-  training option's part is declared with it (jaxact.options).
-  """
-  return ", ".join(options_lib.training_parts(config))
-
-
-def cell_label(cell: Cell, config: EngineConfig) -> str:
-  """`cell.label`, followed by the run's training choices that differ from PROTOCOL's, if any.
-
-  The options the cell's own arm sets (`Cell.arm`) are named by `cell.label` and left out
-  of the run's part, e.g. 'sigmoid + bce (lr 0.1) [sgd (momentum 0.9)]' in a run whose
-  reference arm has lr 0.01.
-  """
-  training = training_label(dataclasses.replace(
-      config, **{k: getattr(PROTOCOL, k) for k in cell.arm}))
-  return f"{cell.label} [{training}]" if training else cell.label
-
-
-def training_record(config: EngineConfig) -> dict[str, Any]:
-  """The training choices a results file records (every field `training_label` may name)."""
-  return {**options_lib.training_fields(config), "label": training_label(config)}
 
 @dataclasses.dataclass
 class MemberResult:
@@ -211,7 +186,7 @@ def progress_line(task, config: EngineConfig, groups, num_members: int, epoch: i
     scores = scores[np.isfinite(scores)]
     if a < r and scores.size:
       mean = sign * float(np.mean(scores))
-      ranked.append((sign * float(f"{mean:.4g}"), -i, cell_label(cell, config), mean))
+      ranked.append((sign * float(f"{mean:.4g}"), -i, labels_lib.cell_label(cell, config), mean))
   metric = f"mean best valid {task.metric_name}"
   if not ranked:
     cells = f"{metric}: none yet"

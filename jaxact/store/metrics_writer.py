@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from jaxact.engine import labels as labels_lib
 from jaxact.store import files
 from jaxact.store import records
 from jaxact.model import cells as studies
@@ -127,7 +128,7 @@ class MetricsLog:
       clock: seconds since the task started.
     """
     self.task, self.config, self.clock = task, config, clock
-    self._ids = [(cell.key, runner_lib.cell_label(cell, config), int(seed))
+    self._ids = [(cell.key, labels_lib.cell_label(cell, config), int(seed))
                  for cell, seed in members]
     self._file = open(path, "a", encoding="utf-8")
 

@@ -32,6 +32,8 @@ import os
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
+from jaxact.engine import labels as labels_lib
+from jaxact.engine import program as program_lib
 from jaxact.store import diagnostics as diagnostics_lib
 from jaxact.store import files
 from jaxact.model import cells as studies
@@ -484,3 +486,15 @@ def main(argv: Sequence[str]) -> int:
 
 if __name__ == "__main__":
   sys.exit(main(sys.argv))
+
+
+def training_label_of(training: dict[str, Any], cell: Cell) -> str:
+  """The training label of a results file's "training" record, less what `cell`'s own arm
+  sets (its label names it); a record that holds only its label gives that label."""
+  if not any(k in training for k in studies.TRAINING_OPTIONS):
+    return str(training.get("label") or "")
+  names = {f.name for f in dataclasses.fields(program_lib.EngineConfig)}
+  config = program_lib.EngineConfig(**{k: v for k, v in training.items()
+                                       if k in names and v is not None})
+  config = dataclasses.replace(config, **{k: getattr(program_lib.PROTOCOL, k) for k in cell.arm})
+  return labels_lib.training_label(config)

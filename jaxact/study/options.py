@@ -4,9 +4,8 @@ An `Option` names where its value lives in a `config.RunConfig` (`field`, e.g.
 "engine.max_epochs"; None for an argument of the run, such as --workdir), how
 the command line writes it (`kind`: a string, a comma list, a tri-state, ...),
 its allowed values (`choices`, taken from the registry that implements them)
-or another `check`, its help text, its group (`GROUPS`), whether it is part of
-a run's identity, and, for a training option, how it shows in a results file's
-training label and record. The default of an option with a field is the
+or another `check`, its help text, its group (`GROUPS`) and whether it is part
+of a run's identity. The default of an option with a field is the
 configuration's (the dataclasses' field defaults); an option without one
 declares its own.
 
@@ -18,8 +17,9 @@ Generated from the declarations:
 - a run's identity (`config_identity`);
 - a configuration from option values, as the command line and the presets
   build it (`with_values`);
-- the training label and record of a results file (runner.training_label,
-  runner.training_record: `training_parts`, `training_fields`).
+(A training option's part of the training label and record of a results file is
+declared beside the engine, in jaxact/engine/labels.py, which the engine's
+progress lines use too.)
 
 Adding a training option is one declaration here, its field in
 `program.EngineConfig` (with its default) and its use in the program.
@@ -196,11 +196,6 @@ class Option:
     arms: a training option whose several values train as arms
       (studies.TrainingChoice): the first is the run's (`engine`), all of them
       the `arms` group's field of the same name.
-    label: a training option's part of the training label where its value
-      differs from PROTOCOL's: a format string of its value, or a function of
-      the EngineConfig.
-    record: whether the training record names it: True (its value) or a
-      function of the EngineConfig.
     wrap, unwrap: the option's value -> the field's, and back, where they differ.
   """
   name: str
@@ -214,8 +209,6 @@ class Option:
   identity: bool = True
   flag: bool = True
   arms: bool = False
-  label: str | Callable[[Any], str] | None = None
-  record: bool | Callable[[Any], Any] = False
   wrap: Callable[[Any], Any] = _as_is
   unwrap: Callable[[Any], Any] = _as_is
 
@@ -252,9 +245,6 @@ class Option:
     """Its default: its value in `defaults` (a RunConfig), or its own without a field."""
     return self.default if self.field is None else self.get(defaults)
 
-  def describe_label(self, engine_config: Any) -> str:
-    value = getattr(engine_config, self.leaf)
-    return self.label(engine_config) if callable(self.label) else self.label.format(value)
 
 
 def _one_of(choices: Sequence[Any]) -> str:
@@ -321,14 +311,6 @@ def _check_eval_examples(value: int | None) -> str | None:
           f"default, got {value}.")
 
 
-def _optimizer_label(e: Any) -> str:
-  return f"{e.optimizer} (momentum {e.momentum:g})" if e.optimizer == "sgd" else e.optimizer
-
-
-def _momentum_record(e: Any) -> float | None:
-  return e.momentum if e.optimizer == "sgd" else None
-
-
 def _one_value(value: bool | None) -> tuple[bool, ...] | None:
   return None if value is None else (value,)
 
@@ -390,23 +372,22 @@ _TRAINING_OPTIONS = (
     Option("optimizer", "training", f"Optimizer, of {_one_of(program.OPTIMIZERS)}: adamw "
            "(PROTOCOL: torch.optim.AdamW) or sgd (torch.optim.SGD with --momentum; "
            "--weight_decay is then its L2 term).", field="engine.optimizer",
-           choices=program.OPTIMIZERS, label=_optimizer_label, record=True),
+           choices=program.OPTIMIZERS),
     Option("learning_rate", "training", "Learning rate(s) (PROTOCOL: 1e-3)." + _ARMS_HELP,
            NUMBERS, field="engine.learning_rate", check=_positive_number("learning_rate"),
-           arms=True, label="lr {:g}", record=True),
+           arms=True),
     Option("momentum", "training", "--optimizer=sgd: heavy-ball momentum, in [0, 1).", FLOAT,
-           field="engine.momentum", check=_check_momentum, record=_momentum_record),
+           field="engine.momentum", check=_check_momentum),
     Option("weight_decay", "training", "Weight decay(s) (PROTOCOL: 0.01, AdamW's decoupled "
            "decay)." + _ARMS_HELP, NUMBERS, field="engine.weight_decay",
-           check=_check_weight_decay, arms=True, label="weight decay {:g}", record=True),
+           check=_check_weight_decay, arms=True),
     Option("eps", "training", "AdamW's epsilon, added to the root of the second-moment "
            "estimate (PROTOCOL: 1e-8). A large one (e.g. 1e-3) makes the step of a parameter "
            "whose gradients are smaller than it proportional to the gradient, as in SGD, "
            "instead of normalised to about the learning rate." + _ARMS_HELP, NUMBERS,
-           field="engine.eps", check=_positive_number("eps"), arms=True, label="eps {:g}",
-           record=True),
+           field="engine.eps", check=_positive_number("eps"), arms=True),
     Option("batch_size", "training", "Training batch size (PROTOCOL: 32).", INTEGER,
-           field="engine.batch_size", check=_check_batch_size, label="batch {}", record=True),
+           field="engine.batch_size", check=_check_batch_size),
     Option("arms", "training", "Training arms listed one by one, each a change against the "
            "run's training and network: 'protocol' (none) or NAME=VALUE joined by '+', NAME "
            f"one of {_one_of(studies.ARM_FIELDS)}; e.g. --arms=protocol,lr=0.0003,eps=0.001,"
@@ -418,8 +399,7 @@ _TRAINING_OPTIONS = (
            f"{_one_of(program.HEAD_BIAS_INITS)}: torch (as the --init scheme draws it) or prior "
            "(the training targets' mean through the head: logit of each class's share for a "
            "sigmoid, its log for a softmax)." + _ARMS_HELP, NEEDED_WORDS,
-           field="engine.head_bias_init", choices=program.HEAD_BIAS_INITS, arms=True,
-           label="{} head bias", record=True),
+           field="engine.head_bias_init", choices=program.HEAD_BIAS_INITS, arms=True),
     Option("max_epochs", "training", "Epoch cap (the original had none); members that reach "
            "it are reported.", INTEGER, field="engine.max_epochs",
            check=_at_least("max_epochs", 1, "positive")),
@@ -620,16 +600,3 @@ def config_identity(config_dict: Mapping[str, Any]) -> dict[str, Any]:
     else:
       out[key] = value
   return json.loads(json.dumps(out))
-
-
-def training_parts(engine_config: Any) -> list[str]:
-  """The training label's parts: each labelled option whose value differs from PROTOCOL's."""
-  protocol = type(engine_config)()
-  return [o.describe_label(engine_config) for o in OPTIONS
-          if o.label is not None and getattr(engine_config, o.leaf) != getattr(protocol, o.leaf)]
-
-
-def training_fields(engine_config: Any) -> dict[str, Any]:
-  """The training record's fields (without its label): each recorded option's value."""
-  return {o.leaf: o.record(engine_config) if callable(o.record) else getattr(engine_config, o.leaf)
-          for o in OPTIONS if o.record}

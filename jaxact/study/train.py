@@ -31,6 +31,7 @@ from typing import Sequence
 import jax
 from absl import logging
 
+from jaxact.engine import labels as labels_lib
 from jaxact.study import config as config_lib
 from jaxact.store import checkpoint as checkpoint_lib
 from jaxact.engine import compile_ahead as compile_ahead_lib
@@ -455,7 +456,7 @@ def _run_task(config: RunConfig, workdir: str, task: str, engine: engine_lib.Eng
                          on_epoch=metrics_writer.compose(*live)).members
     for hook in live:
       if isinstance(hook, metrics_writer.TensorBoardLog):
-        hook.write_hparams(results, runner_lib.training_record(config.engine))
+        hook.write_hparams(results, labels_lib.training_record(config.engine))
   finally:
     checkpointer.close()   # waits for pending saves, also on errors and interrupts
     for hook in live:
@@ -493,7 +494,7 @@ def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine
   t = tasks_lib.get_task(task)
   chance, ceiling, extra = _reference_levels(task, split, results)
   members = [records_lib.MemberRecord.from_result(
-      r, runner_lib.cell_label(r.cell, config.engine), **fields)
+      r, labels_lib.cell_label(r.cell, config.engine), **fields)
              for r, fields in zip(results, extra)]
   return records_lib.task_results(
       task, members, study=config.study, metric_name=t.metric_name,
@@ -501,7 +502,7 @@ def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine
       split_seed=config.split_seed if config.split == "fixed" else None,
       split_fingerprint=split.fingerprint, numerics=engine.numerics(),
       max_epochs=config.engine.max_epochs, patience=config.engine.patience,
-      training=runner_lib.training_record(config.engine), wall_time_s=round(wall, 2),
+      training=labels_lib.training_record(config.engine), wall_time_s=round(wall, 2),
       # Layouts compiled before an interruption count once; the one resumed in is traced again.
       compilations=engine.traces + (snapshot.compactions if snapshot is not None else 0),
       command=run_info["command"], machine=run_info["machine"],
@@ -578,7 +579,7 @@ def format_results_table(results: dict[str, list[runner_lib.MemberResult]],
     stored = {(m.key, m.seed): m for m in saved[task].members} if task in saved else {}
     for cell in dict.fromkeys(r.cell for r in rs):
       mine = [r for r in rs if r.cell == cell]
-      label = runner_lib.cell_label(cell, config)
+      label = labels_lib.cell_label(cell, config)
       members = [stored.get((cell.key, r.seed))
                  or records_lib.MemberRecord.from_result(r, label) for r in mine]
       head = f"  {label:<40} [{len(mine)} seeds: {report_lib.diagnosis_counts(members)}]"
