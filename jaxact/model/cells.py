@@ -426,6 +426,26 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
   studies = ("activation", "loss") if study in (None, "all") else (study,)
   for s in studies:
     grid(s)  # validates the name
+  wanted_tasks = _wanted_tasks(studies, task, norm, sigmoid_method)
+  if head is not None and head not in HEADS:
+    raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+  if loss is not None and loss not in LOSSES:
+    raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
+  out: dict[str, list[Cell]] = {}
+  for t in wanted_tasks:
+    cells = _task_cells(studies, t, head, loss, norm, sigmoid_method, network)
+    # A cell whose loss is the same in both conventions is trained once, under
+    # the first convention asked for, and reported in every convention's table.
+    out[t] = [with_convention(c, conv) for i, conv in enumerate(conventions) for c in cells
+              if i == 0 or losses_lib.convention_matters(c.head, c.loss)]
+    for c in out[t]:
+      check_cell(c)
+  return out
+
+
+def _wanted_tasks(studies: Sequence[str], task: str | Sequence[str] | None,
+                  norm: bool | None, sigmoid_method: bool | None) -> tuple[str, ...]:
+  """The tasks asked for, among those the studies train; ValueError naming a bad request."""
   in_grids = {t for s in studies for t in grid(s)}
   if task is None:
     wanted_tasks = tuple(t for t in tasks_lib.TASKS if t in in_grids)
@@ -445,52 +465,47 @@ def select_cells(study: str | None, task: str | Sequence[str] | None, head: str 
       raise ValueError(
           "--norm and --sigmoid_method apply to the regression task only: drop them or "
           "use --task=regression.")
+  return wanted_tasks
+
+
+def _task_cells(studies: Sequence[str], t: str, head: str | None, loss: str | None,
+                norm: bool | None, sigmoid_method: bool | None,
+                network: NetworkChoice) -> list[Cell]:
+  """One task's cells for the filters (see select_cells), in grid order, each once."""
   filtered = any(v is not None for v in (head, loss, norm, sigmoid_method))
-  if head is not None and head not in HEADS:
-    raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
-  if loss is not None and loss not in LOSSES:
-    raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSSES)}")
-  out: dict[str, list[Cell]] = {}
-  for t in wanted_tasks:
-    cells: list[Cell] = []
-    for s in studies:
-      for row in grid(s).get(t, ()):
-        c = row.cell
-        if filtered and not ((head is None or c.head == head) and (loss is None or c.loss == loss)
-                             and (norm is None or c.norm == norm)
-                             and (sigmoid_method is None or c.sigmoid_method == sigmoid_method)):
+  cells: list[Cell] = []
+  for s in studies:
+    for row in grid(s).get(t, ()):
+      c = row.cell
+      if filtered and not ((head is None or c.head == head) and (loss is None or c.loss == loss)
+                           and (norm is None or c.norm == norm)
+                           and (sigmoid_method is None or c.sigmoid_method == sigmoid_method)):
+        continue
+      for v in ([c] if s == "hidden" else network.variants(c)):
+        if s == "hidden" and not network.admits(v):
           continue
-        for v in ([c] if s == "hidden" else network.variants(c)):
-          if s == "hidden" and not network.admits(v):
-            continue
-          if v not in cells:
-            cells.append(v)
-    if filtered and not cells:
-      if head is None or loss is None:
-        raise ValueError(
-            f"no cell of the {'/'.join(studies)} grid for task {t!r} matches "
-            f"head={head} loss={loss}: give both --head and --loss to run an off-grid cell.")
-      off = Cell(t, head, loss, bool(norm) if _continuous(t) else False,
-                 bool(sigmoid_method) if _continuous(t) else False)
-      check_cell(off)
-      cells.extend(network.variants(off))
-    if filtered:
-      for ref in reversed(network.variants(recommended_cell(t))):
-        if ref not in cells:
-          cells.insert(0, ref)
-    if not cells:
+        if v not in cells:
+          cells.append(v)
+  if filtered and not cells:
+    if head is None or loss is None:
       raise ValueError(
-          f"no cell of the {'/'.join(studies)} grid for task {t!r} matches the network flags "
-          f"(--init/--hidden/--batch_norm/--depth): the hidden study's depth sweep has no "
-          f"batch norm and uses torch init and the matched init (xavier for sigmoid/tanh, he "
-          f"otherwise); its depths are {', '.join(map(str, DEPTHS))}.")
-    # A cell whose loss is the same in both conventions is trained once, under
-    # the first convention asked for, and reported in every convention's table.
-    out[t] = [with_convention(c, conv) for i, conv in enumerate(conventions) for c in cells
-              if i == 0 or losses_lib.convention_matters(c.head, c.loss)]
-    for c in out[t]:
-      check_cell(c)
-  return out
+          f"no cell of the {'/'.join(studies)} grid for task {t!r} matches "
+          f"head={head} loss={loss}: give both --head and --loss to run an off-grid cell.")
+    off = Cell(t, head, loss, bool(norm) if _continuous(t) else False,
+               bool(sigmoid_method) if _continuous(t) else False)
+    check_cell(off)
+    cells.extend(network.variants(off))
+  if filtered:
+    for ref in reversed(network.variants(recommended_cell(t))):
+      if ref not in cells:
+        cells.insert(0, ref)
+  if not cells:
+    raise ValueError(
+        f"no cell of the {'/'.join(studies)} grid for task {t!r} matches the network flags "
+        f"(--init/--hidden/--batch_norm/--depth): the hidden study's depth sweep has no "
+        f"batch norm and uses torch init and the matched init (xavier for sigmoid/tanh, he "
+        f"otherwise); its depths are {', '.join(map(str, DEPTHS))}.")
+  return cells
 
 
 def rows_for(study: str, task: str) -> list[Row]:

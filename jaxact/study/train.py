@@ -175,33 +175,14 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     task -> list of MemberResult.
   """
   members = plan(config)
-  if checkpoint_every < 0:
-    raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
-                    f"got {checkpoint_every}.")
-  if tensorboard_members and not tensorboard:
-    raise UserError("--tensorboard_members adds each member's curves to --tensorboard's: add "
-                    "--tensorboard, or leave --tensorboard_members out.")
-  if tensorboard and not metrics_writer.tensorboard_available():
-    raise UserError("--tensorboard writes its event files with the tensorboardX package, which "
-                    f"is not installed: run {metrics_writer.TENSORBOARD_INSTALL} (or pip "
-                    "install tensorboardX), or leave --tensorboard out.")
+  _check_run_arguments(checkpoint_every, tensorboard, tensorboard_members)
   clock = time.perf_counter()
   primary = sharding.is_primary()   # multi-host: only process 0 writes files
   previous = None if restart else config_lib.check_workdir_config(workdir, config)
   run_info = _run_record(config, command or sys.argv, previous)
   segment = run_info["segments"][-1]
   # The data before anything is written: a bad --data_dir or tfds cache leaves no files behind.
-  pending = [t for t in members
-             if restart or not os.path.exists(workdir_lib.task_results_path(workdir, t))]
-  split = None
-  if pending:
-    split = data_lib.load_run_data(
-        data_lib.resolve_data_dir(config.data_dir), config.tfds_dir, config.split,
-        config.split_seed, range(config.first_seed, config.first_seed + config.seeds))
-    logging.info("data: %s", split.describe())
-    if not restart:
-      workdir_lib.check_split(workdir, {"split_fingerprint": _saved_fingerprint(
-          workdir, run_info, members)}, split)
+  split = _load_data(config, workdir, members, run_info, restart)
   if primary:
     workdir_lib.prepare_workdir(workdir)
   if restart:
@@ -215,15 +196,11 @@ def train_and_evaluate(config: RunConfig, workdir: str,
   workdir_lib.write_json_atomic(run_path, run_info)
   logging.info("jaxact: %s", run_info["machine"])
 
-  if compile_ahead and jax.process_count() > 1:
-    logging.warning("--compile_ahead is for single-process runs; this run has %d processes: "
-                    "each task compiles when it starts", jax.process_count())
-    compile_ahead = False
   ahead = compile_ahead_lib.CompileAhead()
   try:
     return _train_tasks(config, workdir, members, split, run_info, run_path, checkpoint_every,
-                        ahead if compile_ahead else None, tensorboard, tensorboard_members,
-                        clock)
+                        ahead if _compiles_ahead(compile_ahead) else None, tensorboard,
+                        tensorboard_members, clock)
   except BaseException as err:
     # The segment ends here too; a write that fails now (a full disk) must not hide `err`.
     segment["ended"] = provenance.now()
@@ -235,6 +212,48 @@ def train_and_evaluate(config: RunConfig, workdir: str,
     raise
   finally:
     ahead.wait()
+
+
+def _compiles_ahead(compile_ahead: bool) -> bool:
+  """--compile_ahead, for a single-process run (a warning where there are several)."""
+  if compile_ahead and jax.process_count() > 1:
+    logging.warning("--compile_ahead is for single-process runs; this run has %d processes: "
+                    "each task compiles when it starts", jax.process_count())
+    return False
+  return compile_ahead
+
+
+def _check_run_arguments(checkpoint_every: int, tensorboard: bool,
+                         tensorboard_members: bool) -> None:
+  """UserError for run arguments that are not options of the configuration."""
+  if checkpoint_every < 0:
+    raise UserError(f"--checkpoint_every must be 0 (never) or a positive number of epochs, "
+                    f"got {checkpoint_every}.")
+  if tensorboard_members and not tensorboard:
+    raise UserError("--tensorboard_members adds each member's curves to --tensorboard's: add "
+                    "--tensorboard, or leave --tensorboard_members out.")
+  if tensorboard and not metrics_writer.tensorboard_available():
+    raise UserError("--tensorboard writes its event files with the tensorboardX package, which "
+                    f"is not installed: run {metrics_writer.TENSORBOARD_INSTALL} (or pip "
+                    "install tensorboardX), or leave --tensorboard out.")
+
+
+def _load_data(config: RunConfig, workdir: str, members, run_info: dict,
+               restart: bool) -> data_lib.RunData | None:
+  """The run's data when a task is left to train (None otherwise), checked against the data
+  a resumed run was trained on."""
+  pending = [t for t in members
+             if restart or not os.path.exists(workdir_lib.task_results_path(workdir, t))]
+  if not pending:
+    return None
+  split = data_lib.load_run_data(
+      data_lib.resolve_data_dir(config.data_dir), config.tfds_dir, config.split,
+      config.split_seed, range(config.first_seed, config.first_seed + config.seeds))
+  logging.info("data: %s", split.describe())
+  if not restart:
+    workdir_lib.check_split(workdir, {"split_fingerprint": _saved_fingerprint(
+        workdir, run_info, members)}, split)
+  return split
 
 
 def _run_record(config: RunConfig, argv: Sequence[str], previous: dict | None) -> dict:
