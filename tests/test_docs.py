@@ -139,7 +139,7 @@ def _commands(rel: str) -> list[tuple[str, str]]:
   out = []
   for piece in pieces:
     piece = piece.replace("\\\n", " ")
-    for m in re.finditer(r"-m\s+((?:jaxact|benchmarks)\.\w+)([^\n`]*)", piece):
+    for m in re.finditer(r"-m\s+((?:jaxact|benchmarks)(?:\.\w+)+)([^\n`]*)", piece):
       rest = re.split(r"&&|;|\||#", m.group(2))[0]
       out.append((m.group(1), rest))
   return out
