@@ -158,7 +158,7 @@ def measure_torch(arrays: common.Arrays, epochs: int, threads: int, task: str = 
 
 
 def measure_full_table(args) -> dict:
-  """Wall time of jaxact.train.train_and_evaluate over the whole grid, early stopping included."""
+  """Wall time of jaxact.study.train.train_and_evaluate over the whole grid, early stopping included."""
   from jaxact.model import cells as studies  # pylint: disable=g-import-not-at-top
   from jaxact.study import train  # pylint: disable=g-import-not-at-top
   from jaxact.engine import program as program_lib  # pylint: disable=g-import-not-at-top

@@ -48,7 +48,7 @@ def test_training_and_execution_options_are_two_groups():
   assert training == {"max_epochs", "patience", "batch_size", "learning_rate", "b1", "b2", "eps",
                       "weight_decay", "optimizer", "momentum", "head_bias_init"}
   assert execution == {"member_mode", "matmul_precision", "conv", "compact", "eval_examples"}
-  # Each field is one declared option of its group (jaxact.options); docs/flags.md documents
+  # Each field is one declared option of its group (jaxact.study.options); docs/flags.md documents
   # the execution group's with the run-level options, apart from the study's.
   def declared(prefix, group):
     return {o.leaf for o in options.OPTIONS if (o.field or "").startswith(prefix)

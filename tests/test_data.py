@@ -1,4 +1,4 @@
-"""Tests for jaxact.data (IDX files, validation, the split) and jaxact.mnist_tfds (tfds loading)."""
+"""Tests for jaxact.data (IDX files, validation, the split) and jaxact.data.tfds_builder (tfds loading)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for jaxact.figures on synthetic results written into tmp_path (no training)."""
+"""Tests for jaxact.analysis.figures on synthetic results written into tmp_path (no training)."""
 
 import ast
 import dataclasses

@@ -1,4 +1,4 @@
-"""Tests for jaxact.losses: heads, the two loss conventions, PyTorch semantics."""
+"""Tests for jaxact.model.losses: heads, the two loss conventions, PyTorch semantics."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""Tests for jaxact.stats against independent values: tables, closed forms, enumeration."""
+"""Tests for jaxact.analysis.stats against independent values: tables, closed forms, enumeration."""
 
 import itertools
 import math

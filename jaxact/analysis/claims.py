@@ -13,7 +13,7 @@ difference counts when its adjusted p < ALPHA; a claim resting on one comparison
 is "held" / "not held" when the test finds the claimed / the opposite
 direction, "not held: equivalent within ..." when the adjusted TOST p < ALPHA,
 else "inconclusive" (or "too few pairs"). Cells without a seed in common are not
-compared. Plain Python on the results records (jaxact.records); the report calls it.
+compared. Plain Python on the results records (jaxact.store.records); the report calls it.
 """
 
 from __future__ import annotations

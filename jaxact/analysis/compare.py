@@ -219,7 +219,7 @@ def _legend(size_text: str, margin: str) -> list[str]:
           "initial weights (except what the arm changes) and batch order, so arms are "
           "compared pair by pair.", "",
           "- **collapsed**: k/n members diagnosed as collapsed to a constant output "
-          "(jaxact.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
+          "(jaxact.store.diagnostics), Wilson 95% interval; beside it the two-sided p of Fisher's "
           "exact test against the protocol arm's rate in the same cell, raw and "
           "Holm-adjusted over the arms of the same table (one family per cell type, "
           f"{size_text} comparisons; read an order of two rates only where the adjusted "

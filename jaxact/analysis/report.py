@@ -41,7 +41,7 @@ from jaxact.analysis import tables as tables_lib
 
 Cell = studies.Cell
 Members = list[records.MemberRecord]   # a cell's members
-# The table layout and the words the figures share (jaxact.tables), under the report's names.
+# The table layout and the words the figures share (jaxact.analysis.tables), under the report's names.
 study_tables = tables_lib.study_tables
 other_cells = tables_lib.other_cells
 depth_sweep_figures = tables_lib.depth_sweep_figures

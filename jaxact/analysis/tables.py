@@ -1,7 +1,7 @@
 """Which cells of a run make which table: a task's study tables and its cells on no grid.
 
 The report's tables and its figures lay a task's cells out the same way: per
-study grid (jaxact.studies), loss convention and network variant, each row a
+study grid (jaxact.model.cells), loss convention and network variant, each row a
 grid row's cell with its members (`study_tables`); the cells on no grid apart
 (`other_cells`). Also the words both print (`KIND_TEXT`, `plural`) and the
 file names of the depth-sweep figures. Plain Python over `jaxact.store.records`.

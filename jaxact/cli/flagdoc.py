@@ -6,7 +6,7 @@ command line:
   python -m jaxact.flagdoc > docs/flags.md
 
 `render()` defines the flags of the command line's options
-(`presets.command_line()`: --preset, then jaxact.options.OPTIONS) on a
+(`presets.command_line()`: --preset, then jaxact.study.options.OPTIONS) on a
 FlagValues of its own, with `options.define_flags` as jaxact.main does, and
 renders one Markdown table per part: the options that change results (the
 groups in STUDY_GROUPS), then those that change only speed or where results

@@ -39,7 +39,7 @@ from jaxact.study import presets as presets_lib
 from jaxact.engine import sharding
 from jaxact.study import train
 
-# Every flag is generated from its option's declaration (jaxact.options; --preset's in
+# Every flag is generated from its option's declaration (jaxact.study.options; --preset's in
 # jaxact.presets); a flag that sets a RunConfig field takes its default from RunConfig, so
 # the command line and the Python API agree.
 DEFAULTS = train.RunConfig()

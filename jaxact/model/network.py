@@ -12,7 +12,7 @@
 | dense 64 -> C (pre-activation logits z)            | C                  |
 
 The model returns the pre-activation z; the head (final activation) belongs
-to the cell and is applied by the loss and the metric (jaxact.losses).
+to the cell and is applied by the loss and the metric (jaxact.model.losses).
 
 The convolutions are written as im2col (the nine shifted 3x3 slices
 concatenated along channels, then one matmul with the (3, 3, Cin, Cout)

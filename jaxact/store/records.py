@@ -6,7 +6,7 @@ machine, revision), its reference levels (chance, the multi-label softmax
 ceiling, the ReLU clamp bound) and one `MemberRecord` per member (cell x seed):
 its metrics, per-epoch histories, in-program diagnostics and its `Diagnosis`.
 The diagnosis is made once, by `task_results` when the file is written
-(jaxact.diagnostics), and stored; the readers (report, figures, compare, claims,
+(jaxact.store.diagnostics), and stored; the readers (report, figures, compare, claims,
 variance, the CSVs) use the stored one.
 
 Layouts:
@@ -19,7 +19,7 @@ Layouts:
 
 Keys this version does not know are kept (`extra`) and written back where they
 were, so a record read and written again gives the same file. When the rules
-of jaxact.diagnostics change, `python -m jaxact.records rediagnose WORKDIR...`
+of jaxact.store.diagnostics change, `python -m jaxact.store.records rediagnose WORKDIR...`
 classifies the saved members again and rewrites their stored diagnoses.
 """
 
@@ -466,9 +466,9 @@ def rediagnose_file(path: str) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-  """`python -m jaxact.records rediagnose WORKDIR...`: `rediagnose_file` on every results file."""
+  """`python -m jaxact.store.records rediagnose WORKDIR...`: `rediagnose_file` on every results file."""
   if len(argv) < 3 or argv[1] != "rediagnose":
-    print("usage: python -m jaxact.records rediagnose WORKDIR... (classifies the saved members "
+    print("usage: python -m jaxact.store.records rediagnose WORKDIR... (classifies the saved members "
           "again with this version's rules and rewrites their stored diagnoses)",
           file=sys.stderr)
     return 2

@@ -2,10 +2,10 @@
 
 Layout of a workdir:
   run.json               the command, the configuration, start/finish times, and one segment
-                         per start (revision, versions, machine: jaxact.provenance)
+                         per start (revision, versions, machine: jaxact.store.provenance)
   results/<task>.json    one record per member (cell x seed), written as soon as the task ends
-                         (jaxact.records: the format, its writer and its reader)
-  results/<task>.csv     the same members, one CSV row each (jaxact.metrics_writer.CSV_COLUMNS)
+                         (jaxact.store.records: the format, its writer and its reader)
+  results/<task>.csv     the same members, one CSV row each (jaxact.store.metrics_writer.CSV_COLUMNS)
   results.csv            the rows of every finished task, rewritten after each task
   metrics.jsonl          one JSON line per member and epoch, appended while a task trains
   tensorboard/<cell key>/  with tensorboard=True: TensorBoard event files, one run per cell
@@ -13,8 +13,8 @@ Layout of a workdir:
   report.md              the tables (jaxact.report), rebuilt after every task
   curves_<task>.png      valid-metric curves per cell
 
-jaxact.train writes these through this module (and jaxact.records,
-jaxact.checkpoint, jaxact.metrics_writer, jaxact.report). With several processes (multi-host,
+jaxact.study.train writes these through this module (and jaxact.store.records,
+jaxact.store.checkpoint, jaxact.store.metrics_writer, jaxact.report). With several processes (multi-host,
 `--distributed`), only process 0 writes files (`write_json_atomic`); the
 workdir must be on a file system all hosts see.
 """

@@ -4,7 +4,7 @@
 its filters, seeds, data) at its top level, the training hyper-parameters in
 its `engine` group (`program.EngineConfig`) and how each task's program is
 computed in its `execution` group (`program.ExecutionConfig`: speed only). Each
-option is declared once in jaxact.options, which says where in RunConfig it
+option is declared once in jaxact.study.options, which says where in RunConfig it
 lives; the command line's flags are generated from the declarations and take
 their defaults from RunConfig (jaxact/cli/main.py); `validate` checks it (each
 option as declared, then the rules that join several), with the messages the
@@ -12,7 +12,7 @@ command line shows; `run_identity` is what
 makes two runs the same run (a workdir resumes only under the same identity).
 The run-level choices that are no part of a task's program (checkpoints,
 compiling ahead, the compilation cache, TensorBoard) are arguments of
-`train.train_and_evaluate`. jaxact.train re-exports `RunConfig`, `UserError`,
+`train.train_and_evaluate`. jaxact.study.train re-exports `RunConfig`, `UserError`,
 `validate` and `run_identity` under its own name, the names the API documents.
 """
 
@@ -96,7 +96,7 @@ def validate(config: RunConfig) -> None:
   """Checks every option of `config` that can be checked alone; UserError names the first bad one.
 
   The one place where options are checked, for the command line and the
-  Python API alike: each option as its declaration says (jaxact.options), then
+  Python API alike: each option as its declaration says (jaxact.study.options), then
   the rules that join several; the cells the filters select are checked by
   `plan`.
   """

@@ -1,6 +1,6 @@
 """Named presets: the runs people make, as values of their options (`--preset=NAME`).
 
-A preset is a set of option values (jaxact.options) on top of the defaults:
+A preset is a set of option values (jaxact.study.options) on top of the defaults:
 from Python, `get_preset("all").config(task="multiclass")` is its `RunConfig`
 with one override, and `arguments()` the run's other arguments it sets (e.g.
 smoke's checkpoint_every) for `train.train_and_evaluate`. The command line

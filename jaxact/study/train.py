@@ -1,19 +1,19 @@
 """`train_and_evaluate`: train the selected cells of a study and write everything to a workdir.
 
-The flow, top to bottom: `plan` validates the configuration (jaxact.config)
+The flow, top to bottom: `plan` validates the configuration (jaxact.study.config)
 and lists the members (cell, seed) per task; `train_and_evaluate` checks what
 the workdir holds, loads the data once if a task is left to train (before
 anything is written, so bad data leave no files behind), prepares the workdir
-(jaxact.workdir: its layout, resuming, the results records), records run.json
-with a new segment (jaxact.provenance), then for each task builds its `Engine`,
+(jaxact.store.workdir: its layout, resuming, the results records), records run.json
+with a new segment (jaxact.store.provenance), then for each task builds its `Engine`,
 restores its latest checkpoint, trains it (`Engine.run`) with the live outputs
 (metrics.jsonl, TensorBoard, progress), and writes its results file and the
 report. Finished tasks of an earlier run of the same configuration are reused.
 
-`RunConfig`, `UserError`, `validate` and `run_identity` are jaxact.config's,
+`RunConfig`, `UserError`, `validate` and `run_identity` are jaxact.study.config's,
 re-exported here under the names the API documents.
 
-Only this module, jaxact.workdir, jaxact.checkpoint, jaxact.metrics_writer and
+Only this module, jaxact.store.workdir, jaxact.store.checkpoint, jaxact.store.metrics_writer and
 jaxact.report do I/O; the engine is pure JAX. With several processes
 (multi-host, `--distributed`), every process trains and only process 0 writes
 files; the workdir must be on a file system all hosts see.
@@ -109,7 +109,7 @@ def plan(config: RunConfig) -> dict[str, list[tuple[studies.Cell, int]]]:
 
 
 def check_memory(config: RunConfig, cells: dict[str, list[studies.Cell]]) -> None:
-  """Refuses, before anything is trained, a run whose largest task cannot fit (jaxact.memory)."""
+  """Refuses, before anything is trained, a run whose largest task cannot fit (jaxact.engine.memory)."""
   # The first call starts the backends; jax logs at INFO each one it cannot start (no TPU on a
   # CPU machine), which would precede a one-paragraph refusal on stderr.
   xla_bridge = std_logging.getLogger("jax._src.xla_bridge")
@@ -163,7 +163,7 @@ def train_and_evaluate(config: RunConfig, workdir: str,
       deleted once its results are written.
     restart: first delete the workdir's results, checkpoints and report.
     compile_ahead: while a task trains, compile the next task's programs in a
-      background thread (jaxact.compile_ahead, `Engine.compile_ahead`). Same
+      background thread (jaxact.engine.compile_ahead, `Engine.compile_ahead`). Same
       results; it pays where the host is idle during training (an
       accelerator) and competes with training for the cores on a CPU.
       Single-process runs only.
@@ -509,7 +509,7 @@ def _reference_levels(task: str, split, results: Sequence[runner_lib.MemberResul
 def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine, snapshot,
                   results: Sequence[runner_lib.MemberResult], wall: float, run_info: dict
                   ) -> records_lib.TaskResults:
-  """The finished task's results record, its members diagnosed (jaxact.records)."""
+  """The finished task's results record, its members diagnosed (jaxact.store.records)."""
   t = tasks_lib.get_task(task)
   chance, ceiling, extra = _reference_levels(task, split, results)
   members = [records_lib.MemberRecord.from_result(
