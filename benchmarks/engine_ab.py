@@ -59,27 +59,38 @@ def extract_base(rev: str, into: str) -> str:
   pkg = os.path.join(into, BASE_PACKAGE)
   os.rename(os.path.join(into, "jaxact"), pkg)
   pattern = re.compile(r"\b(from|import) jaxact\b")
-  for name in os.listdir(pkg):
-    if name.endswith(".py"):
-      path = os.path.join(pkg, name)
-      with open(path, encoding="utf-8") as f:
-        src = f.read()
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(pattern.sub(rf"\1 {BASE_PACKAGE}", src))
+  for root, _, names in os.walk(pkg):   # the sub-packages too (after 59bc533)
+    for name in names:
+      if name.endswith(".py"):
+        path = os.path.join(root, name)
+        with open(path, encoding="utf-8") as f:
+          src = f.read()
+        with open(path, "w", encoding="utf-8") as f:
+          f.write(pattern.sub(rf"\1 {BASE_PACKAGE}", src))
   return full
+
+
+def _module(pkg: str, *names: str):
+  """The first of `pkg`'s modules `names` that the revision has (its layout changed after
+  59bc533: sub-packages) and that defines something of use here."""
+  for name in names:
+    try:
+      module = importlib.import_module(f"{pkg}.{name}")
+    except ImportError:
+      continue
+    if not hasattr(module, "__path__"):   # a module, not a package
+      return module
+  raise ImportError(f"{pkg} has none of {', '.join(names)}")
 
 
 def prepare(pkg: str, arrays, task: str, members: int, member_mode: str):
   """(epoch function, state after one compiled epoch, data) of package `pkg`'s engine."""
-  engine_lib = importlib.import_module(f"{pkg}.engine")
+  engine_lib = _module(pkg, "engine.engine", "engine")
   # Where the revision defines its configurations and TaskData: program.py (the engine
   # re-exported them up to 59bc533), else engine.py.
-  try:
-    defs = importlib.import_module(f"{pkg}.program")
-  except ImportError:
-    defs = engine_lib
+  defs = _module(pkg, "engine.program", "program", "engine")
   defs = defs if hasattr(defs, "EngineConfig") else engine_lib
-  studies = importlib.import_module(f"{pkg}.studies")
+  studies = _module(pkg, "model.cells", "studies")
   cell = studies.recommended_cell(task)
   config = defs.EngineConfig(max_epochs=10**6, patience=10**6)
   if hasattr(defs, "ExecutionConfig"):
