@@ -20,7 +20,7 @@ import pytest
 from jaxact.data import mnist as data
 from jaxact.data import idx as idx_lib
 from jaxact.data import tfds_builder as mnist_tfds
-from jaxact.data.mnist import DataError
+from jaxact.data.idx import DataError
 
 # The 19,690-example prefix in ../shared/data/mnist; and the full MNIST.
 PREFIX_LABEL_COUNTS = [1955, 2248, 1901, 2048, 1919, 1738, 1940, 2067, 1894,
