@@ -324,33 +324,15 @@ class Engine:
     """
     data = sharding.replicate(data, self.mesh)
     state = self.initial_state(data)
-    return runner_lib.run(self.run_spec(self._test_compiling(state, data)), data, state,
-                          restore, on_epoch_end, on_epoch)
-
-  def _test_compiling(self, state: TrainState, data: TaskData) -> Callable:
-    """`test_fn`, its program compiling in a thread from now on (background.py).
-
-    Traced here, compiled beside the first epoch's compilation and the
-    training, so the test pass does not compile on the critical path after the
-    last epoch (the hidden study's first look: benchmarks/results_cpu_2core_compile.md).
-    The call waits for the thread, then finds the executable in jax's cache.
-    Single-process runs only (one process may not compile alone in a cluster).
-    """
-    if jax.process_count() > 1:
-      return self.test_fn
-    lowered = self.test_fn.lower(state.best_params, data.x_test, data.t_test,
-                                 *program_lib.target_scale(state, data), state.best_stats)
-    compiling = BackgroundCompile(lowered.compile, f"task {self.task.name}: the test pass",
-                                  f"jaxact-test-{self.task.name}")
-
-    def test_fn(*args):
-      compiling.wait()
-      return self.test_fn(*args)
-    return test_fn
+    test_fn = compiling_in_background(
+        self.test_fn, (state.best_params, data.x_test, data.t_test,
+                       *program_lib.target_scale(state, data), state.best_stats),
+        f"task {self.task.name}: the test pass")
+    return runner_lib.run(self.run_spec(test_fn), data, state, restore, on_epoch_end, on_epoch)
 
   def run_spec(self, test_fn: Callable | None = None) -> RunSpec:
     """What the runner needs of this engine (`runner.RunSpec`); `test_fn` replaces the
-    plain jitted test pass (`_test_compiling`)."""
+    plain jitted test pass (`compiling_in_background`)."""
     return RunSpec(
         task=self.task, config=self.config, members=self.members,
         stacked=len(self.stacked_members), groups=self.groups, mesh=self.mesh,
@@ -379,3 +361,23 @@ class Engine:
     self.epoch_fn.lower(state, data).compile()
     self.test_fn.lower(state.best_params, data.x_test, data.t_test,
                        *program_lib.target_scale(state, data), state.best_stats).compile()
+
+
+def compiling_in_background(fn: Callable, args: tuple, what: str) -> Callable:
+  """`fn` (jitted), its program for `args` compiling in a thread from now on.
+
+  Traced here, compiled (background.py) beside the first epoch's compilation
+  and the training, so that the test pass does not compile on the critical
+  path after the last epoch (the hidden study's first look:
+  benchmarks/results_cpu_2core_compile.md). A call waits for the thread, then
+  finds the executable in jax's cache. Single-process runs only (in a cluster
+  every process compiles in step).
+  """
+  if jax.process_count() > 1:
+    return fn
+  compiling = BackgroundCompile(fn.lower(*args).compile, what)
+
+  def call(*call_args):
+    compiling.wait()
+    return fn(*call_args)
+  return call

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.struct
@@ -358,6 +359,11 @@ class Optimizers:
     self.tx = make_optimizer(config)
     self.txs = {g[0]: make_optimizer(g[0])
                 for g in optimizer_groups(config, [(c, 0, 1) for c in cells])}
+    # One jitted (so traced once) update per arm: a loop-mode program calls it in each of
+    # its branches, and tracing AdamW over every layer anew in each of the hidden study's
+    # 56 branches took about half of its epoch's tracing (benchmarks/results_cpu_2core_compile.md).
+    # XLA inlines the call: the compiled program is the same.
+    self.updates = {cfg: jax.jit(jax.vmap(tx.update)) for cfg, tx in self.txs.items()}
 
   def update(self, cells, grads, opt_state, params):
     """(updates, new optimizer state) of every stacked member, each with its cell's optimizer.
@@ -368,7 +374,7 @@ class Optimizers:
     loss, so that a member computes the same whatever other arms share its program.
     """
     def per_group(groups, grads, opt_state, params):
-      outs = [jax.vmap(self.txs[cfg].update)(*(slice_members(t, a, b)
+      outs = [self.updates[cfg](*(slice_members(t, a, b)
                                                for t in (grads, opt_state, params)))
               for cfg, a, b in optimizer_groups(self.config, groups)]
       return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *outs)
@@ -525,13 +531,27 @@ class Program:
     seeds = jnp.asarray(seeds, jnp.uint32)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
-    parts = []
+    # One vmapped (eager) initialisation per distinct initial network, over all its members:
+    # cells that differ only in what the initial weights do not depend on (the hidden
+    # activation, the loss, the head) share it. A member's draws depend on its key alone.
+    same_init: dict[Any, tuple[Cell, list[int]]] = {}
     for cell, a, b in groups:
+      same_init.setdefault(self.network.init_group(cell), (cell, []))[1].extend(range(a, b))
+    parts, order = [], []
+    for cell, members in same_init.values():
       def make(k, cell=cell):
         _, p, st = nnx.split(self.network.make_model(k, cell), nnx.Param, nnx.BatchStat)
         return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
-      parts.append(jax.vmap(make)(init_keys[a:b]))
+      # Padded to a power of two (copies of the last key, dropped): each new batch size
+      # compiles every eager op of the initialisation again.
+      padded = members + members[-1:] * (2 ** math.ceil(math.log2(len(members))) - len(members))
+      parts.append(jax.tree_util.tree_map(lambda x, n=len(members): x[:n], jax.vmap(make)(
+          init_keys[np.asarray(padded)])))
+      order += members
     params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+    if order != sorted(order):     # back to the members' order
+      back = np.argsort(np.asarray(order))
+      params, stats = jax.tree_util.tree_map(lambda x: x[back], (params, stats))
     if bias is not None:           # NaN rows: members that keep the initialisation's bias
       bias = jnp.asarray(bias, params["out"]["bias"].dtype)
       out = dict(params["out"], bias=jnp.where(jnp.isnan(bias), params["out"]["bias"], bias))

@@ -45,6 +45,12 @@ class Network:
     self.max_derivative = {h: model_lib.max_derivative(h)
                            for h in dict.fromkeys(c.hidden for c in cells)}
 
+  @staticmethod
+  def init_group(cell: Cell) -> tuple:
+    """What a member's initial weights depend on besides its key: the initialisation
+    scheme and the layers used (the hidden activation, head and loss do not enter)."""
+    return cell.init, cell.depth, cell.batch_norm
+
   def make_model(self, key, cell: Cell) -> model_lib.CNN:
     return model_lib.CNN(self.num_outputs, init=cell.init, hidden_activation=cell.hidden,
                          dense_layers=cell.depth, batch_norm=cell.batch_norm,
