@@ -289,8 +289,8 @@ def program_need(task: str, cells: tuple, config, execution,
   the runtime's own memory is not counted: the compilations for the estimate
   take it from what `check_fits` then finds available.
   `data_sizes`: (pool, test), the runs' data (each member its rows of the pool; default
-  MNIST's whole training pool, the pool's images counted twice as the program's train and
-  valid arguments), or (train, valid, test) for one shared split without rows.
+  MNIST's whole training pool, counted once in each line although the program takes it as
+  both its train and valid arguments), or (train, valid, test) for one shared split.
   `rows`: (train, valid) rows of the pool per member (the pool's data sizes only).
   Cached per (task, cells, configs, sizes, small, rows): the program's static
   description (pass `representative_cells`' cells so that runs of the same
@@ -310,12 +310,15 @@ def program_need(task: str, cells: tuple, config, execution,
   compile_s = time.perf_counter() - start
   (m1, m2), (p1, p2) = small, peaks
   slope = max(0, math.ceil((p2 - p1) / (m2 - m1)))
-  device = Need(shared=p1 - slope * m1, per_member=slope)
+  # The pool's valid arrays are its train arrays (`TaskData.from_pool`): one buffer, which
+  # the memory analysis counts as two arguments.
+  same = _nbytes((data.x_valid, data.t_valid)) if len(data_sizes) == 2 else 0
+  device = Need(shared=p1 - slope * m1 - same, per_member=slope)
   state_per_member = _nbytes(engine.state_template()) // (small[1] * devices)
   history = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in engine.diagnostic_shapes().values())
   history += 4 + 4 + 1 + 8          # train loss, valid metric, trained, non-finite count
-  host = Need(shared=_nbytes(data),
+  host = Need(shared=_nbytes(data) - same,
               per_member=2 * state_per_member + config.max_epochs * history)
   return device, host, compile_s
 
