@@ -225,10 +225,11 @@ def abstract_task_data(task: str, *sizes: int):
                               target_std=jax.ShapeDtypeStruct((), np.float32, weak_type=True))
 
 
-def _shape_splits(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _shape_splits(seed: int, rows: tuple[int, int] = (data_lib.TRAIN_SIZE, data_lib.VALID_SIZE)
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """A member's rows of the pool, for shapes only (every member's rows have these sizes)."""
   del seed
-  return (np.zeros((data_lib.TRAIN_SIZE,), np.int32), np.zeros((data_lib.VALID_SIZE,), np.int32))
+  return tuple(np.zeros((n,), np.int32) for n in rows)
 
 
 def _nbytes(tree) -> int:
@@ -275,7 +276,9 @@ def compiled_peak(engine, data) -> int:
 @functools.lru_cache(maxsize=None)
 def program_need(task: str, cells: tuple, config, execution,
                  data_sizes: tuple[int, ...] = (POOL_SIZE, TEST_SIZE),
-                 small: tuple[int, int] = SMALL_MEMBERS) -> tuple[Need, Need, float]:
+                 small: tuple[int, int] = SMALL_MEMBERS,
+                 rows: tuple[int, int] = (data_lib.TRAIN_SIZE, data_lib.VALID_SIZE),
+                 ) -> tuple[Need, Need, float]:
   """(device, host, compile seconds): one task's needs as lines in members per device.
 
   The device line goes through the compiled peaks (`compiled_peak`) of the
@@ -286,9 +289,10 @@ def program_need(task: str, cells: tuple, config, execution,
   the runtime's own memory is not counted: the compilations for the estimate
   take it from what `check_fits` then finds available.
   `data_sizes`: (pool, test), the runs' data (each member its rows of the pool; default
-  MNIST's whole training pool, the pool's images counted twice as the program's train and
-  valid arguments), or (train, valid, test) for one shared split without rows.
-  Cached per (task, cells, configs, sizes, small): the program's static
+  MNIST's whole training pool, counted once in each line although the program takes it as
+  both its train and valid arguments), or (train, valid, test) for one shared split.
+  `rows`: (train, valid) rows of the pool per member (the pool's data sizes only).
+  Cached per (task, cells, configs, sizes, small, rows): the program's static
   description (pass `representative_cells`' cells so that runs of the same
   network share it); the device count is the process's.
   """
@@ -300,17 +304,21 @@ def program_need(task: str, cells: tuple, config, execution,
     n = m * devices
     members = [(cells[i % len(cells)], i // len(cells)) for i in range(n)]
     engine = engine_lib.Engine(task, members, config, execution, progress=lambda _: None,
-                               splits=_shape_splits if len(data_sizes) == 2 else None)
+                               splits=(functools.partial(_shape_splits, rows=rows)
+                                       if len(data_sizes) == 2 else None))
     peaks.append(compiled_peak(engine, data))
   compile_s = time.perf_counter() - start
   (m1, m2), (p1, p2) = small, peaks
   slope = max(0, math.ceil((p2 - p1) / (m2 - m1)))
-  device = Need(shared=p1 - slope * m1, per_member=slope)
+  # The pool's valid arrays are its train arrays (`TaskData.from_pool`): one buffer, which
+  # the memory analysis counts as two arguments.
+  same = _nbytes((data.x_valid, data.t_valid)) if len(data_sizes) == 2 else 0
+  device = Need(shared=p1 - slope * m1 - same, per_member=slope)
   state_per_member = _nbytes(engine.state_template()) // (small[1] * devices)
   history = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in engine.diagnostic_shapes().values())
   history += 4 + 4 + 1 + 8          # train loss, valid metric, trained, non-finite count
-  host = Need(shared=_nbytes(data),
+  host = Need(shared=_nbytes(data) - same,
               per_member=2 * state_per_member + config.max_epochs * history)
   return device, host, compile_s
 
