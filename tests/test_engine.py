@@ -466,6 +466,33 @@ def test_matmul_precision_is_checked():
                   program.ExecutionConfig(matmul_precision="fp8"))
 
 
+def test_run_compiles_the_test_pass_in_a_thread():
+  """`Engine.run` compiles the test pass in a background thread, not after the last epoch on
+  the calling thread; the results are those of the plain jitted test pass."""
+  data = _synthetic("binary")
+  members = [(studies.recommended_cell("binary"), 0)]
+  cfg = dataclasses.replace(CFG, max_epochs=1)
+  eng = engine.Engine("binary", members, cfg, progress=lambda _: None)
+  threads = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == "/jax/core/compile/backend_compile_duration" and "test" in kwargs.get(
+        "fun_name", ""):
+      threads.append(threading.current_thread().name)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    outcome = eng.run(data)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert threads and all(t.startswith("jaxact-compile") for t in threads), threads
+  state = outcome.final_state
+  metric, _ = eng.test_fn(state["best_params"], data.x_test, data.t_test,
+                          data.target_mean, data.target_std, state.get("best_stats") or None)
+  assert float(metric[0]) == outcome.members[0].test
+
+
 def test_compile_ahead_leaves_run_nothing_to_compile():
   """Compiled in another thread, the epoch and test programs are what `run` then uses."""
   data = _synthetic("binary")
