@@ -58,6 +58,9 @@ from jaxact.engine.runner import Outcome, RunSpec, Snapshot
 from jaxact.model.cells import Cell
 
 
+TEST_COMPILE_THREAD = "jaxact-compile-test"   # the thread `compiling_in_background` starts
+
+
 class Engine:
   """Trains members (cell, seed) of ONE task together.
 
@@ -103,16 +106,7 @@ class Engine:
     self.execution = execution
     self.progress = progress or logging.info
     self.splits = splits
-    for c in [config] + [program_lib.cell_config(config, c) for c, _ in self.members]:
-      if c.head_bias_init not in HEAD_BIAS_INITS:
-        raise ValueError(f"unknown head_bias_init {c.head_bias_init!r}: choose one of "
-                         f"{', '.join(HEAD_BIAS_INITS)}")
-    if execution.conv not in model_lib.CONV_IMPLS:
-      raise ValueError(f"unknown conv {execution.conv!r}: choose one of "
-                       f"{', '.join(model_lib.CONV_IMPLS)}")
-    if execution.member_mode not in MEMBER_MODES:
-      raise ValueError(f"unknown member_mode {execution.member_mode!r}: choose one of "
-                       f"{', '.join(MEMBER_MODES)}")
+    _check_choices(config, execution, [c for c, _ in self.members])
     platform = self.mesh.devices.flat[0].platform
     mode = execution.member_mode
     if mode == "auto":
@@ -363,6 +357,18 @@ class Engine:
                        *program_lib.target_scale(state, data), state.best_stats).compile()
 
 
+def _check_choices(config: EngineConfig, execution: ExecutionConfig, cells: Sequence[Cell]):
+  """ValueError for a named choice the engine does not know (for callers of the Python API;
+  the command line checks its flags before, study/options.py)."""
+  choices = [("head_bias_init", c.head_bias_init, HEAD_BIAS_INITS)
+             for c in [config] + [program_lib.cell_config(config, c) for c in cells]]
+  choices += [("conv", execution.conv, model_lib.CONV_IMPLS),
+              ("member_mode", execution.member_mode, MEMBER_MODES)]
+  for name, value, known in choices:
+    if value not in known:
+      raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(known)}")
+
+
 def compiling_in_background(fn: Callable, args: tuple, what: str) -> Callable:
   """`fn` (jitted), its program for `args` compiling in a thread from now on.
 
@@ -375,7 +381,7 @@ def compiling_in_background(fn: Callable, args: tuple, what: str) -> Callable:
   """
   if jax.process_count() > 1:
     return fn
-  compiling = BackgroundCompile(fn.lower(*args).compile, what)
+  compiling = BackgroundCompile(fn.lower(*args).compile, what, TEST_COMPILE_THREAD)
 
   def call(*call_args):
     compiling.wait()

@@ -528,7 +528,7 @@ def _task_results(config: RunConfig, task: str, split, engine: engine_lib.Engine
       git_revision=run_info["segments"][-1]["git_revision"], jaxact_version=__version__,
       chance_valid=chance, softmax_ceiling_test=ceiling,
       relu_clamp_bound_test=(extra[0]["relu_clamp_bound_test"]
-                             if task == "regression" and config.split == "fixed" else None))
+                             if t.continuous and config.split == "fixed" else None))
 
 
 def _progress_line(workdir: str, members: dict[str, list[tuple[studies.Cell, int]]], task: str,
