@@ -93,12 +93,13 @@ def test_seeds_differ_and_cells_share_initialisation(multiclass_grid):
 
 
 def test_grid_initialisation_equals_each_cells_own_bit_for_bit():
-  """Members are initialised together across cells with the same initial network (and in
-  padded batches): each member's parameters equal those of its cell's engine alone."""
+  """Members are initialised together across cells with the same initial network, in
+  batches whose sizes are powers of two: each member's parameters equal those of its cell's
+  engine alone."""
   base = studies.recommended_cell("multiclass")
   relu, sigmoid, tanh = (dataclasses.replace(base, hidden=h, init=i, depth=d) for h, i, d in
                          [("relu", "he", 2), ("sigmoid", "torch", 1), ("tanh", "he", 2)])
-  seeds = (0, 4, 9)   # relu's and tanh's 6 members share one initialisation, padded to 8
+  seeds = (0, 4, 9)   # relu's and tanh's 6 members share one initialisation, in batches of 4 and 2
   grid = engine.Engine("multiclass", [(c, s) for c in (relu, sigmoid, tanh) for s in seeds],
                        CFG, progress=lambda _: None)
   p = grid.init_state()["params"]

@@ -318,10 +318,8 @@ class Engine:
     """
     data = sharding.replicate(data, self.mesh)
     state = self.initial_state(data)
-    test_fn = compiling_in_background(
-        self.test_fn, (state.best_params, data.x_test, data.t_test,
-                       *program_lib.target_scale(state, data), state.best_stats),
-        f"task {self.task.name}: the test pass")
+    test_fn = compiling_in_background(self.test_fn, program_lib.test_arguments(state, data),
+                                      f"task {self.task.name}: the test pass")
     return runner_lib.run(self.run_spec(test_fn), data, state, restore, on_epoch_end, on_epoch)
 
   def run_spec(self, test_fn: Callable | None = None) -> RunSpec:
@@ -353,8 +351,7 @@ class Engine:
     state = self.initial_state(data)
     data = sharding.replicate(data, self.mesh)
     self.epoch_fn.lower(state, data).compile()
-    self.test_fn.lower(state.best_params, data.x_test, data.t_test,
-                       *program_lib.target_scale(state, data), state.best_stats).compile()
+    self.test_fn.lower(*program_lib.test_arguments(state, data)).compile()
 
 
 def _check_choices(config: EngineConfig, execution: ExecutionConfig, cells: Sequence[Cell]):

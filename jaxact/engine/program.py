@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.struct
@@ -42,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from jaxact.model import losses as losses_lib
 from jaxact.model import network as model_lib
@@ -271,6 +269,13 @@ def target_scale(state: "TrainState", data: TaskData) -> tuple[Any, Any]:
   if state.rows is None:
     return data.target_mean, data.target_std
   return state.rows.target_mean, state.rows.target_std
+
+
+def test_arguments(state: "TrainState", data: TaskData) -> tuple:
+  """The test pass's arguments for `state`'s best weights: (best_params, x_test, t_test,
+  mean, std, best_stats), as the engine's `test_fn` takes them."""
+  return (state.best_params, data.x_test, data.t_test, *target_scale(state, data),
+          state.best_stats)
 
 
 def prior_output_bias(cell: Cell, t_train: np.ndarray, mean: float, std: float) -> np.ndarray:
@@ -531,27 +536,7 @@ class Program:
     seeds = jnp.asarray(seeds, jnp.uint32)
     keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(seeds)
     init_keys, shuffle_keys = keys[:, 0], keys[:, 1]
-    # One vmapped (eager) initialisation per distinct initial network, over all its members:
-    # cells that differ only in what the initial weights do not depend on (the hidden
-    # activation, the loss, the head) share it. A member's draws depend on its key alone.
-    same_init: dict[Any, tuple[Cell, list[int]]] = {}
-    for cell, a, b in groups:
-      same_init.setdefault(self.network.init_group(cell), (cell, []))[1].extend(range(a, b))
-    parts, order = [], []
-    for cell, members in same_init.values():
-      def make(k, cell=cell):
-        _, p, st = nnx.split(self.network.make_model(k, cell), nnx.Param, nnx.BatchStat)
-        return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
-      # Padded to a power of two (copies of the last key, dropped): each new batch size
-      # compiles every eager op of the initialisation again.
-      padded = members + members[-1:] * (2 ** math.ceil(math.log2(len(members))) - len(members))
-      parts.append(jax.tree_util.tree_map(lambda x, n=len(members): x[:n], jax.vmap(make)(
-          init_keys[np.asarray(padded)])))
-      order += members
-    params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
-    if order != sorted(order):     # back to the members' order
-      back = np.argsort(np.asarray(order))
-      params, stats = jax.tree_util.tree_map(lambda x: x[back], (params, stats))
+    params, stats = self.network.initial_parameters(init_keys, groups)
     if bias is not None:           # NaN rows: members that keep the initialisation's bias
       bias = jnp.asarray(bias, params["out"]["bias"].dtype)
       out = dict(params["out"], bias=jnp.where(jnp.isnan(bias), params["out"]["bias"], bias))

@@ -507,9 +507,7 @@ def _finish(spec: RunSpec, data: TaskData, state: TrainState, hist: Histories, e
   """The test pass of every member's best weights, and the `Outcome`."""
   r = len(spec.members)
   state = state.replace(status=jnp.where(state.active, Status.HIT_CAP, state.status))
-  test_metric, test_inf = sharding.to_host(spec.test_fn(
-      state.best_params, data.x_test, data.t_test, *program_lib.target_scale(state, data),
-      state.best_stats))
+  test_metric, test_inf = sharding.to_host(spec.test_fn(*program_lib.test_arguments(state, data)))
   members = collect(spec, sharding.to_host(state.to_dict()), np.asarray(test_metric),
                     np.asarray(test_inf), hist, epochs)
   return Outcome(members=members, compactions=compactions,

@@ -11,10 +11,11 @@ state between calls.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxact.model import losses as losses_lib
@@ -50,6 +51,36 @@ class Network:
     """What a member's initial weights depend on besides its key: the initialisation
     scheme and the layers used (the hidden activation, head and loss do not enter)."""
     return cell.init, cell.depth, cell.batch_norm
+
+  def initial_parameters(self, keys, groups) -> tuple[Any, Any]:
+    """(params, batch-norm stats) of the stacked members, each leaf (M, ...): member m's
+    drawn from keys[m] for its cell (groups: static per-cell slices (cell, start, stop)).
+
+    One vmapped (eager) initialisation per distinct initial network (`init_group`), over
+    all its members: a member's draws depend on its key alone.
+    """
+    same_init: dict[Any, tuple[Cell, list[int]]] = {}
+    for cell, a, b in groups:
+      same_init.setdefault(self.init_group(cell), (cell, []))[1].extend(range(a, b))
+    parts, order = [], []
+    for cell, members in same_init.values():
+      def make(k, cell=cell):
+        _, p, st = nnx.split(self.make_model(k, cell), nnx.Param, nnx.BatchStat)
+        return nnx.to_pure_dict(p), nnx.to_pure_dict(st)
+      # In batches of powers of two (6 = 4 + 2): each new batch size compiles every eager op
+      # of the initialisation again, so the sizes stay few.
+      start = 0
+      for bit in reversed(range(len(members).bit_length())):
+        if len(members) >> bit & 1:
+          chunk = members[start:start + (1 << bit)]
+          parts.append(jax.vmap(make)(keys[np.asarray(chunk)]))
+          start += 1 << bit
+      order += members
+    params, stats = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *parts)
+    if order != sorted(order):     # back to the members' order
+      back = np.argsort(np.asarray(order))
+      params, stats = jax.tree_util.tree_map(lambda x: x[back], (params, stats))
+    return params, stats
 
   def make_model(self, key, cell: Cell) -> model_lib.CNN:
     return model_lib.CNN(self.num_outputs, init=cell.init, hidden_activation=cell.hidden,
